@@ -153,7 +153,19 @@ class Barrier:
     pass
 
 
-Message = Union[FlowSpec, FlowDelete, PacketOutSpec, ResetTables, Barrier]
+@dataclass(frozen=True)
+class EnablePacketIn:
+    """Set a nonzero miss_send_len (whole packets). OVS sends no packet-in or port-status on a
+    connection made to its passive ``ptcp:`` listener until a controller does this."""
+
+
+@dataclass(frozen=True)
+class RequestPorts:
+    """Ask for the port list (OF1.3 port-desc; OF1.0 switches send it in features)."""
+
+
+Message = Union[FlowSpec, FlowDelete, PacketOutSpec, ResetTables, Barrier, EnablePacketIn,
+                RequestPorts]
 
 
 @dataclass(frozen=True)

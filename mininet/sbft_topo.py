@@ -1,0 +1,505 @@
+#!/usr/bin/python3
+"""The sbft_ryu Mininet topology, usable three ways.
+
+* ``mn --custom mininet/sbft_topo.py --topo sbft,lbs=3,backends=2,clients=1
+  --switch ovs,datapath=user --controller remote,ip=127.0.0.1,port=6653``
+* ``mininet/sbft_topo.py [--lbs N] [--backends M] [--clients K] [--controller HOST:PORT] [--cli]``
+  (run with the project's virtual environment; starts its own ``ryu-manager`` unless
+  ``--controller`` names one, and ``--demo`` runs the scripted demo)
+* ``import``-ed by path from tests and benchmarks, which use :class:`Lab`.
+
+Addressing (one /24 for data, one for management)::
+
+    s1 (dpid 1, the service switch)          s0 (management, standalone L2, no controller)
+      port i     lb{i}  10.0.0.1{i}  00:00:00:00:01:0{i}   10.254.0.1{i}
+      port 10+j  b{j}   10.0.0.2{j}  00:00:00:00:02:0{j}
+      port 20+k  c{k}   10.0.0.3{k}  00:00:00:00:03:0{k}
+      VIP 10.0.0.100:5555, virtual MAC 02:00:0a:00:00:64 (answered by the controller)
+                                                root namespace: mgmt0-eth0 10.254.0.254/24
+
+Every replica holds the VIP on ``lo`` without answering ARP for it (arp_ignore=1,
+arp_announce=2) and runs HAProxy bound to VIP:5555 with ``balance uri`` (every replica picks
+the same backend for the same request) in front of the backends, which are HAProxy instances
+answering a fixed body per path (``b1 /path``). Checksum offload is off on every host
+interface: the OVS userspace datapath does not complete offloaded checksums.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Host, OVSSwitch, RemoteController
+from mininet.topo import Topo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+
+VIP = "10.0.0.100"
+VMAC = "02:00:0a:00:00:64"
+SERVICE_PORT = 5555
+BACKEND_PORT = 8080
+MGMT_ROOT_IP = "10.254.0.254"
+MGMT_PREFIX = 24
+PROBE_PATH = "/sbft-probe"
+MAX_HOSTS_PER_ROLE = 9
+
+
+# ---- the plan: plain data, tested without Mininet ------------------------------------------
+
+def replica_plan(i):
+    return {"name": f"lb{i}", "ip": f"10.0.0.{10 + i}", "mac": f"00:00:00:00:01:{i:02x}",
+            "port": i, "mgmt_ip": f"10.254.0.{10 + i}"}
+
+
+def backend_plan(j):
+    return {"name": f"b{j}", "ip": f"10.0.0.{20 + j}", "mac": f"00:00:00:00:02:{j:02x}",
+            "port": 10 + j}
+
+
+def client_plan(k):
+    return {"name": f"c{k}", "ip": f"10.0.0.{30 + k}", "mac": f"00:00:00:00:03:{k:02x}",
+            "port": 20 + k}
+
+
+def plan(lbs=3, backends=2, clients=1):
+    for role, count in (("lbs", lbs), ("backends", backends), ("clients", clients)):
+        if not 1 <= int(count) <= MAX_HOSTS_PER_ROLE:
+            raise ValueError(f"{role} must be 1..{MAX_HOSTS_PER_ROLE}, got {count}")
+    return {
+        "replicas": [replica_plan(i) for i in range(1, int(lbs) + 1)],
+        "backends": [backend_plan(j) for j in range(1, int(backends) + 1)],
+        "clients": [client_plan(k) for k in range(1, int(clients) + 1)],
+    }
+
+
+def sbft_config_text(topo_plan, extra=""):
+    """An [sbft] config file describing this topology (what the embedded defaults say for 3)."""
+    lines = ["[sbft]", f"vip = {VIP}", f"vmac = {VMAC}", f"service_port = {SERVICE_PORT}"]
+    lines += [f"replica = {r['name']} {r['ip']} {r['mac']} {r['port']}"
+              for r in topo_plan["replicas"]]
+    return "\n".join(lines) + "\n" + extra
+
+
+def replica_haproxy_cfg(backends):
+    servers = "\n".join(f"    server {b['name']} {b['ip']}:{BACKEND_PORT}" for b in backends)
+    return f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend sbft
+    bind {VIP}:{SERVICE_PORT}
+    monitor-uri {PROBE_PATH}
+    default_backend backends
+backend backends
+    # deterministic: every replica sends the same request to the same backend
+    balance uri
+{servers}
+"""
+
+
+def backend_haproxy_cfg(backend):
+    return f"""global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend static
+    bind {backend['ip']}:{BACKEND_PORT}
+    http-request return status 200 content-type text/plain lf-string "{backend['name']} %[path]\\n"
+"""
+
+
+# ---- Mininet nodes -----------------------------------------------------------------------
+
+def has_ovs_kernel_module():
+    return os.path.isdir("/sys/module/openvswitch")
+
+
+class ServiceSwitch(OVSSwitch):
+    """The OpenFlow switch the controller drives; userspace datapath without the kernel module."""
+
+    def __init__(self, name, **params):
+        params.setdefault("datapath", "kernel" if has_ovs_kernel_module() else "user")
+        params.setdefault("protocols", "OpenFlow10,OpenFlow13")
+        super().__init__(name, **params)
+
+
+class MgmtSwitch(ServiceSwitch):
+    """The management network: a standalone learning switch that never talks to a controller."""
+
+    def __init__(self, name, **params):
+        params["failMode"] = "standalone"
+        super().__init__(name, **params)
+
+    def start(self, controllers):
+        super().start([])
+
+
+class LabHost(Host):
+    """A host with checksum offload off and processes it owns (stopped by PID)."""
+
+    def config(self, **params):
+        result = super().config(**params)
+        for intf in self.intfList():
+            if intf.name != "lo":
+                self.cmd(f"ethtool -K {intf.name} tx off rx off >/dev/null 2>&1")
+        self.owned = {}
+        self.rundir = params.get("rundir") or tempfile.mkdtemp(prefix=f"sbft-{self.name}-")
+        os.makedirs(self.rundir, exist_ok=True)
+        return result
+
+    def spawn(self, key, argv, **kwargs):
+        """Start ``argv`` in this host, logging to rundir/key.log; remembered under ``key``."""
+        log = open(os.path.join(self.rundir, f"{key}.log"), "ab")
+        proc = self.popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        log.close()
+        self.owned[key] = proc
+        return proc
+
+    def kill(self, key, sig=signal.SIGKILL):
+        proc = self.owned.pop(key, None)
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, sig)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        return proc
+
+    def terminate(self):
+        for key in list(getattr(self, "owned", {})):
+            self.kill(key, signal.SIGTERM)
+        super().terminate()
+
+    def write_file(self, name, text):
+        path = os.path.join(self.rundir, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return path
+
+
+class BackendHost(LabHost):
+    def config(self, **params):
+        result = super().config(**params)
+        backend = {"name": self.name, "ip": params["ip"].split("/")[0]}
+        cfg = self.write_file("haproxy.cfg", backend_haproxy_cfg(backend))
+        self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
+        return result
+
+
+class ReplicaHost(LabHost):
+    """An LB replica: VIP on lo (silent for ARP), HAProxy on VIP:5555, optionally its agent."""
+
+    def config(self, backends=(), agent_argv=None, **params):
+        result = super().config(**params)
+        for key, value in (("all.arp_ignore", 1), ("all.arp_announce", 2),
+                           ("default.arp_ignore", 1), ("default.arp_announce", 2)):
+            self.cmd(f"sysctl -q -w net.ipv4.conf.{key}={value}")
+        for intf in self.intfList():
+            self.cmd(f"sysctl -q -w net.ipv4.conf.{intf.name}.arp_ignore=1 "
+                     f"net.ipv4.conf.{intf.name}.arp_announce=2")
+        self.cmd(f"ip addr add {VIP}/32 dev lo")
+        self.backends = list(backends)
+        self.start_haproxy()
+        if agent_argv:
+            self.agent_argv = list(agent_argv)
+            self.start_agent()
+        return result
+
+    def start_haproxy(self):
+        cfg = self.write_file("haproxy.cfg", replica_haproxy_cfg(self.backends))
+        return self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
+
+    def start_agent(self):
+        return self.spawn("agent", self.agent_argv)
+
+
+class RootNode(Host):
+    """The root namespace's end of the management network (the controller's REST lives there)."""
+
+    def __init__(self, name, **params):
+        super().__init__(name, inNamespace=False, **params)
+
+
+class SbftTopo(Topo):
+    """Replicas, backends and clients on the service switch s1; replicas and the root namespace
+    on the management switch s0."""
+
+    def build(self, lbs=3, backends=2, clients=1, rundir=None, agents=False, wsapi_port=8080,
+              agent_args=()):
+        layout = plan(lbs, backends, clients)
+        s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001")
+        s0 = self.addSwitch("s0", cls=MgmtSwitch, dpid="00000000000000fe")
+        self.addHost("mgmt0", cls=RootNode, ip=f"{MGMT_ROOT_IP}/{MGMT_PREFIX}")
+        self.addLink("mgmt0", s0, port2=254)
+        for r in layout["replicas"]:
+            agent_argv = None
+            if agents:
+                agent_argv = agent_command(r["name"], f"http://{MGMT_ROOT_IP}:{wsapi_port}",
+                                           agent_args)
+            self.addHost(r["name"], cls=ReplicaHost, ip=f"{r['ip']}/24", mac=r["mac"],
+                         backends=layout["backends"], agent_argv=agent_argv,
+                         rundir=_subdir(rundir, r["name"]))
+            self.addLink(r["name"], s1, port2=r["port"])
+        for b in layout["backends"]:
+            self.addHost(b["name"], cls=BackendHost, ip=f"{b['ip']}/24", mac=b["mac"],
+                         rundir=_subdir(rundir, b["name"]))
+            self.addLink(b["name"], s1, port2=b["port"])
+        for c in layout["clients"]:
+            self.addHost(c["name"], cls=LabHost, ip=f"{c['ip']}/24", mac=c["mac"],
+                         rundir=_subdir(rundir, c["name"]))
+            self.addLink(c["name"], s1, port2=c["port"])
+        # management links last, so each replica's data interface stays eth0
+        for i, r in enumerate(layout["replicas"], 1):
+            self.addLink(r["name"], s0, port2=i,
+                         params1={"ip": f"{r['mgmt_ip']}/{MGMT_PREFIX}"})
+
+
+def _subdir(rundir, name):
+    return os.path.join(rundir, name) if rundir else None
+
+
+def agent_command(name, controller_url, extra=()):
+    return [os.path.join(VENV_BIN, "sbft-agent"), "--name", name, "--controller",
+            controller_url, "--service-port", str(SERVICE_PORT), *extra]
+
+
+topos = {"sbft": SbftTopo}
+
+
+# ---- the controller process ----------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
+    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen."""
+    argv = [os.path.join(VENV_BIN, "ryu-manager"), "--ofp-tcp-listen-port", str(ofp_port),
+            "--wsapi-port", str(wsapi_port)]
+    if config_path:
+        argv += ["--config-file", config_path]
+    argv += [*extra_args, "sbft_ryu.app"]
+    log = open(os.path.join(rundir, "ryu-manager.log"), "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    log.close()
+    return proc
+
+
+def stop_process(proc, timeout=5):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def http_json(url, timeout=2.0, data=None):
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing we wait for may not answer yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_error})" if last_error else ""))
+
+
+class Lab:
+    """A whole run: rundir, ryu-manager, the Mininet network; stops all of it on exit.
+
+    Used as ``with Lab(lbs=3) as lab: ...``. Everything it starts is stopped by PID or by
+    Mininet's own ``net.stop()`` (which deletes only this network's bridges).
+    """
+
+    def __init__(self, lbs=3, backends=2, clients=1, agents=False, agent_args=(),
+                 sbft_extra="", ryu_args=(), controller=None, rundir=None,
+                 wait_for_primary=True):
+        self.layout = plan(lbs, backends, clients)
+        self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
+                              agent_args=tuple(agent_args))
+        self.sbft_extra = sbft_extra
+        self.ryu_args = tuple(ryu_args)
+        self.controller = controller
+        self.own_rundir = rundir is None
+        self.rundir = rundir or tempfile.mkdtemp(prefix="sbft-lab-")
+        self.wait_for_primary = wait_for_primary
+        self.ryu = None
+        self.net = None
+        self.ofp_port = None
+        self.wsapi_port = None
+
+    @property
+    def api(self):
+        return f"http://127.0.0.1:{self.wsapi_port}"
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        if self.controller:
+            host, port = self.controller.rsplit(":", 1)
+            ctrl_ip, self.ofp_port, self.wsapi_port = host, int(port), 8080
+        else:
+            ctrl_ip, self.ofp_port, self.wsapi_port = "127.0.0.1", free_port(), free_port()
+            self.config_path = os.path.join(self.rundir, "sbft.conf")
+            with open(self.config_path, "w", encoding="utf-8") as handle:
+                handle.write(sbft_config_text(self.layout, self.sbft_extra))
+            self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
+                                 self.ryu_args)
+            wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
+                       "ryu-manager's REST API")
+        topo = SbftTopo(rundir=self.rundir, wsapi_port=self.wsapi_port, **self.topo_args)
+        self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, waitConnected=False)
+        self.net.addController("c0", controller=RemoteController, ip=ctrl_ip,
+                               port=self.ofp_port)
+        self.net.start()
+        wait_until(lambda: self.switch_connected(), 20, 0.1, "s1 to connect to the controller")
+        if self.wait_for_primary and not self.controller:
+            wait_until(lambda: self.health()["primary"], 20, 0.1, "a primary replica")
+
+    def stop(self):
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        stop_process(self.ryu)
+        self.ryu = None
+
+    # ---- helpers for tests, demo and benchmarks -------------------------------------------
+
+    def host(self, name):
+        return self.net.get(name)
+
+    def health(self):
+        return http_json(self.api + "/sbft/health")
+
+    def switch_connected(self):
+        switches = self.health()["switches"] if self.ryu else []
+        return any(s["dpid"] == "0000000000000001" and s["connected"] for s in switches) \
+            or (not self.ryu and self.net.get("s1").connected())
+
+    def controller_log(self):
+        with open(os.path.join(self.rundir, "ryu-manager.log"), encoding="utf-8",
+                  errors="replace") as handle:
+            return handle.read()
+
+    def dump_flows(self, switch="s1"):
+        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def set_link(self, replica, up):
+        """Cut or restore a replica's data link (both ends go down, as a pulled cable)."""
+        self.net.configLinkStatus(replica, "s1", "up" if up else "down")
+
+    def curl(self, client, path="/", timeout=2.0):
+        """One GET to VIP:5555 from ``client``; returns (http_code, body) or (0, error)."""
+        out = self.host(client).cmd(
+            f"curl -s -m {timeout} -o - -w '\\n%{{http_code}}' "
+            f"http://{VIP}:{SERVICE_PORT}{path}").replace("\r", "")
+        body, _, code = out.rstrip("\n").rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def cleanup_rundir(self):
+        if self.own_rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+# ---- the runnable script ---------------------------------------------------------------------
+
+def demo(lab, out=print):
+    """The scripted demo: requests, health, the primary's port down, requests, health."""
+    def show_health(title):
+        health = lab.health()
+        out(f"\n--- {title}: status={health['status']} primary={health['primary']} "
+            f"epoch={health['epoch']}")
+        for r in health["replicas"]:
+            out(f"    {r['name']:4} port {r['port']}  {r['state']:9} {r['role']}")
+
+    def requests(title, count=5):
+        out(f"\n--- {title}")
+        for n in range(count):
+            code, body = lab.curl("c1", f"/item/{n}")
+            out(f"    GET /item/{n} -> {code} {body.strip()}")
+
+    show_health("health")
+    requests("requests from c1 to the VIP")
+    primary = lab.health()["primary"]
+    out(f"\n--- taking the primary's ({primary}) switch port down")
+    lab.set_link(primary, False)
+    wait_until(lambda: lab.health()["primary"] not in (None, primary), 10, 0.05, "failover")
+    show_health("health after the failure")
+    requests("requests again")
+    out(f"\n--- restoring {primary}'s link")
+    lab.set_link(primary, True)
+    wait_until(lambda: lab.health()["status"] == "ok", 10, 0.05, "all replicas up")
+    show_health("health after recovery (the old primary rejoins as backup)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lbs", type=int, default=3)
+    parser.add_argument("--backends", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--controller", metavar="HOST:PORT",
+                        help="use this running controller instead of starting ryu-manager")
+    parser.add_argument("--agents", action="store_true", help="run sbft-agent on every replica")
+    parser.add_argument("--cli", action="store_true", help="open the Mininet CLI")
+    parser.add_argument("--demo", action="store_true", help="run the scripted demo")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("Mininet needs root")
+    setLogLevel("warning")
+    with Lab(lbs=args.lbs, backends=args.backends, clients=args.clients, agents=args.agents,
+             controller=args.controller) as lab:
+        print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
+        if args.demo:
+            demo(lab)
+        if args.cli:
+            from mininet.cli import CLI
+            CLI(lab.net)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

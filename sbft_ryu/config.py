@@ -1,0 +1,263 @@
+"""The ``[sbft]`` options: registered once with oslo.config, validated once, then frozen.
+
+Ryu reads its configuration through oslo.config (``ryu-manager --config-file FILE``); the app
+calls :func:`register_opts` and then :func:`load_config`, which checks every value and every rule
+that spans options and returns a frozen :class:`SbftConfig`. Every problem is one
+:class:`ConfigError` naming the option, the value and what was expected. The embedded defaults
+describe the default Mininet topology (``mininet/sbft_topo.py``), so no file is needed there.
+"""
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from sbft_ryu import flowfile
+from sbft_ryu.model import FlowSpec, Replica
+
+GROUP = "sbft"
+
+# Flows installed when no flows_file is given: plain L2 learning for everything the service
+# flows do not claim (they sit at higher priorities).
+BUILTIN_FLOWS = "priority=0,actions=NORMAL\n"
+BUILTIN_FLOWS_NAME = "<built-in flows>"
+
+DEFAULT_REPLICAS = (
+    "lb1 10.0.0.11 00:00:00:00:01:01 1",
+    "lb2 10.0.0.12 00:00:00:00:01:02 2",
+    "lb3 10.0.0.13 00:00:00:00:01:03 3",
+)
+
+MODES = ("passive", "active")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAX_PORT = 0xFFFFFF00
+
+
+class ConfigError(ValueError):
+    """An invalid ``[sbft]`` value: names the option, the value and what was expected."""
+
+    def __init__(self, option, value, expected):
+        self.option = option
+        self.value = value
+        self.expected = expected
+        super().__init__(f"[{GROUP}] {option} = {value!r}: expected {expected}")
+
+
+@dataclass(frozen=True)
+class SbftConfig:
+    vip: str
+    vmac: str
+    service_port: int
+    replicas: Tuple[Replica, ...]
+    flows: Tuple[FlowSpec, ...]
+    flows_source: str
+    dpid: Optional[int]
+    heartbeat_timeout: float
+    heartbeat_interval: float
+    service_priority: int
+    mode: str
+
+    def replica(self, name):
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        return None
+
+
+def _opts():
+    from oslo_config import cfg
+
+    return [
+        cfg.StrOpt("flows_file", default="",
+                   help="ovs-ofctl-style flows installed on every switch (empty: built-in "
+                        "'priority=0,actions=NORMAL')"),
+        cfg.StrOpt("vip", default="10.0.0.100", help="service virtual IPv4 address"),
+        cfg.StrOpt("vmac", default="02:00:0a:00:00:64",
+                   help="MAC address the controller answers ARP for the VIP with"),
+        cfg.StrOpt("service_port", default="5555", help="service TCP port"),
+        cfg.MultiStrOpt("replica", default=list(DEFAULT_REPLICAS),
+                        help="NAME IP MAC PORT, once per replica in priority order; "
+                             "a single empty value means no replicas"),
+        cfg.StrOpt("dpid", default="",
+                   help="datapath id of the service switch (empty: every switch)"),
+        cfg.StrOpt("heartbeat_timeout", default="0.15",
+                   help="seconds of agent silence before a replica is down (0: port state only)"),
+        cfg.StrOpt("heartbeat_interval", default="0.05",
+                   help="seconds between agent heartbeats, told to agents in every reply"),
+        cfg.StrOpt("service_priority", default="40000",
+                   help="lowest priority of the service flows (they use this .. +99)"),
+        cfg.StrOpt("mode", default="passive", help="passive | active"),
+    ]
+
+
+OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
+                "heartbeat_timeout", "heartbeat_interval", "service_priority", "mode")
+
+
+def register_opts(conf):
+    """Register the [sbft] group on ``conf`` (idempotent, as Ryu apps may be loaded twice)."""
+    try:
+        conf.register_opts(_opts(), group=GROUP)
+    except Exception as exc:  # oslo raises DuplicateOptError only if a definition differs
+        if type(exc).__name__ != "DuplicateOptError":
+            raise
+
+
+def load_config(conf):
+    """Validate the [sbft] group of an oslo ConfigOpts and return a frozen SbftConfig."""
+    group = getattr(conf, GROUP)
+    raw = {name: getattr(group, name) for name in OPTION_NAMES}
+    base_dir = None
+    for path in getattr(conf, "config_file", None) or ():
+        if "flows_file" in check_unknown_options(path):
+            base_dir = os.path.dirname(os.path.abspath(path))
+    flows_file = str(raw["flows_file"] or "").strip()
+    if flows_file and base_dir and not os.path.isabs(flows_file):
+        # relative to the config file that names it, so the command works from any directory
+        raw["flows_file"] = os.path.join(base_dir, flows_file)
+    return build_config(raw)
+
+
+def build_config(raw):
+    """Validate a plain dict of option → value (strings, as oslo returns them) into SbftConfig."""
+    vip = _ipv4("vip", raw["vip"])
+    vmac = _mac("vmac", raw["vmac"])
+    service_port = _int("service_port", raw["service_port"], 1, 65535)
+    replicas = _replicas(raw["replica"], vip)
+    dpid = _dpid(raw["dpid"])
+    timeout = _float("heartbeat_timeout", raw["heartbeat_timeout"], 0.0, 60.0)
+    interval = _float("heartbeat_interval", raw["heartbeat_interval"], 0.005, 10.0)
+    if timeout and interval >= timeout:
+        raise ConfigError("heartbeat_interval", raw["heartbeat_interval"],
+                          f"a value below heartbeat_timeout ({timeout})")
+    priority = _int("service_priority", raw["service_priority"], 1, 65535 - 99)
+    mode = str(raw["mode"]).strip()
+    if mode not in MODES:
+        raise ConfigError("mode", raw["mode"], " or ".join(MODES))
+    flows_file = str(raw["flows_file"] or "").strip()
+    if flows_file:
+        flows = flowfile.load_flows_file(flows_file)
+    else:
+        flows, flows_file = flowfile.parse_flows(BUILTIN_FLOWS, BUILTIN_FLOWS_NAME), BUILTIN_FLOWS_NAME
+    return SbftConfig(vip=vip, vmac=vmac, service_port=service_port, replicas=replicas,
+                      flows=flows, flows_source=flows_file, dpid=dpid,
+                      heartbeat_timeout=timeout, heartbeat_interval=interval,
+                      service_priority=priority, mode=mode)
+
+
+def check_unknown_options(path):
+    """oslo.config ignores unknown keys; a typo in [sbft] should not be silently dropped.
+
+    Returns the [sbft] keys the file sets.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return set()  # oslo already reported unreadable files
+    keys = set()
+    section = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        if text.startswith("[") and text.endswith("]"):
+            section = text[1:-1].strip()
+            continue
+        if section == GROUP and not line[:1].isspace():
+            key = re.split(r"[=:]", text, maxsplit=1)[0].strip()
+            if key not in OPTION_NAMES:
+                raise ConfigError(key, text, f"one of the [{GROUP}] options "
+                                  f"({', '.join(OPTION_NAMES)}) at {path}:{number}")
+            keys.add(key)
+    return keys
+
+
+def _int(option, value, low, high):
+    text = str(value).strip().lower()
+    try:
+        number = int(text, 16) if text.startswith("0x") else int(text, 10)
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(option, value, f"an integer {low}..{high}")
+    return number
+
+
+def _float(option, value, low, high):
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = None
+    if number is None or not low <= number <= high:
+        raise ConfigError(option, value, f"a number of seconds {low:g}..{high:g}")
+    return number
+
+
+def _ipv4(option, value):
+    try:
+        return str(ipaddress.IPv4Address(str(value).strip()))
+    except ValueError:
+        raise ConfigError(option, value, "an IPv4 address like 10.0.0.100") from None
+
+
+def _mac(option, value):
+    text = str(value).strip().lower()
+    if not _MAC.match(text):
+        raise ConfigError(option, value, "a MAC address like 02:00:0a:00:00:64")
+    if int(text[:2], 16) & 1:
+        raise ConfigError(option, value, "a unicast MAC address (first octet even)")
+    return text
+
+
+def _dpid(value):
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        dpid = int(text, 16) if not text.lower().startswith("0x") else int(text, 0)
+    except ValueError:
+        dpid = -1
+    if not 0 <= dpid < 2 ** 64:
+        raise ConfigError("dpid", value, "a datapath id of up to 16 hex digits, or empty")
+    return dpid
+
+
+def _replicas(values, vip):
+    values = [str(v) for v in (values or [])]
+    if values == [""] or not values:
+        return ()
+    replicas = []
+    for value in values:
+        expected = "NAME IP MAC PORT (space-separated, PORT the switch's OpenFlow port)"
+        parts = value.split()
+        if len(parts) != 4:
+            raise ConfigError("replica", value, expected)
+        name, ip, mac, port = parts
+        if not _NAME.match(name):
+            raise ConfigError("replica", value, "a NAME of letters, digits, '_.-' "
+                              "starting with a letter (at most 32)")
+        try:
+            ip = _ipv4("replica", ip)
+            mac = _mac("replica", mac)
+        except ConfigError as exc:
+            raise ConfigError("replica", value, exc.expected + f" in {expected}") from None
+        port = _int("replica", port, 1, MAX_PORT) if port.isdigit() else None
+        if port is None:
+            raise ConfigError("replica", value, f"PORT an integer 1..{MAX_PORT} in {expected}")
+        replicas.append(Replica(name=name, ip=ip, mac=mac, port=port))
+    for attr in ("name", "ip", "mac", "port"):
+        seen = {}
+        for replica in replicas:
+            key = getattr(replica, attr)
+            if key in seen:
+                raise ConfigError("replica", f"{seen[key].name} / {replica.name}",
+                                  f"replicas with distinct {attr.upper()}s (both use {key})")
+            seen[key] = replica
+    for replica in replicas:
+        if replica.ip == vip:
+            raise ConfigError("replica", replica.name,
+                              f"a replica IP different from the vip {vip}")
+    return tuple(replicas)

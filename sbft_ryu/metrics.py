@@ -1,0 +1,79 @@
+"""Prometheus metrics, all declared here and derived at scrape time from the health view.
+
+Deriving from the same dict that ``/sbft/health`` returns keeps the two from disagreeing and
+leaves no call site that updates a metric by name. The registry is passed in, so tests use a
+fresh one.
+"""
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+STATUSES = ("ok", "degraded", "down")
+ROLES = ("primary", "backup", "none")
+
+
+class SbftCollector:
+    """``source()`` returns ``(health_view_dict, controller_counters_dict)``."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def describe(self):
+        return []  # metrics vary with the configuration; no registration-time checks
+
+    def collect(self):
+        health, counters = self._source()
+        yield _gauge("sbft_epoch", "Primary epoch: increases at every change of primary",
+                     [((), health["epoch"])])
+        yield _gauge("sbft_status", "1 for the tier's current status (ok, degraded, down)",
+                     [((status,), int(health["status"] == status)) for status in STATUSES],
+                     ["status"])
+        yield _gauge("sbft_switch_connected", "1 while the switch is connected",
+                     [((s["dpid"],), int(s["connected"])) for s in health["switches"]],
+                     ["dpid"])
+        replicas = health["replicas"]
+        yield _gauge("sbft_replica_up", "1 while the replica is up (link, heartbeat, probe)",
+                     [((r["name"],), int(r["state"] == "up")) for r in replicas], ["replica"])
+        yield _gauge("sbft_replica_role", "1 for the replica's current role",
+                     [((r["name"], role), int(r["role"] == role))
+                      for r in replicas for role in ROLES], ["replica", "role"])
+        yield _gauge("sbft_replica_link_up", "1 while the replica's switch port is up",
+                     [((r["name"],), int(r["link_up"])) for r in replicas], ["replica"])
+        yield _gauge("sbft_replica_service_ok", "1 if the agent's last probe of its proxy passed",
+                     [((r["name"],), int(bool(r["service_ok"]))) for r in replicas], ["replica"])
+        yield _gauge("sbft_replica_heartbeat_age_seconds", "Seconds since the last heartbeat",
+                     [((r["name"],), r["last_heartbeat_age_s"]) for r in replicas
+                      if r["last_heartbeat_age_s"] is not None], ["replica"])
+        yield _counter("sbft_replica_heartbeats", "Heartbeats received",
+                       [((r["name"],), r["heartbeats"]) for r in replicas], ["replica"])
+        yield _counter("sbft_agent_counter", "Counters an agent reports in its heartbeats",
+                       [((r["name"], key), value) for r in replicas
+                        for key, value in sorted(r["counters"].items())],
+                       ["replica", "counter"])
+        yield _counter("sbft_controller", "Controller event counters",
+                       [((key,), value) for key, value in sorted(counters.items())], ["event"])
+
+
+def _gauge(name, doc, samples, labels=()):
+    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    for label_values, value in samples:
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def _counter(name, doc, samples, labels=()):
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    for label_values, value in samples:
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def make_registry(source):
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SbftCollector(source))
+    return registry
+
+
+def exposition(registry):
+    """(body bytes, content type) in the Prometheus text format."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

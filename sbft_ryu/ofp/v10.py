@@ -1,0 +1,123 @@
+"""OpenFlow 1.0: descriptions → ryu.ofproto.ofproto_v1_0_parser messages (datapath=None).
+
+OpenFlow 1.0 has no groups, so a :class:`~sbft_ryu.model.Mirror` becomes repeated
+(set destination MAC, output) pairs in the flow itself. ARP fields travel in nw_src/nw_dst
+(sender/target address) and nw_proto (opcode), and masks must be CIDR prefixes.
+"""
+
+from ryu.ofproto import ofproto_v1_0 as ofp
+from ryu.ofproto import ofproto_v1_0_parser as parser
+
+from sbft_ryu import model
+from sbft_ryu.ofp.common import TranslationError, prefix_len
+
+OFP_VERSION = ofp.OFP_VERSION
+
+_RESERVED = {
+    "NORMAL": ofp.OFPP_NORMAL,
+    "FLOOD": ofp.OFPP_FLOOD,
+    "ALL": ofp.OFPP_ALL,
+    "CONTROLLER": ofp.OFPP_CONTROLLER,
+    "IN_PORT": ofp.OFPP_IN_PORT,
+    "LOCAL": ofp.OFPP_LOCAL,
+}
+_MAX_PORT = ofp.OFPP_MAX
+_FULL_PACKET = 0xFFFF
+
+
+def port_number(port):
+    if isinstance(port, str):
+        return _RESERVED[port]
+    if port > _MAX_PORT:
+        raise TranslationError(f"port {port} does not fit OpenFlow 1.0's 16-bit port numbers")
+    return port
+
+
+def _ip(name, value):
+    address, mask = value
+    length = prefix_len(address, mask)
+    if length is None:
+        raise TranslationError(f"{name} mask {mask} is not a CIDR prefix (OpenFlow 1.0)")
+    return address, length
+
+
+def match(spec):
+    """A model.Match as an OpenFlow 1.0 OFPMatch (wildcards derived from what is set)."""
+    fields = {}
+    if spec.in_port is not None:
+        fields["in_port"] = port_number(spec.in_port)
+    for name in ("dl_src", "dl_dst", "dl_vlan", "dl_type", "nw_proto", "tp_src", "tp_dst"):
+        if getattr(spec, name) is not None:
+            fields[name] = getattr(spec, name)
+    if spec.arp_op is not None:
+        fields["nw_proto"] = spec.arp_op
+    for name, field in (("nw_src", "nw_src"), ("nw_dst", "nw_dst"),
+                        ("arp_spa", "nw_src"), ("arp_tpa", "nw_dst")):
+        value = getattr(spec, name)
+        if value is not None:
+            address, length = _ip(name, value)
+            fields[field] = address
+            fields[field + "_mask"] = length
+    return parser.OFPMatch(**fields)
+
+
+class Translator:
+    version = OFP_VERSION
+
+    def translate(self, messages):
+        out = []
+        for message in messages:
+            out.extend(self._one(message))
+        return out
+
+    def _one(self, message):
+        if isinstance(message, model.FlowSpec):
+            return [parser.OFPFlowMod(None, match=match(message.match), cookie=message.cookie,
+                                      command=ofp.OFPFC_ADD, idle_timeout=message.idle_timeout,
+                                      hard_timeout=message.hard_timeout,
+                                      priority=message.priority,
+                                      actions=self._actions(message.actions))]
+        if isinstance(message, model.FlowDelete):
+            return [parser.OFPFlowMod(None, match=match(message.match), cookie=0,
+                                      command=ofp.OFPFC_DELETE_STRICT,
+                                      idle_timeout=0, hard_timeout=0,
+                                      priority=message.priority, out_port=ofp.OFPP_NONE)]
+        if isinstance(message, model.PacketOutSpec):
+            in_port = ofp.OFPP_NONE if message.in_port is None else message.in_port
+            return [parser.OFPPacketOut(
+                None, buffer_id=0xFFFFFFFF, in_port=in_port,
+                actions=[parser.OFPActionOutput(port_number(message.out_port), 0)],
+                data=message.data)]
+        if isinstance(message, model.ResetTables):
+            return [parser.OFPFlowMod(None, match=parser.OFPMatch(), cookie=0,
+                                      command=ofp.OFPFC_DELETE, idle_timeout=0,
+                                      hard_timeout=0, priority=0, out_port=ofp.OFPP_NONE)]
+        if isinstance(message, model.Barrier):
+            return [parser.OFPBarrierRequest(None)]
+        if isinstance(message, model.EnablePacketIn):
+            return [parser.OFPSetConfig(None, ofp.OFPC_FRAG_NORMAL, _FULL_PACKET)]
+        if isinstance(message, model.RequestPorts):
+            return []  # the features reply already listed the ports
+        raise TranslationError(f"cannot translate {message!r}")
+
+    @staticmethod
+    def _actions(actions):
+        out = []
+        for action in actions:
+            if isinstance(action, model.Output):
+                out.append(parser.OFPActionOutput(port_number(action.port), _FULL_PACKET))
+            elif isinstance(action, model.SetDlSrc):
+                out.append(parser.OFPActionSetDlSrc(action.mac))
+            elif isinstance(action, model.SetDlDst):
+                out.append(parser.OFPActionSetDlDst(action.mac))
+            elif isinstance(action, model.SetVlanVid):
+                out.append(parser.OFPActionVlanVid(action.vid))
+            elif isinstance(action, model.StripVlan):
+                out.append(parser.OFPActionStripVlan())
+            elif isinstance(action, model.Mirror):
+                for bucket in action.buckets:
+                    out.append(parser.OFPActionSetDlDst(bucket.mac))
+                    out.append(parser.OFPActionOutput(port_number(bucket.port), 0))
+            else:
+                raise TranslationError(f"cannot translate action {action!r}")
+        return out

@@ -1,0 +1,145 @@
+"""OpenFlow 1.3: descriptions → ryu.ofproto.ofproto_v1_3_parser messages (datapath=None).
+
+A :class:`~sbft_ryu.model.Mirror` becomes a group of type ALL (one bucket per copy) that the flow
+points to; the first use after a reset adds the group, later uses modify it in place.
+"""
+
+from ryu.ofproto import ofproto_v1_3 as ofp
+from ryu.ofproto import ofproto_v1_3_parser as parser
+
+from sbft_ryu import model
+from sbft_ryu.ofp.common import TranslationError
+
+OFP_VERSION = ofp.OFP_VERSION
+
+_RESERVED = {
+    "NORMAL": ofp.OFPP_NORMAL,
+    "FLOOD": ofp.OFPP_FLOOD,
+    "ALL": ofp.OFPP_ALL,
+    "CONTROLLER": ofp.OFPP_CONTROLLER,
+    "IN_PORT": ofp.OFPP_IN_PORT,
+    "LOCAL": ofp.OFPP_LOCAL,
+}
+_TP_FIELDS = {model.IP_PROTO_TCP: ("tcp_src", "tcp_dst"), model.IP_PROTO_UDP: ("udp_src", "udp_dst")}
+_NO_VLAN = 0xFFFF
+
+
+def port_number(port):
+    return _RESERVED[port] if isinstance(port, str) else port
+
+
+def match(spec):
+    """A model.Match as an OXM OFPMatch."""
+    fields = {}
+    if spec.in_port is not None:
+        fields["in_port"] = spec.in_port
+    if spec.dl_src is not None:
+        fields["eth_src"] = spec.dl_src
+    if spec.dl_dst is not None:
+        fields["eth_dst"] = spec.dl_dst
+    if spec.dl_vlan is not None:
+        fields["vlan_vid"] = (ofp.OFPVID_NONE if spec.dl_vlan == _NO_VLAN
+                              else ofp.OFPVID_PRESENT | spec.dl_vlan)
+    if spec.dl_type is not None:
+        fields["eth_type"] = spec.dl_type
+    if spec.nw_proto is not None:
+        fields["ip_proto"] = spec.nw_proto
+    for name, oxm in (("nw_src", "ipv4_src"), ("nw_dst", "ipv4_dst"),
+                      ("arp_spa", "arp_spa"), ("arp_tpa", "arp_tpa")):
+        value = getattr(spec, name)
+        if value is not None:
+            fields[oxm] = value[0] if value[1] == model.EXACT_MASK else value
+    if spec.arp_op is not None:
+        fields["arp_op"] = spec.arp_op
+    if spec.tp_src is not None or spec.tp_dst is not None:
+        if spec.nw_proto not in _TP_FIELDS:
+            raise TranslationError("tp_src/tp_dst need nw_proto tcp or udp")
+        src, dst = _TP_FIELDS[spec.nw_proto]
+        if spec.tp_src is not None:
+            fields[src] = spec.tp_src
+        if spec.tp_dst is not None:
+            fields[dst] = spec.tp_dst
+    return parser.OFPMatch(**fields)
+
+
+class Translator:
+    version = OFP_VERSION
+
+    def __init__(self):
+        self._groups = set()  # group ids known to exist on this switch
+
+    def translate(self, messages):
+        out = []
+        for message in messages:
+            out.extend(self._one(message))
+        return out
+
+    def _one(self, message):
+        if isinstance(message, model.FlowSpec):
+            return self._flow(message)
+        if isinstance(message, model.FlowDelete):
+            return [parser.OFPFlowMod(None, command=ofp.OFPFC_DELETE_STRICT,
+                                      priority=message.priority, match=match(message.match),
+                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY)]
+        if isinstance(message, model.PacketOutSpec):
+            actions = [parser.OFPActionOutput(port_number(message.out_port), 0)]
+            in_port = ofp.OFPP_CONTROLLER if message.in_port is None else message.in_port
+            return [parser.OFPPacketOut(None, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
+                                        actions=actions, data=message.data)]
+        if isinstance(message, model.ResetTables):
+            self._groups.clear()
+            return [parser.OFPFlowMod(None, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                                      match=parser.OFPMatch()),
+                    parser.OFPGroupMod(None, command=ofp.OFPGC_DELETE, group_id=ofp.OFPG_ALL)]
+        if isinstance(message, model.Barrier):
+            return [parser.OFPBarrierRequest(None)]
+        if isinstance(message, model.EnablePacketIn):
+            return [parser.OFPSetConfig(None, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_NO_BUFFER)]
+        if isinstance(message, model.RequestPorts):
+            return [parser.OFPPortDescStatsRequest(None, 0)]
+        raise TranslationError(f"cannot translate {message!r}")
+
+    def _flow(self, flow):
+        out = []
+        actions = []
+        for action in flow.actions:
+            if isinstance(action, model.Mirror):
+                out.append(self._group(action))
+                actions.append(parser.OFPActionGroup(action.group_id))
+            else:
+                actions.extend(self._action(action, flow.match))
+        instructions = ([parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
+                        if actions else [])
+        out.append(parser.OFPFlowMod(None, cookie=flow.cookie, command=ofp.OFPFC_ADD,
+                                     idle_timeout=flow.idle_timeout,
+                                     hard_timeout=flow.hard_timeout, priority=flow.priority,
+                                     match=match(flow.match), instructions=instructions))
+        return out
+
+    def _group(self, mirror):
+        command = ofp.OFPGC_MODIFY if mirror.group_id in self._groups else ofp.OFPGC_ADD
+        self._groups.add(mirror.group_id)
+        buckets = [parser.OFPBucket(actions=[parser.OFPActionSetField(eth_dst=bucket.mac),
+                                             parser.OFPActionOutput(bucket.port, 0)])
+                   for bucket in mirror.buckets]
+        return parser.OFPGroupMod(None, command=command, type_=ofp.OFPGT_ALL,
+                                  group_id=mirror.group_id, buckets=buckets)
+
+    @staticmethod
+    def _action(action, flow_match):
+        if isinstance(action, model.Output):
+            return [parser.OFPActionOutput(port_number(action.port), ofp.OFPCML_NO_BUFFER)]
+        if isinstance(action, model.SetDlSrc):
+            return [parser.OFPActionSetField(eth_src=action.mac)]
+        if isinstance(action, model.SetDlDst):
+            return [parser.OFPActionSetField(eth_dst=action.mac)]
+        if isinstance(action, model.SetVlanVid):
+            set_vid = parser.OFPActionSetField(vlan_vid=ofp.OFPVID_PRESENT | action.vid)
+            tagged = flow_match.dl_vlan is not None and flow_match.dl_vlan != _NO_VLAN
+            # like ovs-ofctl's mod_vlan_vid: push a tag first unless the match guarantees one
+            return [set_vid] if tagged else [
+                parser.OFPActionPushVlan(model.ETH_TYPE_VLAN), set_vid]
+        if isinstance(action, model.StripVlan):
+            return [parser.OFPActionPopVlan()]
+        raise TranslationError(f"cannot translate action {action!r}")

@@ -1,0 +1,163 @@
+"""REST API on Ryu's WSGI server (``--wsapi-host``/``--wsapi-port``, default 0.0.0.0:8080).
+
+Each path has one method-agnostic route; the handler checks the method itself, because Ryu's
+router answers a wrong method with 404 where a client expects 405 and an ``Allow`` header. Every
+error, including unknown paths under ``/sbft/``, is JSON: ``{"error": {"code", "message"}}``.
+Handlers only parse input and call the app; views build the bodies.
+"""
+
+import functools
+import json
+import logging
+import math
+
+from ryu.app.wsgi import ControllerBase, Response, route
+
+from sbft_ryu import views
+
+APP_KEY = "sbft_app"
+LOG = logging.getLogger(__name__)
+NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]{0,31}"
+MAX_BODY = 64 * 1024
+MAX_COUNTERS = 64
+HEARTBEAT_KEYS = ("seq", "service_ok", "counters")
+
+
+class ApiError(Exception):
+    def __init__(self, code, message, headers=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(body, status=200, headers=None):
+    response = Response(status=status, content_type="application/json", charset="utf-8",
+                        body=(json.dumps(body, indent=1) + "\n").encode("utf-8"))
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def api(*methods):
+    """Allow ``methods`` only (405 + Allow otherwise) and turn errors into the JSON envelope."""
+    allowed = ", ".join(methods)
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(self, req, **kwargs):
+            try:
+                if req.method not in methods:
+                    raise ApiError(405, f"method {req.method} not allowed; use {allowed}",
+                                   {"Allow": allowed})
+                return handler(self, req, **kwargs)
+            except ApiError as exc:
+                LOG.info("REST %s %s -> %d: %s", req.method, req.path, exc.code, exc.message)
+                return json_response(views.error_body(exc.code, exc.message), exc.code,
+                                     exc.headers)
+            except Exception:  # a bug: log it with the request, answer 500, keep serving
+                LOG.exception("REST %s %s failed", req.method, req.path)
+                return json_response(views.error_body(500, "internal error (see controller log)"),
+                                     500)
+        return wrapper
+    return decorate
+
+
+def parse_heartbeat(body):
+    """Validate a heartbeat body: ``{"seq": int, "service_ok": bool, "counters": {str: num}}``."""
+    if len(body) > MAX_BODY:
+        raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object with keys seq, service_ok, counters")
+    unknown = sorted(set(data) - set(HEARTBEAT_KEYS))
+    if unknown:
+        raise ApiError(400, f"unknown keys {unknown}; expected {list(HEARTBEAT_KEYS)}")
+    seq = data.get("seq")
+    if not _is_int(seq) or seq < 0:
+        raise ApiError(400, f"seq must be a non-negative integer, got {seq!r}")
+    service_ok = data.get("service_ok")
+    if not isinstance(service_ok, bool):
+        raise ApiError(400, f"service_ok must be true or false, got {service_ok!r}")
+    counters = data.get("counters", {})
+    if not isinstance(counters, dict) or len(counters) > MAX_COUNTERS:
+        raise ApiError(400, f"counters must be an object of at most {MAX_COUNTERS} entries")
+    for key, value in counters.items():
+        if len(key) > 64 or not _is_number(value) or value < 0:
+            raise ApiError(400, f"counter {key[:64]!r} must be a non-negative number, "
+                                f"got {value!r}")
+    return seq, service_ok, counters
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+class SbftRestController(ControllerBase):
+    def __init__(self, req, link, data, **config):
+        super().__init__(req, link, data, **config)
+        self.app = data[APP_KEY]
+
+    @route("sbft_health", "/sbft/health")
+    @api("GET")
+    def health(self, req, **_):
+        return json_response(self.app.health())
+
+    @route("sbft_replicas", "/sbft/replicas")
+    @api("GET")
+    def replicas(self, req, **_):
+        return json_response({"replicas": self.app.replicas()})
+
+    @route("sbft_replica", "/sbft/replicas/{name}", requirements={"name": NAME_PATTERN})
+    @api("GET")
+    def replica(self, req, name, **_):
+        return json_response(self.app.replica(self._known(name)))
+
+    @route("sbft_heartbeat", "/sbft/replicas/{name}/heartbeat",
+           requirements={"name": NAME_PATTERN})
+    @api("POST")
+    def heartbeat(self, req, name, **_):
+        name = self._known(name)
+        seq, service_ok, counters = parse_heartbeat(req.body)
+        return json_response(self.app.heartbeat(name, seq, service_ok, counters))
+
+    @route("sbft_events", "/sbft/events")
+    @api("GET")
+    def events(self, req, **_):
+        return json_response(self.app.events())
+
+    @route("sbft_metrics", "/metrics")
+    @api("GET")
+    def metrics(self, req, **_):
+        body, content_type = self.app.metrics_text()
+        response = Response(status=200, body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    def _known(self, name):
+        if self.app.config.replica(name) is None:
+            names = [replica.name for replica in self.app.config.replicas]
+            raise ApiError(404, f"no replica named {name!r}; configured: {names}")
+        return name
+
+
+class SbftFallbackController(ControllerBase):
+    """JSON 404 for any other path under /sbft/ (registered last: Routes matches in order)."""
+
+    @route("sbft_not_found", "/sbft/{tail:.*}")
+    @api("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    def not_found(self, req, tail, **_):
+        raise ApiError(404, f"no such resource /sbft/{tail}; see /sbft/health")
+
+
+def register(wsgi_app, app):
+    """Mount the API on Ryu's WSGIApplication, serving ``app`` (the SbftApp)."""
+    wsgi_app.register(SbftRestController, {APP_KEY: app})
+    wsgi_app.register(SbftFallbackController, {APP_KEY: app})
