@@ -243,9 +243,10 @@ class SbftTopo(Topo):
     on the management switch s0."""
 
     def build(self, lbs=3, backends=2, clients=1, rundir=None, agents=False, wsapi_port=8080,
-              agent_args=()):
+              agent_args=(), protocols="OpenFlow10,OpenFlow13"):
         layout = plan(lbs, backends, clients)
-        s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001")
+        s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001",
+                            protocols=protocols)
         s0 = self.addSwitch("s0", cls=MgmtSwitch, dpid="00000000000000fe")
         self.addHost("mgmt0", cls=RootNode, ip=f"{MGMT_ROOT_IP}/{MGMT_PREFIX}")
         self.addLink("mgmt0", s0, port2=254)
@@ -347,10 +348,13 @@ class Lab:
 
     def __init__(self, lbs=3, backends=2, clients=1, agents=False, agent_args=(),
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
-                 wait_for_primary=True):
+                 wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
+                 passive_listener=False):
         self.layout = plan(lbs, backends, clients)
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
-                              agent_args=tuple(agent_args))
+                              agent_args=tuple(agent_args), protocols=protocols)
+        self.passive_listener = passive_listener
+        self.listen_port = None
         self.sbft_extra = sbft_extra
         self.ryu_args = tuple(ryu_args)
         self.controller = controller
@@ -386,15 +390,25 @@ class Lab:
             self.config_path = os.path.join(self.rundir, "sbft.conf")
             with open(self.config_path, "w", encoding="utf-8") as handle:
                 handle.write(sbft_config_text(self.layout, self.sbft_extra))
+            ryu_args = self.ryu_args
+            if self.passive_listener:
+                # the switch listens (like the thesis's HP switch) and Ryu connects to it
+                self.listen_port = free_port()
+                ryu_args += ("--ofp-switch-address-list", f"127.0.0.1:{self.listen_port}",
+                             "--ofp-switch-connect-interval", "1")
             self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
-                                 self.ryu_args)
+                                 ryu_args)
             wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
                        "ryu-manager's REST API")
         topo = SbftTopo(rundir=self.rundir, wsapi_port=self.wsapi_port, **self.topo_args)
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, waitConnected=False)
-        self.net.addController("c0", controller=RemoteController, ip=ctrl_ip,
-                               port=self.ofp_port)
+        if not self.passive_listener:
+            self.net.addController("c0", controller=RemoteController, ip=ctrl_ip,
+                                   port=self.ofp_port)
         self.net.start()
+        if self.passive_listener:
+            subprocess.run(["ovs-vsctl", "set-controller", "s1",
+                            f"ptcp:{self.listen_port}:127.0.0.1"], check=True, timeout=10)
         wait_until(lambda: self.switch_connected(), 20, 0.1, "s1 to connect to the controller")
         if self.wait_for_primary and not self.controller:
             wait_until(lambda: self.health()["primary"], 20, 0.1, "a primary replica")

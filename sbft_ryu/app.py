@@ -175,32 +175,32 @@ class SbftApp(app_manager.RyuApp):
                           dpid_lib.dpid_to_str(msg.datapath.id), msg.type, msg.code,
                           bytes(msg.data[:64]).hex())
 
-    # ---- REST entry points (called by rest.SbftRestController) ---------------------------
+    # ---- REST entry points (called by rest.SbftRestController; RyuApp owns .events) -------
 
-    def health(self):
+    def api_health(self):
         return views.health_view(self.config, self.cluster, self.seen, time.monotonic())
 
-    def replicas(self):
+    def api_replicas(self):
         return views.replicas_view(self.config, self.cluster, time.monotonic())
 
-    def replica(self, name):
+    def api_replica(self, name):
         return views.replica_view(self.config, self.cluster, name, time.monotonic())
 
-    def events(self):
+    def api_events(self):
         return views.events_view(self.cluster, time.monotonic())
 
-    def heartbeat(self, name, seq, service_ok, counters):
+    def api_heartbeat(self, name, seq, service_ok, counters):
         self.counters["heartbeat"] += 1
         self._changed(self.cluster.heartbeat(name, seq, service_ok, counters, time.monotonic()))
         return views.heartbeat_reply(self.config, self.cluster, name)
 
-    def metrics_text(self):
+    def api_metrics_text(self):
         return metrics.exposition(self.registry)
 
     # ---- internals --------------------------------------------------------------------------
 
     def _metrics_source(self):
-        return self.health(), dict(self.counters)
+        return self.api_health(), dict(self.counters)
 
     def _ticker(self):
         while True:

@@ -108,17 +108,17 @@ class SbftRestController(ControllerBase):
     @route("sbft_health", "/sbft/health")
     @api("GET")
     def health(self, req, **_):
-        return json_response(self.app.health())
+        return json_response(self.app.api_health())
 
     @route("sbft_replicas", "/sbft/replicas")
     @api("GET")
     def replicas(self, req, **_):
-        return json_response({"replicas": self.app.replicas()})
+        return json_response({"replicas": self.app.api_replicas()})
 
     @route("sbft_replica", "/sbft/replicas/{name}", requirements={"name": NAME_PATTERN})
     @api("GET")
     def replica(self, req, name, **_):
-        return json_response(self.app.replica(self._known(name)))
+        return json_response(self.app.api_replica(self._known(name)))
 
     @route("sbft_heartbeat", "/sbft/replicas/{name}/heartbeat",
            requirements={"name": NAME_PATTERN})
@@ -126,17 +126,17 @@ class SbftRestController(ControllerBase):
     def heartbeat(self, req, name, **_):
         name = self._known(name)
         seq, service_ok, counters = parse_heartbeat(req.body)
-        return json_response(self.app.heartbeat(name, seq, service_ok, counters))
+        return json_response(self.app.api_heartbeat(name, seq, service_ok, counters))
 
     @route("sbft_events", "/sbft/events")
     @api("GET")
     def events(self, req, **_):
-        return json_response(self.app.events())
+        return json_response(self.app.api_events())
 
     @route("sbft_metrics", "/metrics")
     @api("GET")
     def metrics(self, req, **_):
-        body, content_type = self.app.metrics_text()
+        body, content_type = self.app.api_metrics_text()
         response = Response(status=200, body=body)
         response.headers["Content-Type"] = content_type
         return response
