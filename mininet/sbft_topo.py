@@ -231,8 +231,10 @@ class ReplicaHost(LabHost):
         return self.spawn("agent", self.agent_argv)
 
 
-class RootNode(Host):
-    """The root namespace's end of the management network (the controller's REST lives there)."""
+class RootNode(LabHost):
+    """The root namespace's end of the management network (the controller's REST lives there).
+
+    It owns only its own interface (mgmt0-eth0, 10.254.0.254/24 and that subnet's route)."""
 
     def __init__(self, name, **params):
         super().__init__(name, inNamespace=False, **params)
@@ -279,7 +281,8 @@ def _subdir(rundir, name):
 
 def agent_command(name, controller_url, extra=()):
     return [os.path.join(VENV_BIN, "sbft-agent"), "--name", name, "--controller",
-            controller_url, "--service-port", str(SERVICE_PORT), *extra]
+            controller_url, "--service-port", str(SERVICE_PORT), "--queue-num", "1",
+            "--probe-path", PROBE_PATH, *extra]
 
 
 topos = {"sbft": SbftTopo}
@@ -411,7 +414,8 @@ class Lab:
                             f"ptcp:{self.listen_port}:127.0.0.1"], check=True, timeout=10)
         wait_until(lambda: self.switch_connected(), 20, 0.1, "s1 to connect to the controller")
         if self.wait_for_primary and not self.controller:
-            wait_until(lambda: self.health()["primary"], 20, 0.1, "a primary replica")
+            wait_until(lambda: self.health()["status"] == "ok", 20, 0.1,
+                       "every replica up with a primary")
 
     def stop(self):
         if self.net is not None:

@@ -230,9 +230,8 @@ class SbftApp(app_manager.RyuApp):
 
     def _converge(self, switch, wanted):
         with self._lock:
-            batch = decide.update_batch(switch.installed, wanted)
-            switch.installed = wanted
-            self._send(switch, batch)
+            if self._send(switch, decide.update_batch(switch.installed, wanted)):
+                switch.installed = wanted
 
     def _log_transitions(self):
         for transition in self.cluster.transitions_since(self._logged):

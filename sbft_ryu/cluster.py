@@ -119,6 +119,7 @@ class ClusterState:
         if health.byzantine:
             return None
         health.byzantine = True
+        health.down_reason = f"{BYZANTINE}: {reason}"
         self._record(now, name, f"{BYZANTINE}: {reason}")
         self._up[name] = False
         return self._elect(now)

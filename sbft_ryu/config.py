@@ -32,6 +32,9 @@ DEFAULT_REPLICAS = (
 MODES = ("passive", "active")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_DIGITS = re.compile(r"^[0-9]{1,12}$")
+_HEX = re.compile(r"^(0x)?[0-9a-f]{1,16}$")
+_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]*)?$")
 MAX_PORT = 0xFFFFFF00
 
 
@@ -177,9 +180,11 @@ def check_unknown_options(path):
 
 def _int(option, value, low, high):
     text = str(value).strip().lower()
-    try:
-        number = int(text, 16) if text.startswith("0x") else int(text, 10)
-    except ValueError:
+    if _DIGITS.match(text):
+        number = int(text, 10)
+    elif text.startswith("0x") and _HEX.match(text):
+        number = int(text, 16)
+    else:
         number = None
     if number is None or not low <= number <= high:
         raise ConfigError(option, value, f"an integer {low}..{high}")
@@ -187,10 +192,8 @@ def _int(option, value, low, high):
 
 
 def _float(option, value, low, high):
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = None
+    text = str(value).strip()
+    number = float(text) if _DECIMAL.match(text) else None
     if number is None or not low <= number <= high:
         raise ConfigError(option, value, f"a number of seconds {low:g}..{high:g}")
     return number
@@ -216,11 +219,8 @@ def _dpid(value):
     text = str(value or "").strip()
     if not text:
         return None
-    try:
-        dpid = int(text, 16) if not text.lower().startswith("0x") else int(text, 0)
-    except ValueError:
-        dpid = -1
-    if not 0 <= dpid < 2 ** 64:
+    dpid = int(text, 16) if _HEX.match(text.lower()) else -1
+    if dpid < 0:
         raise ConfigError("dpid", value, "a datapath id of up to 16 hex digits, or empty")
     return dpid
 
@@ -244,8 +244,8 @@ def _replicas(values, vip):
             mac = _mac("replica", mac)
         except ConfigError as exc:
             raise ConfigError("replica", value, exc.expected + f" in {expected}") from None
-        port = _int("replica", port, 1, MAX_PORT) if port.isdigit() else None
-        if port is None:
+        port = int(port) if _DIGITS.match(port) else 0
+        if not 1 <= port <= MAX_PORT:
             raise ConfigError("replica", value, f"PORT an integer 1..{MAX_PORT} in {expected}")
         replicas.append(Replica(name=name, ip=ip, mac=mac, port=port))
     for attr in ("name", "ip", "mac", "port"):

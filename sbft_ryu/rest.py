@@ -47,7 +47,7 @@ def api(*methods):
         @functools.wraps(handler)
         def wrapper(self, req, **kwargs):
             try:
-                if req.method not in methods:
+                if req.method not in methods and not (req.method == "HEAD" and "GET" in methods):
                     raise ApiError(405, f"method {req.method} not allowed; use {allowed}",
                                    {"Allow": allowed})
                 return handler(self, req, **kwargs)

@@ -1,0 +1,1 @@
+"""The NFQUEUE agent that runs on each LB replica (``sbft-agent``)."""

@@ -69,10 +69,17 @@ class Translator:
         self._groups = set()  # group ids known to exist on this switch
 
     def translate(self, messages):
-        out = []
-        for message in messages:
-            out.extend(self._one(message))
-        return out
+        """All messages or none: group bookkeeping is kept only if the whole batch translates
+        (the app sends nothing from a batch that failed)."""
+        known = set(self._groups)
+        try:
+            out = []
+            for message in messages:
+                out.extend(self._one(message))
+            return out
+        except Exception:
+            self._groups = known
+            raise
 
     def _one(self, message):
         if isinstance(message, model.FlowSpec):

@@ -1,0 +1,175 @@
+"""``sbft-agent``: the NFQUEUE agent on one LB replica (also ``python -m sbft_ryu.agent``).
+
+    sbft-agent --name lb1 --controller http://10.254.0.254:8080 --service-port 5555 --queue-num 1
+
+``main()`` turns argv into a frozen :class:`AgentConfig` and runs :class:`Agent`, which installs
+the iptables rules (unless ``--no-iptables``), binds the queue in the main thread, and runs the
+heartbeat and probe loops in two daemon threads until SIGTERM or SIGINT; then it unbinds the
+queue and removes exactly the rules it added.
+"""
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from sbft_ryu.agent import heartbeat, iptables, nfq, probe
+
+LOG = logging.getLogger("sbft.agent")
+THREAD_JOIN_S = 2.0
+KERNEL_COUNTERS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    controller: str
+    service_port: int = 5555
+    queue_num: int = 1
+    interval: Optional[float] = None  # None: use the controller's heartbeat_interval_s
+    http_timeout: float = 0.25
+    vip: Optional[str] = None  # None: learned from the controller
+    probe_path: str = ""
+    probe_interval: float = 0.05
+    probe_timeout: float = 0.1
+    iptables: bool = True
+    fast_path: bool = True
+    log_level: str = "INFO"
+
+
+def _positive(text):
+    value = float(text)
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 60], got {text}")
+    return value
+
+
+def _port(text):
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="sbft-agent", description="NFQUEUE agent of an sbft_ryu load-balancer replica: "
+        "lets only the primary's replies out and reports health to the controller.")
+    parser.add_argument("--name", required=True, help="this replica's name in the config")
+    parser.add_argument("--controller", required=True, metavar="URL",
+                        help="controller REST base URL, e.g. http://10.254.0.254:8080")
+    parser.add_argument("--service-port", type=_port, default=5555)
+    parser.add_argument("--queue-num", type=int, default=1, choices=range(0, 65536),
+                        metavar="N", help="NFQUEUE number (default 1)")
+    parser.add_argument("--interval", type=_positive, default=None,
+                        help="heartbeat interval in seconds (default: the controller's)")
+    parser.add_argument("--http-timeout", type=_positive, default=0.25)
+    parser.add_argument("--vip", default=None, help="service address (default: learned from "
+                        "the controller)")
+    parser.add_argument("--probe-path", default="", help="HTTP path the proxy answers itself "
+                        "with 200 (HAProxy monitor-uri); empty: TCP connect probe")
+    parser.add_argument("--probe-interval", type=_positive, default=0.05)
+    parser.add_argument("--probe-timeout", type=_positive, default=0.1)
+    parser.add_argument("--no-iptables", dest="iptables", action="store_false",
+                        help="install no rules (the operator does; see --print-rules)")
+    parser.add_argument("--no-fast-path", dest="fast_path", action="store_false",
+                        help="verdict every reply in userspace (no kernel verdict cache)")
+    parser.add_argument("--print-rules", action="store_true",
+                        help="print the iptables rules this agent would install and exit")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    print_rules = args.__dict__.pop("print_rules")
+    return AgentConfig(**vars(args)), print_rules
+
+
+class Agent:
+    def __init__(self, config):
+        self.config = config
+        self.stop = threading.Event()
+        self.state = heartbeat.RoleState()
+        self.queue = nfq.ReplyQueue(config.queue_num, self.state)
+        self.spec = iptables.RuleSpec(config.service_port, config.queue_num)
+        self.rules = None
+        self.kernel_fast_path = 0
+        self._kernel_read_at = 0.0
+        self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
+                                        config.probe_timeout, config.probe_interval,
+                                        host=config.vip)
+        self.heartbeats = None
+
+    def counters(self):
+        counters = self.queue.snapshot()
+        counters["fast_path_packets"] = self.kernel_fast_path
+        counters["probe_failures"] = self.probe.failures
+        counters["controller_failures"] = self.heartbeats.failures if self.heartbeats else 0
+        return counters
+
+    def _observe(self):
+        """Probe-thread tick: learn the VIP, read the kernel's cached-verdict counter."""
+        if self.probe.host is None and self.heartbeats and self.heartbeats.answer.get("vip"):
+            self.probe.host = self.heartbeats.answer["vip"]
+        now = time.monotonic()
+        if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
+            self._kernel_read_at = now
+            try:
+                self.kernel_fast_path = self.rules.fast_path_packets()
+            except Exception:  # counters are informative; never stop probing for them
+                LOG.debug("reading kernel counters failed", exc_info=True)
+
+    def run(self):
+        config = self.config
+        client = heartbeat.ControllerClient(config.controller, config.name, config.http_timeout)
+        rules_cm = (iptables.Rules(self.spec) if config.iptables
+                    else contextlib.nullcontext(None))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop.set())
+        with rules_cm as rules:
+            self.rules = rules if config.fast_path else None
+            self.heartbeats = heartbeat.Heartbeats(client, self.state, self.probe,
+                                                   self.counters, self.rules, config.interval)
+            threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
+                                        name="heartbeat", daemon=True),
+                       threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
+                                        name="probe", daemon=True)]
+            LOG.info("started: queue %d, service port %d, controller %s, iptables %s, "
+                     "fast path %s", config.queue_num, config.service_port, config.controller,
+                     "installed" if rules else "left to the operator",
+                     "on" if self.rules else "off")
+            for thread in threads:
+                thread.start()
+            try:
+                self.queue.serve(self.stop)
+            finally:
+                self.stop.set()
+                for thread in threads:
+                    thread.join(THREAD_JOIN_S)
+                client.close()
+        LOG.info("stopped: counters %s", self.counters())
+        return 0
+
+
+def main(argv=None):
+    config, print_rules = parse_args(argv)
+    if print_rules:
+        spec = iptables.RuleSpec(config.service_port, config.queue_num)
+        print("iptables -t mangle -A " + " ".join(iptables.jump_rule(spec)))
+        print(iptables.restore_input(spec), end="")
+        return 0
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s sbft-agent[{config.name}] %(levelname)s "
+                               "%(message)s")
+    try:
+        return Agent(config).run()
+    except Exception as exc:
+        LOG.error("fatal: %s", exc, exc_info=config.log_level == "DEBUG")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Heartbeats to the controller and the role they bring back.
+
+Every interval the agent POSTs ``{"seq", "service_ok", "counters"}`` to
+``/sbft/replicas/<name>/heartbeat`` over a kept-alive HTTP connection and applies the role in
+the answer. If the controller cannot be reached the agent keeps its last role (fail-static) and
+says so once in its log; the switch's reply filter and the controller's failover cover a primary
+that is cut off. Role changes are applied in the order that never lets a demoted replica's
+kernel keep accepting replies after its agent has stopped doing so.
+"""
+
+import http.client
+import json
+import logging
+import time
+import urllib.parse
+
+from sbft_ryu.agent.iptables import fast_mark
+
+PRIMARY = "primary"
+BACKUP = "backup"
+NO_ROLE = "none"
+ROLES = (PRIMARY, BACKUP, NO_ROLE)
+
+LOG = logging.getLogger("sbft.agent")
+
+
+class RoleState:
+    """What the packet path reads (one attribute read each) and the heartbeat loop writes."""
+
+    __slots__ = ("role", "epoch", "primary", "fast_mark", "primary_name")
+
+    def __init__(self):
+        self.role = NO_ROLE
+        self.epoch = None
+        self.primary = False  # the hot path's only question
+        self.fast_mark = None  # mark for kernel-cached verdicts while primary (None: none)
+        self.primary_name = None
+
+
+class ControllerUnreachable(Exception):
+    pass
+
+
+class ControllerRejected(Exception):
+    def __init__(self, status, message):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class ControllerClient:
+    """POSTs heartbeats over one kept-alive connection; reconnects after any failure."""
+
+    def __init__(self, base_url, name, timeout):
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme != "http" or not url.hostname:
+            raise ValueError(f"controller URL must be http://HOST:PORT, got {base_url!r}")
+        self.host = url.hostname
+        self.port = url.port or 8080
+        self.path = f"/sbft/replicas/{urllib.parse.quote(name)}/heartbeat"
+        self.timeout = timeout
+        self._conn = None
+
+    def heartbeat(self, body):
+        data = json.dumps(body).encode("utf-8")
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port,
+                                                        timeout=self.timeout)
+            self._conn.request("POST", self.path, body=data,
+                               headers={"Content-Type": "application/json"})
+            response = self._conn.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ControllerUnreachable(str(exc) or type(exc).__name__) from None
+        try:
+            answer = json.loads(payload.decode("utf-8"))
+        except ValueError:
+            answer = None
+        if response.status != 200:
+            message = (answer or {}).get("error", {}).get("message", payload[:200])
+            raise ControllerRejected(response.status, message)
+        if not isinstance(answer, dict) or answer.get("role") not in ROLES:
+            raise ControllerRejected(response.status, f"unexpected answer {payload[:200]!r}")
+        return answer
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class Heartbeats:
+    """The heartbeat loop; ``run(stop)`` in its own thread."""
+
+    def __init__(self, client, state, probe, counters, rules=None, interval=None,
+                 clock=time.monotonic):
+        self.client = client
+        self.state = state
+        self.probe = probe
+        self.counters = counters  # callable → dict
+        self.rules = rules
+        self.fixed_interval = interval
+        self.interval = interval or 0.05
+        self.clock = clock
+        self.controller_ok = None
+        self.answer = {}
+        self.sent = 0
+        self.failures = 0
+
+    def run(self, stop):
+        seq = 0
+        next_at = self.clock()
+        while not stop.is_set():
+            self.beat(seq)
+            seq += 1
+            next_at += self.interval
+            delay = next_at - self.clock()
+            if delay < 0:  # fell behind (slow controller): do not burst to catch up
+                next_at, delay = self.clock(), 0
+            stop.wait(delay)
+
+    def beat(self, seq):
+        body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
+                "counters": self.counters()}
+        try:
+            answer = self.client.heartbeat(body)
+        except ControllerUnreachable as exc:
+            self.failures += 1
+            self._controller(False, f"controller unreachable ({exc}): keeping role "
+                                    f"{self.state.role} (fail-static)")
+            return
+        except ControllerRejected as exc:
+            self.failures += 1
+            self._controller(False, f"controller rejected the heartbeat ({exc}): keeping role "
+                                    f"{self.state.role}")
+            return
+        self.sent += 1
+        self._controller(True, "controller reachable")
+        self.answer = answer
+        if self.fixed_interval is None and isinstance(answer.get("heartbeat_interval_s"),
+                                                      (int, float)):
+            self.interval = min(max(float(answer["heartbeat_interval_s"]), 0.005), 10.0)
+        self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
+
+    def apply(self, role, epoch, primary_name):
+        state = self.state
+        state.primary_name = primary_name
+        if role == state.role and (epoch == state.epoch or role != PRIMARY):
+            state.epoch = epoch  # a backup follows epochs silently
+            return
+        LOG.info("role %s -> %s (epoch %s, primary %s)", state.role, role, epoch, primary_name)
+        if role == PRIMARY:
+            state.primary = True  # userspace accepts from now on
+            if self.rules is not None:
+                mark = fast_mark(epoch or 0)
+                self.rules.set_fast_path(mark)
+                state.fast_mark = mark  # only once the kernel rule for it exists
+        else:
+            state.primary = False  # userspace drops from now on
+            if self.rules is not None and self.rules.mark is not None:
+                self.rules.set_fast_path(None)  # cached verdicts stop matching
+            state.fast_mark = None
+        state.role, state.epoch = role, epoch
+
+    def _controller(self, ok, message):
+        if ok == self.controller_ok:
+            return
+        self.controller_ok = ok
+        (LOG.info if ok else LOG.warning)("%s", message)

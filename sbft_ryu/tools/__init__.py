@@ -1,0 +1,1 @@
+"""Traffic tools for demos, tests and benchmarks (run inside Mininet hosts)."""

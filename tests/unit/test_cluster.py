@@ -1,0 +1,309 @@
+"""Tests for sbft_ryu.cluster: liveness, the sticky primary and the epoch, on a fake clock."""
+
+import pytest
+
+from sbft_ryu import cluster
+from sbft_ryu.cluster import ClusterState, ClusterView
+from sbft_ryu.model import Replica
+
+REPLICAS = (
+    Replica("lb1", "10.0.0.11", "00:00:00:00:01:01", 1),
+    Replica("lb2", "10.0.0.12", "00:00:00:00:01:02", 2),
+    Replica("lb3", "10.0.0.13", "00:00:00:00:01:03", 3),
+)
+DPID = 1
+ALL_UP = {1: True, 2: True, 3: True}
+TIMEOUT = 0.15
+
+
+def ports_only():
+    """heartbeat_timeout=0: a replica is up while its switch port is."""
+    return ClusterState(REPLICAS, heartbeat_timeout=0)
+
+
+def all_up():
+    state = ports_only()
+    state.set_ports(DPID, ALL_UP, 0.0)
+    return state
+
+
+def with_heartbeats(now=1.0, names=("lb1", "lb2", "lb3")):
+    """heartbeat_timeout=0.15, every port up and a heartbeat from ``names`` at ``now``."""
+    state = ClusterState(REPLICAS, heartbeat_timeout=TIMEOUT)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    for seq, name in enumerate(names):
+        state.heartbeat(name, seq, True, {}, now)
+    return state
+
+
+def changes(state):
+    return [(t.replica, t.change, t.epoch) for t in state.history]
+
+
+# --- port state only (heartbeat_timeout=0) -------------------------------------------------
+
+
+def test_nothing_is_up_before_any_port_status():
+    state = ports_only()
+    assert state.view == ClusterView(members=(), primary=None, epoch=0)
+    assert [state.state(r.name) for r in REPLICAS] == ["down"] * 3
+    assert state.health["lb1"].down_reason == "no switch port seen"
+    assert state.evaluate(5.0) is None
+    assert state.status() == "down"
+
+
+def test_set_ports_brings_replicas_up_and_elects_the_first_with_epoch_1():
+    state = ports_only()
+    view = state.set_ports(DPID, ALL_UP, 0.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
+    assert state.view == view
+    assert all(state.is_up(r.name) for r in REPLICAS)
+    assert changes(state) == [("lb1", "up", 0), ("lb2", "up", 0), ("lb3", "up", 0),
+                              ("lb1", "primary", 1)]
+
+
+def test_election_follows_configured_order_not_port_order():
+    state = ports_only()
+    view = state.set_ports(DPID, {2: True, 3: True}, 0.0)
+    assert view == ClusterView(members=("lb2", "lb3"), primary="lb2", epoch=1)
+
+
+def test_primary_port_down_fails_over_to_next_replica():
+    state = all_up()
+    view = state.port_status(DPID, 1, False, 1.0)
+    assert view == ClusterView(members=("lb2", "lb3"), primary="lb2", epoch=2)
+    assert state.health["lb1"].down_reason == "switch port down"
+    assert changes(state)[-2:] == [("lb1", "down: switch port down", 1), ("lb2", "primary", 2)]
+
+
+def test_old_primary_rejoins_as_backup_and_epoch_is_unchanged():
+    state = all_up()
+    state.port_status(DPID, 1, False, 1.0)
+    view = state.port_status(DPID, 1, True, 2.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb2", epoch=2)
+    assert state.role("lb1") == "backup"
+
+
+def test_backup_port_down_changes_members_only():
+    state = all_up()
+    view = state.port_status(DPID, 3, False, 1.0)
+    assert view == ClusterView(members=("lb1", "lb2"), primary="lb1", epoch=1)
+
+
+def test_unrelated_port_changes_nothing():
+    state = all_up()
+    assert state.port_status(DPID, 7, False, 1.0) is None
+    assert state.port_status(DPID, 7, True, 1.0) is None
+
+
+def test_all_down_leaves_no_primary_and_bumps_epoch():
+    state = all_up()
+    view = state.set_ports(DPID, {1: False, 2: False, 3: False}, 1.0)
+    assert view == ClusterView(members=(), primary=None, epoch=2)
+    assert state.status() == "down"
+    assert changes(state)[-1] == (None, "no primary", 2)
+
+
+def test_recovery_after_all_down_elects_again_with_new_epoch():
+    state = all_up()
+    state.set_ports(DPID, {}, 1.0)
+    view = state.port_status(DPID, 3, True, 2.0)
+    assert view == ClusterView(members=("lb3",), primary="lb3", epoch=3)
+
+
+def test_status_ok_degraded_down():
+    state = all_up()
+    assert state.status() == "ok"
+    state.port_status(DPID, 2, False, 1.0)
+    assert state.status() == "degraded"
+    state.port_status(DPID, 1, False, 2.0)
+    assert state.status() == "degraded"  # lb3 is primary
+    state.port_status(DPID, 3, False, 3.0)
+    assert state.status() == "down"
+
+
+def test_switch_gone_marks_links_down():
+    state = all_up()
+    view = state.switch_gone(DPID, 1.0)
+    assert view == ClusterView(members=(), primary=None, epoch=2)
+    assert not any(state.health[r.name].link_up for r in REPLICAS)
+
+
+def test_switch_gone_for_unknown_switch_changes_nothing():
+    state = all_up()
+    assert state.switch_gone(99, 1.0) is None
+
+
+def test_a_port_up_on_any_of_two_switches_counts():
+    state = ports_only()
+    state.set_ports(1, {1: True, 2: False}, 0.0)
+    state.set_ports(2, {1: False, 2: True}, 0.0)
+    assert state.view.members == ("lb1", "lb2")
+    state.switch_gone(1, 1.0)
+    assert state.view.members == ("lb2",)
+    assert state.view.primary == "lb2"
+
+
+def test_set_ports_replaces_what_the_switch_reported():
+    state = all_up()
+    view = state.set_ports(DPID, {2: True}, 1.0)
+    assert view.members == ("lb2",)
+
+
+# --- heartbeats (heartbeat_timeout=0.15) ----------------------------------------------------
+
+
+def test_no_heartbeat_yet_means_down():
+    state = ClusterState(REPLICAS, heartbeat_timeout=TIMEOUT)
+    assert state.set_ports(DPID, ALL_UP, 0.0) is None
+    assert state.view.primary is None
+    assert state.health["lb1"].link_up
+    assert state.health["lb1"].down_reason == "no heartbeat yet"
+
+
+def test_heartbeat_brings_replica_up():
+    state = ClusterState(REPLICAS, heartbeat_timeout=TIMEOUT)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    view = state.heartbeat("lb2", 0, True, {"rx": 1}, 1.0)
+    assert view == ClusterView(members=("lb2",), primary="lb2", epoch=1)
+    health = state.health["lb2"]
+    assert (health.seq, health.service_ok, health.counters, health.heartbeats) == (
+        0, True, {"rx": 1}, 1)
+    assert health.acked_epoch == 1
+    assert health.down_reason is None
+
+
+def test_heartbeat_without_link_is_not_enough():
+    state = ClusterState(REPLICAS, heartbeat_timeout=TIMEOUT)
+    assert state.heartbeat("lb1", 0, True, {}, 1.0) is None
+    assert state.health["lb1"].down_reason == "switch port down"
+
+
+def test_heartbeat_silence_brings_replica_down_and_fails_over():
+    state = with_heartbeats(now=1.0)
+    state.heartbeat("lb2", 10, True, {}, 1.1)
+    state.heartbeat("lb3", 10, True, {}, 1.1)
+    assert state.evaluate(1.15) is None  # exactly the timeout: still up
+    view = state.evaluate(1.16)
+    assert view == ClusterView(members=("lb2", "lb3"), primary="lb2", epoch=2)
+    assert state.health["lb1"].down_reason == "heartbeat silence"
+    assert ("lb1", "down: heartbeat silence", 1) in changes(state)
+
+
+def test_heartbeat_after_silence_rejoins_as_backup():
+    state = with_heartbeats(now=1.0, names=("lb1", "lb2"))
+    state.heartbeat("lb2", 5, True, {}, 1.1)
+    state.evaluate(1.16)
+    view = state.heartbeat("lb1", 6, True, {}, 1.2)
+    assert view == ClusterView(members=("lb1", "lb2"), primary="lb2", epoch=2)
+
+
+def test_failed_service_probe_means_down():
+    state = with_heartbeats(now=1.0)
+    view = state.heartbeat("lb1", 5, False, {}, 1.05)
+    assert view.primary == "lb2"
+    assert state.state("lb1") == "down"
+    assert state.health["lb1"].down_reason == "service probe failed"
+
+
+def test_decreasing_seq_counts_an_agent_restart():
+    state = with_heartbeats(now=1.0)
+    state.heartbeat("lb1", 5, True, {}, 1.01)
+    state.heartbeat("lb1", 5, True, {}, 1.02)
+    assert state.health["lb1"].agent_restarts == 0
+    state.heartbeat("lb1", 0, True, {}, 1.03)
+    assert state.health["lb1"].agent_restarts == 1
+    assert state.health["lb1"].seq == 0
+
+
+def test_heartbeat_age():
+    state = with_heartbeats(now=1.0, names=("lb1",))
+    assert state.heartbeat_age("lb1", 1.25) == pytest.approx(0.25)
+    assert state.heartbeat_age("lb1", 0.5) == 0.0  # never negative
+    assert state.heartbeat_age("lb2", 1.25) is None
+
+
+def test_heartbeat_counters_are_copied():
+    state = with_heartbeats(now=1.0, names=())
+    counters = {"rx": 1}
+    state.heartbeat("lb1", 0, True, counters, 1.0)
+    counters["rx"] = 2
+    assert state.health["lb1"].counters == {"rx": 1}
+
+
+# --- history --------------------------------------------------------------------------------
+
+
+def test_transitions_since_returns_only_newer():
+    state = all_up()
+    seen = state.recorded
+    assert seen == 4
+    assert state.transitions_since(seen) == []
+    state.port_status(DPID, 1, False, 5.0)
+    newer = state.transitions_since(seen)
+    assert [(t.at, t.replica, t.change, t.epoch) for t in newer] == [
+        (5.0, "lb1", "down: switch port down", 1), (5.0, "lb2", "primary", 2)]
+    assert state.transitions_since(0) == list(state.history)
+
+
+def test_transitions_since_after_history_wraps():
+    state = all_up()
+    for step in range(100):  # one transition per flap of lb3 (a backup)
+        state.port_status(DPID, 3, step % 2 == 1, float(step))
+    assert state.recorded == 104
+    assert len(state.history) == cluster._HISTORY
+    seen = state.recorded
+    state.port_status(DPID, 2, False, 200.0)
+    assert [(t.replica, t.change) for t in state.transitions_since(seen)] == [
+        ("lb2", "down: switch port down")]
+    assert [t.at for t in state.transitions_since(seen - 2)] == [98.0, 99.0, 200.0]
+    # older than history holds: everything still held
+    assert state.transitions_since(0) == list(state.history)
+
+
+# --- byzantine replicas ---------------------------------------------------------------------
+
+
+def test_mark_byzantine_excludes_the_primary():
+    state = all_up()
+    view = state.mark_byzantine("lb1", 1.0, "forged reply")
+    assert view == ClusterView(members=("lb2", "lb3"), primary="lb2", epoch=2)
+    assert (state.state("lb1"), state.role("lb1")) == ("byzantine", "none")
+    assert ("lb1", "byzantine: forged reply", 1) in changes(state)
+    assert state.mark_byzantine("lb1", 2.0, "again") is None
+
+
+def test_byzantine_replica_stays_out_while_its_port_is_up():
+    state = all_up()
+    state.mark_byzantine("lb3", 1.0, "x")
+    assert state.port_status(DPID, 3, True, 2.0) is None
+    assert state.evaluate(3.0) is None
+    assert state.view.members == ("lb1", "lb2")
+
+
+def test_readmit_brings_replica_back_as_backup():
+    state = all_up()
+    state.mark_byzantine("lb1", 1.0, "x")
+    view = state.readmit("lb1", 2.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb2", epoch=2)
+    assert (state.state("lb1"), state.role("lb1")) == ("up", "backup")
+    assert ("lb1", "readmitted by operator", 2) in changes(state)
+    assert state.readmit("lb1", 3.0) is None
+
+
+def test_readmit_with_port_down_keeps_it_down():
+    state = all_up()
+    state.mark_byzantine("lb3", 1.0, "x")
+    state.port_status(DPID, 3, False, 1.5)
+    assert state.readmit("lb3", 2.0) is None
+    assert state.state("lb3") == "down"
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def test_roles():
+    state = all_up()
+    state.port_status(DPID, 3, False, 1.0)
+    assert [state.role(r.name) for r in REPLICAS] == ["primary", "backup", "none"]
+    assert [state.state(r.name) for r in REPLICAS] == ["up", "up", "down"]

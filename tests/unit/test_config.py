@@ -1,0 +1,308 @@
+"""Tests for sbft_ryu.config: validation of the [sbft] options, oslo loading, shipped files."""
+
+import dataclasses
+import os
+
+import pytest
+from oslo_config import cfg
+
+from sbft_ryu import config, flowfile
+from sbft_ryu.config import ConfigError, build_config
+from sbft_ryu.model import ETH_TYPE_ARP, ETH_TYPE_IP, EXACT_MASK, FlowSpec, Match, Output, Replica
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FLOWS_DIR = os.path.join(REPO, "flows")
+
+LB1 = "lb1 10.0.0.11 00:00:00:00:01:01 1"
+LB2 = "lb2 10.0.0.12 00:00:00:00:01:02 2"
+REPLICA_SHAPE = "NAME IP MAC PORT (space-separated, PORT the switch's OpenFlow port)"
+MAX_PORT = 0xFFFFFF00
+
+
+def error_of(raw, **overrides):
+    with pytest.raises(ConfigError) as info:
+        build_config({**raw, **overrides})
+    return str(info.value)
+
+
+def load_file(path):
+    """Load ``path`` the way ryu-manager does: a real oslo ConfigOpts and --config-file."""
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(args=["--config-file", str(path)], default_config_files=[], default_config_dirs=[])
+    return config.load_config(conf)
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- single options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"vip": "10.0.0.300"},
+     "[sbft] vip = '10.0.0.300': expected an IPv4 address like 10.0.0.100"),
+    ({"vip": "vip.example"},
+     "[sbft] vip = 'vip.example': expected an IPv4 address like 10.0.0.100"),
+    ({"vmac": "02:00:0a:00:00"},
+     "[sbft] vmac = '02:00:0a:00:00': expected a MAC address like 02:00:0a:00:00:64"),
+    ({"vmac": "01:00:5e:00:00:01"},
+     "[sbft] vmac = '01:00:5e:00:00:01': expected a unicast MAC address (first octet even)"),
+    ({"service_port": "0"}, "[sbft] service_port = '0': expected an integer 1..65535"),
+    ({"service_port": "65536"}, "[sbft] service_port = '65536': expected an integer 1..65535"),
+    ({"service_port": "http"}, "[sbft] service_port = 'http': expected an integer 1..65535"),
+    ({"service_port": "55.5"}, "[sbft] service_port = '55.5': expected an integer 1..65535"),
+    ({"dpid": "s1"},
+     "[sbft] dpid = 's1': expected a datapath id of up to 16 hex digits, or empty"),
+    ({"dpid": "1" * 17},
+     f"[sbft] dpid = '{'1' * 17}': expected a datapath id of up to 16 hex digits, or empty"),
+    ({"heartbeat_timeout": "-0.1"},
+     "[sbft] heartbeat_timeout = '-0.1': expected a number of seconds 0..60"),
+    ({"heartbeat_timeout": "soon"},
+     "[sbft] heartbeat_timeout = 'soon': expected a number of seconds 0..60"),
+    ({"heartbeat_interval": "0.15"},
+     "[sbft] heartbeat_interval = '0.15': expected a value below heartbeat_timeout (0.15)"),
+    ({"heartbeat_interval": "0.2"},
+     "[sbft] heartbeat_interval = '0.2': expected a value below heartbeat_timeout (0.15)"),
+    ({"mode": "aggressive"}, "[sbft] mode = 'aggressive': expected passive or active"),
+    ({"service_priority": "0"},
+     "[sbft] service_priority = '0': expected an integer 1..65436"),
+    ({"service_priority": "65437"},
+     "[sbft] service_priority = '65437': expected an integer 1..65436"),
+])
+def test_bad_option_message(raw, overrides, message):
+    assert error_of(raw, **overrides) == message
+
+
+def test_error_carries_option_value_and_expectation(raw):
+    with pytest.raises(ConfigError) as info:
+        build_config({**raw, "mode": "x"})
+    assert (info.value.option, info.value.value, info.value.expected) == (
+        "mode", "x", "passive or active")
+    assert isinstance(info.value, ValueError)
+
+
+def test_interval_may_exceed_a_zero_timeout(raw):
+    conf = build_config({**raw, "heartbeat_timeout": "0", "heartbeat_interval": "1"})
+    assert (conf.heartbeat_timeout, conf.heartbeat_interval) == (0.0, 1.0)
+
+
+def test_values_are_normalised(raw):
+    conf = build_config({**raw, "vip": " 10.0.0.100 ", "vmac": "02:00:0A:00:00:64",
+                         "service_port": "0x15b3", "dpid": "0x1", "mode": " active "})
+    assert (conf.vip, conf.vmac, conf.service_port, conf.dpid, conf.mode) == (
+        "10.0.0.100", "02:00:0a:00:00:64", 5555, 1, "active")
+
+
+def test_dpid_is_hex_without_prefix(raw):
+    assert build_config({**raw, "dpid": "10"}).dpid == 16
+    assert build_config({**raw, "dpid": "ffffffffffffffff"}).dpid == 2 ** 64 - 1
+
+
+# --- replicas -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("replica, message", [
+    ("lb1 10.0.0.11 00:00:00:00:01:01",
+     f"[sbft] replica = 'lb1 10.0.0.11 00:00:00:00:01:01': expected {REPLICA_SHAPE}"),
+    ("lb1 10.0.0.11 00:00:00:00:01:01 1 extra",
+     f"[sbft] replica = 'lb1 10.0.0.11 00:00:00:00:01:01 1 extra': expected {REPLICA_SHAPE}"),
+    ("1lb 10.0.0.11 00:00:00:00:01:01 1",
+     "[sbft] replica = '1lb 10.0.0.11 00:00:00:00:01:01 1': expected a NAME of letters, "
+     "digits, '_.-' starting with a letter (at most 32)"),
+    ("lb1 10.0.0.311 00:00:00:00:01:01 1",
+     "[sbft] replica = 'lb1 10.0.0.311 00:00:00:00:01:01 1': expected an IPv4 address like "
+     f"10.0.0.100 in {REPLICA_SHAPE}"),
+    ("lb1 10.0.0.11 00:00:00:00:01 1",
+     "[sbft] replica = 'lb1 10.0.0.11 00:00:00:00:01 1': expected a MAC address like "
+     f"02:00:0a:00:00:64 in {REPLICA_SHAPE}"),
+    ("lb1 10.0.0.11 01:00:00:00:01:01 1",
+     "[sbft] replica = 'lb1 10.0.0.11 01:00:00:00:01:01 1': expected a unicast MAC address "
+     f"(first octet even) in {REPLICA_SHAPE}"),
+    ("lb1 10.0.0.11 00:00:00:00:01:01 eth1",
+     "[sbft] replica = 'lb1 10.0.0.11 00:00:00:00:01:01 eth1': expected PORT an integer "
+     f"1..{MAX_PORT} in {REPLICA_SHAPE}"),
+    ("lb1 10.0.0.11 00:00:00:00:01:01 -1",
+     "[sbft] replica = 'lb1 10.0.0.11 00:00:00:00:01:01 -1': expected PORT an integer "
+     f"1..{MAX_PORT} in {REPLICA_SHAPE}"),
+])
+def test_bad_replica_message(raw, replica, message):
+    assert error_of(raw, replica=[replica]) == message
+
+
+@pytest.mark.parametrize("port", ["0", str(MAX_PORT + 1)])
+def test_out_of_range_replica_port_names_the_replica(raw, port):
+    line = f"lb1 10.0.0.11 00:00:00:00:01:01 {port}"
+    assert error_of(raw, replica=[line]) == (
+        f"[sbft] replica = '{line}': expected PORT an integer 1..{MAX_PORT} in {REPLICA_SHAPE}")
+
+
+@pytest.mark.parametrize("second, message", [
+    ("lb1 10.0.0.12 00:00:00:00:01:02 2",
+     "[sbft] replica = 'lb1 / lb1': expected replicas with distinct NAMEs (both use lb1)"),
+    ("lb2 10.0.0.11 00:00:00:00:01:02 2",
+     "[sbft] replica = 'lb1 / lb2': expected replicas with distinct IPs (both use 10.0.0.11)"),
+    ("lb2 10.0.0.12 00:00:00:00:01:01 2",
+     "[sbft] replica = 'lb1 / lb2': expected replicas with distinct MACs "
+     "(both use 00:00:00:00:01:01)"),
+    ("lb2 10.0.0.12 00:00:00:00:01:02 1",
+     "[sbft] replica = 'lb1 / lb2': expected replicas with distinct PORTs (both use 1)"),
+])
+def test_duplicate_replica_message(raw, second, message):
+    assert error_of(raw, replica=[LB1, second]) == message
+
+
+def test_duplicate_mac_is_found_whatever_the_case(raw):
+    message = error_of(raw, replica=["lb1 10.0.0.11 02:00:00:00:0a:01 1",
+                                     "lb2 10.0.0.12 02:00:00:00:0A:01 2"])
+    assert message.endswith("distinct MACs (both use 02:00:00:00:0a:01)")
+
+
+def test_replica_ip_equal_to_vip(raw):
+    assert error_of(raw, replica=[LB1, "lb2 10.0.0.100 00:00:00:00:01:02 2"]) == (
+        "[sbft] replica = 'lb2': expected a replica IP different from the vip 10.0.0.100")
+
+
+@pytest.mark.parametrize("value", [[""], []])
+def test_empty_replica_option_means_no_replicas(raw, value):
+    assert build_config({**raw, "replica": value}).replicas == ()
+
+
+def test_defaults_give_three_replicas_on_ports_1_to_3(default_config):
+    assert default_config.replicas == (
+        Replica("lb1", "10.0.0.11", "00:00:00:00:01:01", 1),
+        Replica("lb2", "10.0.0.12", "00:00:00:00:01:02", 2),
+        Replica("lb3", "10.0.0.13", "00:00:00:00:01:03", 3),
+    )
+    assert default_config.replica("lb2").port == 2
+    assert default_config.replica("lb4") is None
+
+
+def test_defaults_scalar_values(default_config):
+    c = default_config
+    assert (c.vip, c.vmac, c.service_port, c.dpid) == ("10.0.0.100", "02:00:0a:00:00:64",
+                                                      5555, None)
+    assert (c.heartbeat_timeout, c.heartbeat_interval) == (0.15, 0.05)
+    assert (c.service_priority, c.mode) == (40000, "passive")
+
+
+def test_replica_order_is_kept(raw):
+    conf = build_config({**raw, "replica": [LB2, LB1]})
+    assert [r.name for r in conf.replicas] == ["lb2", "lb1"]
+
+
+# --- flows ----------------------------------------------------------------------------------
+
+
+def test_empty_flows_file_gives_builtin_normal_flow(default_config):
+    assert default_config.flows == (FlowSpec(Match(), (Output("NORMAL"),), priority=0),)
+    assert default_config.flows_source == config.BUILTIN_FLOWS_NAME
+
+
+def test_flows_file_is_loaded(raw, tmp_path):
+    path = write(tmp_path / "x.flows", "# comment\narp,actions=NORMAL\n")
+    conf = build_config({**raw, "flows_file": str(path)})
+    assert conf.flows == (FlowSpec(Match(dl_type=ETH_TYPE_ARP), (Output("NORMAL"),)),)
+    assert conf.flows_source == str(path)
+
+
+def test_bad_flows_line_names_file_and_line(raw, tmp_path):
+    path = write(tmp_path / "bad.flows", "arp,actions=NORMAL\n\nip,nw_dst=1.2.3,actions=drop\n")
+    with pytest.raises(flowfile.FlowSyntaxError) as info:
+        build_config({**raw, "flows_file": str(path)})
+    assert (info.value.path, info.value.line) == (str(path), 3)
+    assert str(info.value).startswith(f"{path}:3: ")
+
+
+def test_missing_flows_file_is_a_flow_syntax_error(raw, tmp_path):
+    with pytest.raises(flowfile.FlowSyntaxError) as info:
+        build_config({**raw, "flows_file": str(tmp_path / "absent.flows")})
+    assert info.value.line == 0
+
+
+# --- loading through oslo.config ------------------------------------------------------------
+
+
+def test_register_opts_twice_is_harmless():
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    config.register_opts(conf)
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    assert conf.sbft.vip == "10.0.0.100"
+
+
+def test_oslo_defaults_match_the_embedded_defaults(raw):
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(args=[], default_config_files=[], default_config_dirs=[])
+    assert {name: getattr(conf.sbft, name) for name in config.OPTION_NAMES} == raw
+    assert config.load_config(conf) == build_config(raw)
+
+
+def test_load_config_reads_sbft_section_with_repeated_replicas(tmp_path):
+    path = write(tmp_path / "sbft.conf", f"""\
+[DEFAULT]
+vip = 1.1.1.1
+[sbft]
+vip = 10.1.0.100
+service_port = 8443
+replica = {LB2}
+replica = {LB1}
+heartbeat_timeout = 0
+mode = active
+""")
+    conf = load_file(path)
+    assert (conf.vip, conf.service_port, conf.heartbeat_timeout, conf.mode) == (
+        "10.1.0.100", 8443, 0.0, "active")
+    assert [r.name for r in conf.replicas] == ["lb2", "lb1"]
+
+
+def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
+    path = write(tmp_path / "typo.conf", "[sbft]\nvip = 10.0.0.100\nvipp = 1.2.3.4\n")
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert info.value.option == "vipp"
+    assert str(info.value) == (
+        "[sbft] vipp = 'vipp = 1.2.3.4': expected one of the [sbft] options (flows_file, vip, "
+        "vmac, service_port, replica, dpid, heartbeat_timeout, heartbeat_interval, "
+        f"service_priority, mode) at {path}:3")
+
+
+def test_unknown_keys_outside_sbft_are_ignored(tmp_path):
+    path = write(tmp_path / "other.conf", "[DEFAULT]\nvipp = 1\n[other]\nvipp = 2\n")
+    assert load_file(path).vip == "10.0.0.100"
+
+
+def test_relative_flows_file_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    etc = tmp_path / "etc"
+    flows = write(etc / "lab.flows", "arp,actions=NORMAL\n")
+    path = write(etc / "sbft.conf", "[sbft]\nflows_file = lab.flows\n")
+    monkeypatch.chdir(tmp_path)  # a cwd where "lab.flows" does not exist
+    conf = load_file(path)
+    assert conf.flows_source == str(flows)
+    assert conf.flows == (FlowSpec(Match(dl_type=ETH_TYPE_ARP), (Output("NORMAL"),)),)
+
+
+# --- shipped files --------------------------------------------------------------------------
+
+
+def test_hp_vlan7_conf_has_no_replicas_and_the_thesis_flows():
+    conf = load_file(os.path.join(FLOWS_DIR, "hp-vlan7.conf"))
+    assert conf.replicas == ()
+    assert conf.flows_source == os.path.join(FLOWS_DIR, "hp-vlan7.flows")
+    assert conf.flows == (
+        FlowSpec(Match(dl_type=ETH_TYPE_IP, nw_dst=("192.168.7.111", EXACT_MASK)),
+                 (Output(11),)),
+        FlowSpec(Match(dl_type=ETH_TYPE_IP, nw_dst=("192.168.7.103", EXACT_MASK)),
+                 (Output(3),)),
+        FlowSpec(Match(dl_type=ETH_TYPE_ARP), (Output("NORMAL"),)),
+    )
+
+
+def test_mininet_conf_equals_the_embedded_defaults(default_config):
+    conf = load_file(os.path.join(FLOWS_DIR, "mininet.conf"))
+    for field in dataclasses.fields(config.SbftConfig):
+        assert getattr(conf, field.name) == getattr(default_config, field.name), field.name

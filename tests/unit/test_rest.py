@@ -1,0 +1,253 @@
+"""Tests for sbft_ryu.rest: the real Ryu WSGI application, driven with webob requests."""
+
+import dataclasses
+import json
+
+import pytest
+import webob
+from ryu.app.wsgi import WSGIApplication
+
+from sbft_ryu import metrics, rest, views
+from sbft_ryu.cluster import ClusterState
+
+NOW = 10.0
+DPID = 1
+
+
+class FakeApp:
+    """What rest.py calls on the SbftApp (``config`` and the ``api_*`` entry points), built on
+    a real ClusterState and the real views, with a fixed clock; records heartbeat calls."""
+
+    def __init__(self, config):
+        self.config = config
+        self.cluster = ClusterState(config.replicas, config.heartbeat_timeout)
+        self.cluster.set_ports(DPID, {1: True, 2: True, 3: True}, NOW)
+        self.seen = {DPID: (True, "1.3")}
+        self.calls = []
+        self.registry = metrics.make_registry(lambda: (self.api_health(), {"heartbeat": 1}))
+
+    def api_health(self):
+        return views.health_view(self.config, self.cluster, self.seen, NOW)
+
+    def api_replicas(self):
+        return views.replicas_view(self.config, self.cluster, NOW)
+
+    def api_replica(self, name):
+        return views.replica_view(self.config, self.cluster, name, NOW)
+
+    def api_events(self):
+        return views.events_view(self.cluster, NOW)
+
+    def api_heartbeat(self, name, seq, service_ok, counters):
+        self.calls.append((name, seq, service_ok, counters))
+        self.cluster.heartbeat(name, seq, service_ok, counters, NOW)
+        return views.heartbeat_reply(self.config, self.cluster, name)
+
+    def api_metrics_text(self):
+        return metrics.exposition(self.registry)
+
+
+@pytest.fixture
+def app(default_config):
+    # port state only, so the replicas are up (lb1 primary, epoch 1) without heartbeats
+    return FakeApp(dataclasses.replace(default_config, heartbeat_timeout=0.0))
+
+
+@pytest.fixture
+def client(app):
+    wsgi = WSGIApplication()
+    rest.register(wsgi, app)
+
+    def request(path, method="GET", body=None, **kwargs):
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        req = webob.Request.blank(path, method=method, body=body,
+                                  content_type="application/json", **kwargs)
+        return req.get_response(wsgi)
+
+    return request
+
+
+def error_of(response, code):
+    assert response.status_int == code
+    assert response.content_type == "application/json"
+    body = response.json
+    assert set(body) == {"error"} and body["error"]["code"] == code
+    return body["error"]["message"]
+
+
+BEAT = {"seq": 3, "service_ok": True, "counters": {"mirrored": 10, "load": 0.5}}
+HEARTBEAT = "/sbft/replicas/lb1/heartbeat"
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+def test_health(client):
+    response = client("/sbft/health")
+    assert response.status_int == 200
+    assert response.content_type == "application/json"
+    body = response.json
+    assert {"status", "primary", "epoch", "switches", "replicas"} <= set(body)
+    assert (body["status"], body["primary"], body["epoch"]) == ("ok", "lb1", 1)
+    assert body["switches"] == [{"dpid": "0000000000000001", "connected": True,
+                                 "ofp_version": "1.3"}]
+    assert [r["name"] for r in body["replicas"]] == ["lb1", "lb2", "lb3"]
+    for replica in body["replicas"]:
+        assert {"name", "ip", "mac", "port", "state", "role"} <= set(replica)
+    assert {key: body["replicas"][1][key] for key in ("name", "ip", "mac", "port", "state",
+                                                       "role")} == {
+        "name": "lb2", "ip": "10.0.0.12", "mac": "00:00:00:00:01:02", "port": 2,
+        "state": "up", "role": "backup"}
+
+
+def test_replicas(client):
+    response = client("/sbft/replicas")
+    assert response.status_int == 200
+    assert [(r["name"], r["role"]) for r in response.json["replicas"]] == [
+        ("lb1", "primary"), ("lb2", "backup"), ("lb3", "backup")]
+
+
+def test_one_replica(client):
+    response = client("/sbft/replicas/lb1")
+    assert response.status_int == 200
+    body = response.json
+    assert (body["name"], body["ip"], body["port"], body["state"], body["role"]) == (
+        "lb1", "10.0.0.11", 1, "up", "primary")
+
+
+def test_events(client):
+    response = client("/sbft/events")
+    assert response.status_int == 200
+    assert response.json["events"][0] == {"age_s": 0.0, "replica": "lb1", "change": "primary",
+                                          "epoch": 1}
+
+
+def test_unknown_replica_is_404_naming_it(client):
+    message = error_of(client("/sbft/replicas/lb9"), 404)
+    assert message == "no replica named 'lb9'; configured: ['lb1', 'lb2', 'lb3']"
+
+
+def test_wrong_method_is_405_with_allow(client):
+    response = client("/sbft/health", method="POST", body={})
+    assert error_of(response, 405) == "method POST not allowed; use GET"
+    assert response.headers["Allow"] == "GET"
+
+
+@pytest.mark.parametrize("path", ["/sbft/nope", "/sbft/replicas/1bad", "/sbft/replicas/lb1/x"])
+def test_unknown_path_is_json_404(client, path):
+    message = error_of(client(path), 404)
+    assert message == f"no such resource {path}; see /sbft/health"
+
+
+def test_unknown_path_with_other_method_is_json_404(client):
+    assert error_of(client("/sbft/nope", method="DELETE"), 404).startswith("no such resource")
+
+
+def test_metrics(client):
+    response = client("/metrics")
+    assert response.status_int == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = response.text
+    assert "sbft_epoch 1.0" in text
+    assert 'sbft_replica_up{replica="lb1"} 1.0' in text
+
+
+# --- heartbeats -----------------------------------------------------------------------------
+
+
+def test_heartbeat_is_recorded_and_answered(client, app):
+    response = client(HEARTBEAT, method="POST", body=BEAT)
+    assert response.status_int == 200
+    body = response.json
+    assert (body["role"], body["epoch"], body["primary"]) == ("primary", 1, "lb1")
+    assert body["heartbeat_interval_s"] == 0.05
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5})]
+    assert app.cluster.health["lb1"].heartbeats == 1
+
+
+def test_heartbeat_counters_are_optional(client, app):
+    response = client("/sbft/replicas/lb2/heartbeat", method="POST",
+                      body={"seq": 0, "service_ok": False})
+    assert response.status_int == 200
+    assert app.calls == [("lb2", 0, False, {})]
+
+
+@pytest.mark.parametrize("body, code, message", [
+    (b"{not json", 400, "body is not valid JSON: "),
+    (b"\xff\xfe", 400, "body is not valid JSON: "),
+    ([1, 2], 400, "body must be a JSON object with keys seq, service_ok, counters"),
+    ({**BEAT, "sequence": 1}, 400,
+     "unknown keys ['sequence']; expected ['seq', 'service_ok', 'counters']"),
+    ({**BEAT, "seq": -1}, 400, "seq must be a non-negative integer, got -1"),
+    ({**BEAT, "seq": "3"}, 400, "seq must be a non-negative integer, got '3'"),
+    ({**BEAT, "seq": True}, 400, "seq must be a non-negative integer, got True"),
+    ({**BEAT, "seq": 3.0}, 400, "seq must be a non-negative integer, got 3.0"),
+    ({"service_ok": True}, 400, "seq must be a non-negative integer, got None"),
+    ({**BEAT, "service_ok": 1}, 400, "service_ok must be true or false, got 1"),
+    ({**BEAT, "service_ok": "true"}, 400, "service_ok must be true or false, got 'true'"),
+    ({**BEAT, "counters": [1]}, 400, "counters must be an object of at most 64 entries"),
+    ({**BEAT, "counters": {"rx": -1}}, 400, "counter 'rx' must be a non-negative number, got -1"),
+    ({**BEAT, "counters": {"rx": "NaN"}}, 400,
+     "counter 'rx' must be a non-negative number, got 'NaN'"),
+    (b'{"seq": 1, "service_ok": true, "counters": {"rx": NaN}}', 400,
+     "counter 'rx' must be a non-negative number, got nan"),
+    ({**BEAT, "counters": {"rx": True}}, 400,
+     "counter 'rx' must be a non-negative number, got True"),
+    ({**BEAT, "counters": {f"c{i}": i for i in range(65)}}, 400,
+     "counters must be an object of at most 64 entries"),
+    ({**BEAT, "counters": {"x" * 65: 1}}, 400,
+     f"counter '{'x' * 64}' must be a non-negative number, got 1"),
+    (b" " * (64 * 1024 + 1), 413, "body larger than 65536 bytes"),
+])
+def test_bad_heartbeat_is_rejected_and_not_recorded(client, app, body, code, message):
+    before = app.cluster.health["lb1"].heartbeats
+    got = error_of(client(HEARTBEAT, method="POST", body=body), code)
+    if message.endswith(": "):  # the JSON decoder's own explanation follows
+        assert got.startswith(message)
+    else:
+        assert got == message
+    assert app.calls == []
+    assert app.cluster.health["lb1"].heartbeats == before
+
+
+def test_heartbeat_get_is_405_allow_post(client, app):
+    response = client(HEARTBEAT)
+    assert error_of(response, 405) == "method GET not allowed; use POST"
+    assert response.headers["Allow"] == "POST"
+    assert app.calls == []
+
+
+def test_heartbeat_for_unknown_replica_is_404(client, app):
+    message = error_of(client("/sbft/replicas/lb9/heartbeat", method="POST", body=BEAT), 404)
+    assert message == "no replica named 'lb9'; configured: ['lb1', 'lb2', 'lb3']"
+    assert app.calls == []
+
+
+def test_handler_crash_is_json_500(client, app, monkeypatch):
+    monkeypatch.setattr(app, "api_health", lambda: 1 / 0)
+    assert error_of(client("/sbft/health"), 500) == "internal error (see controller log)"
+
+
+# --- parse_heartbeat ------------------------------------------------------------------------
+
+
+def test_parse_heartbeat_accepted_shape():
+    body = json.dumps({"seq": 0, "service_ok": True, "counters": {"a": 1, "b": 2.5}}).encode()
+    assert rest.parse_heartbeat(body) == (0, True, {"a": 1, "b": 2.5})
+
+
+def test_parse_heartbeat_defaults_counters():
+    assert rest.parse_heartbeat(b'{"seq": 7, "service_ok": false}') == (7, False, {})
+
+
+def test_parse_heartbeat_accepts_the_limits():
+    counters = {f"{i:064d}": i for i in range(rest.MAX_COUNTERS)}
+    body = json.dumps({"seq": 2 ** 63, "service_ok": True, "counters": counters}).encode()
+    assert rest.parse_heartbeat(body) == (2 ** 63, True, counters)
+
+
+def test_parse_heartbeat_error_is_api_error():
+    with pytest.raises(rest.ApiError) as info:
+        rest.parse_heartbeat(b"[]")
+    assert info.value.code == 400
