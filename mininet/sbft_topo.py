@@ -419,6 +419,10 @@ class Lab:
 
     def stop(self):
         if self.net is not None:
+            # our processes first: agents and proxies must not outlive their interfaces
+            for host in self.net.hosts:
+                for key in list(getattr(host, "owned", {})):
+                    host.kill(key, signal.SIGTERM)
             self.net.stop()
             self.net = None
         stop_process(self.ryu)
@@ -457,6 +461,48 @@ class Lab:
             f"http://{VIP}:{SERVICE_PORT}{path}").replace("\r", "")
         body, _, code = out.rstrip("\n").rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
+
+    def pacer(self, client, name, interval=0.02, timeout=0.1, duration=5.0, count=100000):
+        """Start the paced client in ``client`` (background); its log is ``name`` in its rundir.
+
+        Returns (Popen, log path)."""
+        host = self.host(client)
+        out = os.path.join(host.rundir, name)
+        argv = [os.path.join(VENV_BIN, "python"), "-m", "sbft_ryu.tools.pacer",
+                "--url", f"http://{VIP}:{SERVICE_PORT}/p", "--paths",
+                "--interval", str(interval), "--timeout", str(timeout),
+                "--duration", str(duration), "--count", str(count), "--out", out]
+        return host.spawn(name, argv, cwd=REPO), out
+
+    def crash(self, replica, parts=("agent", "haproxy")):
+        """SIGKILL the replica's processes, agent first (as the issue's crash is defined)."""
+        host = self.host(replica)
+        for part in parts:
+            host.kill(part, signal.SIGKILL)
+
+    def restart(self, replica):
+        """Start the replica's HAProxy and agent again (a recovered replica)."""
+        host = self.host(replica)
+        if "haproxy" not in host.owned:
+            host.start_haproxy()
+        if getattr(host, "agent_argv", None) and "agent" not in host.owned:
+            host.start_agent()
+
+    def count_replies(self, client):
+        """Count SYN-ACKs from the VIP arriving at ``client`` (an iptables counter); returns a
+        function reading it."""
+        host = self.host(client)
+        host.cmd(f"iptables -I INPUT -p tcp -s {VIP} --sport {SERVICE_PORT} "
+                 "--tcp-flags SYN,ACK SYN,ACK")
+        return lambda: int(host.cmd("iptables -L INPUT 1 -v -x -n").split()[0])
+
+    def capture(self, host_name, expression, seconds):
+        """Packets matching a tcpdump ``expression`` on the host's data interface over
+        ``seconds`` (tcpdump inside the host's namespace, bounded by timeout)."""
+        host = self.host(host_name)
+        out = host.cmd(f"timeout {seconds} tcpdump -l -n -i {host_name}-eth0 "
+                       f"'{expression}' 2>/dev/null")
+        return [line for line in out.replace("\r", "").splitlines() if line.strip()]
 
     def cleanup_rundir(self):
         if self.own_rundir:

@@ -9,6 +9,7 @@ and counted.
 """
 
 import logging
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from sbft_ryu.ofp import TranslationError, make_translator
 CONF = cfg.CONF
 sbft_config.register_opts(CONF)
 
-TICK_S = 0.01  # how often heartbeat silence is checked
+TICK_S = 0.01  # how often heartbeat silence (and the startup grace) is checked
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
 ACCESS_LOGGER = "ryu.lib.hub"
@@ -74,11 +75,14 @@ class SbftApp(app_manager.RyuApp):
         except (sbft_config.ConfigError, FlowSyntaxError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
-        self.cluster = ClusterState(self.config.replicas, self.config.heartbeat_timeout)
+        self.cluster = ClusterState(self.config.replicas, self.config.heartbeat_timeout,
+                                    self.config.startup_grace)
         self.switches = {}  # dpid -> Switch
         self.seen = {}  # dpid -> (connected, OpenFlow version) for REST
         self.counters = Counter()
         self._logged = 0  # cluster transitions already logged
+        self.agent_addresses = {}  # replica -> address its last heartbeat came from
+        self._nudge_socket = None
         self._lock = hub.Semaphore(1)  # one batch at a time: sends may yield
         self.registry = metrics.make_registry(self._metrics_source)
         rest.register(kwargs["wsgi"], self)
@@ -92,8 +96,7 @@ class SbftApp(app_manager.RyuApp):
 
     def start(self):
         thread = super().start()
-        if self.config.heartbeat_timeout:
-            self.threads.append(hub.spawn(self._ticker))
+        self.threads.append(hub.spawn(self._ticker))
         return thread
 
     # ---- OpenFlow events -------------------------------------------------------------------
@@ -189,8 +192,10 @@ class SbftApp(app_manager.RyuApp):
     def api_events(self):
         return views.events_view(self.cluster, time.monotonic())
 
-    def api_heartbeat(self, name, seq, service_ok, counters):
+    def api_heartbeat(self, name, seq, service_ok, counters, address=None):
         self.counters["heartbeat"] += 1
+        if address:
+            self.agent_addresses[name] = address
         self._changed(self.cluster.heartbeat(name, seq, service_ok, counters, time.monotonic()))
         return views.heartbeat_reply(self.config, self.cluster, name)
 
@@ -227,6 +232,22 @@ class SbftApp(app_manager.RyuApp):
         for switch in list(self.switches.values()):
             if switch.service:
                 self._converge(switch, wanted)
+        self._nudge_agents()
+
+    def _nudge_agents(self):
+        """Tell every agent to ask for its role now (a UDP datagram carrying nothing: the role
+        itself only travels in heartbeat answers), instead of at its next heartbeat."""
+        port = self.config.agent_notify_port
+        if not port or not self.agent_addresses:
+            return
+        if self._nudge_socket is None:
+            self._nudge_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._nudge_socket.setblocking(False)
+        for address in self.agent_addresses.values():
+            try:
+                self._nudge_socket.sendto(b"sbft-nudge", (address, port))
+            except OSError:  # best effort: the next heartbeat brings the role anyway
+                self.counters["nudge_error"] += 1
 
     def _converge(self, switch, wanted):
         with self._lock:

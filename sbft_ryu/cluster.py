@@ -57,9 +57,15 @@ class ReplicaHealth:
 
 
 class ClusterState:
-    def __init__(self, replicas, heartbeat_timeout):
+    """``startup_grace``: the first election waits until every replica is up or this many
+    seconds have passed since the first one came up, so that a replica that merely booted
+    first does not keep the primary role (it is sticky) ahead of the configured order."""
+
+    def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0):
         self.replicas = tuple(replicas)
         self.heartbeat_timeout = heartbeat_timeout
+        self.startup_grace = startup_grace
+        self._first_up_at = None
         self.health = {replica.name: ReplicaHealth() for replica in self.replicas}
         self._ports = {}  # dpid -> {port_no: up}
         self._by_port = {replica.port: replica.name for replica in self.replicas}
@@ -105,12 +111,14 @@ class ClusterState:
             health = self.health[replica.name]
             if up != self._up[replica.name]:
                 self._up[replica.name] = up
+                if up and self._first_up_at is None:
+                    self._first_up_at = now
                 health.down_reason = None if up else reason
                 self._record(now, replica.name, UP if up else f"{DOWN}: {reason}")
                 changed = True
             elif not up:
                 health.down_reason = reason
-        if not changed:
+        if not changed and not self._first_election_due(now):
             return None
         return self._elect(now)
 
@@ -186,11 +194,23 @@ class ClusterState:
             return False, "service probe failed"
         return True, None
 
+    def _starting(self, now):
+        """Before the first election, while some replica is missing and the grace runs."""
+        return (self.view.epoch == 0 and self._first_up_at is not None
+                and now < self._first_up_at + self.startup_grace
+                and not all(self._up.values()))
+
+    def _first_election_due(self, now):
+        return (self.view.epoch == 0 and self.view.primary is None
+                and any(self._up.values()) and not self._starting(now))
+
     def _elect(self, now):
         members = tuple(r.name for r in self.replicas if self._up[r.name])
         primary = self.view.primary
         if primary not in members:  # sticky: a healthy primary keeps its role
             primary = members[0] if members else None
+        if self._starting(now):
+            primary = None  # let the configured order decide, not who booted first
         epoch = self.view.epoch + (primary != self.view.primary)
         new = ClusterView(members=members, primary=primary, epoch=epoch)
         if new == self.view:

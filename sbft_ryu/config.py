@@ -59,6 +59,8 @@ class SbftConfig:
     dpid: Optional[int]
     heartbeat_timeout: float
     heartbeat_interval: float
+    agent_notify_port: int
+    startup_grace: float
     service_priority: int
     mode: str
 
@@ -89,6 +91,10 @@ def _opts():
                    help="seconds of agent silence before a replica is down (0: port state only)"),
         cfg.StrOpt("heartbeat_interval", default="0.05",
                    help="seconds between agent heartbeats, told to agents in every reply"),
+        cfg.StrOpt("agent_notify_port", default="5556",
+                   help="UDP port agents listen on for role-change nudges (0: none)"),
+        cfg.StrOpt("startup_grace", default="1.0",
+                   help="seconds the first election waits for every replica to come up"),
         cfg.StrOpt("service_priority", default="40000",
                    help="lowest priority of the service flows (they use this .. +99)"),
         cfg.StrOpt("mode", default="passive", help="passive | active"),
@@ -96,7 +102,8 @@ def _opts():
 
 
 OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
-                "heartbeat_timeout", "heartbeat_interval", "service_priority", "mode")
+                "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
+                "service_priority", "mode")
 
 
 def register_opts(conf):
@@ -135,6 +142,8 @@ def build_config(raw):
     if timeout and interval >= timeout:
         raise ConfigError("heartbeat_interval", raw["heartbeat_interval"],
                           f"a value below heartbeat_timeout ({timeout})")
+    grace = _float("startup_grace", raw.get("startup_grace", "1.0"), 0.0, 60.0)
+    notify_port = _int("agent_notify_port", raw.get("agent_notify_port", "5556"), 0, 65535)
     priority = _int("service_priority", raw["service_priority"], 1, 65535 - 99)
     mode = str(raw["mode"]).strip()
     if mode not in MODES:
@@ -147,6 +156,7 @@ def build_config(raw):
     return SbftConfig(vip=vip, vmac=vmac, service_port=service_port, replicas=replicas,
                       flows=flows, flows_source=flows_file, dpid=dpid,
                       heartbeat_timeout=timeout, heartbeat_interval=interval,
+                      startup_grace=grace, agent_notify_port=notify_port,
                       service_priority=priority, mode=mode)
 
 

@@ -126,7 +126,8 @@ class SbftRestController(ControllerBase):
     def heartbeat(self, req, name, **_):
         name = self._known(name)
         seq, service_ok, counters = parse_heartbeat(req.body)
-        return json_response(self.app.api_heartbeat(name, seq, service_ok, counters))
+        return json_response(self.app.api_heartbeat(name, seq, service_ok, counters,
+                                                    req.remote_addr))
 
     @route("sbft_events", "/sbft/events")
     @api("GET")

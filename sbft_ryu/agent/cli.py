@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ class AgentConfig:
     probe_timeout: float = 0.1
     iptables: bool = True
     fast_path: bool = True
+    notify_port: int = 5556
     log_level: str = "INFO"
 
 
@@ -75,6 +77,9 @@ def parse_args(argv=None):
                         "with 200 (HAProxy monitor-uri); empty: TCP connect probe")
     parser.add_argument("--probe-interval", type=_positive, default=0.05)
     parser.add_argument("--probe-timeout", type=_positive, default=0.1)
+    parser.add_argument("--notify-port", type=int, default=5556, choices=range(0, 65536),
+                        metavar="PORT", help="UDP port for the controller's role-change "
+                        "nudges (0: off; default 5556)")
     parser.add_argument("--no-iptables", dest="iptables", action="store_false",
                         help="install no rules (the operator does; see --print-rules)")
     parser.add_argument("--no-fast-path", dest="fast_path", action="store_false",
@@ -96,7 +101,7 @@ class Agent:
         self.queue = nfq.ReplyQueue(config.queue_num, self.state)
         self.spec = iptables.RuleSpec(config.service_port, config.queue_num)
         self.rules = None
-        self.kernel_fast_path = 0
+        self.kernel = {}  # counters of the agent's kernel rules, read every second
         self._kernel_read_at = 0.0
         self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
                                         config.probe_timeout, config.probe_interval,
@@ -105,7 +110,7 @@ class Agent:
 
     def counters(self):
         counters = self.queue.snapshot()
-        counters["fast_path_packets"] = self.kernel_fast_path
+        counters.update(self.kernel)
         counters["probe_failures"] = self.probe.failures
         counters["controller_failures"] = self.heartbeats.failures if self.heartbeats else 0
         return counters
@@ -118,7 +123,7 @@ class Agent:
         if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
             self._kernel_read_at = now
             try:
-                self.kernel_fast_path = self.rules.fast_path_packets()
+                self.kernel = self.rules.kernel_counters()
             except Exception:  # counters are informative; never stop probing for them
                 LOG.debug("reading kernel counters failed", exc_info=True)
 
@@ -129,18 +134,21 @@ class Agent:
                     else contextlib.nullcontext(None))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop.set())
+        wakeup = self._wakeup_socket()
         with rules_cm as rules:
-            self.rules = rules if config.fast_path else None
+            self.rules = rules
             self.heartbeats = heartbeat.Heartbeats(client, self.state, self.probe,
-                                                   self.counters, self.rules, config.interval)
+                                                   self.counters, self.rules, config.interval,
+                                                   fast_path=config.fast_path, wakeup=wakeup)
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
                                         name="probe", daemon=True)]
             LOG.info("started: queue %d, service port %d, controller %s, iptables %s, "
-                     "fast path %s", config.queue_num, config.service_port, config.controller,
-                     "installed" if rules else "left to the operator",
-                     "on" if self.rules else "off")
+                     "fast path %s, nudges on udp/%s", config.queue_num, config.service_port,
+                     config.controller, "installed" if rules else "left to the operator",
+                     "on" if rules and config.fast_path else "off",
+                     config.notify_port or "off")
             for thread in threads:
                 thread.start()
             try:
@@ -150,16 +158,31 @@ class Agent:
                 for thread in threads:
                     thread.join(THREAD_JOIN_S)
                 client.close()
+                if wakeup is not None:
+                    wakeup.close()
         LOG.info("stopped: counters %s", self.counters())
         return 0
+
+    def _wakeup_socket(self):
+        """The UDP socket the controller nudges after a role change (so the agent asks now
+        instead of at its next heartbeat); None when disabled."""
+        if not self.config.notify_port:
+            return None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.bind(("0.0.0.0", self.config.notify_port))
+        return sock
 
 
 def main(argv=None):
     config, print_rules = parse_args(argv)
     if print_rules:
         spec = iptables.RuleSpec(config.service_port, config.queue_num)
-        print("iptables -t mangle -A " + " ".join(iptables.jump_rule(spec)))
+        print("iptables-restore --noflush <<'EOF'")
         print(iptables.restore_input(spec), end="")
+        print("EOF")
+        for table, rule in iptables.jump_rules(spec):
+            print(f"iptables -t {table} -A " + " ".join(rule))
         return 0
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format=f"%(asctime)s sbft-agent[{config.name}] %(levelname)s "

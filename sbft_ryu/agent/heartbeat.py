@@ -11,6 +11,8 @@ kernel keep accepting replies after its agent has stopped doing so.
 import http.client
 import json
 import logging
+import math
+import select
 import time
 import urllib.parse
 
@@ -22,6 +24,7 @@ NO_ROLE = "none"
 ROLES = (PRIMARY, BACKUP, NO_ROLE)
 
 LOG = logging.getLogger("sbft.agent")
+MIN_NUDGE_GAP_S = 0.005
 
 
 class RoleState:
@@ -78,8 +81,9 @@ class ControllerClient:
         except ValueError:
             answer = None
         if response.status != 200:
-            message = (answer or {}).get("error", {}).get("message", payload[:200])
-            raise ControllerRejected(response.status, message)
+            error = answer.get("error") if isinstance(answer, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            raise ControllerRejected(response.status, message or payload[:200])
         if not isinstance(answer, dict) or answer.get("role") not in ROLES:
             raise ControllerRejected(response.status, f"unexpected answer {payload[:200]!r}")
         return answer
@@ -94,12 +98,14 @@ class Heartbeats:
     """The heartbeat loop; ``run(stop)`` in its own thread."""
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, fast_path=True, wakeup=None):
         self.client = client
         self.state = state
         self.probe = probe
         self.counters = counters  # callable → dict
         self.rules = rules
+        self.fast_path = fast_path
+        self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
         self.fixed_interval = interval
         self.interval = interval or 0.05
         self.clock = clock
@@ -112,13 +118,34 @@ class Heartbeats:
         seq = 0
         next_at = self.clock()
         while not stop.is_set():
-            self.beat(seq)
+            try:
+                self.beat(seq)
+            except Exception:  # e.g. iptables-restore failed: log, count, retry next beat
+                self.failures += 1
+                LOG.exception("heartbeat round failed; retrying at the next interval")
             seq += 1
             next_at += self.interval
             delay = next_at - self.clock()
             if delay < 0:  # fell behind (slow controller): do not burst to catch up
                 next_at, delay = self.clock(), 0
+            if self._wait(stop, delay):
+                next_at = self.clock()  # nudged: beat now, then resume the rhythm
+
+    def _wait(self, stop, delay):
+        """Sleep ``delay`` unless nudged; True if a nudge arrived (at most one beat per
+        MIN_NUDGE_GAP_S however many datagrams come)."""
+        if self.wakeup is None:
             stop.wait(delay)
+            return False
+        ready, _, _ = select.select([self.wakeup], [], [], max(delay, MIN_NUDGE_GAP_S))
+        if not ready:
+            return False
+        for _ in range(64):  # drain what is queued; bounded
+            try:
+                self.wakeup.recv(64)
+            except OSError:
+                break
+        return True
 
     def beat(self, seq):
         body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
@@ -138,9 +165,10 @@ class Heartbeats:
         self.sent += 1
         self._controller(True, "controller reachable")
         self.answer = answer
-        if self.fixed_interval is None and isinstance(answer.get("heartbeat_interval_s"),
-                                                      (int, float)):
-            self.interval = min(max(float(answer["heartbeat_interval_s"]), 0.005), 10.0)
+        interval = answer.get("heartbeat_interval_s")
+        if (self.fixed_interval is None and isinstance(interval, (int, float))
+                and math.isfinite(interval)):
+            self.interval = min(max(float(interval), 0.005), 10.0)
         self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
 
     def apply(self, role, epoch, primary_name):
@@ -153,13 +181,14 @@ class Heartbeats:
         if role == PRIMARY:
             state.primary = True  # userspace accepts from now on
             if self.rules is not None:
-                mark = fast_mark(epoch or 0)
-                self.rules.set_fast_path(mark)
-                state.fast_mark = mark  # only once the kernel rule for it exists
+                mark = fast_mark(epoch or 0) if self.fast_path else None
+                state.fast_mark = None  # plain accepts until the kernel rule for ``mark`` exists
+                self.rules.set_role(True, mark)
+                state.fast_mark = mark
         else:
             state.primary = False  # userspace drops from now on
-            if self.rules is not None and self.rules.mark is not None:
-                self.rules.set_fast_path(None)  # cached verdicts stop matching
+            if self.rules is not None and self.rules.primary:
+                self.rules.set_role(False)  # door closed, cached verdicts stop matching
             state.fast_mark = None
         state.role, state.epoch = role, epoch
 

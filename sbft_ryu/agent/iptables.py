@@ -1,25 +1,41 @@
 """The agent's iptables rules: generated as data, installed and removed as one list.
 
-The replica's replies from the service port leave through mangle POSTROUTING (after conntrack,
-so the agent never confuses conntrack) and jump to the agent's own chain, ``sbft-out``::
+Two chains of the agent's own, each entered by one jump rule (comment ``sbft-agent``) for the
+service port, never for ``lo`` (the replica's probe of its own proxy)::
 
-    backup (and at start):  sbft-out:  -j NFQUEUE --queue-num N
-    primary, generation G:  sbft-out:  -m mark --mark G -j CONNMARK --save-mark
+    raw PREROUTING (before conntrack)      -> sbft-in:   client packets reaching this replica
+    mangle POSTROUTING (after conntrack)   -> sbft-out:  this replica's replies
+
+    backup (and at start)   sbft-in:   -j DROP
+                            sbft-out:  -j NFQUEUE --queue-num N
+    primary, generation G   sbft-in:   (empty: accept)
+                            sbft-out:  -m mark --mark G -j CONNMARK --save-mark
+                                       -m mark --mark G -j ACCEPT
                                        -m connmark --mark G -j ACCEPT
                                        -j NFQUEUE --queue-num N
+
+In passive mode a backup's stack could only answer the mirrored traffic with RSTs and
+half-open connections (its sequence numbers are not the primary's), so its agent discards that
+traffic at the door; stale state would otherwise make a newly promoted replica re-send
+SYN-ACKs of connections the old primary owned. Whatever a backup sends anyway goes to the
+queue, where it is dropped.
 
 A primary's agent accepts the first reply of a connection in userspace with packet mark G and
 ``NF_REPEAT``; the packet re-enters the chain, its mark is saved on the connection, and every
 later packet of that connection is accepted in the kernel (the verdict cache of IPS engines).
-Demotion replaces the chain with the backup version in one ``iptables-restore --noflush``, so
-cached verdicts stop matching at once and every reply goes back to the queue, where a backup
-drops it. Without a reader the kernel drops queued packets (no ``--queue-bypass``): a backup
-whose agent dies stays silent. The replica's own probe over ``lo`` is never queued.
+The repeated packet itself is accepted by its packet mark: a packet without a conntrack entry
+(a stack's RST for an unknown connection) cannot keep a connmark and would otherwise circle.
+
+Role changes replace both chains in one ``iptables-restore --noflush`` (each table commits
+atomically), so on demotion cached verdicts stop matching at once. Without a reader the kernel
+drops queued packets (no ``--queue-bypass``) and the DROP stays: a backup whose agent dies
+stays silent.
 """
 
 import subprocess
 from dataclasses import dataclass
 
+IN_CHAIN = "sbft-in"
 OUT_CHAIN = "sbft-out"
 COMMENT = "sbft-agent"
 MARK_BASE = 0x5BF00000
@@ -37,10 +53,18 @@ class RuleSpec:
     queue_num: int
 
 
-def jump_rule(spec):
-    """The rule in mangle POSTROUTING that sends service replies to the agent's chain."""
-    return ["POSTROUTING", "-p", "tcp", "--sport", str(spec.service_port), "!", "-o", "lo",
-            "-m", "comment", "--comment", COMMENT, "-j", OUT_CHAIN]
+def jump_rules(spec):
+    """(table, rule) pairs in the built-in chains that lead to the agent's chains."""
+    port = str(spec.service_port)
+    tag = ["-m", "comment", "--comment", COMMENT]
+    return [("raw", ["PREROUTING", "-p", "tcp", "--dport", port, "!", "-i", "lo", *tag,
+                     "-j", IN_CHAIN]),
+            ("mangle", ["POSTROUTING", "-p", "tcp", "--sport", port, "!", "-o", "lo", *tag,
+                        "-j", OUT_CHAIN])]
+
+
+def in_chain(spec, primary):
+    return [] if primary else [["-j", "DROP"]]
 
 
 def out_chain(spec, mark=None):
@@ -48,17 +72,38 @@ def out_chain(spec, mark=None):
     rules = []
     if mark is not None:
         rules.append(["-m", "mark", "--mark", hex(mark), "-j", "CONNMARK", "--save-mark"])
+        rules.append(["-m", "mark", "--mark", hex(mark), "-j", "ACCEPT"])
         rules.append(["-m", "connmark", "--mark", hex(mark), "-j", "ACCEPT"])
     rules.append(["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)])
     return rules
 
 
-def restore_input(spec, mark=None):
-    """iptables-restore --noflush input that (re)creates sbft-out with exactly this body."""
-    lines = ["*mangle", f":{OUT_CHAIN} - [0:0]"]
-    lines += [" ".join([f"-A {OUT_CHAIN}", *rule]) for rule in out_chain(spec, mark)]
-    lines.append("COMMIT")
+def restore_input(spec, primary=False, mark=None):
+    """iptables-restore --noflush input that (re)creates both chains with exactly this body."""
+    lines = []
+    for table, chain, rules in (("raw", IN_CHAIN, in_chain(spec, primary)),
+                                ("mangle", OUT_CHAIN, out_chain(spec, mark))):
+        lines += [f"*{table}", f":{chain} - [0:0]"]
+        lines += [" ".join([f"-A {chain}", *rule]) for rule in rules]
+        lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def parse_counters(save_output):
+    """Kernel counters from ``iptables-save -c``: packets dropped at the door, replies accepted
+    by a cached verdict."""
+    counters = {"ingress_dropped": 0, "fast_path_packets": 0}
+    for line in save_output.splitlines():
+        if not line.startswith("["):
+            continue
+        packets = line[1:line.find(":")]
+        if not packets.isdigit():
+            continue
+        if f"-A {IN_CHAIN} -j DROP" in line:
+            counters["ingress_dropped"] += int(packets)
+        elif f"-A {OUT_CHAIN}" in line and "connmark" in line and "ACCEPT" in line:
+            counters["fast_path_packets"] += int(packets)
+    return counters
 
 
 class Rules:
@@ -67,41 +112,43 @@ class Rules:
     def __init__(self, spec, run=subprocess.run):
         self.spec = spec
         self._run = run
+        self.primary = False
         self.mark = None
 
     def __enter__(self):
         self._remove_jumps()  # leftovers of an agent that was killed
-        self._restore(None)
-        self._iptables("-A", *jump_rule(self.spec))
+        self._restore(False, None)
+        for table, rule in jump_rules(self.spec):
+            self._iptables(table, "-A", *rule)
         return self
 
     def __exit__(self, *exc):
         self._remove_jumps()
-        self._iptables("-F", OUT_CHAIN, check=False)
-        self._iptables("-X", OUT_CHAIN, check=False)
+        for table, chain in (("raw", IN_CHAIN), ("mangle", OUT_CHAIN)):
+            self._iptables(table, "-F", chain, check=False)
+            self._iptables(table, "-X", chain, check=False)
 
-    def set_fast_path(self, mark):
-        """Cache verdicts for ``mark`` (primary) or none (``None``: backup)."""
-        self._restore(mark)
-        self.mark = mark
+    def set_role(self, primary, mark=None):
+        """Primary: open the door and cache verdicts for ``mark``; backup: close both."""
+        self._restore(primary, mark if primary else None)
+        self.primary, self.mark = primary, (mark if primary else None)
 
-    def fast_path_packets(self):
-        """Packets accepted by the cached-verdict rule since it was installed (0 if none)."""
-        if self.mark is None:
-            return 0
-        out = self._iptables("-L", OUT_CHAIN, "2", "-v", "-x", "-n", check=False).stdout
-        fields = out.split()
-        return int(fields[0]) if fields and fields[0].isdigit() else 0
+    def kernel_counters(self):
+        out = self._run(["iptables-save", "-c"], text=True, capture_output=True, timeout=10,
+                        check=False).stdout
+        return parse_counters(out)
 
-    def _restore(self, mark):
-        self._run(["iptables-restore", "--noflush"], input=restore_input(self.spec, mark),
+    def _restore(self, primary, mark):
+        self._run(["iptables-restore", "--noflush"],
+                  input=restore_input(self.spec, primary, mark),
                   text=True, check=True, capture_output=True, timeout=10)
 
     def _remove_jumps(self):
-        for _ in range(16):  # bounded: each call removes one copy
-            if self._iptables("-D", *jump_rule(self.spec), check=False).returncode != 0:
-                break
+        for table, rule in jump_rules(self.spec):
+            for _ in range(16):  # bounded: each call removes one copy
+                if self._iptables(table, "-D", *rule, check=False).returncode != 0:
+                    break
 
-    def _iptables(self, *args, check=True):
-        return self._run(["iptables", "-w", "5", "-t", "mangle", *args], text=True,
+    def _iptables(self, table, *args, check=True):
+        return self._run(["iptables", "-w", "5", "-t", table, *args], text=True,
                          check=check, capture_output=True, timeout=10)

@@ -32,8 +32,8 @@ class ReplyQueue:
             counters[slot] += 1
             if decision != verdict.ACCEPT:
                 packet.drop()
-            elif state.fast_mark is None:
-                packet.accept()
+            elif state.fast_mark is None or packet.get_mark() == state.fast_mark:
+                packet.accept()  # (a marked packet came back: the kernel could not cache it)
             else:  # let the kernel cache this verdict for the rest of the connection
                 packet.set_mark(state.fast_mark)
                 packet.repeat()

@@ -18,7 +18,13 @@ def probe_once(host, port, path, timeout):
             if not path:
                 return True
             sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
-            status = sock.recv(64).split(b"\r\n", 1)[0].split()
+            head = b""
+            while b"\r\n" not in head and len(head) < 64:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                head += chunk
+            status = head.split(b"\r\n", 1)[0].split()
             return len(status) >= 2 and status[1] == b"200"
     except OSError:
         return False

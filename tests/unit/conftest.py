@@ -14,6 +14,8 @@ DEFAULT_RAW = {
     "dpid": "",
     "heartbeat_timeout": "0.15",
     "heartbeat_interval": "0.05",
+    "startup_grace": "1.0",
+    "agent_notify_port": "5556",
     "service_priority": "40000",
     "mode": "passive",
 }

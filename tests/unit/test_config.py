@@ -268,7 +268,7 @@ def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
     assert str(info.value) == (
         "[sbft] vipp = 'vipp = 1.2.3.4': expected one of the [sbft] options (flows_file, vip, "
         "vmac, service_port, replica, dpid, heartbeat_timeout, heartbeat_interval, "
-        f"service_priority, mode) at {path}:3")
+        f"agent_notify_port, startup_grace, service_priority, mode) at {path}:3")
 
 
 def test_unknown_keys_outside_sbft_are_ignored(tmp_path):

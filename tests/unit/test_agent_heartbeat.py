@@ -1,0 +1,657 @@
+"""Tests for sbft_ryu.agent.heartbeat: the role loop with fakes, the client against loopback HTTP.
+
+Heartbeats gets a scripted fake client, a fake probe, fake rules and a fake clock; the order of
+role changes is checked by recording the RoleState from inside the fake rules. ControllerClient
+talks to a real http.server on 127.0.0.1 (ephemeral port), which answers like the controller's
+views.heartbeat_reply / views.error_body.
+"""
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sbft_ryu.agent import heartbeat
+from sbft_ryu.agent.heartbeat import (ControllerClient, ControllerRejected, ControllerUnreachable,
+                                      Heartbeats, RoleState)
+from sbft_ryu.agent.iptables import fast_mark
+
+
+def answer(role, epoch=1, primary="lb1", interval=0.05, **extra):
+    """A controller answer, shaped like views.heartbeat_reply."""
+    return {"role": role, "epoch": epoch, "primary": primary, "state": "up",
+            "heartbeat_interval_s": interval, "mode": "passive", "vip": "10.0.0.100",
+            "service_port": 5555, **extra}
+
+
+# --- fakes -------------------------------------------------------------------------------
+
+class FakeClient:
+    """Returns (or raises) the scripted items in order, the last one forever; records bodies."""
+
+    def __init__(self, *script, on_call=None):
+        self.script = list(script)
+        self.bodies = []
+        self.on_call = on_call
+
+    def heartbeat(self, body):
+        self.bodies.append(body)
+        if self.on_call is not None:
+            self.on_call(len(self.bodies))
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+class FakeProbe:
+    def __init__(self, value=True):
+        self.value = value
+        self.asked = []
+
+    def ok(self, now):
+        self.asked.append(now)
+        return self.value
+
+
+class FakeRules:
+    """Records each set_fast_path with the RoleState as it was at that moment."""
+
+    def __init__(self, state, fail=None):
+        self.state = state
+        self.mark = None
+        self.calls = []
+        self.fail = fail  # an exception to raise from set_fast_path (once)
+
+    def set_fast_path(self, mark):
+        self.calls.append({"mark": mark, "primary": self.state.primary,
+                           "fast_mark": self.state.fast_mark, "role": self.state.role})
+        if self.fail is not None:
+            exc, self.fail = self.fail, None
+            raise exc
+        self.mark = mark
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def make(*script, rules=True, interval=None, counters=None, probe_ok=True):
+    state = RoleState()
+    client = FakeClient(*script)
+    fake_rules = FakeRules(state) if rules else None
+    beats = Heartbeats(client, state, FakeProbe(probe_ok),
+                       counters or (lambda: {"accepted": 0}), fake_rules, interval,
+                       clock=Clock())
+    return beats, state, client, fake_rules
+
+
+# --- roles -------------------------------------------------------------------------------
+
+def test_initial_state():
+    state = RoleState()
+    assert (state.role, state.epoch, state.primary, state.fast_mark, state.primary_name) == \
+           (heartbeat.NO_ROLE, None, False, None, None)
+
+
+def test_promotion_to_primary_sets_primary_before_the_fast_path():
+    beats, state, _, rules = make(answer("primary", epoch=1))
+    beats.beat(0)
+    assert state.primary is True
+    assert (state.role, state.epoch, state.primary_name) == ("primary", 1, "lb1")
+    assert rules.calls == [{"mark": fast_mark(1), "primary": True, "fast_mark": None,
+                            "role": "none"}]
+    assert state.fast_mark == fast_mark(1) == rules.mark
+
+
+def test_repeated_primary_answers_do_not_touch_the_rules():
+    beats, state, _, rules = make(answer("primary", epoch=1))
+    for seq in range(5):
+        beats.beat(seq)
+    assert len(rules.calls) == 1
+    assert state.fast_mark == fast_mark(1)
+
+
+def test_new_primary_epoch_moves_the_fast_path_to_the_new_mark():
+    beats, state, _, rules = make(answer("primary", epoch=1), answer("primary", epoch=2))
+    beats.beat(0)
+    beats.beat(1)
+    assert [call["mark"] for call in rules.calls] == [fast_mark(1), fast_mark(2)]
+    assert (state.epoch, state.fast_mark, state.primary) == (2, fast_mark(2), True)
+
+
+def test_demotion_clears_primary_before_the_fast_path():
+    beats, state, _, rules = make(answer("primary", epoch=1),
+                                  answer("backup", epoch=2, primary="lb2"))
+    beats.beat(0)
+    beats.beat(1)
+    assert rules.calls[-1] == {"mark": None, "primary": False, "fast_mark": fast_mark(1),
+                               "role": "primary"}
+    assert state.fast_mark is None
+    assert rules.mark is None
+    assert (state.role, state.epoch, state.primary, state.primary_name) == \
+           ("backup", 2, False, "lb2")
+
+
+@pytest.mark.parametrize("role", ["backup", "none"])
+def test_demotion_to_any_non_primary_role(role):
+    beats, state, _, rules = make(answer("primary", epoch=3), answer(role, epoch=4))
+    beats.beat(0)
+    beats.beat(1)
+    assert state.primary is False
+    assert state.fast_mark is None
+    assert rules.calls[-1]["mark"] is None
+    assert state.role == role
+
+
+def test_backup_following_epochs_never_touches_the_rules():
+    beats, state, _, rules = make(answer("backup", epoch=1), answer("backup", epoch=2),
+                                  answer("backup", epoch=3, primary="lb3"),
+                                  answer("backup", epoch=5))
+    for seq in range(4):
+        beats.beat(seq)
+    assert rules.calls == []
+    assert (state.role, state.epoch, state.primary, state.fast_mark) == \
+           ("backup", 5, False, None)
+
+
+def test_demotion_without_an_installed_fast_path_skips_the_rules():
+    beats, state, _, rules = make(answer("primary", epoch=1), answer("backup", epoch=2))
+    beats.beat(0)
+    rules.mark = None  # e.g. the kernel rule was never installed
+    beats.beat(1)
+    assert len(rules.calls) == 1
+    assert state.primary is False
+
+
+def test_without_rules_the_role_is_applied_in_userspace_only():
+    beats, state, _, _ = make(answer("primary", epoch=1), answer("backup", epoch=2), rules=False)
+    beats.beat(0)
+    assert (state.primary, state.fast_mark) == (True, None)
+    beats.beat(1)
+    assert (state.primary, state.fast_mark) == (False, None)
+
+
+def test_role_change_is_logged(caplog):
+    caplog.set_level(logging.INFO, logger="sbft.agent")
+    beats, _, _, _ = make(answer("primary", epoch=1), answer("backup", epoch=2, primary="lb2"))
+    beats.beat(0)
+    beats.beat(1)
+    messages = [r.getMessage() for r in caplog.records if "role" in r.getMessage()]
+    assert messages == ["role none -> primary (epoch 1, primary lb1)",
+                        "role primary -> backup (epoch 2, primary lb2)"]
+
+
+# --- controller failures -----------------------------------------------------------------
+
+def test_unreachable_controller_keeps_the_role_and_warns_once(caplog):
+    caplog.set_level(logging.INFO, logger="sbft.agent")
+    beats, state, _, rules = make(answer("primary", epoch=1),
+                                  *[ControllerUnreachable("timed out")] * 10,
+                                  answer("primary", epoch=1))
+    for seq in range(12):
+        beats.beat(seq)
+        if 1 <= seq <= 10:
+            assert (state.role, state.primary, state.fast_mark) == \
+                   ("primary", True, fast_mark(1))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "fail-static" in warnings[0].getMessage()
+    assert "keeping role primary" in warnings[0].getMessage()
+    assert "timed out" in warnings[0].getMessage()
+    reachable = [r.getMessage() for r in caplog.records if r.getMessage() == "controller reachable"]
+    assert len(reachable) == 2  # first contact and recovery
+    assert caplog.records[-1].getMessage() == "controller reachable"
+    assert len(rules.calls) == 1
+    assert beats.failures == 10
+    assert beats.sent == 2
+
+
+def test_unreachable_backup_stays_backup():
+    beats, state, _, _ = make(answer("backup", epoch=1), ControllerUnreachable("refused"))
+    for seq in range(5):
+        beats.beat(seq)
+    assert (state.role, state.primary) == ("backup", False)
+
+
+def test_rejected_heartbeat_keeps_the_role(caplog):
+    caplog.set_level(logging.INFO, logger="sbft.agent")
+    beats, state, _, rules = make(answer("primary", epoch=1),
+                                  ControllerRejected(404, "no replica named 'lbx'"))
+    for seq in range(4):
+        beats.beat(seq)
+    assert (state.role, state.primary, state.fast_mark) == ("primary", True, fast_mark(1))
+    assert len(rules.calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "rejected" in warnings[0] and "HTTP 404" in warnings[0]
+    assert beats.failures == 3
+
+
+def test_failure_before_first_contact_warns_with_role_none(caplog):
+    beats, state, _, _ = make(ControllerUnreachable("refused"))
+    beats.beat(0)
+    beats.beat(1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "keeping role none" in warnings[0]
+    assert state.primary is False
+
+
+# --- the body and the interval -----------------------------------------------------------
+
+def test_body_has_seq_service_ok_and_counters():
+    counter_values = iter(range(100))
+    beats, _, client, _ = make(answer("backup"), probe_ok=False,
+                               counters=lambda: {"accepted": next(counter_values)})
+    for seq in range(3):
+        beats.beat(seq)
+    assert client.bodies == [
+        {"seq": 0, "service_ok": False, "counters": {"accepted": 0}},
+        {"seq": 1, "service_ok": False, "counters": {"accepted": 1}},
+        {"seq": 2, "service_ok": False, "counters": {"accepted": 2}},
+    ]
+    assert beats.probe.asked == [1000.0] * 3  # asked with the loop's clock
+
+
+def test_body_is_accepted_by_the_controller_parser():
+    rest = pytest.importorskip("sbft_ryu.rest")
+    beats, _, client, _ = make(answer("backup"), counters=lambda: {"accepted": 3, "dropped": 1})
+    beats.beat(7)
+    assert rest.parse_heartbeat(json.dumps(client.bodies[0]).encode()) == \
+           (7, True, {"accepted": 3, "dropped": 1})
+
+
+def test_run_sends_incrementing_seq_from_zero():
+    stop = threading.Event()
+    beats, _, client, _ = make(answer("backup"), interval=0.001)
+    client.on_call = lambda n: n == 5 and stop.set()
+    beats.run(stop)
+    assert [body["seq"] for body in client.bodies] == [0, 1, 2, 3, 4]
+
+
+def test_answer_is_kept_for_the_agent():
+    beats, _, _, _ = make(answer("backup", vip="10.9.9.9"))
+    assert beats.answer == {}
+    beats.beat(0)
+    assert beats.answer["vip"] == "10.9.9.9"
+
+
+@pytest.mark.parametrize("given, adopted", [
+    (0.05, 0.05), (1, 1.0), (0.001, 0.005), (0, 0.005), (-3, 0.005), (99, 10.0),
+])
+def test_interval_adopted_from_the_answer_and_clamped(given, adopted):
+    beats, _, _, _ = make(answer("backup", interval=given))
+    assert beats.interval == 0.05  # before any answer
+    beats.beat(0)
+    assert beats.interval == adopted
+
+
+def test_nan_interval_is_not_adopted():
+    beats, _, _, _ = make(answer("backup", interval=float("nan")))
+    beats.beat(0)
+    assert 0.005 <= beats.interval <= 10.0
+
+
+@pytest.mark.parametrize("given", [None, "0.2", [1]])
+def test_interval_ignored_when_missing_or_not_a_number(given):
+    reply = answer("backup")
+    if given is None:
+        del reply["heartbeat_interval_s"]
+    else:
+        reply["heartbeat_interval_s"] = given
+    beats, _, _, _ = make(reply)
+    beats.beat(0)
+    assert beats.interval == 0.05
+
+
+def test_fixed_interval_is_never_replaced():
+    beats, _, _, _ = make(answer("backup", interval=2.0), interval=0.3)
+    beats.beat(0)
+    assert beats.interval == 0.3
+
+
+def test_interval_unchanged_by_a_failed_beat():
+    beats, _, _, _ = make(answer("backup", interval=0.5), ControllerUnreachable("x"))
+    beats.beat(0)
+    beats.beat(1)
+    assert beats.interval == 0.5
+
+
+# --- run ---------------------------------------------------------------------------------
+
+class FakeStop:
+    """A stop event on a fake clock: wait() advances the clock; set after ``waits`` waits."""
+
+    def __init__(self, clock, waits):
+        self.clock = clock
+        self.waits = waits
+        self.delays = []
+
+    def is_set(self):
+        return len(self.delays) >= self.waits
+
+    def wait(self, delay):
+        self.delays.append(delay)
+        self.clock.now += delay
+        return self.is_set()
+
+
+def test_run_paces_beats_on_the_interval_and_never_bursts():
+    clock = Clock(0.0)
+    durations = iter([0.25, 0.25, 5.0, 0.25, 0.25])
+
+    class SlowClient(FakeClient):
+        def heartbeat(self, body):
+            clock.now += next(durations)
+            return super().heartbeat(body)
+
+    state = RoleState()
+    beats = Heartbeats(SlowClient(answer("backup")), state, FakeProbe(), dict, None,
+                       interval=1.0, clock=clock)
+    stop = FakeStop(clock, waits=5)
+    beats.run(stop)
+    assert stop.delays == [0.75, 0.75, 0, 0.75, 0.75]
+
+
+def test_run_terminates_after_the_stop_event_is_set():
+    stop = threading.Event()
+    client = FakeClient(answer("primary", epoch=1), on_call=lambda n: n == 20 and stop.set())
+    state = RoleState()
+    beats = Heartbeats(client, state, FakeProbe(), dict, FakeRules(state), interval=0.001)
+    thread = threading.Thread(target=beats.run, args=(stop,), daemon=True)
+    thread.start()
+    thread.join(2.0)
+    assert not thread.is_alive()
+    assert len(client.bodies) == 20
+    assert beats.sent == 20
+    assert state.primary is True
+
+
+def test_run_returns_at_once_when_stopped_before_starting():
+    stop = threading.Event()
+    stop.set()
+    beats, _, client, _ = make(answer("backup"))
+    beats.run(stop)
+    assert client.bodies == []
+
+
+def test_run_stops_while_waiting_a_long_interval():
+    stop = threading.Event()
+    beats, _, client, _ = make(answer("backup"), interval=10.0)
+    beats.clock = time.monotonic
+    thread = threading.Thread(target=beats.run, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 2
+    while not client.bodies and time.monotonic() < deadline:
+        time.sleep(0.005)
+    stop.set()
+    thread.join(1.0)
+    assert not thread.is_alive()
+    assert len(client.bodies) == 1
+
+
+def run_in_thread(beats, stop):
+    """Run ``beats.run(stop)`` in a thread (bounded); returns exceptions that escaped it."""
+    errors = []
+    thread = threading.Thread(target=beats.run, args=(stop,), daemon=True)
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        thread.start()
+        thread.join(2.0)
+    finally:
+        threading.excepthook = previous_hook
+    assert not thread.is_alive()
+    return errors
+
+
+def test_run_survives_a_failing_promotion_and_retries():
+    stop = threading.Event()
+    state = RoleState()
+    rules = FakeRules(state, fail=RuntimeError("iptables-restore: exit status 4"))
+    client = FakeClient(answer("primary", epoch=1), on_call=lambda n: n == 3 and stop.set())
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
+    assert run_in_thread(beats, stop) == []
+    assert len(client.bodies) == 3  # the loop kept beating
+    assert rules.calls[0]["mark"] == fast_mark(1)
+    assert (state.role, state.primary) == ("primary", True)
+    assert state.fast_mark == rules.mark  # never a mark the kernel has no rule for
+
+
+def test_run_survives_a_failing_demotion_and_retries_it():
+    stop = threading.Event()
+    state = RoleState()
+    rules = FakeRules(state)
+    client = FakeClient(answer("primary", epoch=1), answer("backup", epoch=2),
+                        on_call=lambda n: n == 4 and stop.set())
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
+    beats.beat(0)
+    rules.fail = RuntimeError("iptables-restore: exit status 4")
+    assert run_in_thread(beats, stop) == []
+    assert state.primary is False
+    assert [call["mark"] for call in rules.calls] == [fast_mark(1), None, None]  # retried
+    assert rules.mark is None  # the kernel no longer accepts cached connections
+    assert (state.role, state.fast_mark) == ("backup", None)
+
+
+def test_run_survives_an_unexpected_client_error():
+    stop = threading.Event()
+    state = RoleState()
+    client = FakeClient(answer("primary", epoch=1), AttributeError("'str' object has no "
+                        "attribute 'get'"), answer("backup", epoch=2),
+                        on_call=lambda n: n == 3 and stop.set())
+    beats = Heartbeats(client, state, FakeProbe(), dict, FakeRules(state), interval=0.001)
+    assert run_in_thread(beats, stop) == []
+    assert len(client.bodies) == 3
+    assert state.primary is False
+
+
+# --- ControllerClient against a loopback HTTP server -------------------------------------
+
+class ControllerHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    disable_nagle_algorithm = True  # headers and body are two writes
+
+    def do_POST(self):
+        server = self.server
+        length = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(length)
+        server.requests.append({"path": self.path, "client": self.client_address,
+                                "content_type": self.headers.get("Content-Type"),
+                                "body": json.loads(body)})
+        status, payload = server.reply
+        if server.delay:
+            server.release.wait(server.delay)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out and left
+
+
+@pytest.fixture
+def controller():
+    server = QuietServer(("127.0.0.1", 0), ControllerHandler)
+    server.requests = []
+    server.reply = (200, json.dumps(answer("backup")).encode())
+    server.delay = 0
+    server.release = threading.Event()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              daemon=True)
+    thread.start()
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(2.0)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def clients():
+    made = []
+
+    def make_client(url, name="lb1", timeout=1.0):
+        client = ControllerClient(url, name, timeout)
+        made.append(client)
+        return client
+    yield make_client
+    for client in made:
+        client.close()
+
+
+def set_reply(server, status, body):
+    server.reply = (status, body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+def test_client_posts_json_and_returns_the_answer(controller, clients):
+    client = clients(controller.url)
+    body = {"seq": 0, "service_ok": True, "counters": {"accepted": 1}}
+    assert client.heartbeat(body) == answer("backup")
+    [request] = controller.requests
+    assert request["path"] == "/sbft/replicas/lb1/heartbeat"
+    assert request["content_type"] == "application/json"
+    assert request["body"] == body
+
+
+def test_client_keeps_the_connection_alive(controller, clients):
+    client = clients(controller.url)
+    for seq in range(4):
+        client.heartbeat({"seq": seq, "service_ok": True, "counters": {}})
+    assert [r["body"]["seq"] for r in controller.requests] == [0, 1, 2, 3]
+    assert len({r["client"] for r in controller.requests}) == 1
+
+
+def test_client_quotes_the_replica_name(controller, clients):
+    clients(controller.url, name="lb 1").heartbeat({"seq": 0})
+    assert controller.requests[0]["path"] == "/sbft/replicas/lb%201/heartbeat"
+
+
+@pytest.mark.parametrize("status, message", [
+    (404, "no replica named 'lbx'; configured: ['lb1', 'lb2', 'lb3']"),
+    (400, "seq must be a non-negative integer, got -1"),
+    (413, "body larger than 65536 bytes"),
+])
+def test_client_rejected_with_the_json_error_message(controller, clients, status, message):
+    set_reply(controller, status, {"error": {"code": status, "message": message}})
+    client = clients(controller.url)
+    with pytest.raises(ControllerRejected) as info:
+        client.heartbeat({"seq": 0})
+    assert info.value.status == status
+    assert str(info.value) == f"HTTP {status}: {message}"
+    # a rejection is an answer: the connection stays usable
+    set_reply(controller, 200, answer("primary"))
+    assert client.heartbeat({"seq": 1})["role"] == "primary"
+
+
+def test_client_rejected_for_a_non_json_error(controller, clients):
+    set_reply(controller, 502, b"<html>Bad Gateway</html>")
+    with pytest.raises(ControllerRejected) as info:
+        clients(controller.url).heartbeat({"seq": 0})
+    assert info.value.status == 502
+    assert "Bad Gateway" in str(info.value)
+
+
+@pytest.mark.parametrize("body", [{"error": "Not Found"}, ["not", "found"], "not found",
+                                  {"error": None}],
+                         ids=["error-string", "list", "string", "error-null"])
+def test_client_rejected_for_a_foreign_json_error(controller, clients, body):
+    set_reply(controller, 404, body)
+    with pytest.raises(ControllerRejected) as info:
+        clients(controller.url).heartbeat({"seq": 0})
+    assert info.value.status == 404
+
+
+@pytest.mark.parametrize("body", [
+    b"OK",
+    b"\xff\xfe not utf-8",
+    json.dumps({"role": "leader", "epoch": 1}).encode(),
+    json.dumps({"epoch": 1}).encode(),
+    json.dumps(["primary"]).encode(),
+    json.dumps("primary").encode(),
+    b"",
+], ids=["text", "not-utf8", "unknown-role", "no-role", "list", "string", "empty"])
+def test_client_rejects_a_200_it_cannot_use(controller, clients, body):
+    set_reply(controller, 200, body)
+    with pytest.raises(ControllerRejected) as info:
+        clients(controller.url).heartbeat({"seq": 0})
+    assert info.value.status == 200
+    assert "unexpected answer" in str(info.value)
+
+
+@pytest.mark.parametrize("role", heartbeat.ROLES)
+def test_client_accepts_every_known_role(controller, clients, role):
+    set_reply(controller, 200, answer(role))
+    assert clients(controller.url).heartbeat({"seq": 0})["role"] == role
+
+
+def test_client_unreachable_on_a_closed_port(clients):
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    client = clients(f"http://127.0.0.1:{port}")
+    with pytest.raises(ControllerUnreachable):
+        client.heartbeat({"seq": 0})
+    assert client._conn is None
+
+
+def test_client_unreachable_when_the_controller_is_too_slow(controller, clients):
+    controller.delay = 2.0
+    client = clients(controller.url, timeout=0.15)
+    start = time.monotonic()
+    with pytest.raises(ControllerUnreachable):
+        client.heartbeat({"seq": 0})
+    assert time.monotonic() - start < 1.0
+
+
+def test_client_reconnects_after_a_failure(controller, clients):
+    client = clients(controller.url, timeout=0.15)
+    client.heartbeat({"seq": 0})
+    controller.delay = 2.0
+    with pytest.raises(ControllerUnreachable):
+        client.heartbeat({"seq": 1})
+    controller.delay = 0
+    assert client.heartbeat({"seq": 2}) == answer("backup")
+    clients_seen = [r["client"] for r in controller.requests]
+    assert clients_seen[0] == clients_seen[1] != clients_seen[2]
+
+
+def test_client_close_is_idempotent(controller, clients):
+    client = clients(controller.url)
+    client.close()
+    client.heartbeat({"seq": 0})
+    client.close()
+    client.close()
+    assert client._conn is None
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:8080", "127.0.0.1:8080", "http://",
+                                 "ftp://host:21", ""])
+def test_client_rejects_non_http_urls(url):
+    with pytest.raises(ValueError):
+        ControllerClient(url, "lb1", 0.25)
+
+
+def test_client_default_port():
+    client = ControllerClient("http://10.254.0.254", "lb1", 0.25)
+    assert (client.host, client.port, client.path) == \
+           ("10.254.0.254", 8080, "/sbft/replicas/lb1/heartbeat")
