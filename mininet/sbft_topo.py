@@ -111,6 +111,28 @@ backend backends
 """
 
 
+def keepalived_cfg(name, priority, advert_int=1.0, version=2):
+    """A VRRP instance for the baseline: every replica starts BACKUP with nopreempt, so the
+    master role is sticky as sbft's primary is."""
+    return f"""global_defs {{
+    router_id {name}
+    vrrp_version {version}
+    vrrp_garp_master_repeat 2
+}}
+vrrp_instance sbft {{
+    state BACKUP
+    nopreempt
+    interface {name}-eth0
+    virtual_router_id 51
+    priority {priority}
+    advert_int {advert_int:g}
+    virtual_ipaddress {{
+        {VIP}/24 dev {name}-eth0
+    }}
+}}
+"""
+
+
 def backend_haproxy_cfg(backend):
     return f"""global
     maxconn 4096
@@ -173,13 +195,15 @@ class LabHost(Host):
         return proc
 
     def kill(self, key, sig=signal.SIGKILL):
+        """Signal the whole process group (mnexec -d made each spawn a session leader, and
+        keepalived forks a VRRP child): a crash takes every process of that program."""
         proc = self.owned.pop(key, None)
         if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, sig)
+            _killpg(proc.pid, sig)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+                _killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
         return proc
 
@@ -195,6 +219,13 @@ class LabHost(Host):
         return path
 
 
+def _killpg(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 class BackendHost(LabHost):
     def config(self, **params):
         result = super().config(**params)
@@ -205,9 +236,16 @@ class BackendHost(LabHost):
 
 
 class ReplicaHost(LabHost):
-    """An LB replica: VIP on lo (silent for ARP), HAProxy on VIP:5555, optionally its agent."""
+    """An LB replica running HAProxy on VIP:5555. How it holds the VIP (``vip_mode``):
 
-    def config(self, backends=(), agent_argv=None, **params):
+    * ``sbft``: on ``lo``, never answering ARP for it (the controller does); optionally its
+      agent;
+    * ``keepalived``: keepalived (VRRP) moves it between replicas' ``eth0`` by ARP (baseline);
+    * ``static``: plainly on ``eth0`` (the one bare HAProxy of the baseline);
+    * ``none``: not at all (a replica that stands by in the bare baseline).
+    """
+
+    def config(self, backends=(), agent_argv=None, vip_mode="sbft", vrrp=None, **params):
         result = super().config(**params)
         for key, value in (("all.arp_ignore", 1), ("all.arp_announce", 2),
                            ("default.arp_ignore", 1), ("default.arp_announce", 2)):
@@ -215,13 +253,33 @@ class ReplicaHost(LabHost):
         for intf in self.intfList():
             self.cmd(f"sysctl -q -w net.ipv4.conf.{intf.name}.arp_ignore=1 "
                      f"net.ipv4.conf.{intf.name}.arp_announce=2")
-        self.cmd(f"ip addr add {VIP}/32 dev lo")
+        self.vip_mode = vip_mode
+        self.vrrp = vrrp
+        if vip_mode == "sbft":
+            self.cmd(f"ip addr add {VIP}/32 dev lo")
+        elif vip_mode == "static":
+            self.cmd(f"ip addr add {VIP}/24 dev {self.name}-eth0")
+        elif vip_mode == "keepalived":
+            self.cmd("sysctl -q -w net.ipv4.ip_nonlocal_bind=1")  # HAProxy binds before VRRP
         self.backends = list(backends)
-        self.start_haproxy()
+        if vip_mode != "none":
+            self.start_haproxy()
+        if vip_mode == "keepalived":
+            self.start_keepalived()
         if agent_argv:
             self.agent_argv = list(agent_argv)
             self.start_agent()
         return result
+
+    def start_keepalived(self):
+        cfg = self.write_file("keepalived.conf", keepalived_cfg(self.name, **self.vrrp))
+        pids = [f"--pid={self.rundir}/keepalived.pid", f"--vrrp_pid={self.rundir}/vrrp.pid",
+                f"--checkers_pid={self.rundir}/checkers.pid"]
+        return self.spawn("keepalived", ["keepalived", "--dont-fork", "--log-console",
+                                         "--vrrp", f"--use-file={cfg}", *pids])
+
+    def holds_vip(self):
+        return f"{VIP}/" in self.cmd(f"ip -4 addr show dev {self.name}-eth0")
 
     def start_haproxy(self):
         cfg = self.write_file("haproxy.cfg", replica_haproxy_cfg(self.backends))
@@ -245,7 +303,8 @@ class SbftTopo(Topo):
     on the management switch s0."""
 
     def build(self, lbs=3, backends=2, clients=1, rundir=None, agents=False, wsapi_port=8080,
-              agent_args=(), protocols="OpenFlow10,OpenFlow13"):
+              agent_args=(), protocols="OpenFlow10,OpenFlow13", vip_mode="sbft",
+              advert_int=1.0, vrrp_version=2):
         layout = plan(lbs, backends, clients)
         s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001",
                             protocols=protocols)
@@ -257,9 +316,14 @@ class SbftTopo(Topo):
             if agents:
                 agent_argv = agent_command(r["name"], f"http://{MGMT_ROOT_IP}:{wsapi_port}",
                                            agent_args)
+            mode = vip_mode
+            if vip_mode == "static":  # one bare HAProxy: the first replica only
+                mode = "static" if r is layout["replicas"][0] else "none"
+            vrrp = {"priority": 250 - 50 * int(r["name"][2:]), "advert_int": advert_int,
+                    "version": vrrp_version}
             self.addHost(r["name"], cls=ReplicaHost, ip=f"{r['ip']}/24", mac=r["mac"],
-                         backends=layout["backends"], agent_argv=agent_argv,
-                         rundir=_subdir(rundir, r["name"]))
+                         backends=layout["backends"], agent_argv=agent_argv, vip_mode=mode,
+                         vrrp=vrrp, rundir=_subdir(rundir, r["name"]))
             self.addLink(r["name"], s1, port2=r["port"])
         for b in layout["backends"]:
             self.addHost(b["name"], cls=BackendHost, ip=f"{b['ip']}/24", mac=b["mac"],
@@ -352,10 +416,15 @@ class Lab:
     def __init__(self, lbs=3, backends=2, clients=1, agents=False, agent_args=(),
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
-                 passive_listener=False):
+                 passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2):
+        """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
+        switch as a plain learning switch (no replicas configured: flows file only)."""
         self.layout = plan(lbs, backends, clients)
+        self.vip_mode = vip_mode
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
-                              agent_args=tuple(agent_args), protocols=protocols)
+                              agent_args=tuple(agent_args), protocols=protocols,
+                              vip_mode=vip_mode, advert_int=advert_int,
+                              vrrp_version=vrrp_version)
         self.passive_listener = passive_listener
         self.listen_port = None
         self.sbft_extra = sbft_extra
@@ -363,6 +432,7 @@ class Lab:
         self.controller = controller
         self.own_rundir = rundir is None
         self.rundir = rundir or tempfile.mkdtemp(prefix="sbft-lab-")
+        os.makedirs(self.rundir, exist_ok=True)
         self.wait_for_primary = wait_for_primary
         self.ryu = None
         self.net = None
@@ -392,7 +462,10 @@ class Lab:
             ctrl_ip, self.ofp_port, self.wsapi_port = "127.0.0.1", free_port(), free_port()
             self.config_path = os.path.join(self.rundir, "sbft.conf")
             with open(self.config_path, "w", encoding="utf-8") as handle:
-                handle.write(sbft_config_text(self.layout, self.sbft_extra))
+                if self.vip_mode == "sbft":
+                    handle.write(sbft_config_text(self.layout, self.sbft_extra))
+                else:  # baseline: a plain learning switch
+                    handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
             ryu_args = self.ryu_args
             if self.passive_listener:
                 # the switch listens (like the thesis's HP switch) and Ryu connects to it
@@ -413,9 +486,16 @@ class Lab:
             subprocess.run(["ovs-vsctl", "set-controller", "s1",
                             f"ptcp:{self.listen_port}:127.0.0.1"], check=True, timeout=10)
         wait_until(lambda: self.switch_connected(), 20, 0.1, "s1 to connect to the controller")
-        if self.wait_for_primary and not self.controller:
+        if self.wait_for_primary and not self.controller and self.vip_mode == "sbft":
             wait_until(lambda: self.health()["status"] == "ok", 20, 0.1,
                        "every replica up with a primary")
+        if self.wait_for_primary and self.vip_mode == "keepalived":
+            wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
+
+    def vip_holders(self):
+        """Replicas with the VIP on eth0 in a keepalived baseline. A SIGKILLed keepalived
+        leaves its VIP behind, so after a crash two may hold it for a while."""
+        return [r["name"] for r in self.layout["replicas"] if self.host(r["name"]).holds_vip()]
 
     def stop(self):
         if self.net is not None:
@@ -481,10 +561,12 @@ class Lab:
             host.kill(part, signal.SIGKILL)
 
     def restart(self, replica):
-        """Start the replica's HAProxy and agent again (a recovered replica)."""
+        """Start the replica's HAProxy and agent (or keepalived) again: a recovered replica."""
         host = self.host(replica)
         if "haproxy" not in host.owned:
             host.start_haproxy()
+        if host.vip_mode == "keepalived" and "keepalived" not in host.owned:
+            host.start_keepalived()
         if getattr(host, "agent_argv", None) and "agent" not in host.owned:
             host.start_agent()
 
@@ -512,32 +594,73 @@ class Lab:
 # ---- the runnable script ---------------------------------------------------------------------
 
 def demo(lab, out=print):
-    """The scripted demo: requests, health, the primary's port down, requests, health."""
+    """The scripted demo: steady requests, a primary crash, recovery, a primary link cut.
+
+    A paced client (one GET every 20 ms, each on a new connection, 100 ms deadline) runs
+    through every step; the demo prints its request log around each fault and the health JSON
+    before and after."""
+    sys.path.insert(0, REPO)
+    from sbft_ryu.tools import timeline
+
     def show_health(title):
         health = lab.health()
-        out(f"\n--- {title}: status={health['status']} primary={health['primary']} "
-            f"epoch={health['epoch']}")
-        for r in health["replicas"]:
-            out(f"    {r['name']:4} port {r['port']}  {r['state']:9} {r['role']}")
+        out(f"\n--- {title}: GET /sbft/health")
+        brief = {key: health[key] for key in ("status", "primary", "epoch")}
+        brief["replicas"] = [
+            {key: r[key] for key in ("name", "state", "role", "last_heartbeat_age_s",
+                                     "service_ok", "down_reason")}
+            for r in health["replicas"]]
+        out(json.dumps(brief, indent=1))
 
-    def requests(title, count=5):
-        out(f"\n--- {title}")
-        for n in range(count):
-            code, body = lab.curl("c1", f"/item/{n}")
-            out(f"    GET /item/{n} -> {code} {body.strip()}")
+    def request_log(path, fault_at, title):
+        records, _ = timeline.load(path)
+        outage = timeline.outage(records, fault_at)
+        out(f"\n--- client request log around the {title} (t relative to the fault)")
+        shown = [r for r in records if fault_at - 0.08 <= r["t"] <= fault_at + 0.5]
+        failed_run = 0
+        for record in shown:
+            if not record["ok"]:
+                failed_run += 1
+                if failed_run > 3:
+                    continue
+            elif failed_run > 3:
+                out(f"      ... {failed_run - 3} more failed")
+            if record["ok"]:
+                failed_run = 0
+            result = (record.get("body", "").strip() if record["ok"]
+                      else f"FAILED ({record.get('error', record['status'])})")
+            out(f"    {record['t'] - fault_at:+7.3f}s  GET /p/{record['seq']:<4} "
+                f"{record['latency'] * 1000:6.1f} ms  {result}")
+        ok = sum(r["ok"] for r in records)
+        out(f"    {len(records)} requests, {ok} ok; outage {outage.seconds or 0:.3f} s, "
+            f"{outage.failed} failed requests")
 
-    show_health("health")
-    requests("requests from c1 to the VIP")
-    primary = lab.health()["primary"]
-    out(f"\n--- taking the primary's ({primary}) switch port down")
-    lab.set_link(primary, False)
-    wait_until(lambda: lab.health()["primary"] not in (None, primary), 10, 0.05, "failover")
-    show_health("health after the failure")
-    requests("requests again")
-    out(f"\n--- restoring {primary}'s link")
-    lab.set_link(primary, True)
+    def fault(title, action, primary):
+        proc, path = lab.pacer("c1", f"demo-{title.replace(' ', '-')}.jsonl",
+                               interval=0.02, timeout=0.1, duration=2.5)
+        time.sleep(1.0)
+        fault_at = time.monotonic()
+        out(f"\n=== {title}: {primary}")
+        action()
+        wait_until(lambda: lab.health()["primary"] not in (None, primary), 10, 0.02,
+                   "a new primary")
+        proc.wait(timeout=30)
+        request_log(path, fault_at, title)
+
+    show_health("health at start")
+    first = lab.health()["primary"]
+    fault("primary crash (agent and HAProxy SIGKILLed)", lambda: lab.crash(first), first)
+    show_health("health after the crash")
+    out(f"\n=== restarting {first}'s HAProxy and agent")
+    lab.restart(first)
     wait_until(lambda: lab.health()["status"] == "ok", 10, 0.05, "all replicas up")
-    show_health("health after recovery (the old primary rejoins as backup)")
+    show_health(f"health after recovery ({first} rejoins as backup: the primary is sticky)")
+    second = lab.health()["primary"]
+    fault("primary link cut", lambda: lab.set_link(second, False), second)
+    show_health("health after the link cut")
+    lab.set_link(second, True)
+    wait_until(lambda: lab.health()["status"] == "ok", 10, 0.05, "all replicas up")
+    show_health("health after the link is restored")
 
 
 def main(argv=None):
@@ -547,15 +670,17 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--controller", metavar="HOST:PORT",
                         help="use this running controller instead of starting ryu-manager")
-    parser.add_argument("--agents", action="store_true", help="run sbft-agent on every replica")
+    parser.add_argument("--no-agents", dest="agents", action="store_false",
+                        help="run no sbft-agent (liveness from switch port state only)")
     parser.add_argument("--cli", action="store_true", help="open the Mininet CLI")
     parser.add_argument("--demo", action="store_true", help="run the scripted demo")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("Mininet needs root")
     setLogLevel("warning")
+    extra = "" if args.agents else "heartbeat_timeout = 0\n"
     with Lab(lbs=args.lbs, backends=args.backends, clients=args.clients, agents=args.agents,
-             controller=args.controller) as lab:
+             controller=args.controller, sbft_extra=extra) as lab:
         print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
         if args.demo:
             demo(lab)

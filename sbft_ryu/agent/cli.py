@@ -36,7 +36,7 @@ class AgentConfig:
     http_timeout: float = 0.25
     vip: Optional[str] = None  # None: learned from the controller
     probe_path: str = ""
-    probe_interval: float = 0.05
+    probe_interval: float = 0.1
     probe_timeout: float = 0.1
     iptables: bool = True
     fast_path: bool = True
@@ -75,7 +75,7 @@ def parse_args(argv=None):
                         "the controller)")
     parser.add_argument("--probe-path", default="", help="HTTP path the proxy answers itself "
                         "with 200 (HAProxy monitor-uri); empty: TCP connect probe")
-    parser.add_argument("--probe-interval", type=_positive, default=0.05)
+    parser.add_argument("--probe-interval", type=_positive, default=0.1)
     parser.add_argument("--probe-timeout", type=_positive, default=0.1)
     parser.add_argument("--notify-port", type=int, default=5556, choices=range(0, 65536),
                         metavar="PORT", help="UDP port for the controller's role-change "
@@ -101,7 +101,8 @@ class Agent:
         self.queue = nfq.ReplyQueue(config.queue_num, self.state)
         self.spec = iptables.RuleSpec(config.service_port, config.queue_num)
         self.rules = None
-        self.kernel = {}  # counters of the agent's kernel rules, read every second
+        # counters of the agent's kernel rules, read every second
+        self.kernel = {"ingress_dropped": 0, "fast_path_packets": 0}
         self._kernel_read_at = 0.0
         self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
                                         config.probe_timeout, config.probe_interval,

@@ -25,6 +25,7 @@ ROLES = (PRIMARY, BACKUP, NO_ROLE)
 
 LOG = logging.getLogger("sbft.agent")
 MIN_NUDGE_GAP_S = 0.005
+STOP_CHECK_S = 0.1
 
 
 class RoleState:
@@ -94,6 +95,17 @@ class ControllerClient:
             self._conn = None
 
 
+def _seconds(value):
+    """A finite float from a JSON number, or None (bools, NaN, inf and huge ints are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 class Heartbeats:
     """The heartbeat loop; ``run(stop)`` in its own thread."""
 
@@ -106,6 +118,7 @@ class Heartbeats:
         self.rules = rules
         self.fast_path = fast_path
         self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
+        self._last_nudge = float("-inf")
         self.fixed_interval = interval
         self.interval = interval or 0.05
         self.clock = clock
@@ -132,20 +145,31 @@ class Heartbeats:
                 next_at = self.clock()  # nudged: beat now, then resume the rhythm
 
     def _wait(self, stop, delay):
-        """Sleep ``delay`` unless nudged; True if a nudge arrived (at most one beat per
-        MIN_NUDGE_GAP_S however many datagrams come)."""
+        """Sleep ``delay`` unless nudged; True if a nudge arrived. However many datagrams
+        come (the port is open to anyone), nudged beats are at least MIN_NUDGE_GAP_S apart,
+        and ``stop`` is seen within STOP_CHECK_S."""
         if self.wakeup is None:
             stop.wait(delay)
             return False
-        ready, _, _ = select.select([self.wakeup], [], [], max(delay, MIN_NUDGE_GAP_S))
-        if not ready:
-            return False
-        for _ in range(64):  # drain what is queued; bounded
-            try:
-                self.wakeup.recv(64)
-            except OSError:
-                break
-        return True
+        deadline = self.clock() + delay
+        while not stop.is_set():
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            ready, _, _ = select.select([self.wakeup], [], [], min(remaining, STOP_CHECK_S))
+            if not ready:
+                continue
+            for _ in range(64):  # drain what is queued; bounded
+                try:
+                    self.wakeup.recv(64)
+                except OSError:
+                    break
+            gap = self._last_nudge + MIN_NUDGE_GAP_S - self.clock()
+            if gap > 0:
+                stop.wait(gap)
+            self._last_nudge = self.clock()
+            return True
+        return False
 
     def beat(self, seq):
         body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
@@ -165,10 +189,9 @@ class Heartbeats:
         self.sent += 1
         self._controller(True, "controller reachable")
         self.answer = answer
-        interval = answer.get("heartbeat_interval_s")
-        if (self.fixed_interval is None and isinstance(interval, (int, float))
-                and math.isfinite(interval)):
-            self.interval = min(max(float(interval), 0.005), 10.0)
+        interval = _seconds(answer.get("heartbeat_interval_s"))
+        if self.fixed_interval is None and interval is not None:
+            self.interval = min(max(interval, 0.005), 10.0)
         self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
 
     def apply(self, role, epoch, primary_name):

@@ -99,9 +99,10 @@ def parse_counters(save_output):
         packets = line[1:line.find(":")]
         if not packets.isdigit():
             continue
-        if f"-A {IN_CHAIN} -j DROP" in line:
+        words = line.split()
+        if words[1:5] == ["-A", IN_CHAIN, "-j", "DROP"]:
             counters["ingress_dropped"] += int(packets)
-        elif f"-A {OUT_CHAIN}" in line and "connmark" in line and "ACCEPT" in line:
+        elif words[1:3] == ["-A", OUT_CHAIN] and "connmark" in words and "ACCEPT" in words:
             counters["fast_path_packets"] += int(packets)
     return counters
 

@@ -1,17 +1,20 @@
-"""A paced HTTP client: one GET every interval, each on a new TCP connection, with a deadline.
+"""An open-loop HTTP client: one GET every interval, each on a new TCP connection, each with its
+own deadline, whether or not earlier requests have finished (a closed-loop client would stop
+sending during an outage and so hide part of it).
 
-    python -m sbft_ryu.tools.pacer --url http://10.0.0.100:5555/ --interval 0.02 \\
+    python -m sbft_ryu.tools.pacer --url http://10.0.0.100:5555/p --paths --interval 0.02 \\
         --timeout 0.1 --duration 5 --out requests.jsonl
 
-Writes one JSON line per request: ``{"seq", "t" (CLOCK_MONOTONIC at send, shared by every
-network namespace of the machine), "latency", "ok", "status", "error", "body"}`` and a final
-summary line ``{"summary": {...}}``. Bounded by ``--count`` and ``--duration``; stops on SIGTERM.
+Writes one JSON line per request as it completes: ``{"seq", "t" (CLOCK_MONOTONIC at send,
+shared by every network namespace of the machine), "latency", "ok", "status", "error",
+"body"}``, then a summary line ``{"summary": {...}}``. Bounded by ``--count`` and
+``--duration``; stops sending on SIGTERM and waits at most one deadline for what is in flight.
 """
 
 import argparse
+import asyncio
 import json
 import signal
-import socket
 import sys
 import time
 import urllib.parse
@@ -19,26 +22,23 @@ import urllib.parse
 MAX_BODY = 65536
 
 
-def get(host, port, path, timeout):
-    """(status, body bytes) of one HTTP/1.0 GET, or raises OSError/ValueError; total deadline."""
-    deadline = time.monotonic() + timeout
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
-        chunks = []
-        size = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout("deadline")
-            sock.settimeout(remaining)
-            chunk = sock.recv(16384)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BODY:
-                break
-    data = b"".join(chunks)
+async def get(host, port, path, timeout):
+    """(status, body bytes) of one HTTP/1.0 GET within ``timeout`` seconds, or raises."""
+    async def exchange():
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
+            data = await reader.read(MAX_BODY)
+            while data and len(data) < MAX_BODY:
+                more = await reader.read(MAX_BODY - len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            writer.close()
+
+    data = await asyncio.wait_for(exchange(), timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
@@ -46,35 +46,44 @@ def get(host, port, path, timeout):
     return int(status_line[1]), body
 
 
-def run(url, interval, timeout, count, duration, out, paths=False):
+async def one(seq, sent, host, port, path, timeout, out, totals):
+    record = {"seq": seq, "t": round(sent, 6)}
+    try:
+        status, body = await get(host, port, path, timeout)
+        record.update(ok=status == 200, status=status, body=body.decode("utf-8", "replace"))
+    except (OSError, ValueError, asyncio.TimeoutError) as exc:
+        record.update(ok=False, status=0, error=type(exc).__name__)
+    record["latency"] = round(time.monotonic() - sent, 6)
+    totals[record["ok"]] += 1
+    out.write(json.dumps(record) + "\n")
+
+
+async def run(url, interval, timeout, count, duration, out, paths=False):
     parts = urllib.parse.urlsplit(url)
     host, port, base = parts.hostname, parts.port or 80, parts.path or "/"
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    except (RuntimeError, ValueError):  # not the main thread: no signal handling
+        pass
+    totals = {True: 0, False: 0}
+    tasks = []
     start = time.monotonic()
-    next_at = start
-    ok = failed = 0
     for seq in range(count):
-        if stopping or time.monotonic() - start >= duration:
+        due = start + seq * interval
+        if stopping.is_set() or due - start >= duration:
             break
-        delay = next_at - time.monotonic()
+        delay = due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
-        next_at += interval
+            await asyncio.sleep(delay)
         path = f"{base.rstrip('/')}/{seq}" if paths else base
-        sent = time.monotonic()
-        record = {"seq": seq, "t": round(sent, 6)}
-        try:
-            status, body = get(host, port, path, timeout)
-            record.update(ok=status == 200, status=status, body=body.decode("utf-8", "replace"))
-        except (OSError, ValueError) as exc:
-            record.update(ok=False, status=0, error=type(exc).__name__)
-        record["latency"] = round(time.monotonic() - sent, 6)
-        ok += record["ok"]
-        failed += not record["ok"]
-        out.write(json.dumps(record) + "\n")
-        out.flush()
-    out.write(json.dumps({"summary": {"ok": ok, "failed": failed}}) + "\n")
+        tasks.append(asyncio.ensure_future(
+            one(seq, time.monotonic(), host, port, path, timeout, out, totals)))
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout + 1.0)
+    out.write(json.dumps({"summary": {"ok": totals[True], "failed": totals[False],
+                                      "sent": len(tasks)}}) + "\n")
     out.flush()
     return 0
 
@@ -91,8 +100,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
     try:
-        return run(args.url, args.interval, args.timeout, args.count, args.duration, out,
-                   args.paths)
+        return asyncio.run(run(args.url, args.interval, args.timeout, args.count,
+                               args.duration, out, args.paths))
     finally:
         if out is not sys.stdout:
             out.close()

@@ -31,6 +31,7 @@ def load(path):
                 summary = item["summary"]
             else:
                 records.append(item)
+    records.sort(key=lambda record: record["seq"])  # the pacer writes in completion order
     return records, summary
 
 
@@ -39,13 +40,18 @@ def done_at(record):
 
 
 def outage(records, fault_at):
-    """The client-visible outage around ``fault_at`` (a monotonic time)."""
-    before = [done_at(r) for r in records if r["ok"] and r["t"] < fault_at]
-    after = [done_at(r) for r in records if r["ok"] and r["t"] >= fault_at]
-    last_ok = max(before) if before else None
-    first_ok = min(after) if after else None
-    window_end = first_ok if first_ok is not None else float("inf")
-    window_start = last_ok if last_ok is not None else float("-inf")
-    failed = sum(1 for r in records if not r["ok"] and window_start <= r["t"] <= window_end)
-    seconds = first_ok - last_ok if (first_ok is not None and last_ok is not None) else None
-    return Outage(seconds=seconds, failed=failed, recovered=first_ok is not None)
+    """The client-visible outage around ``fault_at`` (a monotonic time).
+
+    Seconds: from the completion of the last success sent before the fault to the completion
+    of the first success sent after it (never negative). Failed: requests sent between those
+    two (by sequence number)."""
+    before = [r for r in records if r["ok"] and r["t"] < fault_at]
+    after = [r for r in records if r["ok"] and r["t"] >= fault_at]
+    last_seq = max((r["seq"] for r in before), default=-1)
+    first = min(after, key=lambda r: r["seq"]) if after else None
+    first_seq = first["seq"] if first else float("inf")
+    failed = sum(1 for r in records if not r["ok"] and last_seq < r["seq"] < first_seq)
+    seconds = None
+    if first is not None and before:
+        seconds = max(0.0, done_at(first) - max(done_at(r) for r in before))
+    return Outage(seconds=seconds, failed=failed, recovered=first is not None)

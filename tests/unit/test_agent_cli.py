@@ -1,6 +1,10 @@
 """Tests for sbft_ryu.agent.cli: argument parsing, --print-rules, and the Agent's pure parts."""
 
+import json
 import logging
+import select
+import signal
+import socket
 
 import pytest
 
@@ -28,20 +32,35 @@ def test_defaults():
     assert (config.service_port, config.queue_num, config.interval) == (5555, 1, None)
     assert (config.iptables, config.fast_path) == (True, True)
     assert (config.http_timeout, config.vip, config.probe_path) == (0.25, None, "")
-    assert (config.probe_interval, config.probe_timeout, config.log_level) == (0.05, 0.1, "INFO")
+    assert (config.probe_interval, config.probe_timeout, config.log_level) == (0.1, 0.1, "INFO")
+    assert config.notify_port == 5556
 
 
 def test_every_option():
     config, print_rules = cli.parse_args(REQUIRED + [
         "--service-port", "8080", "--queue-num", "0", "--interval", "0.1",
         "--http-timeout", "0.5", "--vip", "10.0.0.100", "--probe-path", "/up",
-        "--probe-interval", "0.2", "--probe-timeout", "0.3", "--no-iptables", "--no-fast-path",
-        "--print-rules", "--log-level", "DEBUG"])
+        "--probe-interval", "0.2", "--probe-timeout", "0.3", "--notify-port", "6000",
+        "--no-iptables", "--no-fast-path", "--print-rules", "--log-level", "DEBUG"])
     assert print_rules is True
     assert config == cli.AgentConfig(
         name="lb1", controller="http://10.254.0.254:8080", service_port=8080, queue_num=0,
         interval=0.1, http_timeout=0.5, vip="10.0.0.100", probe_path="/up", probe_interval=0.2,
-        probe_timeout=0.3, iptables=False, fast_path=False, log_level="DEBUG")
+        probe_timeout=0.3, iptables=False, fast_path=False, notify_port=6000,
+        log_level="DEBUG")
+
+
+@pytest.mark.parametrize("port", ["0", "1", "65535"])
+def test_notify_port_bounds_are_inclusive_and_zero_disables(port):
+    assert cli.parse_args(REQUIRED + ["--notify-port", port])[0].notify_port == int(port)
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "udp", "55.5"])
+def test_bad_notify_port_is_an_argparse_error(port, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(REQUIRED + ["--notify-port", port])
+    assert info.value.code == 2
+    assert "--notify-port" in capsys.readouterr().err
 
 
 def test_no_iptables_and_no_fast_path_are_independent():
@@ -104,13 +123,19 @@ def test_bad_log_level_is_an_argparse_error():
 def test_print_rules(capsys):
     assert cli.main(["--name", "lb1", "--controller", "http://x:1", "--print-rules"]) == 0
     out = capsys.readouterr().out
-    # the chain first: the jump rule needs it to exist
+    # the chains first (as a backup's): the jump rules need them to exist
     assert out == ("iptables-restore --noflush <<'EOF'\n"
+                   "*raw\n"
+                   ":sbft-in - [0:0]\n"
+                   "-A sbft-in -j DROP\n"
+                   "COMMIT\n"
                    "*mangle\n"
                    ":sbft-out - [0:0]\n"
                    "-A sbft-out -j NFQUEUE --queue-num 1\n"
                    "COMMIT\n"
                    "EOF\n"
+                   "iptables -t raw -A PREROUTING -p tcp --dport 5555 ! -i lo "
+                   "-m comment --comment sbft-agent -j sbft-in\n"
                    "iptables -t mangle -A POSTROUTING -p tcp --sport 5555 ! -o lo "
                    "-m comment --comment sbft-agent -j sbft-out\n")
 
@@ -121,7 +146,11 @@ def test_print_rules_follows_port_and_queue(capsys):
     spec = iptables.RuleSpec(8080, 4)
     out = capsys.readouterr().out
     assert out == ("iptables-restore --noflush <<'EOF'\n" + iptables.restore_input(spec)
-                   + "EOF\niptables -t mangle -A " + " ".join(iptables.jump_rule(spec)) + "\n")
+                   + "EOF\n"
+                   + "iptables -t raw -A " + " ".join(iptables.jump_rules(spec)[0][1]) + "\n"
+                   + "iptables -t mangle -A " + " ".join(iptables.jump_rules(spec)[1][1])
+                   + "\n")
+    assert "--dport 8080" in out and "--sport 8080" in out and "--queue-num 4" in out
 
 
 def test_main_with_a_bad_controller_url_fails_cleanly(root_logging, caplog):
@@ -150,16 +179,38 @@ def test_agent_wires_config_into_its_parts():
 
 def test_agent_counters_before_and_after_heartbeats():
     agent = make_agent()
+    # kernel counters are zero until the first read (and stay so with --no-iptables)
+    assert agent.kernel == {"ingress_dropped": 0, "fast_path_packets": 0}
     assert agent.counters() == {"accepted": 0, "dropped": 0, "rst_dropped": 0, "malformed": 0,
-                                "callback_errors": 0, "fast_path_packets": 0,
-                                "probe_failures": 0, "controller_failures": 0}
+                                "callback_errors": 0, "ingress_dropped": 0,
+                                "fast_path_packets": 0, "probe_failures": 0,
+                                "controller_failures": 0}
     agent.heartbeats = heartbeat.Heartbeats(None, agent.state, agent.probe, agent.counters)
     agent.heartbeats.failures = 4
     agent.probe.failures = 2
-    agent.kernel_fast_path = 9
+    agent.queue.counters[0] = 7
+    agent.kernel = {"ingress_dropped": 12, "fast_path_packets": 15}
+    assert agent.counters() == {"accepted": 7, "dropped": 0, "rst_dropped": 0, "malformed": 0,
+                                "callback_errors": 0, "ingress_dropped": 12,
+                                "fast_path_packets": 15, "probe_failures": 2,
+                                "controller_failures": 4}
+
+
+def test_agent_counters_are_a_fresh_dict_each_time():
+    agent = make_agent()
+    agent.kernel = {"ingress_dropped": 1, "fast_path_packets": 2}
     counters = agent.counters()
-    assert (counters["controller_failures"], counters["probe_failures"],
-            counters["fast_path_packets"]) == (4, 2, 9)
+    counters["ingress_dropped"] = 99
+    assert agent.kernel["ingress_dropped"] == 1
+    assert agent.counters()["ingress_dropped"] == 1
+
+
+def test_agent_counters_are_accepted_by_the_controller_parser():
+    rest = pytest.importorskip("sbft_ryu.rest")
+    agent = make_agent()
+    agent.kernel = {"ingress_dropped": 12, "fast_path_packets": 15}
+    body = {"seq": 0, "service_ok": True, "counters": agent.counters()}
+    assert rest.parse_heartbeat(json.dumps(body).encode())[2] == agent.counters()
 
 
 def test_agent_observe_learns_the_vip_from_the_controller():
@@ -183,25 +234,115 @@ def test_agent_observe_keeps_a_configured_vip():
     assert agent.probe.host == "10.1.1.1"
 
 
+class KernelRules:
+    def __init__(self, value):
+        self.value = value
+        self.reads = 0
+
+    def kernel_counters(self):
+        self.reads += 1
+        if isinstance(self.value, Exception):
+            raise self.value
+        return dict(self.value)
+
+
 def test_agent_observe_reads_kernel_counters_and_survives_errors():
-    class Rules:
-        def __init__(self, value):
-            self.value = value
-            self.reads = 0
-
-        def fast_path_packets(self):
-            self.reads += 1
-            if isinstance(self.value, Exception):
-                raise self.value
-            return self.value
-
     agent = make_agent()
-    agent.rules = Rules(12)
+    agent.rules = KernelRules({"ingress_dropped": 3, "fast_path_packets": 12})
     agent._observe()
-    assert agent.kernel_fast_path == 12
+    assert agent.kernel == {"ingress_dropped": 3, "fast_path_packets": 12}
+    assert agent.counters()["fast_path_packets"] == 12
+    agent.rules.value = {"ingress_dropped": 4, "fast_path_packets": 13}
     agent._observe()  # rate-limited: within KERNEL_COUNTERS_EVERY_S of the last read
     assert agent.rules.reads == 1
-    agent.rules = Rules(RuntimeError("iptables gone"))
+    assert agent.kernel["fast_path_packets"] == 12
+    agent._kernel_read_at -= cli.KERNEL_COUNTERS_EVERY_S
+    agent._observe()
+    assert agent.rules.reads == 2
+    assert agent.kernel == {"ingress_dropped": 4, "fast_path_packets": 13}
+    agent.rules = KernelRules(RuntimeError("iptables gone"))
     agent._kernel_read_at = 0.0
     agent._observe()  # must not raise
-    assert agent.kernel_fast_path == 12
+    assert agent.rules.reads == 1
+    assert agent.kernel == {"ingress_dropped": 4, "fast_path_packets": 13}  # the last good read
+
+
+def test_agent_observe_reads_no_kernel_counters_without_rules():
+    agent = make_agent("--no-iptables")
+    agent._observe()
+    assert agent.kernel == {"ingress_dropped": 0, "fast_path_packets": 0}
+
+
+# --- the nudge socket --------------------------------------------------------------------
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_wakeup_socket_is_none_when_disabled():
+    assert make_agent("--notify-port", "0")._wakeup_socket() is None
+
+
+def test_wakeup_socket_is_a_non_blocking_udp_socket_on_every_address():
+    port = free_udp_port()
+    sock = make_agent("--notify-port", str(port))._wakeup_socket()
+    try:
+        assert sock.type == socket.SOCK_DGRAM
+        assert sock.getsockname() == ("0.0.0.0", port)
+        assert sock.getblocking() is False
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"sbft-nudge", ("127.0.0.1", port))
+        assert select.select([sock], [], [], 1.0)[0] == [sock]
+        assert sock.recv(64) == b"sbft-nudge"
+        with pytest.raises(BlockingIOError):
+            sock.recv(64)
+    finally:
+        sock.close()
+
+
+def test_wakeup_socket_on_a_busy_port_raises():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("0.0.0.0", 0))
+        with pytest.raises(OSError):
+            make_agent("--notify-port", str(busy.getsockname()[1]))._wakeup_socket()
+
+
+def test_run_hands_the_wakeup_socket_and_fast_path_to_the_heartbeats(monkeypatch):
+    """Agent.run with --no-iptables and the queue replaced: no root needed."""
+    port = free_udp_port()
+    agent = make_agent("--no-iptables", "--no-fast-path", "--notify-port", str(port),
+                       "--controller", "http://127.0.0.1:1", "--interval", "0.01")
+    handlers = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.update(
+        {signum: handler}))
+    seen = {}
+
+    def serve(stop):
+        beats = agent.heartbeats
+        seen.update(wakeup=beats.wakeup, fast_path=beats.fast_path, rules=beats.rules,
+                    interval=beats.fixed_interval)
+        seen["address"] = beats.wakeup.getsockname()
+        stop.set()
+    monkeypatch.setattr(agent.queue, "serve", serve)
+    assert agent.run() == 0
+    assert seen["address"] == ("0.0.0.0", port)
+    assert (seen["fast_path"], seen["rules"], seen["interval"]) == (False, None, 0.01)
+    assert seen["wakeup"].fileno() == -1  # closed on the way out
+    assert set(handlers) == {signal.SIGTERM, signal.SIGINT}
+
+
+def test_run_without_a_notify_port_has_no_wakeup_socket(monkeypatch):
+    agent = make_agent("--no-iptables", "--notify-port", "0",
+                       "--controller", "http://127.0.0.1:1", "--interval", "0.01")
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    seen = {}
+
+    def serve(stop):
+        seen["wakeup"] = agent.heartbeats.wakeup
+        seen["fast_path"] = agent.heartbeats.fast_path
+        stop.set()
+    monkeypatch.setattr(agent.queue, "serve", serve)
+    assert agent.run() == 0
+    assert seen == {"wakeup": None, "fast_path": True}

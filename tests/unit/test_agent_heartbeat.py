@@ -1,13 +1,15 @@
 """Tests for sbft_ryu.agent.heartbeat: the role loop with fakes, the client against loopback HTTP.
 
 Heartbeats gets a scripted fake client, a fake probe, fake rules and a fake clock; the order of
-role changes is checked by recording the RoleState from inside the fake rules. ControllerClient
+role changes is checked by recording the RoleState from inside the fake rules. Nudges go
+through a real UDP socket pair on 127.0.0.1 (the wait is real time, bounded). ControllerClient
 talks to a real http.server on 127.0.0.1 (ephemeral port), which answers like the controller's
 views.heartbeat_reply / views.error_body.
 """
 
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -59,21 +61,24 @@ class FakeProbe:
 
 
 class FakeRules:
-    """Records each set_fast_path with the RoleState as it was at that moment."""
+    """Like iptables.Rules.set_role: records each call (``set``: its arguments) with the
+    RoleState as it was at that moment (``primary``, ``fast_mark``, ``role``)."""
 
     def __init__(self, state, fail=None):
         self.state = state
+        self.primary = False
         self.mark = None
         self.calls = []
-        self.fail = fail  # an exception to raise from set_fast_path (once)
+        self.fail = fail  # an exception to raise from set_role (once)
 
-    def set_fast_path(self, mark):
-        self.calls.append({"mark": mark, "primary": self.state.primary,
-                           "fast_mark": self.state.fast_mark, "role": self.state.role})
+    def set_role(self, primary, mark=None):
+        self.calls.append({"set": (primary, mark), "mark": mark,
+                           "primary": self.state.primary, "fast_mark": self.state.fast_mark,
+                           "role": self.state.role})
         if self.fail is not None:
             exc, self.fail = self.fail, None
             raise exc
-        self.mark = mark
+        self.primary, self.mark = primary, (mark if primary else None)
 
 
 class Clock:
@@ -84,13 +89,13 @@ class Clock:
         return self.now
 
 
-def make(*script, rules=True, interval=None, counters=None, probe_ok=True):
+def make(*script, rules=True, interval=None, counters=None, probe_ok=True, fast_path=True):
     state = RoleState()
     client = FakeClient(*script)
     fake_rules = FakeRules(state) if rules else None
     beats = Heartbeats(client, state, FakeProbe(probe_ok),
                        counters or (lambda: {"accepted": 0}), fake_rules, interval,
-                       clock=Clock())
+                       clock=Clock(), fast_path=fast_path)
     return beats, state, client, fake_rules
 
 
@@ -107,9 +112,43 @@ def test_promotion_to_primary_sets_primary_before_the_fast_path():
     beats.beat(0)
     assert state.primary is True
     assert (state.role, state.epoch, state.primary_name) == ("primary", 1, "lb1")
-    assert rules.calls == [{"mark": fast_mark(1), "primary": True, "fast_mark": None,
-                            "role": "none"}]
+    # userspace accepts before the kernel opens the door; no cached-verdict mark until the
+    # kernel rule for it exists
+    assert rules.calls == [{"set": (True, fast_mark(1)), "mark": fast_mark(1), "primary": True,
+                            "fast_mark": None, "role": "none"}]
     assert state.fast_mark == fast_mark(1) == rules.mark
+    assert rules.primary is True
+
+
+def test_promotion_from_backup_follows_the_same_order():
+    beats, state, _, rules = make(answer("backup", epoch=1), answer("primary", epoch=2))
+    beats.beat(0)
+    assert rules.calls == []
+    beats.beat(1)
+    assert rules.calls == [{"set": (True, fast_mark(2)), "mark": fast_mark(2), "primary": True,
+                            "fast_mark": None, "role": "backup"}]
+    assert (state.role, state.epoch, state.primary, state.fast_mark) == \
+           ("primary", 2, True, fast_mark(2))
+
+
+def test_promotion_without_an_epoch_uses_generation_zero():
+    beats, state, _, rules = make(answer("primary", epoch=None))
+    beats.beat(0)
+    assert rules.calls[0]["set"] == (True, fast_mark(0))
+    assert state.fast_mark == fast_mark(0)
+
+
+def test_promotion_without_fast_path_opens_the_door_without_a_mark():
+    beats, state, _, rules = make(answer("primary", epoch=1), answer("backup", epoch=2),
+                                  fast_path=False)
+    beats.beat(0)
+    assert rules.calls == [{"set": (True, None), "mark": None, "primary": True,
+                            "fast_mark": None, "role": "none"}]
+    assert (state.primary, state.fast_mark, rules.primary, rules.mark) == (True, None, True, None)
+    beats.beat(1)  # the door must close again although no mark was ever installed
+    assert rules.calls[-1] == {"set": (False, None), "mark": None, "primary": False,
+                               "fast_mark": None, "role": "primary"}
+    assert (state.primary, state.fast_mark, rules.primary) == (False, None, False)
 
 
 def test_repeated_primary_answers_do_not_touch_the_rules():
@@ -124,7 +163,10 @@ def test_new_primary_epoch_moves_the_fast_path_to_the_new_mark():
     beats, state, _, rules = make(answer("primary", epoch=1), answer("primary", epoch=2))
     beats.beat(0)
     beats.beat(1)
-    assert [call["mark"] for call in rules.calls] == [fast_mark(1), fast_mark(2)]
+    assert [call["set"] for call in rules.calls] == [(True, fast_mark(1)), (True, fast_mark(2))]
+    # while the kernel moves to the new mark: still primary, plain accepts (no stale mark)
+    assert rules.calls[1] == {"set": (True, fast_mark(2)), "mark": fast_mark(2), "primary": True,
+                              "fast_mark": None, "role": "primary"}
     assert (state.epoch, state.fast_mark, state.primary) == (2, fast_mark(2), True)
 
 
@@ -133,10 +175,12 @@ def test_demotion_clears_primary_before_the_fast_path():
                                   answer("backup", epoch=2, primary="lb2"))
     beats.beat(0)
     beats.beat(1)
-    assert rules.calls[-1] == {"mark": None, "primary": False, "fast_mark": fast_mark(1),
-                               "role": "primary"}
+    # userspace drops before the kernel closes the door and stops honouring cached verdicts
+    assert rules.calls[-1] == {"set": (False, None), "mark": None, "primary": False,
+                               "fast_mark": fast_mark(1), "role": "primary"}
+    assert len(rules.calls) == 2
     assert state.fast_mark is None
-    assert rules.mark is None
+    assert (rules.primary, rules.mark) == (False, None)
     assert (state.role, state.epoch, state.primary, state.primary_name) == \
            ("backup", 2, False, "lb2")
 
@@ -148,7 +192,8 @@ def test_demotion_to_any_non_primary_role(role):
     beats.beat(1)
     assert state.primary is False
     assert state.fast_mark is None
-    assert rules.calls[-1]["mark"] is None
+    assert rules.calls[-1]["set"] == (False, None)
+    assert rules.primary is False
     assert state.role == role
 
 
@@ -163,13 +208,21 @@ def test_backup_following_epochs_never_touches_the_rules():
            ("backup", 5, False, None)
 
 
-def test_demotion_without_an_installed_fast_path_skips_the_rules():
+def test_demotion_without_installed_primary_rules_skips_the_rules():
     beats, state, _, rules = make(answer("primary", epoch=1), answer("backup", epoch=2))
     beats.beat(0)
-    rules.mark = None  # e.g. the kernel rule was never installed
+    rules.primary = False  # e.g. the kernel rules were never switched to primary
     beats.beat(1)
     assert len(rules.calls) == 1
-    assert state.primary is False
+    assert (state.primary, state.fast_mark, state.role) == (False, None, "backup")
+
+
+def test_first_backup_answer_does_not_touch_the_rules():
+    # Rules.__enter__ already installed the backup rules
+    beats, state, _, rules = make(answer("backup", epoch=1))
+    beats.beat(0)
+    assert rules.calls == []
+    assert (state.role, state.primary) == ("backup", False)
 
 
 def test_without_rules_the_role_is_applied_in_userspace_only():
@@ -295,9 +348,28 @@ def test_interval_adopted_from_the_answer_and_clamped(given, adopted):
     assert beats.interval == adopted
 
 
-def test_nan_interval_is_not_adopted():
-    beats, _, _, _ = make(answer("backup", interval=float("nan")))
+@pytest.mark.parametrize("given", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_interval_is_not_adopted(given):
+    beats, state, _, _ = make(answer("backup", interval=0.5), answer("primary", interval=given))
     beats.beat(0)
+    assert beats.interval == 0.5
+    beats.beat(1)
+    assert beats.interval == 0.5  # the last finite one stays
+    assert state.role == "primary"  # and the answer is applied all the same
+
+
+def test_non_finite_interval_from_json_is_not_adopted():
+    # Python's json accepts NaN / Infinity, so a controller bug could send them
+    reply = json.loads('{"role": "backup", "epoch": 1, "heartbeat_interval_s": Infinity}')
+    beats, _, _, _ = make(reply)
+    beats.beat(0)
+    assert beats.interval == 0.05
+
+
+def test_huge_integer_interval_does_not_break_the_beat():
+    beats, state, _, _ = make(answer("primary", interval=10 ** 400))
+    beats.beat(0)
+    assert state.role == "primary"
     assert 0.005 <= beats.interval <= 10.0
 
 
@@ -422,9 +494,10 @@ def test_run_survives_a_failing_promotion_and_retries():
     beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
     assert run_in_thread(beats, stop) == []
     assert len(client.bodies) == 3  # the loop kept beating
-    assert rules.calls[0]["mark"] == fast_mark(1)
+    assert [call["set"] for call in rules.calls] == [(True, fast_mark(1))] * 2  # retried
     assert (state.role, state.primary) == ("primary", True)
     assert state.fast_mark == rules.mark  # never a mark the kernel has no rule for
+    assert beats.failures == 1
 
 
 def test_run_survives_a_failing_demotion_and_retries_it():
@@ -438,9 +511,13 @@ def test_run_survives_a_failing_demotion_and_retries_it():
     rules.fail = RuntimeError("iptables-restore: exit status 4")
     assert run_in_thread(beats, stop) == []
     assert state.primary is False
-    assert [call["mark"] for call in rules.calls] == [fast_mark(1), None, None]  # retried
-    assert rules.mark is None  # the kernel no longer accepts cached connections
+    assert [call["set"] for call in rules.calls] == [(True, fast_mark(1)), (False, None),
+                                                     (False, None)]  # retried
+    # the failed attempt already ran with userspace dropping
+    assert (rules.calls[1]["primary"], rules.calls[1]["role"]) == (False, "primary")
+    assert (rules.primary, rules.mark) == (False, None)  # no cached verdicts any more
     assert (state.role, state.fast_mark) == ("backup", None)
+    assert beats.failures == 1
 
 
 def test_run_survives_an_unexpected_client_error():
@@ -453,6 +530,268 @@ def test_run_survives_an_unexpected_client_error():
     assert run_in_thread(beats, stop) == []
     assert len(client.bodies) == 3
     assert state.primary is False
+
+
+def test_run_survives_failing_counters_and_probe():
+    stop = threading.Event()
+    state = RoleState()
+    client = FakeClient(answer("backup", epoch=1), on_call=lambda n: n == 2 and stop.set())
+    calls = iter([RuntimeError("queue gone"), {"accepted": 1}, {"accepted": 2}, {}])
+
+    def counters():
+        value = next(calls)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    class FlakyProbe(FakeProbe):
+        def ok(self, now):
+            if len(self.asked) == 1:
+                self.asked.append(now)
+                raise OSError("probe exploded")
+            return super().ok(now)
+
+    beats = Heartbeats(client, state, FlakyProbe(), counters, FakeRules(state), interval=0.001)
+    assert run_in_thread(beats, stop) == []
+    # round 0: counters failed (no body); round 1: the probe failed; then two heartbeats
+    assert client.bodies == [{"seq": 2, "service_ok": True, "counters": {"accepted": 1}},
+                             {"seq": 3, "service_ok": True, "counters": {"accepted": 2}}]
+    assert beats.failures == 2
+    assert state.role == "backup"
+
+
+def test_run_logs_a_failed_round(caplog):
+    stop = threading.Event()
+    state = RoleState()
+    rules = FakeRules(state, fail=RuntimeError("iptables-restore: exit status 4"))
+    client = FakeClient(answer("primary", epoch=1), on_call=lambda n: n == 2 and stop.set())
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
+    run_in_thread(beats, stop)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "heartbeat round failed" in record.getMessage()
+    assert record.exc_info is not None and "exit status 4" in str(record.exc_info[1])
+
+
+# --- nudges: the wakeup socket -----------------------------------------------------------
+
+@pytest.fixture
+def udp_pair():
+    """(receiver, send): a non-blocking UDP socket on 127.0.0.1 like Agent._wakeup_socket,
+    and a function sending it ``count`` datagrams like the controller's nudge."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setblocking(False)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(count=1):
+        for _ in range(count):
+            sender.sendto(b"sbft-nudge", receiver.getsockname())
+    yield receiver, send
+    sender.close()
+    receiver.close()
+
+
+def nudged(beats, udp_pair, interval=5.0):
+    receiver, _ = udp_pair
+    beats.wakeup = receiver
+    beats.clock = time.monotonic
+    beats.interval = beats.fixed_interval = interval
+    return beats
+
+
+def pending(sock):
+    ready, _, _ = select.select([sock], [], [], 0)
+    return bool(ready)
+
+
+def test_wait_without_a_wakeup_socket_waits_on_the_stop_event():
+    beats, _, _, _ = make(answer("backup"))
+    stop = FakeStop(Clock(0.0), waits=10)
+    assert beats._wait(stop, 0.25) is False
+    assert stop.delays == [0.25]
+
+
+def test_wait_returns_false_after_the_delay_without_a_nudge(udp_pair):
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    start = time.monotonic()
+    assert beats._wait(threading.Event(), 0.05) is False
+    assert 0.045 <= time.monotonic() - start < 1.0
+
+
+def test_wait_without_a_nudge_returns_after_the_delay(udp_pair):
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    start = time.monotonic()
+    assert beats._wait(threading.Event(), 0) is False
+    assert beats._wait(threading.Event(), 0.05) is False
+    assert 0.04 <= time.monotonic() - start < 1.0
+
+
+def test_a_nudge_ends_the_wait_at_once(udp_pair):
+    receiver, send = udp_pair
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    send()
+    start = time.monotonic()
+    assert beats._wait(threading.Event(), 5.0) is True
+    assert time.monotonic() - start < 1.0
+    assert not pending(receiver)  # consumed
+
+
+def test_a_nudge_during_the_wait_ends_it(udp_pair):
+    _, send = udp_pair
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    timer = threading.Timer(0.05, send)
+    timer.start()
+    start = time.monotonic()
+    try:
+        assert beats._wait(threading.Event(), 5.0) is True
+    finally:
+        timer.join()
+    assert 0.04 <= time.monotonic() - start < 1.0
+
+
+def test_queued_nudges_are_drained_into_one_wakeup(udp_pair):
+    receiver, send = udp_pair
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    send(10)
+    assert beats._wait(threading.Event(), 5.0) is True
+    assert not pending(receiver)
+    assert beats._wait(threading.Event(), 0.02) is False  # nothing left to wake it
+
+
+def test_draining_is_bounded_to_64_datagrams(udp_pair):
+    receiver, send = udp_pair
+    beats = nudged(make(answer("backup"))[0], udp_pair)
+    send(70)
+    assert beats._wait(threading.Event(), 5.0) is True
+    assert pending(receiver)  # six left for the next round
+    assert beats._wait(threading.Event(), 5.0) is True
+    assert not pending(receiver)
+
+
+class BeatTimes(FakeClient):
+    """A fake controller that records when each heartbeat came (monotonic)."""
+
+    def __init__(self, *script):
+        super().__init__(*script)
+        self.times = []
+        self.arrived = threading.Condition()
+
+    def heartbeat(self, body):
+        with self.arrived:
+            self.times.append(time.monotonic())
+            self.arrived.notify_all()
+        return super().heartbeat(body)
+
+    def wait_for(self, count, timeout):
+        with self.arrived:
+            return self.arrived.wait_for(lambda: len(self.times) >= count, timeout)
+
+
+def start_run(beats, stop):
+    thread = threading.Thread(target=beats.run, args=(stop,), daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_run(thread, stop, send):
+    stop.set()
+    send()
+    thread.join(2.0)
+    assert not thread.is_alive()
+
+
+def test_run_beats_at_once_when_nudged(udp_pair):
+    _, send = udp_pair
+    state = RoleState()
+    client = BeatTimes(answer("backup", epoch=1), answer("primary", epoch=2))
+    beats = Heartbeats(client, state, FakeProbe(), dict, FakeRules(state), interval=5.0,
+                       wakeup=udp_pair[0])
+    stop = threading.Event()
+    thread = start_run(beats, stop)
+    try:
+        assert client.wait_for(1, 2.0)
+        time.sleep(0.1)
+        assert len(client.times) == 1  # the 5 s interval is running
+        assert state.role == "backup"
+        nudge_at = time.monotonic()
+        send()
+        assert client.wait_for(2, 1.0)
+        assert client.times[1] - nudge_at < 1.0  # well before the 5 s interval
+        assert [body["seq"] for body in client.bodies] == [0, 1]
+        deadline = time.monotonic() + 1.0
+        while state.role != "primary" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert (state.role, state.epoch, state.primary) == ("primary", 2, True)
+        time.sleep(0.1)
+        assert len(client.times) == 2  # one nudge, one extra beat; then the rhythm resumes
+    finally:
+        stop_run(thread, stop, send)
+
+
+def test_run_without_nudges_keeps_the_interval(udp_pair):
+    _, send = udp_pair
+    client = BeatTimes(answer("backup"))
+    beats = Heartbeats(client, RoleState(), FakeProbe(), dict, None, interval=5.0,
+                       wakeup=udp_pair[0])
+    stop = threading.Event()
+    thread = start_run(beats, stop)
+    try:
+        assert client.wait_for(1, 2.0)
+        assert not client.wait_for(2, 0.3)
+    finally:
+        stop_run(thread, stop, send)
+
+
+def test_a_burst_of_nudges_brings_one_extra_beat(udp_pair):
+    _, send = udp_pair
+    client = BeatTimes(answer("backup"))
+    client.on_call = lambda n: n == 1 and send(20)  # all queued before the loop waits
+    beats = Heartbeats(client, RoleState(), FakeProbe(), dict, None, interval=5.0,
+                       wakeup=udp_pair[0])
+    stop = threading.Event()
+    thread = start_run(beats, stop)
+    try:
+        assert client.wait_for(2, 1.0)
+        assert not client.wait_for(3, 0.2)
+        assert client.times[1] - client.times[0] < 1.0
+    finally:
+        stop_run(thread, stop, send)
+
+
+def test_run_with_a_wakeup_socket_stops_while_waiting_a_long_interval(udp_pair):
+    _, send = udp_pair
+    client = BeatTimes(answer("backup"))
+    beats = Heartbeats(client, RoleState(), FakeProbe(), dict, None, interval=5.0,
+                       wakeup=udp_pair[0])
+    stop = threading.Event()
+    thread = start_run(beats, stop)
+    try:
+        assert client.wait_for(1, 2.0)
+        stop.set()
+        thread.join(1.0)
+        assert not thread.is_alive()
+    finally:
+        stop_run(thread, stop, send)
+
+
+def test_a_nudge_flood_is_limited_to_one_beat_per_gap(udp_pair):
+    _, send = udp_pair
+    stop = threading.Event()
+    rounds = 40
+
+    class Flooded(FakeClient):
+        def heartbeat(self, body):
+            send()  # another nudge is always waiting when the round ends
+            if len(self.bodies) + 1 == rounds:
+                stop.set()
+            return super().heartbeat(body)
+
+    beats = Heartbeats(Flooded(answer("backup")), RoleState(), FakeProbe(), dict, None,
+                       interval=5.0, wakeup=udp_pair[0])
+    start = time.monotonic()
+    beats.run(stop)
+    # rounds beats need at least (rounds - 1) gaps
+    assert time.monotonic() - start >= (rounds - 1) * heartbeat.MIN_NUDGE_GAP_S * 0.9
 
 
 # --- ControllerClient against a loopback HTTP server -------------------------------------
@@ -572,14 +911,36 @@ def test_client_rejected_for_a_non_json_error(controller, clients):
     assert "Bad Gateway" in str(info.value)
 
 
-@pytest.mark.parametrize("body", [{"error": "Not Found"}, ["not", "found"], "not found",
-                                  {"error": None}],
-                         ids=["error-string", "list", "string", "error-null"])
-def test_client_rejected_for_a_foreign_json_error(controller, clients, body):
-    set_reply(controller, 404, body)
+@pytest.mark.parametrize("body, shown", [
+    ({"error": "Not Found"}, "Not Found"),
+    (["not", "found"], "found"),
+    ("not found", "not found"),
+    ({"error": None}, "null"),
+    ({"error": {"code": 404}}, "404"),
+    ({"error": {"message": ""}}, "message"),
+    ({"detail": "Not Found"}, "Not Found"),
+    (None, "null"),
+    (42, "42"),
+], ids=["error-string", "list", "string", "error-null", "error-no-message", "empty-message",
+        "detail", "null", "number"])
+def test_client_rejected_for_a_foreign_json_error(controller, clients, body, shown):
+    set_reply(controller, 404, json.dumps(body).encode())
+    client = clients(controller.url)
+    with pytest.raises(ControllerRejected) as info:
+        client.heartbeat({"seq": 0})
+    assert info.value.status == 404
+    assert str(info.value).startswith("HTTP 404: ")
+    assert shown in str(info.value)  # the raw body, since it carries no usable message
+    set_reply(controller, 200, answer("backup"))
+    assert client.heartbeat({"seq": 1})["role"] == "backup"  # the connection stays usable
+
+
+def test_client_rejected_message_of_a_long_foreign_body_is_bounded(controller, clients):
+    set_reply(controller, 500, {"error": "x" * 5000})
     with pytest.raises(ControllerRejected) as info:
         clients(controller.url).heartbeat({"seq": 0})
-    assert info.value.status == 404
+    assert info.value.status == 500
+    assert len(str(info.value)) < 300
 
 
 @pytest.mark.parametrize("body", [

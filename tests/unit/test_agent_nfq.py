@@ -118,6 +118,73 @@ def test_a_repeated_packet_the_kernel_could_not_cache_is_accepted_not_repeated_a
     assert packet.calls == [("accept",)]
 
 
+def test_the_marked_packet_is_accepted_once_and_counted_once():
+    mark = fast_mark(7)
+    queue = make_queue(primary=True, mark=mark)
+    first_pass = FakePacket(DATA)
+    queue.callback(first_pass)
+    second_pass = FakePacket(DATA, mark=mark)  # what the kernel hands back after NF_REPEAT
+    queue.callback(second_pass)
+    assert first_pass.calls == [("set_mark", mark), ("repeat",)]
+    assert second_pass.calls == [("accept",)]
+    assert ("repeat",) not in second_pass.calls and len(second_pass.calls) == 1
+    assert queue.snapshot()["accepted"] == 2  # one per pass through the queue
+
+
+def test_a_marked_rst_without_conntrack_entry_does_not_loop():
+    mark = fast_mark(2)
+    queue = make_queue(primary=True, mark=mark)
+    packet = FakePacket(RST, mark=mark)
+    for _ in range(3):  # however often the kernel hands it back, it is never repeated
+        queue.callback(packet)
+    assert packet.calls == [("accept",)] * 3
+
+
+@pytest.mark.parametrize("stale", [fast_mark(6), 0x1, 0xFFFFFFFF])
+def test_a_packet_with_another_mark_is_marked_for_this_generation(stale):
+    mark = fast_mark(7)
+    queue = make_queue(primary=True, mark=mark)
+    packet = FakePacket(SYN_ACK, mark=stale)
+    queue.callback(packet)
+    assert packet.calls == [("set_mark", mark), ("repeat",)]
+
+
+def test_a_marked_packet_at_a_primary_without_fast_path_is_accepted():
+    queue = make_queue(primary=True, mark=None)
+    packet = FakePacket(DATA, mark=fast_mark(7))  # e.g. marked before the fast path went away
+    queue.callback(packet)
+    assert packet.calls == [("accept",)]
+
+
+def test_a_marked_packet_at_a_backup_is_dropped():
+    mark = fast_mark(7)
+    for state_mark in (mark, None):
+        queue = make_queue(primary=False, mark=state_mark)
+        packet = FakePacket(DATA, mark=mark)
+        queue.callback(packet)
+        assert packet.calls == [("drop",)]
+
+
+def test_a_marked_malformed_packet_is_still_dropped():
+    mark = fast_mark(7)
+    queue = make_queue(primary=True, mark=mark)
+    packet = FakePacket(b"\x45\x00garbage", mark=mark)
+    queue.callback(packet)
+    assert packet.calls == [("drop",)]
+    assert queue.snapshot()["malformed"] == 1
+
+
+def test_get_mark_failure_drops_and_counts():
+    class NoMark(FakePacket):
+        def get_mark(self):
+            raise OSError("no mark")
+    queue = make_queue(primary=True, mark=fast_mark(7))
+    packet = NoMark(DATA)
+    queue.callback(packet)
+    assert packet.calls == [("drop",)]
+    assert queue.snapshot()["callback_errors"] == 1
+
+
 @pytest.mark.parametrize("primary", [True, False], ids=["primary", "backup"])
 def test_malformed_is_dropped_and_counted(primary):
     queue = make_queue(primary=primary, mark=fast_mark(1) if primary else None)

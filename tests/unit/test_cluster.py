@@ -307,3 +307,132 @@ def test_roles():
     state.port_status(DPID, 3, False, 1.0)
     assert [state.role(r.name) for r in REPLICAS] == ["primary", "backup", "none"]
     assert [state.state(r.name) for r in REPLICAS] == ["up", "up", "down"]
+
+
+# --- startup grace: the first election waits for the configured order ----------------------
+
+
+GRACE = 1.0
+
+
+def with_grace(grace=GRACE, timeout=0):
+    return ClusterState(REPLICAS, heartbeat_timeout=timeout, startup_grace=grace)
+
+
+def test_grace_defaults_to_zero():
+    assert ClusterState(REPLICAS, heartbeat_timeout=0).startup_grace == 0.0
+
+
+def test_grace_holds_the_first_election_while_replicas_are_missing():
+    state = with_grace()
+    view = state.set_ports(DPID, {3: True}, 0.0)
+    assert view == ClusterView(members=("lb3",), primary=None, epoch=0)  # lb3 gets traffic
+    assert state.view == view
+    assert state.evaluate(0.5) is None
+    assert (state.view.primary, state.view.epoch) == (None, 0)
+    assert (state.role("lb3"), state.status()) == ("backup", "down")
+    assert changes(state) == [("lb3", "up", 0)]  # no "no primary" transition
+
+
+def test_grace_ends_when_every_replica_is_up_and_the_configured_order_decides():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    assert state.evaluate(0.5) is None
+    view = state.set_ports(DPID, ALL_UP, 0.6)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
+    assert changes(state) == [("lb3", "up", 0), ("lb1", "up", 0), ("lb2", "up", 0),
+                              ("lb1", "primary", 1)]
+    assert [t.at for t in state.history][-1] == 0.6
+
+
+def test_grace_expiry_elects_without_any_other_change():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    assert state.evaluate(0.99) is None
+    view = state.evaluate(1.01)
+    assert view == ClusterView(members=("lb3",), primary="lb3", epoch=1)
+    assert changes(state)[-1] == ("lb3", "primary", 1)
+    assert state.evaluate(1.02) is None  # elected once
+
+
+def test_grace_expires_exactly_after_the_grace():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    assert state.evaluate(0.999) is None
+    assert state.evaluate(1.0).primary == "lb3"
+
+
+def test_grace_counts_from_the_first_replica_up():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    view = state.port_status(DPID, 2, True, 0.8)
+    assert view == ClusterView(members=("lb2", "lb3"), primary=None, epoch=0)
+    assert state.evaluate(0.9) is None
+    assert state.evaluate(1.0) == ClusterView(members=("lb2", "lb3"), primary="lb2", epoch=1)
+
+
+def test_a_primary_elected_after_the_grace_is_sticky():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    state.evaluate(1.01)
+    view = state.set_ports(DPID, ALL_UP, 2.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb3", epoch=1)
+
+
+def test_zero_grace_elects_the_first_replica_up_at_once():
+    state = with_grace(grace=0.0)
+    view = state.set_ports(DPID, {3: True}, 0.0)
+    assert view == ClusterView(members=("lb3",), primary="lb3", epoch=1)
+    view = state.set_ports(DPID, ALL_UP, 0.6)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb3", epoch=1)
+
+
+def test_grace_does_not_delay_when_every_replica_comes_up_together():
+    state = with_grace()
+    view = state.set_ports(DPID, ALL_UP, 0.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
+
+
+def test_grace_does_nothing_before_any_replica_is_up():
+    state = with_grace()
+    assert state.evaluate(0.0) is None
+    assert state.evaluate(100.0) is None
+    view = state.set_ports(DPID, {2: True}, 100.0)  # the grace starts now, not at 0
+    assert view == ClusterView(members=("lb2",), primary=None, epoch=0)
+    assert state.evaluate(100.5) is None
+    assert state.evaluate(101.0).primary == "lb2"
+
+
+def test_grace_applies_to_the_first_election_only():
+    state = with_grace()
+    state.set_ports(DPID, ALL_UP, 0.0)
+    view = state.set_ports(DPID, {}, 5.0)
+    assert view == ClusterView(members=(), primary=None, epoch=2)
+    view = state.port_status(DPID, 3, True, 6.0)
+    assert view == ClusterView(members=("lb3",), primary="lb3", epoch=3)
+
+
+def test_a_replica_that_left_during_the_grace_still_started_it():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    view = state.port_status(DPID, 3, False, 0.5)
+    assert view == ClusterView(members=(), primary=None, epoch=0)
+    assert state.evaluate(1.5) is None  # nobody up: nobody to elect
+    view = state.port_status(DPID, 2, True, 1.6)
+    assert view == ClusterView(members=("lb2",), primary="lb2", epoch=1)
+
+
+def test_grace_with_heartbeats():
+    state = with_grace(timeout=TIMEOUT)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    assert state.heartbeat("lb3", 0, True, {}, 0.0) == \
+        ClusterView(members=("lb3",), primary=None, epoch=0)
+    assert state.health["lb3"].acked_epoch == 0
+    state.heartbeat("lb3", 1, True, {}, 0.05)
+    state.heartbeat("lb2", 0, True, {}, 0.05)
+    assert state.view.primary is None
+    state.heartbeat("lb3", 2, True, {}, 0.1)
+    state.heartbeat("lb2", 1, True, {}, 0.1)
+    view = state.heartbeat("lb1", 0, True, {}, 0.1)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
+    assert state.health["lb1"].acked_epoch == 1

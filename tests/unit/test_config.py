@@ -72,6 +72,24 @@ def write(path, text):
      "[sbft] service_priority = '0': expected an integer 1..65436"),
     ({"service_priority": "65437"},
      "[sbft] service_priority = '65437': expected an integer 1..65436"),
+    ({"agent_notify_port": "-1"},
+     "[sbft] agent_notify_port = '-1': expected an integer 0..65535"),
+    ({"agent_notify_port": "65536"},
+     "[sbft] agent_notify_port = '65536': expected an integer 0..65535"),
+    ({"agent_notify_port": "udp"},
+     "[sbft] agent_notify_port = 'udp': expected an integer 0..65535"),
+    ({"agent_notify_port": "5556.0"},
+     "[sbft] agent_notify_port = '5556.0': expected an integer 0..65535"),
+    ({"startup_grace": "-0.5"},
+     "[sbft] startup_grace = '-0.5': expected a number of seconds 0..60"),
+    ({"startup_grace": "60.5"},
+     "[sbft] startup_grace = '60.5': expected a number of seconds 0..60"),
+    ({"startup_grace": "nan"},
+     "[sbft] startup_grace = 'nan': expected a number of seconds 0..60"),
+    ({"startup_grace": "inf"},
+     "[sbft] startup_grace = 'inf': expected a number of seconds 0..60"),
+    ({"startup_grace": "1s"},
+     "[sbft] startup_grace = '1s': expected a number of seconds 0..60"),
 ])
 def test_bad_option_message(raw, overrides, message):
     assert error_of(raw, **overrides) == message
@@ -95,6 +113,25 @@ def test_values_are_normalised(raw):
                          "service_port": "0x15b3", "dpid": "0x1", "mode": " active "})
     assert (conf.vip, conf.vmac, conf.service_port, conf.dpid, conf.mode) == (
         "10.0.0.100", "02:00:0a:00:00:64", 5555, 1, "active")
+
+
+@pytest.mark.parametrize("value, port", [("0", 0), ("1", 1), ("5556", 5556), ("65535", 65535),
+                                         (" 6000 ", 6000), ("0x15b4", 5556)])
+def test_agent_notify_port_range_is_inclusive_and_zero_disables(raw, value, port):
+    assert build_config({**raw, "agent_notify_port": value}).agent_notify_port == port
+
+
+@pytest.mark.parametrize("value, grace", [("0", 0.0), ("0.25", 0.25), ("1", 1.0),
+                                          ("60", 60.0), (" 2.5 ", 2.5)])
+def test_startup_grace_range_is_inclusive(raw, value, grace):
+    assert build_config({**raw, "startup_grace": value}).startup_grace == grace
+
+
+def test_new_options_default_when_absent(raw):
+    # a raw dict without them (as from an older caller) gets the registered defaults
+    del raw["agent_notify_port"], raw["startup_grace"]
+    conf = build_config(raw)
+    assert (conf.agent_notify_port, conf.startup_grace) == (5556, 1.0)
 
 
 def test_dpid_is_hex_without_prefix(raw):
@@ -186,6 +223,8 @@ def test_defaults_scalar_values(default_config):
     assert (c.vip, c.vmac, c.service_port, c.dpid) == ("10.0.0.100", "02:00:0a:00:00:64",
                                                       5555, None)
     assert (c.heartbeat_timeout, c.heartbeat_interval) == (0.15, 0.05)
+    assert (c.agent_notify_port, c.startup_grace) == (5556, 1.0)
+    assert isinstance(c.agent_notify_port, int) and isinstance(c.startup_grace, float)
     assert (c.service_priority, c.mode) == (40000, "passive")
 
 
@@ -258,6 +297,19 @@ mode = active
     assert (conf.vip, conf.service_port, conf.heartbeat_timeout, conf.mode) == (
         "10.1.0.100", 8443, 0.0, "active")
     assert [r.name for r in conf.replicas] == ["lb2", "lb1"]
+
+
+def test_load_config_reads_the_notify_port_and_startup_grace(tmp_path):
+    path = write(tmp_path / "sbft.conf", "[sbft]\nagent_notify_port = 0\nstartup_grace = 2.5\n")
+    conf = load_file(path)
+    assert (conf.agent_notify_port, conf.startup_grace) == (0, 2.5)
+
+
+def test_option_names_list_the_new_options_in_order():
+    assert config.OPTION_NAMES == ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
+                                   "heartbeat_timeout", "heartbeat_interval",
+                                   "agent_notify_port", "startup_grace", "service_priority",
+                                   "mode")
 
 
 def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):

@@ -38,8 +38,8 @@ class FakeApp:
     def api_events(self):
         return views.events_view(self.cluster, NOW)
 
-    def api_heartbeat(self, name, seq, service_ok, counters):
-        self.calls.append((name, seq, service_ok, counters))
+    def api_heartbeat(self, name, seq, service_ok, counters, address):
+        self.calls.append((name, seq, service_ok, counters, address))
         self.cluster.heartbeat(name, seq, service_ok, counters, NOW)
         return views.heartbeat_reply(self.config, self.cluster, name)
 
@@ -157,20 +157,34 @@ def test_metrics(client):
 
 
 def test_heartbeat_is_recorded_and_answered(client, app):
-    response = client(HEARTBEAT, method="POST", body=BEAT)
+    response = client(HEARTBEAT, method="POST", body=BEAT,
+                      environ={"REMOTE_ADDR": "10.0.0.11"})
     assert response.status_int == 200
     body = response.json
     assert (body["role"], body["epoch"], body["primary"]) == ("primary", 1, "lb1")
     assert body["heartbeat_interval_s"] == 0.05
-    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5})]
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, "10.0.0.11")]
     assert app.cluster.health["lb1"].heartbeats == 1
+
+
+def test_heartbeat_passes_the_client_address_of_each_request(client, app):
+    client(HEARTBEAT, method="POST", body=BEAT, environ={"REMOTE_ADDR": "10.0.0.11"})
+    client("/sbft/replicas/lb2/heartbeat", method="POST", body=BEAT,
+           environ={"REMOTE_ADDR": "10.254.0.12"})
+    assert [(call[0], call[4]) for call in app.calls] == [("lb1", "10.0.0.11"),
+                                                          ("lb2", "10.254.0.12")]
+
+
+def test_heartbeat_without_a_remote_address_passes_none(client, app):
+    assert client(HEARTBEAT, method="POST", body=BEAT).status_int == 200
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, None)]
 
 
 def test_heartbeat_counters_are_optional(client, app):
     response = client("/sbft/replicas/lb2/heartbeat", method="POST",
-                      body={"seq": 0, "service_ok": False})
+                      body={"seq": 0, "service_ok": False}, environ={"REMOTE_ADDR": "10.0.0.12"})
     assert response.status_int == 200
-    assert app.calls == [("lb2", 0, False, {})]
+    assert app.calls == [("lb2", 0, False, {}, "10.0.0.12")]
 
 
 @pytest.mark.parametrize("body, code, message", [

@@ -1,0 +1,399 @@
+#!/usr/bin/python3
+"""Benchmarks (not tests): failover outage and throughput of sbft_ryu against baselines measured
+in the same run, on the same Mininet hosts and the same OVS userspace switch.
+
+    sudo ./run.sh bench                      # everything (about 10 minutes)
+    sudo .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
+
+* Failover: a client sends one GET every 20 ms, each on a new TCP connection with a 100 ms
+  deadline (open loop). The outage is the time from the completion of the last success sent
+  before the fault to the completion of the first success sent after it; failed requests are
+  counted in between. Faults: crash (SIGKILL of the primary's agent and HAProxy; for VRRP, of
+  keepalived and HAProxy) and link cut (the primary's switch link down). Systems: sbft_ryu at
+  its default settings, keepalived with the default ``advert_int 1`` (VRRPv2) and keepalived
+  tuned to VRRPv3 ``advert_int 0.1``; the switch runs plain learning (NORMAL) for keepalived.
+* Throughput: wrk -t2 -c16 against VIP:5555 with fast static-response backends, keep-alive and
+  a new connection per request: one bare HAProxy (no mirroring), the sbft tier with agents off
+  (mirroring and the switch's reply filter alone), with agents on (kernel verdict cache), and
+  with agents verdicting every reply in userspace (--no-fast-path).
+* Soak: a 60 s full-load wrk run against the sbft tier at default settings; any change of
+  primary during it is a false failover.
+* Verdict cost: the agent's per-packet parse with struct versus scapy, on crafted packets.
+
+Writes results/bench-<time>.json, docs/failover-timeline.png and docs/throughput.png, and prints
+the Markdown tables the README quotes.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+import sbft_topo  # noqa: E402  (this directory, not a package: see ENVIRONMENT notes)
+from sbft_ryu.tools import timeline  # noqa: E402
+
+CLIENT = "c1"
+INTERVAL = 0.02
+DEADLINE = 0.1
+SETTLE = 1.0  # seconds of steady traffic before each fault
+
+SYSTEMS = {
+    "sbft_ryu": dict(agents=True),
+    "keepalived advert_int 1": dict(vip_mode="keepalived", advert_int=1.0, vrrp_version=2),
+    "keepalived VRRPv3 advert_int 0.1": dict(vip_mode="keepalived", advert_int=0.1,
+                                             vrrp_version=3),
+}
+
+
+def log(message):
+    print(message, flush=True)
+
+
+# ---- failover ---------------------------------------------------------------------------------
+
+def current_primary(lab):
+    if lab.vip_mode == "sbft":
+        return lab.health()["primary"]
+    holders = lab.vip_holders()
+    return holders[0] if len(holders) == 1 else None
+
+
+def new_primary(lab, old):
+    if lab.vip_mode == "sbft":
+        primary = lab.health()["primary"]
+        return primary if primary not in (None, old) else None
+    others = [name for name in lab.vip_holders() if name != old]
+    return others[0] if others else None
+
+
+def inject(lab, fault, primary):
+    if fault == "crash":
+        parts = ("agent", "haproxy") if lab.vip_mode == "sbft" else ("keepalived", "haproxy")
+        lab.crash(primary, parts=parts)
+    else:
+        lab.set_link(primary, False)
+
+
+def recover(lab, fault, primary):
+    if fault == "link":
+        lab.set_link(primary, True)
+    if lab.vip_mode == "keepalived":
+        host = lab.host(primary)
+        host.cmd(f"ip addr del {sbft_topo.VIP}/24 dev {primary}-eth0 2>/dev/null")
+    lab.restart(primary)
+    if lab.vip_mode == "sbft":
+        sbft_topo.wait_until(lambda: lab.health()["status"] == "ok", 20, 0.05, "recovery")
+    else:
+        sbft_topo.wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
+        time.sleep(3 * lab.topo_args["advert_int"] + 0.5)  # let the rejoined backup settle
+
+
+def failover_runs(name, options, runs, rundir):
+    results = {"crash": [], "link": []}
+    expected = 4.5 if options.get("advert_int", 0) >= 1 else 1.0
+    with sbft_topo.Lab(rundir=rundir, **options) as lab:
+        for fault in ("crash", "link"):
+            for run in range(runs):
+                primary = current_primary(lab)
+                proc, path = lab.pacer(CLIENT, f"{fault}-{run}.jsonl", interval=INTERVAL,
+                                       timeout=DEADLINE, duration=SETTLE + expected + 1.0)
+                time.sleep(SETTLE)
+                fault_at = time.monotonic()
+                inject(lab, fault, primary)
+                successor = sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
+                                                 f"{name}: a new primary")
+                proc.wait(timeout=60)
+                records, _ = timeline.load(path)
+                outage = timeline.outage(records, fault_at)
+                results[fault].append({
+                    "outage_s": outage.seconds, "failed": outage.failed,
+                    "recovered": outage.recovered, "from": primary, "to": successor,
+                    "timeline": [(round(r["t"] - fault_at, 4), r["ok"]) for r in records],
+                })
+                log(f"  {name:34} {fault:5} run {run + 1}: outage "
+                    f"{_fmt(outage.seconds)} s, {outage.failed} failed ({primary} -> "
+                    f"{successor})")
+                recover(lab, fault, primary)
+    return results
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summarize(runs):
+    outages = [r["outage_s"] for r in runs if r["outage_s"] is not None]
+    failed = [r["failed"] for r in runs]
+    return {
+        "median_s": statistics.median(outages) if outages else None,
+        "max_s": max(outages) if outages else None,
+        "failed_median": statistics.median(failed) if failed else None,
+        "failed_max": max(failed) if failed else None,
+        "unrecovered": sum(1 for r in runs if not r["recovered"]),
+    }
+
+
+# ---- throughput -------------------------------------------------------------------------------
+
+THROUGHPUT = {
+    "one bare HAProxy": dict(lbs=1, vip_mode="static"),
+    "sbft, agents off": dict(agents=False, sbft_extra="heartbeat_timeout = 0\n"),
+    "sbft, agents on": dict(agents=True),
+    "sbft, agents on, no verdict cache": dict(agents=True, agent_args=("--no-fast-path",)),
+}
+
+
+def wrk(lab, seconds, close):
+    header = "-H 'Connection: close' " if close else ""
+    out = lab.host(CLIENT).cmd(
+        f"wrk -t2 -c16 -d{seconds}s --latency --timeout 2s {header}"
+        f"http://{sbft_topo.VIP}:{sbft_topo.SERVICE_PORT}/bench")
+    rps = p99 = None
+    errors = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif parts[:1] == ["99%"]:
+            p99 = _ms(parts[1])
+        elif "Non-2xx" in line or "Socket errors" in line:
+            errors += sum(int(x.strip(",")) for x in parts if x.strip(",").isdigit())
+    return {"rps": rps, "p99_ms": p99, "errors": errors}
+
+
+def _ms(text):
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * factor
+    return None
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def agent_sample(lab):
+    """(cpu seconds, userspace verdicts) of the primary's agent, or None without agents."""
+    if lab.vip_mode != "sbft" or not lab.topo_args["agents"]:
+        return None
+    health = lab.health()
+    primary = health["primary"]
+    counters = next(r for r in health["replicas"] if r["name"] == primary)["counters"]
+    verdicts = sum(counters.get(key, 0) for key in ("accepted", "dropped", "rst_dropped",
+                                                   "malformed"))
+    return primary, cpu_seconds(lab.host(primary).owned["agent"].pid), verdicts
+
+
+def throughput_runs(seconds, rounds, rundir):
+    results = {}
+    for name, options in THROUGHPUT.items():
+        results[name] = {"keep-alive": [], "close": [], "agent": []}
+        with sbft_topo.Lab(rundir=os.path.join(rundir, name.replace(" ", "_").replace(",", "")),
+                           **options) as lab:
+            lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{sbft_topo.VIP}:5555/warm")
+            for _ in range(rounds):
+                for mode in ("keep-alive", "close"):
+                    before = agent_sample(lab)
+                    start = time.monotonic()
+                    result = wrk(lab, seconds, mode == "close")
+                    time.sleep(1.1)  # agent counters reach the controller every heartbeat
+                    after = agent_sample(lab)
+                    if before and after and before[0] == after[0]:
+                        verdicts = after[2] - before[2]
+                        cpu = after[1] - before[1]
+                        result["agent_cpu_s"] = round(cpu, 3)
+                        result["agent_verdicts"] = verdicts
+                        result["agent_verdicts_per_s"] = round(
+                            verdicts / (time.monotonic() - start), 1)
+                        result["agent_us_per_verdict"] = (round(cpu / verdicts * 1e6, 2)
+                                                          if verdicts else None)
+                    results[name][mode].append(result)
+                    log(f"  {name:34} {mode:10} {result['rps']} req/s, p99 "
+                        f"{result['p99_ms']} ms" + (f", agent {result.get('agent_verdicts')} "
+                                                    f"verdicts, {result.get('agent_cpu_s')} s "
+                                                    "CPU" if "agent_cpu_s" in result else ""))
+    return results
+
+
+def soak(seconds, rundir):
+    with sbft_topo.Lab(rundir=rundir, agents=True) as lab:
+        before = lab.health()
+        result = wrk(lab, seconds, close=False)
+        after = lab.health()
+        events = lab.api + "/sbft/events"
+        changes = [e for e in sbft_topo.http_json(events)["events"]
+                   if e["age_s"] <= seconds + 5 and e["change"] != "up"]
+        return {"seconds": seconds, "rps": result["rps"], "p99_ms": result["p99_ms"],
+                "epoch_before": before["epoch"], "epoch_after": after["epoch"],
+                "false_failovers": after["epoch"] - before["epoch"],
+                "transitions": changes}
+
+
+# ---- verdict cost -------------------------------------------------------------------------
+
+def verdict_cost(count=200000):
+    from scapy.all import IP, TCP
+
+    from sbft_ryu.agent import verdict
+
+    packets = [bytes(IP(src="10.0.0.100", dst="10.0.0.31") /
+                     TCP(sport=5555, dport=40000 + i % 1000, flags="PA", seq=i) /
+                     (b"x" * (i % 200))) for i in range(1000)]
+
+    def timed(function, n):
+        start = time.perf_counter()
+        for i in range(n):
+            function(packets[i % 1000])
+        return (time.perf_counter() - start) / n * 1e6
+
+    struct_us = timed(lambda p: verdict.reply_verdict(p, False), count)
+    scapy_us = timed(lambda p: IP(p)[TCP].flags, count // 50)
+    return {"struct_us_per_packet": round(struct_us, 3), "scapy_us_per_packet":
+            round(scapy_us, 2), "struct_packets_per_s": round(1e6 / struct_us),
+            "scapy_packets_per_s": round(1e6 / scapy_us)}
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def report_failover(failover):
+    lines = ["| system | fault | outage median (s) | outage max (s) | failed requests "
+             "median / max |", "|---|---|---|---|---|"]
+    for system, faults in failover.items():
+        for fault, runs in faults.items():
+            s = summarize(runs)
+            lines.append(f"| {system} | {fault} | {_fmt(s['median_s'])} | {_fmt(s['max_s'])} "
+                         f"| {s['failed_median']} / {s['failed_max']} |")
+    sbft = summarize(failover.get("sbft_ryu", {}).get("crash", []))["median_s"]
+    tuned = summarize(failover.get("keepalived VRRPv3 advert_int 0.1", {}).get("crash", []))
+    if sbft and tuned["median_s"]:
+        lines.append(f"\nsbft_ryu crash outage / tuned keepalived crash outage: "
+                     f"{sbft / tuned['median_s']:.2f}x")
+    return "\n".join(lines)
+
+
+def report_throughput(throughput):
+    base = {mode: statistics.median(r["rps"] for r in throughput["one bare HAProxy"][mode])
+            for mode in ("keep-alive", "close")} if "one bare HAProxy" in throughput else {}
+    off = {mode: statistics.median(r["rps"] for r in throughput["sbft, agents off"][mode])
+           for mode in ("keep-alive", "close")} if "sbft, agents off" in throughput else {}
+    lines = ["| configuration | mode | req/s (median) | p99 (ms) | x bare HAProxy | "
+             "x agents off | agent µs/verdict |", "|---|---|---|---|---|---|---|"]
+    for name, modes in throughput.items():
+        for mode in ("keep-alive", "close"):
+            runs = modes[mode]
+            rps = statistics.median(r["rps"] for r in runs)
+            p99 = statistics.median(r["p99_ms"] for r in runs)
+            us = [r["agent_us_per_verdict"] for r in runs if r.get("agent_us_per_verdict")]
+            lines.append(f"| {name} | {mode} | {rps:.0f} | {p99:.2f} | "
+                         f"{rps / base[mode]:.2f} | "
+                         f"{(rps / off[mode]) if off else float('nan'):.2f} | "
+                         f"{statistics.median(us) if us else '-'} |")
+    return "\n".join(lines)
+
+
+def plot(failover, throughput, docs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if failover:
+        rows = [(system, fault, runs[len(runs) // 2]) for system, faults in failover.items()
+                for fault, runs in faults.items() if runs]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.1 * len(rows) + 1), sharex=True)
+        for ax, (system, fault, run) in zip(axes, rows):
+            ok = [t for t, good in run["timeline"] if good]
+            bad = [t for t, good in run["timeline"] if not good]
+            ax.scatter(ok, [1] * len(ok), s=8, color="tab:green", marker="|")
+            ax.scatter(bad, [1] * len(bad), s=14, color="tab:red", marker="x")
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_yticks([])
+            ax.set_ylabel(f"{system}\n{fault}", rotation=0, ha="right", va="center",
+                          fontsize=8)
+            ax.text(1.0, 0.5, f" outage {_fmt(run['outage_s'])} s", transform=ax.transAxes,
+                    fontsize=8, va="center")
+        axes[-1].set_xlim(-0.5, 5.0)
+        axes[-1].set_xlabel("request send time relative to the fault (s); "
+                            "green: answered, red: failed (100 ms deadline)")
+        fig.suptitle("Client's view of a failover (one GET every 20 ms, median run)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(docs, "failover-timeline.png"), dpi=110)
+    if throughput:
+        names = list(throughput)
+        fig, ax = plt.subplots(figsize=(9, 3.6))
+        width = 0.38
+        for offset, mode in ((-width / 2, "keep-alive"), (width / 2, "close")):
+            values = [statistics.median(r["rps"] for r in throughput[n][mode]) for n in names]
+            ax.bar([i + offset for i in range(len(names))], values, width, label=mode)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_ylabel("requests/s (wrk -t2 -c16)")
+        ax.legend()
+        ax.set_title("Throughput through the OVS userspace switch (2 shared cores)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(docs, "throughput.png"), dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="failover runs per fault")
+    parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per configuration")
+    parser.add_argument("--soak-seconds", type=int, default=60)
+    parser.add_argument("--only", choices=("failover", "throughput", "soak", "verdict"),
+                        action="append", help="run only these parts (repeatable)")
+    parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (Mininet): sudo ./run.sh bench")
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    parts = set(args.only or ("failover", "throughput", "soak", "verdict"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rundir = os.path.join("/tmp", f"sbft-bench-{stamp}")
+    os.makedirs(rundir)
+    results = {"date": stamp, "command": " ".join(sys.argv)}
+    if "verdict" in parts:
+        log("verdict cost (struct vs scapy)")
+        results["verdict"] = verdict_cost()
+        log(f"  {results['verdict']}")
+    if "failover" in parts:
+        log(f"failover, {args.runs} runs per fault")
+        results["failover"] = {name: failover_runs(name, options, args.runs,
+                                                   os.path.join(rundir, f"fo{i}"))
+                               for i, (name, options) in enumerate(SYSTEMS.items())}
+    if "throughput" in parts:
+        log(f"throughput, {args.rounds} x {args.wrk_seconds} s per configuration and mode")
+        results["throughput"] = throughput_runs(args.wrk_seconds, args.rounds, rundir)
+    if "soak" in parts:
+        log(f"soak: {args.soak_seconds} s of full load")
+        results["soak"] = soak(args.soak_seconds, os.path.join(rundir, "soak"))
+        log(f"  {results['soak']}")
+    os.makedirs(os.path.join(REPO, "results"), exist_ok=True)
+    out = os.path.join(REPO, "results", f"bench-{stamp}.json")
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    plot(results.get("failover"), results.get("throughput"), args.docs)
+    print()
+    if "failover" in results:
+        print(report_failover(results["failover"]))
+        print()
+    if "throughput" in results:
+        print(report_throughput(results["throughput"]))
+        print()
+    print(f"results: {out}; plots in {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
