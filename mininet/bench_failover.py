@@ -15,7 +15,8 @@ in the same run, on the same Mininet hosts and the same OVS userspace switch.
 * Throughput: wrk -t2 -c16 against VIP:5555 with fast static-response backends, keep-alive and
   a new connection per request: one bare HAProxy (no mirroring), the sbft tier with agents off
   (mirroring and the switch's reply filter alone), with agents on (kernel verdict cache), and
-  with agents verdicting every reply in userspace (--no-fast-path).
+  with the verdict cached per connection (conntrack) and with every reply verdicted in
+  userspace (``--verdict-cache connection`` / ``none``).
 * Soak: a 60 s full-load wrk run against the sbft tier at default settings; any change of
   primary during it is a false failover.
 * Verdict cost: the agent's per-packet parse with struct versus scapy, on crafted packets.
@@ -146,7 +147,10 @@ THROUGHPUT = {
     "one bare HAProxy": dict(lbs=1, vip_mode="static"),
     "sbft, agents off": dict(agents=False, sbft_extra="heartbeat_timeout = 0\n"),
     "sbft, agents on": dict(agents=True),
-    "sbft, agents on, no verdict cache": dict(agents=True, agent_args=("--no-fast-path",)),
+    "sbft, agents on, per-connection cache": dict(agents=True, agent_args=(
+        "--verdict-cache", "connection")),
+    "sbft, agents on, no verdict cache": dict(agents=True, agent_args=(
+        "--verdict-cache", "none")),
 }
 
 

@@ -10,7 +10,7 @@
 
 Addressing (one /24 for data, one for management)::
 
-    s1 (dpid 1, the service switch)          s0 (management, standalone L2, no controller)
+    s1 (dpid 1, the service switch)          s0 (management: a Linux bridge, no controller)
       port i     lb{i}  10.0.0.1{i}  00:00:00:00:01:0{i}   10.254.0.1{i}
       port 10+j  b{j}   10.0.0.2{j}  00:00:00:00:02:0{j}
       port 20+k  c{k}   10.0.0.3{k}  00:00:00:00:03:0{k}
@@ -38,7 +38,7 @@ import urllib.request
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
-from mininet.node import Host, OVSSwitch, RemoteController
+from mininet.node import Host, OVSSwitch, RemoteController, Switch
 from mininet.topo import Topo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -162,15 +162,26 @@ class ServiceSwitch(OVSSwitch):
         super().__init__(name, **params)
 
 
-class MgmtSwitch(ServiceSwitch):
-    """The management network: a standalone learning switch that never talks to a controller."""
+class MgmtSwitch(Switch):
+    """The management network: a Linux bridge in the root namespace, never an OpenFlow switch.
 
-    def __init__(self, name, **params):
-        params["failMode"] = "standalone"
-        super().__init__(name, **params)
+    Agents' heartbeats travel here, as on a separate management network; a second OVS bridge
+    would make the emulated data switch's process carry the control traffic too."""
+
+    def connected(self):
+        return True
 
     def start(self, controllers):
-        super().start([])
+        self.cmd(f"ip link del {self.name} 2>/dev/null; ip link add name {self.name} "
+                 "type bridge forward_delay 0")
+        for intf in self.intfList():
+            if self.name in intf.name:
+                self.cmd(f"ip link set {intf} master {self.name}")
+        self.cmd(f"ip link set {self.name} up")
+
+    def stop(self, deleteIntfs=True):
+        self.cmd(f"ip link del {self.name} 2>/dev/null")
+        super().stop(deleteIntfs)
 
 
 class LabHost(Host):
@@ -308,7 +319,7 @@ class SbftTopo(Topo):
         layout = plan(lbs, backends, clients)
         s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001",
                             protocols=protocols)
-        s0 = self.addSwitch("s0", cls=MgmtSwitch, dpid="00000000000000fe")
+        s0 = self.addSwitch("s0", cls=MgmtSwitch, inNamespace=False)
         self.addHost("mgmt0", cls=RootNode, ip=f"{MGMT_ROOT_IP}/{MGMT_PREFIX}")
         self.addLink("mgmt0", s0, port2=254)
         for r in layout["replicas"]:

@@ -34,7 +34,10 @@ from sbft_ryu.ofp import TranslationError, make_translator
 CONF = cfg.CONF
 sbft_config.register_opts(CONF)
 
-TICK_S = 0.01  # how often heartbeat silence (and the startup grace) is checked
+# Liveness is re-checked when the earliest heartbeat deadline passes (plus this slack), and at
+# least every MAX_TICK_S; between heartbeats nothing else can change it.
+TICK_SLACK_S = 0.002
+MAX_TICK_S = 0.05
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
 ACCESS_LOGGER = "ryu.lib.hub"
@@ -209,7 +212,10 @@ class SbftApp(app_manager.RyuApp):
 
     def _ticker(self):
         while True:
-            hub.sleep(TICK_S)
+            now = time.monotonic()
+            deadline = self.cluster.next_deadline(now)
+            delay = MAX_TICK_S if deadline is None else deadline - now + TICK_SLACK_S
+            hub.sleep(min(max(delay, TICK_SLACK_S), MAX_TICK_S))
             try:
                 self._changed(self.cluster.evaluate(time.monotonic()))
             except Exception:  # keep expiring heartbeats whatever one round did

@@ -142,6 +142,18 @@ class ClusterState:
 
     # ---- queries ------------------------------------------------------------------------------
 
+    def next_deadline(self, now):
+        """The earliest time at which liveness can change without a new input: a heartbeat
+        going silent or the startup grace ending (None: nothing pending)."""
+        deadlines = []
+        if self.heartbeat_timeout:
+            deadlines += [health.last_heartbeat + self.heartbeat_timeout
+                          for name, health in self.health.items()
+                          if self._up[name] and health.last_heartbeat is not None]
+        if self._starting(now):
+            deadlines.append(self._first_up_at + self.startup_grace)
+        return min(deadlines) if deadlines else None
+
     def is_up(self, name):
         return self._up[name]
 

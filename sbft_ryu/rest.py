@@ -31,9 +31,10 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def json_response(body, status=200, headers=None):
+def json_response(body, status=200, headers=None, indent=1):
+    text = json.dumps(body, indent=indent) if indent else json.dumps(body, separators=(",", ":"))
     response = Response(status=status, content_type="application/json", charset="utf-8",
-                        body=(json.dumps(body, indent=1) + "\n").encode("utf-8"))
+                        body=(text + "\n").encode("utf-8"))
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
@@ -92,6 +93,16 @@ def parse_heartbeat(body):
     return seq, service_ok, counters
 
 
+def _body(req):
+    """The request body, at most MAX_BODY + 1 bytes, read straight from the stream (webob's
+    ``req.body`` first copies it into a seekable buffer: measurable at 20 heartbeats/s per
+    replica)."""
+    length = req.content_length
+    if length is None:  # chunked: eventlet decodes it; read no more than the limit + 1
+        return req.body_file_raw.read(MAX_BODY + 1)
+    return req.body_file_raw.read(min(length, MAX_BODY + 1))
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -125,9 +136,9 @@ class SbftRestController(ControllerBase):
     @api("POST")
     def heartbeat(self, req, name, **_):
         name = self._known(name)
-        seq, service_ok, counters = parse_heartbeat(req.body)
+        seq, service_ok, counters = parse_heartbeat(_body(req))
         return json_response(self.app.api_heartbeat(name, seq, service_ok, counters,
-                                                    req.remote_addr))
+                                                    req.remote_addr), indent=None)
 
     @route("sbft_events", "/sbft/events")
     @api("GET")

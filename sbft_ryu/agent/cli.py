@@ -23,7 +23,7 @@ from sbft_ryu.agent import heartbeat, iptables, nfq, probe
 
 LOG = logging.getLogger("sbft.agent")
 THREAD_JOIN_S = 2.0
-KERNEL_COUNTERS_EVERY_S = 1.0
+KERNEL_COUNTERS_EVERY_S = 5.0  # iptables-save is a process and a whole-ruleset dump
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class AgentConfig:
     probe_interval: float = 0.1
     probe_timeout: float = 0.1
     iptables: bool = True
-    fast_path: bool = True
+    verdict_cache: str = "role"
     notify_port: int = 5556
     log_level: str = "INFO"
 
@@ -81,11 +81,14 @@ def parse_args(argv=None):
                         metavar="PORT", help="UDP port for the controller's role-change "
                         "nudges (0: off; default 5556)")
     parser.add_argument("--no-iptables", dest="iptables", action="store_false",
-                        help="install no rules (the operator does; see --print-rules)")
-    parser.add_argument("--no-fast-path", dest="fast_path", action="store_false",
-                        help="verdict every reply in userspace (no kernel verdict cache)")
+                        help="install no rules: the operator installs --print-rules' static "
+                        "rules, and every reply is verdicted in userspace")
+    parser.add_argument("--verdict-cache", choices=iptables.CACHES, default="role",
+                        help="how a primary's verdict is cached in the kernel: per role epoch "
+                        "(default), per connection (conntrack), or not at all (every reply "
+                        "verdicted in userspace)")
     parser.add_argument("--print-rules", action="store_true",
-                        help="print the iptables rules this agent would install and exit")
+                        help="print the static rules for --no-iptables operation and exit")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
@@ -99,10 +102,12 @@ class Agent:
         self.stop = threading.Event()
         self.state = heartbeat.RoleState()
         self.queue = nfq.ReplyQueue(config.queue_num, self.state)
-        self.spec = iptables.RuleSpec(config.service_port, config.queue_num)
+        self.spec = iptables.RuleSpec(config.service_port, config.queue_num,
+                                      config.verdict_cache)
         self.rules = None
-        # counters of the agent's kernel rules, read every second
-        self.kernel = {"ingress_dropped": 0, "fast_path_packets": 0}
+        # counters of the agent's kernel rules, read every KERNEL_COUNTERS_EVERY_S
+        self.kernel = {"ingress_dropped": 0, "kernel_accepted": 0}
+        self._kernel_last = {}
         self._kernel_read_at = 0.0
         self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
                                         config.probe_timeout, config.probe_interval,
@@ -124,9 +129,18 @@ class Agent:
         if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
             self._kernel_read_at = now
             try:
-                self.kernel = self.rules.kernel_counters()
+                self._accumulate(self.rules.kernel_counters())
             except Exception:  # counters are informative; never stop probing for them
                 LOG.debug("reading kernel counters failed", exc_info=True)
+
+    def _accumulate(self, reading):
+        """Keep the kernel counters monotonic: a role change re-creates the chains and zeroes
+        their rule counters, so a reading below the last one starts a new run."""
+        for key, value in reading.items():
+            last = self._kernel_last.get(key, 0)
+            self.kernel[key] = self.kernel.get(key, 0) + (value if value < last else
+                                                          value - last)
+            self._kernel_last[key] = value
 
     def run(self):
         config = self.config
@@ -140,16 +154,17 @@ class Agent:
             self.rules = rules
             self.heartbeats = heartbeat.Heartbeats(client, self.state, self.probe,
                                                    self.counters, self.rules, config.interval,
-                                                   fast_path=config.fast_path, wakeup=wakeup)
+                                                   connection_cache=self.spec.cache
+                                                   == "connection", wakeup=wakeup)
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
                                         name="probe", daemon=True)]
             LOG.info("started: queue %d, service port %d, controller %s, iptables %s, "
-                     "fast path %s, nudges on udp/%s", config.queue_num, config.service_port,
-                     config.controller, "installed" if rules else "left to the operator",
-                     "on" if rules and config.fast_path else "off",
-                     config.notify_port or "off")
+                     "verdict cache %s, nudges on udp/%s", config.queue_num,
+                     config.service_port, config.controller,
+                     "installed" if rules else "left to the operator",
+                     config.verdict_cache if rules else "none", config.notify_port or "off")
             for thread in threads:
                 thread.start()
             try:
@@ -178,11 +193,9 @@ class Agent:
 def main(argv=None):
     config, print_rules = parse_args(argv)
     if print_rules:
-        spec = iptables.RuleSpec(config.service_port, config.queue_num)
-        print("iptables-restore --noflush <<'EOF'")
-        print(iptables.restore_input(spec), end="")
-        print("EOF")
-        for table, rule in iptables.jump_rules(spec):
+        spec = iptables.RuleSpec(config.service_port, config.queue_num, config.verdict_cache)
+        print("# static rules for --no-iptables: every reply is verdicted in userspace")
+        for table, rule in iptables.operator_rules(spec):
             print(f"iptables -t {table} -A " + " ".join(rule))
         return 0
     logging.basicConfig(level=config.log_level, stream=sys.stderr,

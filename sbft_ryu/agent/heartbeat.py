@@ -110,13 +110,13 @@ class Heartbeats:
     """The heartbeat loop; ``run(stop)`` in its own thread."""
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
-                 clock=time.monotonic, fast_path=True, wakeup=None):
+                 clock=time.monotonic, connection_cache=False, wakeup=None):
         self.client = client
         self.state = state
         self.probe = probe
         self.counters = counters  # callable → dict
         self.rules = rules
-        self.fast_path = fast_path
+        self.connection_cache = connection_cache
         self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
         self._last_nudge = float("-inf")
         self.fixed_interval = interval
@@ -204,10 +204,10 @@ class Heartbeats:
         if role == PRIMARY:
             state.primary = True  # userspace accepts from now on
             if self.rules is not None:
-                mark = fast_mark(epoch or 0) if self.fast_path else None
+                mark = fast_mark(epoch or 0) if self.connection_cache else None
                 state.fast_mark = None  # plain accepts until the kernel rule for ``mark`` exists
                 self.rules.set_role(True, mark)
-                state.fast_mark = mark
+                state.fast_mark = self.rules.mark
         else:
             state.primary = False  # userspace drops from now on
             if self.rules is not None and self.rules.primary:

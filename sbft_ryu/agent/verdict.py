@@ -7,6 +7,8 @@ never accepted) is dropped. A packet too short or garbled to read gets DROP and 
 failing closed costs at most one retransmission, leaking a backup's reply costs correctness.
 """
 
+import struct
+
 ACCEPT = 0
 DROP = 1
 
@@ -16,6 +18,8 @@ DROPPED = 1
 RST_DROPPED = 2
 MALFORMED = 3
 COUNTER_NAMES = ("accepted", "dropped", "rst_dropped", "malformed")
+
+_IPV4 = struct.Struct("!B5xHxB")  # version/IHL, flags+fragment offset, protocol
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -28,11 +32,11 @@ def tcp_flags(payload):
     """TCP flags of an IPv4 packet, or -1 if it is not a whole, first-fragment TCP header."""
     if len(payload) < 40:
         return -1
-    version_ihl = payload[0]
+    version_ihl, fragment, protocol = _IPV4.unpack_from(payload)
     header_len = (version_ihl & 0x0F) * 4
-    if version_ihl >> 4 != 4 or header_len < 20 or payload[9] != _IPPROTO_TCP:
+    if version_ihl >> 4 != 4 or header_len < 20 or protocol != _IPPROTO_TCP:
         return -1
-    if (payload[6] & 0x1F) or payload[7]:  # fragment offset: only the first fragment has TCP
+    if fragment & 0x1FFF:  # a fragment offset: only the first fragment carries TCP
         return -1
     if len(payload) < header_len + 20:
         return -1

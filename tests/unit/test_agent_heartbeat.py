@@ -1,7 +1,8 @@
 """Tests for sbft_ryu.agent.heartbeat: the role loop with fakes, the client against loopback HTTP.
 
 Heartbeats gets a scripted fake client, a fake probe, fake rules and a fake clock; the order of
-role changes is checked by recording the RoleState from inside the fake rules. Nudges go
+role changes is checked by recording the RoleState from inside the fake rules (and, per verdict
+cache, from inside the ``run`` of a real iptables.Rules). Nudges go
 through a real UDP socket pair on 127.0.0.1 (the wait is real time, bounded). ControllerClient
 talks to a real http.server on 127.0.0.1 (ephemeral port), which answers like the controller's
 views.heartbeat_reply / views.error_body.
@@ -14,10 +15,11 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
-from sbft_ryu.agent import heartbeat
+from sbft_ryu.agent import heartbeat, iptables
 from sbft_ryu.agent.heartbeat import (ControllerClient, ControllerRejected, ControllerUnreachable,
                                       Heartbeats, RoleState)
 from sbft_ryu.agent.iptables import fast_mark
@@ -89,13 +91,14 @@ class Clock:
         return self.now
 
 
-def make(*script, rules=True, interval=None, counters=None, probe_ok=True, fast_path=True):
+def make(*script, rules=True, interval=None, counters=None, probe_ok=True,
+         connection_cache=False):
     state = RoleState()
     client = FakeClient(*script)
     fake_rules = FakeRules(state) if rules else None
     beats = Heartbeats(client, state, FakeProbe(probe_ok),
                        counters or (lambda: {"accepted": 0}), fake_rules, interval,
-                       clock=Clock(), fast_path=fast_path)
+                       clock=Clock(), connection_cache=connection_cache)
     return beats, state, client, fake_rules
 
 
@@ -107,8 +110,28 @@ def test_initial_state():
            (heartbeat.NO_ROLE, None, False, None, None)
 
 
-def test_promotion_to_primary_sets_primary_before_the_fast_path():
+def test_connection_cache_is_off_by_default():
+    beats = Heartbeats(None, RoleState(), FakeProbe(), dict)
+    assert beats.connection_cache is False
+    assert not hasattr(beats, "fast_path")
+    with pytest.raises(TypeError):
+        Heartbeats(None, RoleState(), FakeProbe(), dict, fast_path=True)
+
+
+def test_promotion_to_primary_sets_primary_before_the_kernel_rules():
+    # the role cache (and none): the kernel rules need no mark
     beats, state, _, rules = make(answer("primary", epoch=1))
+    beats.beat(0)
+    assert (state.role, state.epoch, state.primary, state.primary_name) == \
+           ("primary", 1, True, "lb1")
+    # userspace accepts before the kernel opens the door
+    assert rules.calls == [{"set": (True, None), "mark": None, "primary": True,
+                            "fast_mark": None, "role": "none"}]
+    assert (state.fast_mark, rules.primary, rules.mark) == (None, True, None)
+
+
+def test_promotion_with_the_connection_cache_sets_primary_before_the_mark():
+    beats, state, _, rules = make(answer("primary", epoch=1), connection_cache=True)
     beats.beat(0)
     assert state.primary is True
     assert (state.role, state.epoch, state.primary_name) == ("primary", 1, "lb1")
@@ -120,27 +143,30 @@ def test_promotion_to_primary_sets_primary_before_the_fast_path():
     assert rules.primary is True
 
 
-def test_promotion_from_backup_follows_the_same_order():
-    beats, state, _, rules = make(answer("backup", epoch=1), answer("primary", epoch=2))
+@pytest.mark.parametrize("connection_cache", [False, True])
+def test_promotion_from_backup_follows_the_same_order(connection_cache):
+    mark = fast_mark(2) if connection_cache else None
+    beats, state, _, rules = make(answer("backup", epoch=1), answer("primary", epoch=2),
+                                  connection_cache=connection_cache)
     beats.beat(0)
     assert rules.calls == []
     beats.beat(1)
-    assert rules.calls == [{"set": (True, fast_mark(2)), "mark": fast_mark(2), "primary": True,
+    assert rules.calls == [{"set": (True, mark), "mark": mark, "primary": True,
                             "fast_mark": None, "role": "backup"}]
     assert (state.role, state.epoch, state.primary, state.fast_mark) == \
-           ("primary", 2, True, fast_mark(2))
+           ("primary", 2, True, mark)
 
 
 def test_promotion_without_an_epoch_uses_generation_zero():
-    beats, state, _, rules = make(answer("primary", epoch=None))
+    beats, state, _, rules = make(answer("primary", epoch=None), connection_cache=True)
     beats.beat(0)
     assert rules.calls[0]["set"] == (True, fast_mark(0))
     assert state.fast_mark == fast_mark(0)
 
 
-def test_promotion_without_fast_path_opens_the_door_without_a_mark():
-    beats, state, _, rules = make(answer("primary", epoch=1), answer("backup", epoch=2),
-                                  fast_path=False)
+@pytest.mark.parametrize("epoch", [1, 7, 0x100001])
+def test_promotion_without_the_connection_cache_never_passes_a_mark(epoch):
+    beats, state, _, rules = make(answer("primary", epoch=epoch), answer("backup", epoch=epoch + 1))
     beats.beat(0)
     assert rules.calls == [{"set": (True, None), "mark": None, "primary": True,
                             "fast_mark": None, "role": "none"}]
@@ -151,16 +177,18 @@ def test_promotion_without_fast_path_opens_the_door_without_a_mark():
     assert (state.primary, state.fast_mark, rules.primary) == (False, None, False)
 
 
-def test_repeated_primary_answers_do_not_touch_the_rules():
-    beats, state, _, rules = make(answer("primary", epoch=1))
+@pytest.mark.parametrize("connection_cache", [False, True])
+def test_repeated_primary_answers_do_not_touch_the_rules(connection_cache):
+    beats, state, _, rules = make(answer("primary", epoch=1), connection_cache=connection_cache)
     for seq in range(5):
         beats.beat(seq)
     assert len(rules.calls) == 1
-    assert state.fast_mark == fast_mark(1)
+    assert state.fast_mark == (fast_mark(1) if connection_cache else None)
 
 
-def test_new_primary_epoch_moves_the_fast_path_to_the_new_mark():
-    beats, state, _, rules = make(answer("primary", epoch=1), answer("primary", epoch=2))
+def test_new_primary_epoch_moves_the_connection_cache_to_the_new_mark():
+    beats, state, _, rules = make(answer("primary", epoch=1), answer("primary", epoch=2),
+                                  connection_cache=True)
     beats.beat(0)
     beats.beat(1)
     assert [call["set"] for call in rules.calls] == [(True, fast_mark(1)), (True, fast_mark(2))]
@@ -170,9 +198,32 @@ def test_new_primary_epoch_moves_the_fast_path_to_the_new_mark():
     assert (state.epoch, state.fast_mark, state.primary) == (2, fast_mark(2), True)
 
 
-def test_demotion_clears_primary_before_the_fast_path():
+def test_new_primary_epoch_without_the_connection_cache_reapplies_the_primary_rules():
+    beats, state, _, rules = make(answer("primary", epoch=1), answer("primary", epoch=2))
+    beats.beat(0)
+    beats.beat(1)
+    assert [call["set"] for call in rules.calls] == [(True, None), (True, None)]
+    assert (state.epoch, state.fast_mark, state.primary) == (2, None, True)
+
+
+def test_demotion_clears_primary_before_the_kernel_rules():
     beats, state, _, rules = make(answer("primary", epoch=1),
                                   answer("backup", epoch=2, primary="lb2"))
+    beats.beat(0)
+    beats.beat(1)
+    # userspace drops before the kernel closes the door and stops accepting
+    assert rules.calls[-1] == {"set": (False, None), "mark": None, "primary": False,
+                               "fast_mark": None, "role": "primary"}
+    assert len(rules.calls) == 2
+    assert (state.fast_mark, rules.primary, rules.mark) == (None, False, None)
+    assert (state.role, state.epoch, state.primary, state.primary_name) == \
+           ("backup", 2, False, "lb2")
+
+
+def test_demotion_with_the_connection_cache_clears_primary_before_the_mark():
+    beats, state, _, rules = make(answer("primary", epoch=1),
+                                  answer("backup", epoch=2, primary="lb2"),
+                                  connection_cache=True)
     beats.beat(0)
     beats.beat(1)
     # userspace drops before the kernel closes the door and stops honouring cached verdicts
@@ -185,9 +236,11 @@ def test_demotion_clears_primary_before_the_fast_path():
            ("backup", 2, False, "lb2")
 
 
+@pytest.mark.parametrize("connection_cache", [False, True])
 @pytest.mark.parametrize("role", ["backup", "none"])
-def test_demotion_to_any_non_primary_role(role):
-    beats, state, _, rules = make(answer("primary", epoch=3), answer(role, epoch=4))
+def test_demotion_to_any_non_primary_role(role, connection_cache):
+    beats, state, _, rules = make(answer("primary", epoch=3), answer(role, epoch=4),
+                                  connection_cache=connection_cache)
     beats.beat(0)
     beats.beat(1)
     assert state.primary is False
@@ -243,13 +296,89 @@ def test_role_change_is_logged(caplog):
                         "role primary -> backup (epoch 2, primary lb2)"]
 
 
+# --- with the real iptables.Rules (a recording ``run``), per verdict cache --------------------
+
+class RecordingRun:
+    """Stands in for subprocess.run under iptables.Rules: records each restore's input and the
+    RoleState at that moment."""
+
+    def __init__(self, state):
+        self.state = state
+        self.restores = []
+
+    def __call__(self, argv, input=None, **kwargs):
+        assert argv == ["iptables-restore", "--noflush"]
+        self.restores.append((input, self.state.primary, self.state.fast_mark))
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+
+def mangle_rules(restore):
+    return [line for line in restore.splitlines() if line.startswith("-A sbft-out")]
+
+
+def raw_rules(restore):
+    return [line for line in restore.splitlines() if line.startswith("-A sbft-in")]
+
+
+QUEUE = "-A sbft-out -j NFQUEUE --queue-num 1"
+
+
+def connection_rules(generation):
+    mark = hex(fast_mark(generation))
+    return [f"-A sbft-out -m mark --mark {mark} -j CONNMARK --save-mark",
+            f"-A sbft-out -m mark --mark {mark} -j ACCEPT",
+            f"-A sbft-out -m connmark --mark {mark} -j ACCEPT", QUEUE]
+
+
+@pytest.mark.parametrize("cache, primary_out, marks", [
+    ("role", lambda epoch: ["-A sbft-out -j ACCEPT"], lambda epoch: None),
+    ("connection", connection_rules, fast_mark),
+    ("none", lambda epoch: [QUEUE], lambda epoch: None),
+])
+def test_role_transitions_install_the_rules_of_the_cache(cache, primary_out, marks):
+    """backup, primary (epoch 2), primary again, backup (3), primary (5), primary (6), none:
+    one restore per change, the rules of the cache, userspace first on the way up and down."""
+    state = RoleState()
+    run = RecordingRun(state)
+    rules = iptables.Rules(iptables.RuleSpec(5555, 1, cache), run=run)
+    client = FakeClient(answer("backup", epoch=1), answer("primary", epoch=2),
+                        answer("primary", epoch=2), answer("backup", epoch=3, primary="lb2"),
+                        answer("primary", epoch=5), answer("primary", epoch=6),
+                        answer("none", epoch=7, primary="lb2"))
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, clock=Clock(),
+                       connection_cache=cache == "connection")
+    seen = []
+    for seq in range(7):
+        beats.beat(seq)
+        seen.append((state.role, state.primary, state.fast_mark, rules.primary, rules.mark))
+    assert seen == [
+        ("backup", False, None, False, None),
+        ("primary", True, marks(2), True, marks(2)),
+        ("primary", True, marks(2), True, marks(2)),
+        ("backup", False, None, False, None),
+        ("primary", True, marks(5), True, marks(5)),
+        ("primary", True, marks(6), True, marks(6)),
+        ("none", False, None, False, None),
+    ]
+    up, down = [], ["-A sbft-in -j DROP"]
+    assert [(raw_rules(text), mangle_rules(text), primary, mark)
+            for text, primary, mark in run.restores] == [
+        (up, primary_out(2), True, None),  # userspace accepts before the kernel does
+        # userspace drops before the kernel stops accepting (it ignores the mark when dropping)
+        (down, [QUEUE], False, marks(2)),
+        (up, primary_out(5), True, None),
+        (up, primary_out(6), True, None),  # a new primary epoch: new rules, no stale mark
+        (down, [QUEUE], False, marks(6)),
+    ]
+
+
 # --- controller failures -----------------------------------------------------------------
 
 def test_unreachable_controller_keeps_the_role_and_warns_once(caplog):
     caplog.set_level(logging.INFO, logger="sbft.agent")
     beats, state, _, rules = make(answer("primary", epoch=1),
                                   *[ControllerUnreachable("timed out")] * 10,
-                                  answer("primary", epoch=1))
+                                  answer("primary", epoch=1), connection_cache=True)
     for seq in range(12):
         beats.beat(seq)
         if 1 <= seq <= 10:
@@ -278,7 +407,8 @@ def test_unreachable_backup_stays_backup():
 def test_rejected_heartbeat_keeps_the_role(caplog):
     caplog.set_level(logging.INFO, logger="sbft.agent")
     beats, state, _, rules = make(answer("primary", epoch=1),
-                                  ControllerRejected(404, "no replica named 'lbx'"))
+                                  ControllerRejected(404, "no replica named 'lbx'"),
+                                  connection_cache=True)
     for seq in range(4):
         beats.beat(seq)
     assert (state.role, state.primary, state.fast_mark) == ("primary", True, fast_mark(1))
@@ -491,7 +621,8 @@ def test_run_survives_a_failing_promotion_and_retries():
     state = RoleState()
     rules = FakeRules(state, fail=RuntimeError("iptables-restore: exit status 4"))
     client = FakeClient(answer("primary", epoch=1), on_call=lambda n: n == 3 and stop.set())
-    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001,
+                       connection_cache=True)
     assert run_in_thread(beats, stop) == []
     assert len(client.bodies) == 3  # the loop kept beating
     assert [call["set"] for call in rules.calls] == [(True, fast_mark(1))] * 2  # retried
@@ -506,7 +637,8 @@ def test_run_survives_a_failing_demotion_and_retries_it():
     rules = FakeRules(state)
     client = FakeClient(answer("primary", epoch=1), answer("backup", epoch=2),
                         on_call=lambda n: n == 4 and stop.set())
-    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001)
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001,
+                       connection_cache=True)
     beats.beat(0)
     rules.fail = RuntimeError("iptables-restore: exit status 4")
     assert run_in_thread(beats, stop) == []

@@ -436,3 +436,138 @@ def test_grace_with_heartbeats():
     view = state.heartbeat("lb1", 0, True, {}, 0.1)
     assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
     assert state.health["lb1"].acked_epoch == 1
+
+
+# --- next_deadline: when liveness can next change without a new input ------------------------
+
+
+def test_next_deadline_is_none_without_a_heartbeat_timeout():
+    state = ports_only()
+    assert state.next_deadline(0.0) is None  # nothing up yet
+    state.set_ports(DPID, ALL_UP, 0.0)
+    assert state.next_deadline(5.0) is None  # only a port status can change liveness
+    state.heartbeat("lb1", 0, True, {}, 6.0)  # heartbeats never expire without a timeout
+    assert state.next_deadline(6.0) is None
+
+
+def test_next_deadline_is_none_before_any_heartbeat():
+    state = ClusterState(REPLICAS, heartbeat_timeout=TIMEOUT)
+    assert state.next_deadline(0.0) is None
+    state.set_ports(DPID, ALL_UP, 0.0)  # links up, no heartbeat: down until one comes
+    assert state.next_deadline(1.0) is None
+
+
+def test_next_deadline_is_the_earliest_heartbeat_expiry():
+    state = with_heartbeats(now=1.0, names=())
+    state.heartbeat("lb2", 0, True, {}, 1.05)
+    state.heartbeat("lb1", 0, True, {}, 1.0)
+    state.heartbeat("lb3", 0, True, {}, 1.1)
+    assert state.next_deadline(1.1) == 1.0 + TIMEOUT
+    state.heartbeat("lb1", 1, True, {}, 1.12)  # lb1 renewed: lb2 is now the first to expire
+    assert state.next_deadline(1.12) == 1.05 + TIMEOUT
+    state.heartbeat("lb2", 1, True, {}, 1.13)
+    assert state.next_deadline(1.13) == 1.1 + TIMEOUT
+
+
+def test_next_deadline_of_one_replica():
+    state = with_heartbeats(now=2.0, names=("lb3",))
+    assert state.next_deadline(2.0) == 2.0 + TIMEOUT
+
+
+def test_next_deadline_returns_a_passed_deadline_until_it_is_evaluated():
+    state = with_heartbeats(now=1.0)
+    assert state.next_deadline(5.0) == 1.0 + TIMEOUT  # still up: evaluate has not run
+    state.evaluate(5.0)
+    assert state.next_deadline(5.0) is None  # all down by silence: nothing left to expire
+
+
+def test_next_deadline_ignores_down_replicas():
+    state = with_heartbeats(now=1.0)
+    state.heartbeat("lb2", 1, True, {}, 1.1)
+    state.heartbeat("lb3", 1, True, {}, 1.12)
+    state.evaluate(1.16)  # lb1 silent: down
+    assert not state.is_up("lb1")
+    assert state.next_deadline(1.16) == 1.1 + TIMEOUT
+    state.heartbeat("lb2", 2, False, {}, 1.2)  # lb2's service probe failed: down
+    assert not state.is_up("lb2")
+    assert state.next_deadline(1.2) == 1.12 + TIMEOUT
+
+
+def test_next_deadline_ignores_byzantine_and_port_down_replicas_with_heartbeats():
+    state = with_heartbeats(now=1.0, names=())
+    state.heartbeat("lb1", 0, True, {}, 1.0)
+    state.heartbeat("lb2", 0, True, {}, 1.05)
+    state.heartbeat("lb3", 0, True, {}, 1.1)
+    state.mark_byzantine("lb1", 1.1, "forged reply")
+    assert state.next_deadline(1.1) == 1.05 + TIMEOUT
+    state.port_status(DPID, 2, False, 1.11)
+    assert state.next_deadline(1.11) == 1.1 + TIMEOUT
+    state.port_status(DPID, 3, False, 1.12)
+    assert state.next_deadline(1.12) is None
+
+
+def test_next_deadline_is_the_grace_end_while_starting():
+    state = with_grace()  # no heartbeat timeout
+    assert state.next_deadline(0.0) is None  # the grace has not started
+    state.set_ports(DPID, {3: True}, 0.25)
+    assert state.next_deadline(0.25) == 0.25 + GRACE
+    assert state.next_deadline(1.0) == 0.25 + GRACE
+    assert state.evaluate(1.0) is None
+    assert state.next_deadline(1.25) is None  # the grace is over (whether evaluated or not)
+    assert state.evaluate(1.25).primary == "lb3"
+    assert state.next_deadline(1.25) is None
+
+
+def test_next_deadline_has_no_grace_end_once_every_replica_is_up():
+    state = with_grace()
+    state.set_ports(DPID, {3: True}, 0.0)
+    assert state.next_deadline(0.5) == GRACE
+    state.set_ports(DPID, ALL_UP, 0.6)  # the first election happened at once
+    assert state.next_deadline(0.6) is None
+
+
+def test_next_deadline_has_no_grace_end_after_the_first_election():
+    state = with_grace()
+    state.set_ports(DPID, ALL_UP, 0.0)
+    state.port_status(DPID, 3, False, 0.1)  # a replica is missing again within the grace
+    assert state.view.epoch == 1
+    assert state.next_deadline(0.1) is None
+
+
+def test_next_deadline_is_the_earlier_of_grace_end_and_heartbeat_expiry():
+    state = with_grace(timeout=TIMEOUT)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    state.heartbeat("lb3", 0, True, {}, 0.0)
+    assert state.next_deadline(0.0) == 0.0 + TIMEOUT  # lb3's heartbeat expires first
+    state.heartbeat("lb3", 1, True, {}, 0.9)
+    assert state.next_deadline(0.9) == GRACE  # now the grace ends first
+    state.heartbeat("lb2", 0, True, {}, 0.95)
+    assert state.next_deadline(0.95) == GRACE
+
+
+@pytest.mark.parametrize("setup", ["heartbeats", "grace"])
+def test_nothing_changes_before_the_deadline_and_something_does_at_it(setup):
+    if setup == "heartbeats":
+        state = with_heartbeats(now=1.0, names=("lb1", "lb2"))
+        state.heartbeat("lb2", 1, True, {}, 1.05)
+        expected = ClusterView(members=("lb2",), primary="lb2", epoch=2)
+        after = 1e-9  # silence is longer than the timeout
+    else:
+        state = with_grace()
+        state.set_ports(DPID, {2: True}, 0.0)
+        expected = ClusterView(members=("lb2",), primary="lb2", epoch=1)
+        after = 0.0  # the grace ends at its deadline
+    deadline = state.next_deadline(0.0)
+    assert state.evaluate(deadline - 0.001) is None
+    assert state.next_deadline(deadline - 0.001) == deadline  # evaluate moved nothing
+    assert state.evaluate(deadline + after) == expected
+
+
+def test_next_deadline_changes_nothing():
+    state = with_grace(timeout=TIMEOUT)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    state.heartbeat("lb3", 0, True, {}, 0.0)
+    view, recorded = state.view, state.recorded
+    for now in (0.0, 0.5, 2.0, 100.0):
+        state.next_deadline(now)
+    assert (state.view, state.recorded, state.is_up("lb3")) == (view, recorded, True)

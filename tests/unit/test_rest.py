@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import webob
@@ -265,3 +266,188 @@ def test_parse_heartbeat_error_is_api_error():
     with pytest.raises(rest.ApiError) as info:
         rest.parse_heartbeat(b"[]")
     assert info.value.code == 400
+
+
+# --- the heartbeat body: read from the stream, bounded ---------------------------------------
+
+
+class Stream:
+    """A wsgi.input that records how much was asked for and how much it gave."""
+
+    def __init__(self, data):
+        self.data = data
+        self.position = 0
+        self.asked = []
+
+    def read(self, size=-1):
+        self.asked.append(size)
+        end = len(self.data) if size is None or size < 0 else self.position + size
+        chunk = self.data[self.position:end]
+        self.position += len(chunk)
+        return chunk
+
+    def readline(self, size=-1):  # webob may wrap the stream; never needed here
+        raise AssertionError("readline")
+
+
+def padded(size, beat=BEAT):
+    """A valid heartbeat of exactly ``size`` bytes (JSON allows trailing whitespace)."""
+    text = json.dumps(beat).encode()
+    assert len(text) <= size
+    return text + b" " * (size - len(text))
+
+
+def post_raw(app, path, stream, content_length=None, **environ):
+    """POST with an explicit wsgi.input and CONTENT_LENGTH (None: no Content-Length header,
+    as with a chunked request)."""
+    wsgi = WSGIApplication()
+    rest.register(wsgi, app)
+    env = {"REQUEST_METHOD": "POST", "CONTENT_TYPE": "application/json",
+           "wsgi.input": stream, **environ}
+    if content_length is not None:
+        env["CONTENT_LENGTH"] = str(content_length)
+    req = webob.Request.blank(path, environ=env)
+    if content_length is None:
+        req.environ.pop("CONTENT_LENGTH", None)
+    return req.get_response(wsgi)
+
+
+def test_heartbeat_of_exactly_max_body_is_accepted(client, app):
+    body = padded(rest.MAX_BODY)
+    assert len(body) == rest.MAX_BODY == 64 * 1024
+    response = client(HEARTBEAT, method="POST", body=body)
+    assert response.status_int == 200
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, None)]
+
+
+def test_heartbeat_of_max_body_plus_one_is_413(client, app):
+    body = padded(rest.MAX_BODY + 1)
+    assert error_of(client(HEARTBEAT, method="POST", body=body), 413) == \
+        "body larger than 65536 bytes"
+    assert app.calls == []
+
+
+def test_heartbeat_reads_at_most_max_body_plus_one_bytes_of_a_huge_body(app):
+    stream = Stream(b" " * (10 * 1024 * 1024))
+    response = post_raw(app, HEARTBEAT, stream, content_length=len(stream.data))
+    assert error_of(response, 413) == "body larger than 65536 bytes"
+    assert stream.position == rest.MAX_BODY + 1
+    assert app.calls == []
+
+
+def test_heartbeat_reads_exactly_the_content_length(app):
+    body = padded(300)
+    stream = Stream(body + b"garbage after the declared length")
+    response = post_raw(app, HEARTBEAT, stream, content_length=len(body))
+    assert response.status_int == 200
+    assert stream.position == len(body)
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, None)]
+
+
+def test_heartbeat_shorter_content_length_cuts_the_body(app):
+    body = json.dumps(BEAT).encode()
+    response = post_raw(app, HEARTBEAT, Stream(body), content_length=len(body) - 1)
+    assert error_of(response, 400).startswith("body is not valid JSON: ")
+    assert app.calls == []
+
+
+def test_heartbeat_with_content_length_zero_is_400(app):
+    stream = Stream(json.dumps(BEAT).encode())
+    response = post_raw(app, HEARTBEAT, stream, content_length=0)
+    assert error_of(response, 400).startswith("body is not valid JSON: ")
+    assert stream.position == 0
+    assert app.calls == []
+
+
+def test_chunked_heartbeat_without_content_length_is_read_through_req_body(app):
+    # a server that decodes chunked bodies says so with wsgi.input_terminated (PEP 3333 note);
+    # the body then comes through webob's req.body
+    response = post_raw(app, HEARTBEAT, Stream(json.dumps(BEAT).encode()),
+                        **{"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert response.status_int == 200
+    assert response.json["role"] == "primary"
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, None)]
+
+
+@pytest.mark.parametrize("size, code", [(rest.MAX_BODY, 200), (rest.MAX_BODY + 1, 413)])
+def test_chunked_heartbeat_limits(app, size, code):
+    response = post_raw(app, HEARTBEAT, Stream(padded(size)),
+                        **{"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert response.status_int == code
+    assert len(app.calls) == (code == 200)
+
+
+def test_chunked_heartbeat_as_ryus_eventlet_server_passes_it(app):
+    # eventlet.wsgi: no CONTENT_LENGTH, Transfer-Encoding: chunked, wsgi.input decodes the
+    # chunks, no wsgi.input_terminated
+    response = post_raw(app, HEARTBEAT, Stream(json.dumps(BEAT).encode()),
+                        HTTP_TRANSFER_ENCODING="chunked")
+    assert response.status_int == 200
+    assert app.calls == [("lb1", 3, True, {"mirrored": 10, "load": 0.5}, None)]
+
+
+class StreamOnly:
+    """A request whose ``body`` (webob's copying read) must not be used."""
+
+    def __init__(self, content_length, stream):
+        self.content_length = content_length
+        self.body_file_raw = stream
+
+    @property
+    def body(self):
+        raise AssertionError("req.body used although the length is known")
+
+
+def test_body_reads_the_stream_when_the_length_is_known():
+    stream = Stream(b"x" * 100)
+    assert rest._body(StreamOnly(10, stream)) == b"x" * 10
+    assert stream.asked == [10]
+    stream = Stream(b"x" * (rest.MAX_BODY + 100))
+    assert rest._body(StreamOnly(rest.MAX_BODY + 100, stream)) == b"x" * (rest.MAX_BODY + 1)
+    assert stream.asked == [rest.MAX_BODY + 1]
+    stream = Stream(b"x" * (rest.MAX_BODY + 100))
+    assert rest._body(StreamOnly(rest.MAX_BODY, stream)) == b"x" * rest.MAX_BODY
+    assert stream.asked == [rest.MAX_BODY]
+
+
+def test_body_without_a_length_reads_the_stream_up_to_the_limit():
+    stream = Stream(b'{"seq": 1}')
+    req = SimpleNamespace(content_length=None, body_file_raw=stream)
+    assert rest._body(req) == b'{"seq": 1}'
+    assert stream.asked == [rest.MAX_BODY + 1]
+
+
+# --- response formatting ---------------------------------------------------------------------
+
+
+def test_heartbeat_answer_is_compact_json(client, app):
+    response = client(HEARTBEAT, method="POST", body=BEAT)
+    assert response.status_int == 200
+    assert response.content_type == "application/json"
+    reply = views.heartbeat_reply(app.config, app.cluster, "lb1")
+    assert response.body == (json.dumps(reply, separators=(",", ":")) + "\n").encode()
+    assert b" " not in response.body and response.body.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("path", ["/sbft/health", "/sbft/replicas", "/sbft/replicas/lb1",
+                                  "/sbft/events"])
+def test_other_answers_keep_indent_1(client, path):
+    response = client(path)
+    assert response.status_int == 200
+    assert response.body == (json.dumps(response.json, indent=1) + "\n").encode()
+    assert response.body.startswith(b'{\n "')
+
+
+def test_heartbeat_errors_keep_indent_1(client):
+    response = client(HEARTBEAT, method="POST", body=b"[]")
+    assert response.status_int == 400
+    assert response.body == (json.dumps(response.json, indent=1) + "\n").encode()
+
+
+def test_json_response_formats():
+    body = {"a": [1, 2], "b": "é"}
+    assert rest.json_response(body).body == (json.dumps(body, indent=1) + "\n").encode()
+    assert rest.json_response(body, indent=None).body == \
+        b'{"a":[1,2],"b":"\\u00e9"}\n'
+    response = rest.json_response(body, 201, {"X-Test": "1"}, indent=None)
+    assert (response.status_int, response.headers["X-Test"]) == (201, "1")
