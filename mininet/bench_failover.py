@@ -26,6 +26,7 @@ the Markdown tables the README quotes.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -147,6 +148,7 @@ THROUGHPUT = {
     "one bare HAProxy": dict(lbs=1, vip_mode="static"),
     "sbft, agents off": dict(agents=False, sbft_extra="heartbeat_timeout = 0\n"),
     "sbft, agents on": dict(agents=True),
+    "sbft active mode": dict(agents=True, sbft_extra="mode = active\n"),
     "sbft, agents on, per-connection cache": dict(agents=True, agent_args=(
         "--verdict-cache", "connection")),
     "sbft, agents on, no verdict cache": dict(agents=True, agent_args=(
@@ -185,6 +187,12 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# every packet an agent handled in userspace, passive (verdict) or active (translator) mode
+PACKET_COUNTERS = ("accepted", "dropped", "rst_dropped", "malformed", "translated_in",
+                   "translated_out", "dropped_backup", "passed_unknown_in", "unknown_out",
+                   "held", "hold_overflow")
+
+
 def agent_sample(lab):
     """(cpu seconds, userspace verdicts) of the primary's agent, or None without agents."""
     if lab.vip_mode != "sbft" or not lab.topo_args["agents"]:
@@ -192,34 +200,50 @@ def agent_sample(lab):
     health = lab.health()
     primary = health["primary"]
     counters = next(r for r in health["replicas"] if r["name"] == primary)["counters"]
-    verdicts = sum(counters.get(key, 0) for key in ("accepted", "dropped", "rst_dropped",
-                                                   "malformed"))
+    verdicts = sum(counters.get(key, 0) for key in PACKET_COUNTERS)
     return primary, cpu_seconds(lab.host(primary).owned["agent"].pid), verdicts
 
 
-def throughput_runs(seconds, rounds, rundir):
-    results = {}
-    for name, options in THROUGHPUT.items():
-        results[name] = {"keep-alive": [], "close": [], "agent": []}
-        with sbft_topo.Lab(rundir=os.path.join(rundir, name.replace(" ", "_").replace(",", "")),
-                           **options) as lab:
-            lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{sbft_topo.VIP}:5555/warm")
-            for _ in range(rounds):
+def agent_idle_cpu(lab, seconds=2.0):
+    """CPU seconds per second the primary's agent spends with no traffic (heartbeats, probe)."""
+    first = agent_sample(lab)
+    if first is None:
+        return 0.0
+    time.sleep(seconds)
+    second = agent_sample(lab)
+    return (second[1] - first[1]) / seconds
+
+
+def throughput_runs(seconds, rounds, rundir, configs=None):
+    """Rounds are interleaved (every configuration once per round, each in a fresh lab), so a
+    drift of the shared machine's speed spreads over all of them instead of favouring one."""
+    configs = configs or THROUGHPUT
+    results = {name: {"keep-alive": [], "close": []} for name in configs}
+    for round_ in range(rounds):
+        for name, options in configs.items():
+            label = name.replace(" ", "_").replace(",", "")
+            with sbft_topo.Lab(rundir=os.path.join(rundir, f"{label}-{round_}"),
+                               **options) as lab:
+                lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{sbft_topo.VIP}:5555/warm")
+                idle_cpu_per_s = agent_idle_cpu(lab)
                 for mode in ("keep-alive", "close"):
                     before = agent_sample(lab)
                     start = time.monotonic()
                     result = wrk(lab, seconds, mode == "close")
                     time.sleep(1.1)  # agent counters reach the controller every heartbeat
                     after = agent_sample(lab)
+                    elapsed = time.monotonic() - start
                     if before and after and before[0] == after[0]:
                         verdicts = after[2] - before[2]
                         cpu = after[1] - before[1]
+                        # per verdict: what the agent spent beyond its idle heartbeats/probes
+                        busy = max(cpu - idle_cpu_per_s * elapsed, 0.0)
                         result["agent_cpu_s"] = round(cpu, 3)
+                        result["agent_idle_cpu_pct"] = round(idle_cpu_per_s * 100, 2)
                         result["agent_verdicts"] = verdicts
-                        result["agent_verdicts_per_s"] = round(
-                            verdicts / (time.monotonic() - start), 1)
-                        result["agent_us_per_verdict"] = (round(cpu / verdicts * 1e6, 2)
-                                                          if verdicts else None)
+                        result["agent_verdicts_per_s"] = round(verdicts / elapsed, 1)
+                        result["agent_us_per_verdict"] = (round(busy / verdicts * 1e6, 2)
+                                                          if verdicts > 1000 else None)
                     results[name][mode].append(result)
                     log(f"  {name:34} {mode:10} {result['rps']} req/s, p99 "
                         f"{result['p99_ms']} ms" + (f", agent {result.get('agent_verdicts')} "
@@ -228,14 +252,79 @@ def throughput_runs(seconds, rounds, rundir):
     return results
 
 
+SURVIVAL = {
+    "sbft active": dict(agents=True, skew=True, sbft_extra="mode = active\n"),
+    "sbft passive": dict(agents=True),
+    "keepalived VRRPv3 advert_int 0.1": dict(vip_mode="keepalived", advert_int=0.1,
+                                             vrrp_version=3),
+}
+SURVIVAL_CONNECTIONS = 50
+SURVIVAL_SIZE = 3 * 1024 * 1024
+SURVIVAL_RATE = 512 * 1024
+
+
+def survival_runs(runs, rundir):
+    """Connections open at the moment of the fault: the fraction that complete intact, and
+    the client's longest stall among them."""
+    from sbft_ryu.tools import stream_backend
+
+    results = {}
+    for i, (name, options) in enumerate(SURVIVAL.items()):
+        results[name] = {"crash": [], "link": []}
+        with sbft_topo.Lab(rundir=os.path.join(rundir, f"sv{i}"), **options) as lab:
+            for fault in ("crash", "link"):
+                for run in range(runs):
+                    primary = current_primary(lab)
+                    path = (f"/stream/{SURVIVAL_SIZE}?rate={SURVIVAL_RATE}&r={fault}{run}")
+                    expected = hashlib.sha256(stream_backend.content(
+                        path.split("?")[0], SURVIVAL_SIZE)).hexdigest()
+                    proc, out = lab.fetch(CLIENT, f"sv-{fault}-{run}.json", path,
+                                          count=SURVIVAL_CONNECTIONS, timeout=30)
+                    time.sleep(2.0)
+                    fault_at = time.monotonic()
+                    inject(lab, fault, primary)
+                    sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
+                                         f"{name}: a new primary")
+                    proc.wait(timeout=90)
+                    with open(out, encoding="utf-8") as handle:
+                        fetched = json.load(handle)["results"]
+                    in_flight = [r for r in fetched if r["finished"] > fault_at]
+                    intact = [r for r in in_flight if r["ok"] and r["sha256"] == expected]
+                    stalls = [r["max_stall_s"] for r in intact if r["max_stall_s"] is not None]
+                    entry = {"in_flight": len(in_flight), "intact": len(intact),
+                             "survived": len(intact) / len(in_flight) if in_flight else None,
+                             "longest_stall_s": max(stalls) if stalls else None}
+                    results[name][fault].append(entry)
+                    log(f"  {name:34} {fault:5} run {run + 1}: {entry['intact']}/"
+                        f"{entry['in_flight']} in-flight connections intact, longest stall "
+                        f"{_fmt(entry['longest_stall_s'])} s")
+                    recover(lab, fault, primary)
+    return results
+
+
+def report_survival(survival):
+    lines = ["| system | fault | in-flight connections completed intact | longest stall "
+             "(median of runs / max, s) |", "|---|---|---|---|"]
+    for system, faults in survival.items():
+        for fault, runs in faults.items():
+            intact = sum(r["intact"] for r in runs)
+            total = sum(r["in_flight"] for r in runs)
+            stalls = [r["longest_stall_s"] for r in runs if r["longest_stall_s"] is not None]
+            stall = (f"{statistics.median(stalls):.3f} / {max(stalls):.3f}" if stalls else "-")
+            lines.append(f"| {system} | {fault} | {intact}/{total} "
+                         f"({100 * intact / total if total else 0:.0f} %) | {stall} |")
+    return "\n".join(lines)
+
+
 def soak(seconds, rundir):
     with sbft_topo.Lab(rundir=rundir, agents=True) as lab:
         before = lab.health()
+        start = time.monotonic()
         result = wrk(lab, seconds, close=False)
         after = lab.health()
+        elapsed = time.monotonic() - start
         events = lab.api + "/sbft/events"
-        changes = [e for e in sbft_topo.http_json(events)["events"]
-                   if e["age_s"] <= seconds + 5 and e["change"] != "up"]
+        changes = [e for e in sbft_topo.http_json(events)["events"] if e["age_s"] <= elapsed]
         return {"seconds": seconds, "rps": result["rps"], "p99_ms": result["p99_ms"],
                 "epoch_before": before["epoch"], "epoch_after": after["epoch"],
                 "false_failovers": after["epoch"] - before["epoch"],
@@ -301,6 +390,13 @@ def report_throughput(throughput):
                          f"{rps / base[mode]:.2f} | "
                          f"{(rps / off[mode]) if off else float('nan'):.2f} | "
                          f"{statistics.median(us) if us else '-'} |")
+    if "sbft active mode" in throughput and "sbft, agents on" in throughput:
+        ratios = []
+        for mode in ("keep-alive", "close"):
+            act = statistics.median(r["rps"] for r in throughput["sbft active mode"][mode])
+            pas = statistics.median(r["rps"] for r in throughput["sbft, agents on"][mode])
+            ratios.append(f"{mode} {act / pas:.2f}x")
+        lines.append("\nactive mode / passive mode (agents on): " + ", ".join(ratios))
     return "\n".join(lines)
 
 
@@ -353,7 +449,9 @@ def main(argv=None):
     parser.add_argument("--wrk-seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3, help="wrk runs per configuration")
     parser.add_argument("--soak-seconds", type=int, default=60)
-    parser.add_argument("--only", choices=("failover", "throughput", "soak", "verdict"),
+    parser.add_argument("--survival-runs", type=int, default=3)
+    parser.add_argument("--only", choices=("failover", "survival", "throughput", "soak",
+                                           "verdict"),
                         action="append", help="run only these parts (repeatable)")
     parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
     args = parser.parse_args(argv)
@@ -362,7 +460,7 @@ def main(argv=None):
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
-    parts = set(args.only or ("failover", "throughput", "soak", "verdict"))
+    parts = set(args.only or ("failover", "survival", "throughput", "soak", "verdict"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rundir = os.path.join("/tmp", f"sbft-bench-{stamp}")
     os.makedirs(rundir)
@@ -376,6 +474,9 @@ def main(argv=None):
         results["failover"] = {name: failover_runs(name, options, args.runs,
                                                    os.path.join(rundir, f"fo{i}"))
                                for i, (name, options) in enumerate(SYSTEMS.items())}
+    if "survival" in parts:
+        log(f"in-flight connection survival, {args.survival_runs} runs per fault")
+        results["survival"] = survival_runs(args.survival_runs, rundir)
     if "throughput" in parts:
         log(f"throughput, {args.rounds} x {args.wrk_seconds} s per configuration and mode")
         results["throughput"] = throughput_runs(args.wrk_seconds, args.rounds, rundir)
@@ -391,6 +492,9 @@ def main(argv=None):
     print()
     if "failover" in results:
         print(report_failover(results["failover"]))
+        print()
+    if "survival" in results:
+        print(report_survival(results["survival"]))
         print()
     if "throughput" in results:
         print(report_throughput(results["throughput"]))

@@ -49,6 +49,7 @@ VIP = "10.0.0.100"
 VMAC = "02:00:0a:00:00:64"
 SERVICE_PORT = 5555
 BACKEND_PORT = 8080
+STREAM_PORT = 8081  # large, slow, deterministic objects (sbft_ryu.tools.stream_backend)
 MGMT_ROOT_IP = "10.254.0.254"
 MGMT_PREFIX = 24
 PROBE_PATH = "/sbft-probe"
@@ -93,6 +94,7 @@ def sbft_config_text(topo_plan, extra=""):
 
 def replica_haproxy_cfg(backends):
     servers = "\n".join(f"    server {b['name']} {b['ip']}:{BACKEND_PORT}" for b in backends)
+    streams = "\n".join(f"    server {b['name']} {b['ip']}:{STREAM_PORT}" for b in backends)
     return f"""global
     maxconn 4096
 defaults
@@ -103,11 +105,15 @@ defaults
 frontend sbft
     bind {VIP}:{SERVICE_PORT}
     monitor-uri {PROBE_PATH}
+    use_backend streams if {{ path_beg /stream/ }}
     default_backend backends
 backend backends
     # deterministic: every replica sends the same request to the same backend
     balance uri
 {servers}
+backend streams
+    balance uri
+{streams}
 """
 
 
@@ -243,6 +249,9 @@ class BackendHost(LabHost):
         backend = {"name": self.name, "ip": params["ip"].split("/")[0]}
         cfg = self.write_file("haproxy.cfg", backend_haproxy_cfg(backend))
         self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
+        self.spawn("streams", [os.path.join(VENV_BIN, "python"), "-m",
+                               "sbft_ryu.tools.stream_backend", "--bind", backend["ip"],
+                               "--port", str(STREAM_PORT), "--name", self.name], cwd=REPO)
         return result
 
 
@@ -315,7 +324,7 @@ class SbftTopo(Topo):
 
     def build(self, lbs=3, backends=2, clients=1, rundir=None, agents=False, wsapi_port=8080,
               agent_args=(), protocols="OpenFlow10,OpenFlow13", vip_mode="sbft",
-              advert_int=1.0, vrrp_version=2):
+              advert_int=1.0, vrrp_version=2, skew=False):
         layout = plan(lbs, backends, clients)
         s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001",
                             protocols=protocols)
@@ -325,8 +334,11 @@ class SbftTopo(Topo):
         for r in layout["replicas"]:
             agent_argv = None
             if agents:
+                extra = tuple(agent_args)
+                if skew and r["name"] in SKEWS:
+                    extra += ("--emulate-skew", SKEWS[r["name"]])
                 agent_argv = agent_command(r["name"], f"http://{MGMT_ROOT_IP}:{wsapi_port}",
-                                           agent_args)
+                                           extra)
             mode = vip_mode
             if vip_mode == "static":  # one bare HAProxy: the first replica only
                 mode = "static" if r is layout["replicas"][0] else "none"
@@ -352,6 +364,12 @@ class SbftTopo(Topo):
 
 def _subdir(rundir, name):
     return os.path.join(rundir, name) if rundir else None
+
+
+# Emulated per-replica stacks (ISN offset, timestamp offset in ms), as on separate machines:
+# Mininet hosts share one kernel and so nearly the same ISNs and identical timestamp clocks.
+SKEWS = {"lb1": "0:0", "lb2": "1000000000:37000", "lb3": "3000000000:-12000",
+         "lb4": "2000000000:5000", "lb5": "4000000000:-900"}
 
 
 def agent_command(name, controller_url, extra=()):
@@ -427,7 +445,8 @@ class Lab:
     def __init__(self, lbs=3, backends=2, clients=1, agents=False, agent_args=(),
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
-                 passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2):
+                 passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
+                 skew=False):
         """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
         switch as a plain learning switch (no replicas configured: flows file only)."""
         self.layout = plan(lbs, backends, clients)
@@ -435,7 +454,7 @@ class Lab:
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
                               agent_args=tuple(agent_args), protocols=protocols,
                               vip_mode=vip_mode, advert_int=advert_int,
-                              vrrp_version=vrrp_version)
+                              vrrp_version=vrrp_version, skew=skew)
         self.passive_listener = passive_listener
         self.listen_port = None
         self.sbft_extra = sbft_extra
@@ -474,7 +493,10 @@ class Lab:
             self.config_path = os.path.join(self.rundir, "sbft.conf")
             with open(self.config_path, "w", encoding="utf-8") as handle:
                 if self.vip_mode == "sbft":
-                    handle.write(sbft_config_text(self.layout, self.sbft_extra))
+                    # a generous grace: on 2 busy cores agents can start seconds apart, and
+                    # tests and benchmarks want the configured order (lb1 first) to decide
+                    grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
+                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra))
                 else:  # baseline: a plain learning switch
                     handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
             ryu_args = self.ryu_args
@@ -588,6 +610,16 @@ class Lab:
         host.cmd(f"iptables -I INPUT -p tcp -s {VIP} --sport {SERVICE_PORT} "
                  "--tcp-flags SYN,ACK SYN,ACK")
         return lambda: int(host.cmd("iptables -L INPUT 1 -v -x -n").split()[0])
+
+    def fetch(self, client, name, path, count=1, timeout=60.0):
+        """Start concurrent downloads of VIP:5555``path`` in ``client`` (background); returns
+        (Popen, path of the JSON result)."""
+        host = self.host(client)
+        out = os.path.join(host.rundir, name)
+        argv = [os.path.join(VENV_BIN, "python"), "-m", "sbft_ryu.tools.fetch",
+                "--url", f"http://{VIP}:{SERVICE_PORT}{path}", "--count", str(count),
+                "--timeout", str(timeout), "--out", out]
+        return host.spawn(name, argv, cwd=REPO), out
 
     def capture(self, host_name, expression, seconds):
         """Packets matching a tcpdump ``expression`` on the host's data interface over

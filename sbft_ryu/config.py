@@ -10,7 +10,7 @@ describe the default Mininet topology (``mininet/sbft_topo.py``), so no file is 
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from sbft_ryu import flowfile
@@ -63,6 +63,9 @@ class SbftConfig:
     startup_grace: float
     service_priority: int
     mode: str
+    # random per start unless configured: not part of a config's identity, never printed
+    active_secret: bytes = field(default=b"", compare=False, repr=False)
+    active_wscale: int = 7
 
     def replica(self, name):
         for replica in self.replicas:
@@ -97,13 +100,19 @@ def _opts():
                    help="seconds the first election waits for every replica to come up"),
         cfg.StrOpt("service_priority", default="40000",
                    help="lowest priority of the service flows (they use this .. +99)"),
-        cfg.StrOpt("mode", default="passive", help="passive | active"),
+        cfg.StrOpt("mode", default="passive",
+                   help="passive | active (replicas share one TCP sequence space)"),
+        cfg.StrOpt("active_secret", default="",
+                   help="hex key from which replicas derive shared ISNs in active mode "
+                        "(empty: a random one per controller start)"),
+        cfg.StrOpt("active_wscale", default="7",
+                   help="the window scale every replica announces in active mode"),
     ]
 
 
 OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
                 "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
-                "service_priority", "mode")
+                "service_priority", "mode", "active_secret", "active_wscale")
 
 
 def register_opts(conf):
@@ -148,6 +157,8 @@ def build_config(raw):
     mode = str(raw["mode"]).strip()
     if mode not in MODES:
         raise ConfigError("mode", raw["mode"], " or ".join(MODES))
+    secret = _secret(raw.get("active_secret", ""))
+    wscale = _int("active_wscale", raw.get("active_wscale", "7"), 0, 14)
     flows_file = str(raw["flows_file"] or "").strip()
     if flows_file:
         flows = flowfile.load_flows_file(flows_file)
@@ -157,7 +168,8 @@ def build_config(raw):
                       flows=flows, flows_source=flows_file, dpid=dpid,
                       heartbeat_timeout=timeout, heartbeat_interval=interval,
                       startup_grace=grace, agent_notify_port=notify_port,
-                      service_priority=priority, mode=mode)
+                      service_priority=priority, mode=mode, active_secret=secret,
+                      active_wscale=wscale)
 
 
 def check_unknown_options(path):
@@ -207,6 +219,20 @@ def _float(option, value, low, high):
     if number is None or not low <= number <= high:
         raise ConfigError(option, value, f"a number of seconds {low:g}..{high:g}")
     return number
+
+
+def _secret(value):
+    text = str(value or "").strip()
+    if not text:
+        return os.urandom(16)  # every agent gets it from this controller
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if not 16 <= len(secret) <= 32:
+        raise ConfigError("active_secret", "<hidden>", "16 to 32 bytes as hex (32 to 64 hex "
+                          "digits), or empty for a random key")
+    return secret
 
 
 def _ipv4(option, value):

@@ -68,7 +68,7 @@ def events_view(cluster, now):
 
 
 def heartbeat_reply(config, cluster, name):
-    return {
+    reply = {
         "role": cluster.role(name),
         "epoch": cluster.view.epoch,
         "primary": cluster.view.primary,
@@ -78,6 +78,10 @@ def heartbeat_reply(config, cluster, name):
         "vip": config.vip,
         "service_port": config.service_port,
     }
+    if config.mode == "active":  # what every replica needs to share one sequence space
+        reply["active"] = {"secret": config.active_secret.hex(),
+                           "wscale": config.active_wscale}
+    return reply
 
 
 def error_body(code, message):

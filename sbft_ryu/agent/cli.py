@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from sbft_ryu.agent import heartbeat, iptables, nfq, probe
+from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew
 
 LOG = logging.getLogger("sbft.agent")
 THREAD_JOIN_S = 2.0
@@ -41,6 +41,7 @@ class AgentConfig:
     iptables: bool = True
     verdict_cache: str = "role"
     notify_port: int = 5556
+    emulate_skew: Optional[str] = None  # tests only: "ISN:TS_MS", see agent/skew.py
     log_level: str = "INFO"
 
 
@@ -56,6 +57,14 @@ def _port(text):
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text}")
     return value
+
+
+def _skew(text):
+    try:
+        skew.parse_skew(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ISN:TS_MS integers, got {text}") from None
+    return text
 
 
 def parse_args(argv=None):
@@ -87,6 +96,9 @@ def parse_args(argv=None):
                         help="how a primary's verdict is cached in the kernel: per role epoch "
                         "(default), per connection (conntrack), or not at all (every reply "
                         "verdicted in userspace)")
+    parser.add_argument("--emulate-skew", metavar="ISN:TS_MS", type=_skew, default=None,
+                        help="tests only: behave as if this host's stack had another ISN and "
+                        "timestamp clock offset (Mininet hosts share one kernel)")
     parser.add_argument("--print-rules", action="store_true",
                         help="print the static rules for --no-iptables operation and exit")
     parser.add_argument("--log-level", default="INFO",
@@ -101,7 +113,8 @@ class Agent:
         self.config = config
         self.stop = threading.Event()
         self.state = heartbeat.RoleState()
-        self.queue = nfq.ReplyQueue(config.queue_num, self.state)
+        self.queue = nfq.ReplyQueue(self.state)  # the current handler; ActiveQueue if active
+        self.runner = nfq.QueueRunner(config.queue_num, self.queue)
         self.spec = iptables.RuleSpec(config.service_port, config.queue_num,
                                       config.verdict_cache)
         self.rules = None
@@ -155,7 +168,8 @@ class Agent:
             self.heartbeats = heartbeat.Heartbeats(client, self.state, self.probe,
                                                    self.counters, self.rules, config.interval,
                                                    connection_cache=self.spec.cache
-                                                   == "connection", wakeup=wakeup)
+                                                   == "connection", wakeup=wakeup,
+                                                   on_mode=self.set_mode)
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
@@ -168,7 +182,7 @@ class Agent:
             for thread in threads:
                 thread.start()
             try:
-                self.queue.serve(self.stop)
+                self.runner.serve(self.stop)
             finally:
                 self.stop.set()
                 for thread in threads:
@@ -178,6 +192,32 @@ class Agent:
                     wakeup.close()
         LOG.info("stopped: counters %s", self.counters())
         return 0
+
+    def set_mode(self, answer):
+        """The controller's mode (from a heartbeat answer): swap the packet handler, then the
+        rules, so that no packet of the new rules meets the old handler."""
+        mode = answer.get("mode")
+        if mode == "active":
+            params = answer.get("active") or {}
+            secret = bytes.fromhex(params.get("secret", ""))
+            wscale = int(params.get("wscale", 7))
+            if not secret:
+                raise ValueError("the controller's answer carries no active-mode secret")
+            emulated = None
+            if self.config.emulate_skew:
+                isn, ts = skew.parse_skew(self.config.emulate_skew)
+                emulated = skew.Skew(isn, ts, self.config.service_port)
+            self.queue = nfq.ActiveQueue(self.state, active.Translator(
+                secret, self.config.service_port, wscale), emulated)
+        elif mode == "passive":
+            self.queue = nfq.ReplyQueue(self.state)
+        else:
+            raise ValueError(f"unknown mode {mode!r} from the controller")
+        self.runner.handler = self.queue
+        if self.rules is not None:
+            self.rules.set_mode(mode)
+        LOG.info("mode %s%s", mode, f" (emulating skew {self.config.emulate_skew})"
+                 if mode == "active" and self.config.emulate_skew else "")
 
     def _wakeup_socket(self):
         """The UDP socket the controller nudges after a role change (so the agent asks now

@@ -110,7 +110,7 @@ class Heartbeats:
     """The heartbeat loop; ``run(stop)`` in its own thread."""
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
-                 clock=time.monotonic, connection_cache=False, wakeup=None):
+                 clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None):
         self.client = client
         self.state = state
         self.probe = probe
@@ -118,6 +118,8 @@ class Heartbeats:
         self.rules = rules
         self.connection_cache = connection_cache
         self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
+        self.on_mode = on_mode  # called with the answer when the controller's mode changes
+        self.mode = None
         self._last_nudge = float("-inf")
         self.fixed_interval = interval
         self.interval = interval or 0.05
@@ -192,6 +194,9 @@ class Heartbeats:
         interval = _seconds(answer.get("heartbeat_interval_s"))
         if self.fixed_interval is None and interval is not None:
             self.interval = min(max(interval, 0.005), 10.0)
+        if answer.get("mode") != self.mode and self.on_mode is not None:
+            self.on_mode(answer)  # before the role: a promotion must find the mode's rules
+        self.mode = answer.get("mode")
         self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
 
     def apply(self, role, epoch, primary_name):

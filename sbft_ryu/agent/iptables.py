@@ -16,6 +16,8 @@ service port, never for ``lo`` (the replica's probe of its own proxy)::
                               -m connmark --mark G -j ACCEPT
                               -j NFQUEUE --queue-num N
         none                  -j NFQUEUE --queue-num N
+    active mode, any role   sbft-in:   -j NFQUEUE --queue-num N   (the same queue: in order)
+                            sbft-out:  -j NFQUEUE --queue-num N
 
 In passive mode a backup's stack could only answer the mirrored traffic with RSTs and
 half-open connections (its sequence numbers are not the primary's), so its agent discards that
@@ -40,7 +42,7 @@ silent.
 """
 
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 IN_CHAIN = "sbft-in"
 OUT_CHAIN = "sbft-out"
@@ -55,17 +57,21 @@ def fast_mark(generation):
 
 
 CACHES = ("role", "connection", "none")
+MODES = ("passive", "active")
 
 
 @dataclass(frozen=True)
 class RuleSpec:
     service_port: int
     queue_num: int
-    cache: str = "role"  # the verdict cache, one of CACHES
+    cache: str = "role"  # the verdict cache (passive mode), one of CACHES
+    mode: str = "passive"  # active: every packet, both directions, through the queue
 
     def __post_init__(self):
         if self.cache not in CACHES:
             raise ValueError(f"verdict cache must be one of {CACHES}, got {self.cache!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
 
 def jump_rules(spec):
@@ -79,13 +85,15 @@ def jump_rules(spec):
 
 
 def in_chain(spec, primary):
+    if spec.mode == "active":  # every replica's stack must follow every client packet
+        return [["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]]
     return [] if primary else [["-j", "DROP"]]
 
 
 def out_chain(spec, primary=False, mark=None):
     """The body of sbft-out for a role (``mark``: the generation of a connection cache)."""
     queue = ["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]
-    if not primary or spec.cache == "none":
+    if not primary or spec.cache == "none" or spec.mode == "active":
         return [queue]
     if spec.cache == "role":
         return [["-j", "ACCEPT"]]
@@ -156,10 +164,16 @@ class Rules:
             self._iptables(table, "-F", chain, check=False)
             self._iptables(table, "-X", chain, check=False)
 
+    def set_mode(self, mode):
+        """Re-create both chains for ``mode`` (the controller's), keeping the current role."""
+        self.spec = replace(self.spec, mode=mode)
+        self._restore(self.primary, self.mark)
+
     def set_role(self, primary, mark=None):
         """Primary: open the door and cache verdicts (``mark``: the connection cache's
         generation); backup: close both."""
-        mark = mark if primary and self.spec.cache == "connection" else None
+        mark = (mark if primary and self.spec.cache == "connection"
+                and self.spec.mode == "passive" else None)
         self._restore(primary, mark)
         self.primary, self.mark = primary, mark
 

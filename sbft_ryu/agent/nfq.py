@@ -1,22 +1,25 @@
-"""The thin I/O shell around the verdict: NFQUEUE in, verdict out, counters; nothing else.
+"""The thin I/O shell around the decisions: NFQUEUE in, verdict out, counters; nothing else.
 
-No logging, formatting, buffering or sleeping per packet. The loop waits on the queue's file
-descriptor with a short timeout so a stop request is seen within ``poll_s``.
+No logging, formatting, buffering or sleeping per packet. One queue carries both directions
+(a replica's packets stay in order), and :class:`QueueRunner` hands each packet to the current
+handler: :class:`ReplyQueue` in passive mode, :class:`ActiveQueue` in active mode. The loop
+waits on the queue's file descriptor with a short timeout, so a stop request is seen and held
+packets are expired within ``poll_s``.
 """
 
 import select
+import time
 
-from sbft_ryu.agent import verdict
+from sbft_ryu.agent import active, verdict
 
-COPY_RANGE = 128  # IPv4 + TCP headers with options; the reply filter never reads payload
+COPY_RANGE = 0xFFFF  # whole packets: active mode rewrites them
 ERRORS = len(verdict.COUNTER_NAMES)  # one more counter slot: callback failures
 
 
 class ReplyQueue:
-    """Verdicts the replica's replies on NFQUEUE ``queue_num`` with the role in ``state``."""
+    """Passive mode: verdicts the replica's replies with the role in ``state``."""
 
-    def __init__(self, queue_num, state):
-        self.queue_num = queue_num
+    def __init__(self, state):
         self.state = state
         self.counters = [0] * (len(verdict.COUNTER_NAMES) + 1)
 
@@ -44,17 +47,84 @@ class ReplyQueue:
             except Exception:
                 pass
 
+    def tick(self, now):
+        pass
+
+
+class ActiveQueue:
+    """Active mode: translate every packet (both directions) into the shared sequence space;
+    a primary's replies leave, a backup's are dropped after its state advanced."""
+
+    def __init__(self, state, translator, skew=None):
+        self.state = state
+        self.translator = translator
+        self.skew = skew
+        self.errors = 0
+
+    def snapshot(self):
+        counters = self.translator.snapshot()
+        counters["callback_errors"] = self.errors
+        return counters
+
+    def callback(self, packet):
+        skew = self.skew
+        try:
+            payload = packet.get_payload()
+            if skew is not None:
+                payload = skew.outbound(payload)
+            decision, new, released = self.translator.process(
+                payload, packet, self.state.primary, time.monotonic())
+            if decision == active.ACCEPT:
+                if new is not None:
+                    packet.set_payload(skew.inbound(new) if skew is not None else new)
+                packet.accept()
+            elif decision == active.DROP:
+                packet.drop()
+            for held, data in released:  # verdicts for packets kept by earlier callbacks
+                held.set_payload(skew.inbound(data) if skew is not None else data)
+                held.accept()
+        except Exception:  # never let a packet escape without a verdict
+            self.errors += 1
+            try:
+                packet.drop()
+            except Exception:
+                pass
+
+    def tick(self, now):
+        for held in self.translator.expire(now):
+            try:
+                held.drop()
+            except Exception:
+                self.errors += 1
+
+
+class QueueRunner:
+    """Binds NFQUEUE ``queue_num`` and hands every packet to ``self.handler`` (swappable at
+    any time: one attribute read per packet)."""
+
+    def __init__(self, queue_num, handler):
+        self.queue_num = queue_num
+        self.handler = handler
+
+    def _dispatch(self, packet):
+        self.handler.callback(packet)
+
     def serve(self, stop, poll_s=0.2):
         """Run until ``stop`` (a threading.Event) is set; unbinds the queue on the way out."""
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
         nfq = NetfilterQueue()
-        nfq.bind(self.queue_num, self.callback, mode=COPY_PACKET, range=COPY_RANGE)
+        nfq.bind(self.queue_num, self._dispatch, mode=COPY_PACKET, range=COPY_RANGE)
         try:
             fd = nfq.get_fd()
+            last_tick = time.monotonic()
             while not stop.is_set():
                 ready, _, _ = select.select([fd], [], [], poll_s)
                 if ready:
                     nfq.run(block=False)
+                now = time.monotonic()
+                if now - last_tick >= poll_s:
+                    last_tick = now
+                    self.handler.tick(now)
         finally:
             nfq.unbind()

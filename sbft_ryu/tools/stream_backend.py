@@ -1,0 +1,84 @@
+"""A backend that streams large deterministic objects slowly (active-replication tests).
+
+    python -m sbft_ryu.tools.stream_backend --bind 10.0.0.21 --port 8081
+
+``GET /stream/<bytes>?rate=<bytes per second>`` answers ``<bytes>`` bytes of content that
+depends only on the path (so every replica's proxy fetches the same bytes), paced at ``rate``;
+:func:`content` produces the same bytes for a client to check. Any other path gets a short body.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import urllib.parse
+
+CHUNK = 16384
+MAX_SIZE = 1 << 30
+
+
+def chunk(seed, index):
+    return hashlib.shake_256(seed + index.to_bytes(8, "big")).digest(CHUNK)
+
+
+def content(path, size):
+    """The whole object ``path`` (without query) of ``size`` bytes, as the backend sends it."""
+    seed = path.encode()
+    return b"".join(chunk(seed, i) for i in range((size + CHUNK - 1) // CHUNK))[:size]
+
+
+async def handle(reader, writer, name):
+    try:
+        request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        target = request.split(b" ", 2)[1].decode("ascii", "replace")
+        url = urllib.parse.urlsplit(target)
+        parts = url.path.split("/")
+        if len(parts) == 3 and parts[1] == "stream" and parts[2].isdigit():
+            size = min(int(parts[2]), MAX_SIZE)
+            query = urllib.parse.parse_qs(url.query)
+            rate = float(query.get("rate", ["0"])[0]) or None
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                         f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+            seed = url.path.encode()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for index, offset in enumerate(range(0, size, CHUNK)):
+                writer.write(chunk(seed, index)[:size - offset])
+                await writer.drain()
+                if rate:
+                    delay = start + (offset + CHUNK) / rate - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+        else:
+            body = f"{name} {url.path}\n".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError,
+            ValueError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve(bind, port, name):
+    server = await asyncio.start_server(lambda r, w: handle(r, w, name), bind, port)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--name", default="stream")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(serve(args.bind, args.port, args.name))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
