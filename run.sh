@@ -92,8 +92,10 @@ case "${1:-}" in
         ;;
     demo)
         setup "$@"
-        say "demo: Mininet, ryu-manager, HAProxy replicas"
-        exec "$PY" mininet/sbft_topo.py --demo
+        say "demo: Mininet, ryu-manager, HAProxy replicas, agents (passive mode)"
+        "$PY" mininet/sbft_topo.py --demo
+        say "demo: active mode (connections survive the primary)"
+        exec "$PY" mininet/sbft_topo.py --demo --mode active
         ;;
     test)
         setup "$@"

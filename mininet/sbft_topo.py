@@ -368,8 +368,8 @@ def _subdir(rundir, name):
 
 # Emulated per-replica stacks (ISN offset, timestamp offset in ms), as on separate machines:
 # Mininet hosts share one kernel and so nearly the same ISNs and identical timestamp clocks.
-SKEWS = {"lb1": "0:0", "lb2": "1000000000:37000", "lb3": "3000000000:-12000",
-         "lb4": "2000000000:5000", "lb5": "4000000000:-900"}
+SKEWS = {f"lb{i}": f"{(i - 1) * 1_000_000_007 % 2 ** 32}:{(i - 1) * 37_000 - 50_000 * (i % 2)}"
+         for i in range(1, MAX_HOSTS_PER_ROLE + 1)}
 
 
 def agent_command(name, controller_url, extra=()):
@@ -621,6 +621,37 @@ class Lab:
                 "--timeout", str(timeout), "--out", out]
         return host.spawn(name, argv, cwd=REPO), out
 
+    def start_capture(self, host_name, expression, name="capture.txt"):
+        """tcpdump on the host's data interface in the background; ``stop_capture`` returns its
+        lines. Stopped with the host at the latest."""
+        host = self.host(host_name)
+        path = os.path.join(host.rundir, name)
+        out = open(path, "wb")
+        proc = host.popen(["tcpdump", "-l", "-n", "-i", f"{host_name}-eth0", expression],
+                          stdout=out, stderr=subprocess.DEVNULL)
+        out.close()
+        host.owned[f"tcpdump-{name}"] = proc
+        time.sleep(0.3)  # tcpdump needs a moment before it sees packets
+        return path
+
+    def stop_capture(self, host_name, path):
+        time.sleep(0.2)
+        self.host(host_name).kill(f"tcpdump-{os.path.basename(path)}", signal.SIGTERM)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [line for line in handle.read().splitlines() if line.strip()]
+
+    def replicas_answering(self, synack_lines):
+        """Client port → distinct SYN-ACK sequence numbers seen (one replica answers each
+        connection: more than one number means a second replica's SYN-ACK got through)."""
+        answers = {}
+        for line in synack_lines:
+            if "Flags [S.]" not in line:
+                continue
+            words = line.replace(",", "").split()
+            port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
+            answers.setdefault(port, set()).add(words[words.index("seq") + 1])
+        return answers
+
     def capture(self, host_name, expression, seconds):
         """Packets matching a tcpdump ``expression`` on the host's data interface over
         ``seconds`` (tcpdump inside the host's namespace, bounded by timeout)."""
@@ -706,6 +737,37 @@ def demo(lab, out=print):
     show_health("health after the link is restored")
 
 
+def demo_active(lab, out=print):
+    """Active mode: a download in flight survives the primary's crash, byte for byte."""
+    sys.path.insert(0, REPO)
+    import hashlib
+
+    from sbft_ryu.tools import stream_backend
+
+    size, rate = 3 * 1024 * 1024, 1024 * 1024
+    path = f"/stream/{size}?rate={rate}"
+    expected = hashlib.sha256(stream_backend.content(path.split("?")[0], size)).hexdigest()
+    primary = lab.health()["primary"]
+    out(f"\n=== active mode: downloading {size} bytes at {rate} bytes/s through the VIP; "
+        f"the primary {primary} is SIGKILLed 1.2 s in")
+    proc, result = lab.fetch("c1", "demo-download.json", path)
+    time.sleep(1.2)
+    lab.crash(primary)
+    wait_until(lambda: lab.health()["primary"] not in (None, primary), 10, 0.02, "failover")
+    out(f"    failover: primary {lab.health()['primary']}, epoch {lab.health()['epoch']}")
+    proc.wait(timeout=60)
+    with open(result, encoding="utf-8") as handle:
+        fetched = json.load(handle)["results"][0]
+    out(f"    download: status {fetched['status']}, {fetched['bytes']} bytes, sha256 "
+        f"{'matches the object' if fetched['sha256'] == expected else 'DIFFERS'}, "
+        f"longest stall {fetched['max_stall_s']} s")
+    counters = {r["name"]: r["counters"] for r in lab.health()["replicas"]}
+    for name, c in counters.items():
+        out(f"    {name}: connections {c.get('connections')}, translated in/out "
+            f"{c.get('translated_in')}/{c.get('translated_out')}, backup drops "
+            f"{c.get('dropped_backup')}, ACKs clamped {c.get('ack_clamped')}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lbs", type=int, default=3)
@@ -717,16 +779,23 @@ def main(argv=None):
                         help="run no sbft-agent (liveness from switch port state only)")
     parser.add_argument("--cli", action="store_true", help="open the Mininet CLI")
     parser.add_argument("--demo", action="store_true", help="run the scripted demo")
+    parser.add_argument("--mode", choices=("passive", "active"), default="passive",
+                        help="active: replicas share one TCP sequence space (their stacks "
+                        "skewed as on separate machines)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("Mininet needs root")
     setLogLevel("warning")
     extra = "" if args.agents else "heartbeat_timeout = 0\n"
+    active = args.mode == "active"
+    if active and not args.agents:
+        parser.error("active mode needs the agents")
+    extra += "mode = active\n" if active else ""
     with Lab(lbs=args.lbs, backends=args.backends, clients=args.clients, agents=args.agents,
-             controller=args.controller, sbft_extra=extra) as lab:
+             controller=args.controller, sbft_extra=extra, skew=active) as lab:
         print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
         if args.demo:
-            demo(lab)
+            demo_active(lab) if active else demo(lab)
         if args.cli:
             from mininet.cli import CLI
             CLI(lab.net)

@@ -27,6 +27,7 @@ packet) and returns what to do; it never raises on bad input and does no I/O or 
 
 import hashlib
 import struct
+from collections import deque
 
 ACCEPT = 0
 DROP = 1
@@ -36,14 +37,17 @@ MASK32 = 0xFFFFFFFF
 HALF32 = 0x80000000
 MAX_HELD = 32  # packets held per connection while its SYN-ACK is awaited
 HOLD_S = 1.0
-IDLE_S = 300.0
+IDLE_S = 1800.0
 CLOSED_S = 30.0
+SCAN_S = 5.0  # how often idle and closed connections are looked for
 MAX_CONNECTIONS = 65536
+MAX_UNACKED_BYTES = 4 << 20  # per connection, kept by a backup for replay on promotion
 
 _TCP = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, window
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 _KEY = struct.Struct("!4sH4sHI")
+_NOP_NOP_TS = b"\x01\x01\x08\x0a"
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 FIN_IN, FIN_OUT, CLOSED_RST = 1, 2, 4
@@ -51,9 +55,10 @@ FIN_IN, FIN_OUT, CLOSED_RST = 1, 2, 4
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
-                 "malformed", "ack_clamped")
+                 "malformed", "ack_clamped", "replayed", "unacked_overflow")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
- C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED) = range(len(COUNTER_NAMES))
+ C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW) = range(
+     len(COUNTER_NAMES))
 
 
 def serial_gt(a, b):
@@ -66,6 +71,13 @@ def shared_values(secret, client_ip, client_port, vip, service_port, client_isn)
     digest = hashlib.blake2s(_KEY.pack(client_ip, client_port, vip, service_port, client_isn),
                              key=secret, digest_size=8).digest()
     return _U32.unpack_from(digest, 0)[0], _U32.unpack_from(digest, 4)[0]
+
+
+def _checksum(csum, delta):
+    """The checksum after the summed data changed by ``delta`` (new - old of 16-bit-aligned
+    fields; a 32-bit field counts as one number since 2**16 = 1 mod 0xFFFF)."""
+    result = (0xFFFF - csum + delta) % 0xFFFF
+    return 0xFFFF - result if result else 0
 
 
 def checksum_delta(csum, old, new, regions):
@@ -81,7 +93,8 @@ def checksum_delta(csum, old, new, regions):
 
 class Connection:
     __slots__ = ("client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
-                 "ts_floor", "own_ws", "held", "held_at", "seen", "closed")
+                 "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
+                 "unacked_bytes", "own_acked")
 
     def __init__(self, client_isn, shared_isn, ts_base, now):
         self.client_isn = client_isn
@@ -96,6 +109,11 @@ class Connection:
         self.held_at = 0.0
         self.seen = now
         self.closed = 0  # FIN_IN | FIN_OUT | CLOSED_RST bits
+        # A backup's segments the client has not acknowledged (own space): re-sent at once
+        # on promotion, so the client need not wait for the new primary's retransmission timer.
+        self.unacked = None
+        self.unacked_bytes = 0
+        self.own_acked = None  # the client's latest ACK, translated (own space)
 
 
 class Translator:
@@ -108,6 +126,8 @@ class Translator:
         self.connections = {}
         self.counters = counters if counters is not None else [0] * len(COUNTER_NAMES)
         self.discarded = []  # held tokens to drop, handed out by the next expire()
+        self._holding = set()  # keys of connections holding packets
+        self._scanned = 0.0
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
@@ -120,7 +140,10 @@ class Translator:
             if len(payload) < 40 or payload[0] >> 4 != 4 or payload[9] != 6:
                 raise ValueError
             ihl = (payload[0] & 0x0F) * 4
-            if ihl < 20 or (payload[6] & 0x1F) or payload[7]:
+            # whole datagrams only: no fragment (MF or an offset), the length as announced
+            if ihl < 20 or (payload[6] & 0x3F) or payload[7]:
+                raise ValueError
+            if _U16.unpack_from(payload, 2)[0] != len(payload):
                 raise ValueError
             sport, dport, seq, ack, offset, flags, window = _TCP.unpack_from(payload, ihl)
             thl = (offset >> 4) * 4
@@ -145,8 +168,10 @@ class Translator:
             if conn is None or conn.client_isn != seq:
                 if conn is not None and conn.held:  # a new connection on the same port
                     self.discarded.extend(token for token, _ in conn.held)
+                    conn.held = None
                 if len(self.connections) >= MAX_CONNECTIONS:
-                    self.discarded.extend(self.expire(now, force=True))
+                    evicted = self.expire(now, force=True)  # (resets self.discarded)
+                    self.discarded.extend(evicted)
                 shared_isn, ts_base = shared_values(self.secret, payload[12:16], sport,
                                                     payload[16:20], self.port, seq)
                 self.connections[key] = Connection(seq, shared_isn, ts_base, now)
@@ -166,6 +191,7 @@ class Translator:
                 self.counters[C_OVERFLOW] += 1
                 return DROP, None, ()
             conn.held.append((token, payload))
+            self._holding.add(key)
             self.counters[C_HELD] += 1
             return HOLD, None, ()
         self.counters[C_IN] += 1
@@ -173,21 +199,33 @@ class Translator:
 
     def _translate_in(self, payload, ihl, thl, ack, flags, conn):
         buf = bytearray(payload)
-        regions = []
+        delta = 0  # of the one's-complement sum: a 16-bit-aligned 32-bit field adds new - old
         if flags & ACK:
             own = (ack - conn.seq_off) & MASK32
             if serial_gt(own, conn.own_max):
                 own = conn.own_max
                 self.counters[C_CLAMPED] += 1
             _U32.pack_into(buf, ihl + 8, own)
-            regions.append((8, 12))
-        if thl > 20 and self._options_in(buf, ihl + 20, ihl + thl, conn):
-            regions.append((20, thl))
-        if regions:
-            tcp = memoryview(payload)[ihl:]
-            new = memoryview(buf)[ihl:]
-            csum = _U16.unpack_from(payload, ihl + 16)[0]
-            _U16.pack_into(buf, ihl + 16, checksum_delta(csum, tcp, new, regions))
+            delta += own - ack
+            conn.own_acked = own
+            if conn.unacked:
+                self._trim_unacked(conn, own)
+        options = ihl + 20
+        if thl == 32 and payload[options:options + 4] == _NOP_NOP_TS:  # Linux's usual layout
+            if conn.ts_off is not None:
+                tsecr = _U32.unpack_from(payload, options + 8)[0]
+                if tsecr:
+                    if conn.ts_floor is None or serial_gt(tsecr, conn.ts_floor):
+                        conn.ts_floor = tsecr
+                    own_ts = (tsecr - conn.ts_off) & MASK32
+                    _U32.pack_into(buf, options + 8, own_ts)
+                    delta += own_ts - tsecr
+        elif thl > 20 and self._options_in(buf, options, ihl + thl, conn):
+            delta += (int.from_bytes(buf[options:ihl + thl], "big")
+                      - int.from_bytes(payload[options:ihl + thl], "big"))
+        if delta:
+            _U16.pack_into(buf, ihl + 16, _checksum(_U16.unpack_from(payload, ihl + 16)[0],
+                                                    delta))
         return bytes(buf)
 
     def _options_in(self, buf, start, end, conn):
@@ -250,9 +288,45 @@ class Translator:
             conn.own_max = end
         if not primary:
             self.counters[C_BACKUP] += 1
+            if length and not flags & (SYN | RST):
+                self._keep_unacked(conn, seq, end, payload)
             return DROP, None, released
         self.counters[C_OUT] += 1
         return ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, conn), released
+
+    def _keep_unacked(self, conn, seq, end, payload):
+        if conn.unacked is None:
+            conn.unacked = deque()
+        elif conn.unacked and not serial_gt(end, conn.unacked[-1][1]):
+            return  # a retransmission of what is kept already
+        if conn.unacked_bytes + len(payload) > MAX_UNACKED_BYTES:
+            self.counters[C_UNACKED_OVERFLOW] += 1
+            return
+        conn.unacked.append((seq, end, payload))
+        conn.unacked_bytes += len(payload)
+
+    def _trim_unacked(self, conn, own_ack):
+        unacked = conn.unacked
+        while unacked and not serial_gt(unacked[0][1], own_ack):
+            conn.unacked_bytes -= len(unacked.popleft()[2])
+
+    def replay(self):
+        """Translated copies of every segment this replica sent as a backup and the client has
+        not acknowledged, for a new primary to send at once (then forgotten)."""
+        packets = []
+        for conn in self.connections.values():
+            if not conn.unacked or conn.seq_off is None:
+                continue
+            if conn.own_acked is not None:
+                self._trim_unacked(conn, conn.own_acked)
+            for seq, _, payload in conn.unacked:
+                ihl = (payload[0] & 0x0F) * 4
+                thl = (payload[ihl + 12] >> 4) * 4
+                packets.append(self._translate_out(payload, ihl, thl, seq,
+                                                   payload[ihl + 13], conn))
+            conn.unacked, conn.unacked_bytes = None, 0
+        self.counters[C_REPLAYED] += len(packets)
+        return packets
 
     def _learn_handshake(self, payload, ihl, thl, seq, conn):
         conn.seq_off = (conn.shared_isn - seq) & MASK32
@@ -289,22 +363,31 @@ class Translator:
 
     def _translate_out(self, payload, ihl, thl, seq, flags, conn):
         buf = bytearray(payload)
-        _U32.pack_into(buf, ihl + 4, (seq + conn.seq_off) & MASK32)
-        regions = [(4, 8)]
+        shared = (seq + conn.seq_off) & MASK32
+        _U32.pack_into(buf, ihl + 4, shared)
+        delta = shared - seq
         if conn.own_ws is not None and not flags & SYN and conn.own_ws != self.shared_ws:
-            window = _U16.unpack_from(buf, ihl + 14)[0]
-            window = (window << conn.own_ws) >> self.shared_ws
-            _U16.pack_into(buf, ihl + 14, min(window, 0xFFFF))
-            regions.append((14, 16))
-        if thl > 20 and self._options_out(buf, ihl + 20, ihl + thl, flags, conn):
-            regions.append((20, thl))
-        csum = _U16.unpack_from(payload, ihl + 16)[0]
-        _U16.pack_into(buf, ihl + 16, checksum_delta(
-            csum, memoryview(payload)[ihl:], memoryview(buf)[ihl:], regions))
+            window = _U16.unpack_from(payload, ihl + 14)[0]
+            scaled = min((window << conn.own_ws) >> self.shared_ws, 0xFFFF)
+            _U16.pack_into(buf, ihl + 14, scaled)
+            delta += scaled - window
+        options = ihl + 20
+        if thl == 32 and payload[options:options + 4] == _NOP_NOP_TS:  # Linux's usual layout
+            if conn.ts_off is not None:
+                own_ts = _U32.unpack_from(payload, options + 4)[0]
+                tsval = (own_ts + conn.ts_off) & MASK32
+                if conn.ts_floor is not None and serial_gt(conn.ts_floor, tsval):
+                    tsval = conn.ts_floor  # never below what the client has seen (PAWS)
+                _U32.pack_into(buf, options + 4, tsval)
+                delta += tsval - own_ts
+        elif thl > 20 and self._options_out(buf, options, ihl + thl, flags, conn):
+            delta += (int.from_bytes(buf[options:ihl + thl], "big")
+                      - int.from_bytes(payload[options:ihl + thl], "big"))
+        _U16.pack_into(buf, ihl + 16, _checksum(_U16.unpack_from(payload, ihl + 16)[0], delta))
         if payload[6] & 0x40 and (payload[4] or payload[5]):  # DF: an IP ID means nothing
+            ip_id = _U16.unpack_from(payload, 4)[0]
             buf[4] = buf[5] = 0
-            ip_csum = _U16.unpack_from(payload, 10)[0]
-            _U16.pack_into(buf, 10, checksum_delta(ip_csum, payload, buf, ((4, 6),)))
+            _U16.pack_into(buf, 10, _checksum(_U16.unpack_from(payload, 10)[0], -ip_id))
         return bytes(buf)
 
     def _options_out(self, buf, start, end, flags, conn):
@@ -337,22 +420,36 @@ class Translator:
     # ---- housekeeping --------------------------------------------------------------------------
 
     def expire(self, now, force=False):
-        """Drop-tokens of packets held too long; forget idle and closed connections. ``force``
-        (the table is full) also forgets the least recently seen half."""
+        """Tokens to drop: packets held too long, or held by connections that are forgotten.
+
+        Held packets are checked on every call (only connections that hold any); idle and
+        closed connections are forgotten every SCAN_S. ``force`` (the table is full) also
+        forgets connections still in their handshake, then the least recently seen half."""
         dropped, self.discarded = self.discarded, []
-        stale = []
-        for key, conn in self.connections.items():
-            if conn.held and now - conn.held_at > HOLD_S:
+        for key in list(self._holding):
+            conn = self.connections.get(key)
+            if conn is None or not conn.held:
+                self._holding.discard(key)
+            elif now - conn.held_at > HOLD_S:
                 dropped.extend(token for token, _ in conn.held)
                 self.counters[C_EXPIRED] += len(conn.held)
                 conn.held = None
+                self._holding.discard(key)
+        if not force and now - self._scanned < SCAN_S:
+            return dropped
+        self._scanned = now
+        stale = []
+        for key, conn in self.connections.items():
             idle = now - conn.seen
             done = conn.closed & CLOSED_RST or conn.closed == FIN_IN | FIN_OUT
             if idle > IDLE_S or (done and idle > CLOSED_S):
                 stale.append(key)
         if force and len(self.connections) - len(stale) >= MAX_CONNECTIONS:
-            by_age = sorted(self.connections, key=lambda k: self.connections[k].seen)
-            stale.extend(by_age[:len(by_age) // 2])
+            # a SYN flood must not cost established connections: handshakes go first
+            stale.extend(k for k, c in self.connections.items() if c.seq_off is None)
+            if len(self.connections) - len(set(stale)) >= MAX_CONNECTIONS:
+                by_age = sorted(self.connections, key=lambda k: self.connections[k].seen)
+                stale.extend(by_age[:len(by_age) // 2])
         for key in stale:
             conn = self.connections.pop(key, None)
             if conn is not None and conn.held:

@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew
@@ -126,6 +126,7 @@ class Agent:
                                         config.probe_timeout, config.probe_interval,
                                         host=config.vip)
         self.heartbeats = None
+        self._sockets = []  # raw sockets for replays, closed on exit
 
     def counters(self):
         counters = self.queue.snapshot()
@@ -169,7 +170,8 @@ class Agent:
                                                    self.counters, self.rules, config.interval,
                                                    connection_cache=self.spec.cache
                                                    == "connection", wakeup=wakeup,
-                                                   on_mode=self.set_mode)
+                                                   on_mode=self.set_mode,
+                                                   on_role=self.runner.wake)
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
@@ -188,8 +190,9 @@ class Agent:
                 for thread in threads:
                     thread.join(THREAD_JOIN_S)
                 client.close()
-                if wakeup is not None:
-                    wakeup.close()
+                for sock in [wakeup, *self._sockets]:
+                    if sock is not None:
+                        sock.close()
         LOG.info("stopped: counters %s", self.counters())
         return 0
 
@@ -208,16 +211,32 @@ class Agent:
                 isn, ts = skew.parse_skew(self.config.emulate_skew)
                 emulated = skew.Skew(isn, ts, self.config.service_port)
             self.queue = nfq.ActiveQueue(self.state, active.Translator(
-                secret, self.config.service_port, wscale), emulated)
+                secret, self.config.service_port, wscale), emulated, self._replay_sender())
         elif mode == "passive":
             self.queue = nfq.ReplyQueue(self.state)
         else:
             raise ValueError(f"unknown mode {mode!r} from the controller")
-        self.runner.handler = self.queue
+        previous = self.runner.swap(self.queue)
         if self.rules is not None:
-            self.rules.set_mode(mode)
+            try:
+                self.rules.set_mode(mode)
+            except Exception:
+                self.queue = previous
+                self.runner.swap(previous)
+                raise
         LOG.info("mode %s%s", mode, f" (emulating skew {self.config.emulate_skew})"
                  if mode == "active" and self.config.emulate_skew else "")
+
+    def _replay_sender(self):
+        """A function sending an already translated packet past the agent's own queue (one
+        raw socket, opened at the first replay, marked so that sbft-out accepts it as is)."""
+        def send(packet):
+            if not self._sockets:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, iptables.REPLAY_MARK)
+                self._sockets.append(sock)
+            self._sockets[0].sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+        return send
 
     def _wakeup_socket(self):
         """The UDP socket the controller nudges after a role change (so the agent asks now
@@ -234,9 +253,11 @@ def main(argv=None):
     config, print_rules = parse_args(argv)
     if print_rules:
         spec = iptables.RuleSpec(config.service_port, config.queue_num, config.verdict_cache)
-        print("# static rules for --no-iptables: every reply is verdicted in userspace")
-        for table, rule in iptables.operator_rules(spec):
-            print(f"iptables -t {table} -A " + " ".join(rule))
+        for mode in iptables.MODES:
+            print(f"# static rules for --no-iptables, {mode} mode: every reply is verdicted "
+                  "in userspace")
+            for table, rule in iptables.operator_rules(replace(spec, mode=mode)):
+                print(f"iptables -t {table} -A " + " ".join(rule))
         return 0
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format=f"%(asctime)s sbft-agent[{config.name}] %(levelname)s "

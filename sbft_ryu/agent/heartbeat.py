@@ -110,7 +110,8 @@ class Heartbeats:
     """The heartbeat loop; ``run(stop)`` in its own thread."""
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
-                 clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None):
+                 clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None,
+                 on_role=None):
         self.client = client
         self.state = state
         self.probe = probe
@@ -118,7 +119,9 @@ class Heartbeats:
         self.rules = rules
         self.connection_cache = connection_cache
         self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
-        self.on_mode = on_mode  # called with the answer when the controller's mode changes
+        # called with the answer when the controller's mode (or its active parameters) change
+        self.on_mode = on_mode
+        self.on_role = on_role  # called after every change of role (e.g. to wake the queue)
         self.mode = None
         self._last_nudge = float("-inf")
         self.fixed_interval = interval
@@ -194,9 +197,13 @@ class Heartbeats:
         interval = _seconds(answer.get("heartbeat_interval_s"))
         if self.fixed_interval is None and interval is not None:
             self.interval = min(max(interval, 0.005), 10.0)
-        if answer.get("mode") != self.mode and self.on_mode is not None:
+        mode = (answer.get("mode"), json.dumps(answer.get("active"), sort_keys=True))
+        if answer.get("mode") is not None and mode != self.mode and self.on_mode is not None:
+            self.mode = None  # should on_mode fail, the next answer tries again
             self.on_mode(answer)  # before the role: a promotion must find the mode's rules
-        self.mode = answer.get("mode")
+            if self.rules is not None and self.state.primary:
+                self.state.fast_mark = self.rules.mark
+        self.mode = mode
         self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
 
     def apply(self, role, epoch, primary_name):
@@ -219,6 +226,8 @@ class Heartbeats:
                 self.rules.set_role(False)  # door closed, cached verdicts stop matching
             state.fast_mark = None
         state.role, state.epoch = role, epoch
+        if self.on_role is not None:
+            self.on_role()
 
     def _controller(self, ok, message):
         if ok == self.controller_ok:

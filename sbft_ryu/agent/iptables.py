@@ -17,7 +17,8 @@ service port, never for ``lo`` (the replica's probe of its own proxy)::
                               -j NFQUEUE --queue-num N
         none                  -j NFQUEUE --queue-num N
     active mode, any role   sbft-in:   -j NFQUEUE --queue-num N   (the same queue: in order)
-                            sbft-out:  -j NFQUEUE --queue-num N
+                            sbft-out:  -m mark --mark R -j ACCEPT  (the agent's own replays)
+                                       -j NFQUEUE --queue-num N
 
 In passive mode a backup's stack could only answer the mirrored traffic with RSTs and
 half-open connections (its sequence numbers are not the primary's), so its agent discards that
@@ -49,6 +50,7 @@ OUT_CHAIN = "sbft-out"
 COMMENT = "sbft-agent"
 MARK_BASE = 0x5BF00000
 MARK_GENERATIONS = 0x000FFFFF
+REPLAY_MARK = 0x5BE00001  # packets a new primary's agent re-sends itself (already translated)
 
 
 def fast_mark(generation):
@@ -93,7 +95,9 @@ def in_chain(spec, primary):
 def out_chain(spec, primary=False, mark=None):
     """The body of sbft-out for a role (``mark``: the generation of a connection cache)."""
     queue = ["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]
-    if not primary or spec.cache == "none" or spec.mode == "active":
+    if spec.mode == "active":
+        return [["-m", "mark", "--mark", hex(REPLAY_MARK), "-j", "ACCEPT"], queue]
+    if not primary or spec.cache == "none":
         return [queue]
     if spec.cache == "role":
         return [["-j", "ACCEPT"]]
@@ -117,9 +121,14 @@ def restore_input(spec, primary=False, mark=None):
 def operator_rules(spec):
     """Static rules for ``--no-iptables`` operation, which nothing switches on a role change:
     every reply goes to the queue (and is verdicted in userspace), nothing is dropped at the
-    door."""
-    return [("mangle", ["POSTROUTING", "-p", "tcp", "--sport", str(spec.service_port), "!",
-                        "-o", "lo", "-j", "NFQUEUE", "--queue-num", str(spec.queue_num)])]
+    door; in active mode the client's packets go to the same queue too."""
+    queue = ["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]
+    rules = [("mangle", ["POSTROUTING", "-p", "tcp", "--sport", str(spec.service_port), "!",
+                         "-o", "lo", *queue])]
+    if spec.mode == "active":
+        rules.insert(0, ("raw", ["PREROUTING", "-p", "tcp", "--dport", str(spec.service_port),
+                                 "!", "-i", "lo", *queue]))
+    return rules
 
 
 def parse_counters(save_output):
@@ -149,7 +158,8 @@ class Rules:
         self.spec = spec
         self._run = run
         self.primary = False
-        self.mark = None
+        self.mark = None  # the mark the kernel rules carry
+        self._asked = None  # the mark the agent asked for (kept across mode changes)
 
     def __enter__(self):
         self._remove_jumps()  # leftovers of an agent that was killed
@@ -165,26 +175,34 @@ class Rules:
             self._iptables(table, "-X", chain, check=False)
 
     def set_mode(self, mode):
-        """Re-create both chains for ``mode`` (the controller's), keeping the current role."""
-        self.spec = replace(self.spec, mode=mode)
-        self._restore(self.primary, self.mark)
+        """Re-create both chains for ``mode`` (the controller's), keeping the current role.
+        Nothing changes here if the kernel refuses the new rules."""
+        spec = replace(self.spec, mode=mode)
+        self._restore(self.primary, self._effective_mark(spec, self.primary, self._asked),
+                      spec)
+        self.spec = spec
+        self.mark = self._effective_mark(spec, self.primary, self._asked)
 
     def set_role(self, primary, mark=None):
         """Primary: open the door and cache verdicts (``mark``: the connection cache's
-        generation); backup: close both."""
-        mark = (mark if primary and self.spec.cache == "connection"
-                and self.spec.mode == "passive" else None)
-        self._restore(primary, mark)
-        self.primary, self.mark = primary, mark
+        generation, used only by a passive primary with that cache); backup: close both."""
+        effective = self._effective_mark(self.spec, primary, mark)
+        self._restore(primary, effective)
+        self.primary, self.mark, self._asked = primary, effective, mark
+
+    @staticmethod
+    def _effective_mark(spec, primary, mark):
+        return (mark if primary and spec.cache == "connection" and spec.mode == "passive"
+                else None)
 
     def kernel_counters(self):
         out = self._run(["iptables-save", "-c"], text=True, capture_output=True, timeout=10,
                         check=False).stdout
         return parse_counters(out)
 
-    def _restore(self, primary, mark):
+    def _restore(self, primary, mark, spec=None):
         self._run(["iptables-restore", "--noflush"],
-                  input=restore_input(self.spec, primary, mark),
+                  input=restore_input(spec or self.spec, primary, mark),
                   text=True, check=True, capture_output=True, timeout=10)
 
     def _remove_jumps(self):

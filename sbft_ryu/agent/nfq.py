@@ -7,6 +7,7 @@ waits on the queue's file descriptor with a short timeout, so a stop request is 
 packets are expired within ``poll_s``.
 """
 
+import os
 import select
 import time
 
@@ -50,16 +51,21 @@ class ReplyQueue:
     def tick(self, now):
         pass
 
+    def close(self):
+        pass
+
 
 class ActiveQueue:
     """Active mode: translate every packet (both directions) into the shared sequence space;
     a primary's replies leave, a backup's are dropped after its state advanced."""
 
-    def __init__(self, state, translator, skew=None):
+    def __init__(self, state, translator, skew=None, sender=None):
         self.state = state
         self.translator = translator
         self.skew = skew
         self.errors = 0
+        self.sender = sender  # sends a translated packet itself (the replay on promotion)
+        self._primary = state.primary
 
     def snapshot(self):
         counters = self.translator.snapshot()
@@ -67,7 +73,10 @@ class ActiveQueue:
         return counters
 
     def callback(self, packet):
+        if self.state.primary != self._primary:
+            self._role_changed()
         skew = self.skew
+        released = ()
         try:
             payload = packet.get_payload()
             if skew is not None:
@@ -80,22 +89,55 @@ class ActiveQueue:
                 packet.accept()
             elif decision == active.DROP:
                 packet.drop()
-            for held, data in released:  # verdicts for packets kept by earlier callbacks
-                held.set_payload(skew.inbound(data) if skew is not None else data)
-                held.accept()
         except Exception:  # never let a packet escape without a verdict
             self.errors += 1
+            _drop(packet)
+        for held, data in released:  # verdicts for packets kept by earlier callbacks
             try:
-                packet.drop()
-            except Exception:
-                pass
-
-    def tick(self, now):
-        for held in self.translator.expire(now):
-            try:
-                held.drop()
+                held.set_payload(skew.inbound(data) if skew is not None else data)
+                held.accept()
             except Exception:
                 self.errors += 1
+                _drop(held)
+
+    def tick(self, now):
+        if self.state.primary != self._primary:
+            self._role_changed()
+        for held in self.translator.expire(now):
+            if not _drop(held):
+                self.errors += 1
+
+    def _role_changed(self):
+        """Just promoted: re-send what this replica's stack sent as a backup and the client
+        has not acknowledged, instead of leaving it to the stack's retransmission timer."""
+        self._primary = self.state.primary
+        if not self._primary or self.sender is None:
+            return
+        for packet in self.translator.replay():
+            try:
+                self.sender(packet)
+            except OSError:
+                self.errors += 1
+
+    def close(self):
+        """Drop every packet still held: this handler is no longer current. The connection
+        state stays, should the handler become current again."""
+        for conn in self.translator.connections.values():
+            for held, _ in conn.held or ():
+                _drop(held)
+            conn.held = None
+        for held in self.translator.discarded:
+            _drop(held)
+        self.translator.discarded = []
+
+
+def _drop(packet):
+    """A drop verdict for a packet whose verdict may already be set; False if it failed."""
+    try:
+        packet.drop()
+        return True
+    except Exception:
+        return False
 
 
 class QueueRunner:
@@ -105,6 +147,24 @@ class QueueRunner:
     def __init__(self, queue_num, handler):
         self.queue_num = queue_num
         self.handler = handler
+        self._retired = []  # handlers swapped out: closed by the packet thread at its tick
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def wake(self):
+        """Make the packet thread tick now (any thread), e.g. after a role change."""
+        try:
+            os.write(self._wake_w, b"w")
+        except OSError:  # the pipe is full (a tick is pending anyway) or closed
+            pass
+
+    def swap(self, handler):
+        """Make ``handler`` current (any thread); returns the previous one, which is closed
+        (its held packets dropped) at the next tick."""
+        previous, self.handler = self.handler, handler
+        self._retired.append(previous)
+        return previous
 
     def _dispatch(self, packet):
         self.handler.callback(packet)
@@ -119,12 +179,24 @@ class QueueRunner:
             fd = nfq.get_fd()
             last_tick = time.monotonic()
             while not stop.is_set():
-                ready, _, _ = select.select([fd], [], [], poll_s)
-                if ready:
+                ready, _, _ = select.select([fd, self._wake_r], [], [], poll_s)
+                woken = self._wake_r in ready
+                if woken:
+                    try:
+                        os.read(self._wake_r, 64)
+                    except OSError:
+                        pass
+                if fd in ready:
                     nfq.run(block=False)
                 now = time.monotonic()
-                if now - last_tick >= poll_s:
+                if woken or now - last_tick >= poll_s:
                     last_tick = now
+                    while self._retired:
+                        retired = self._retired.pop()
+                        if retired is not self.handler:
+                            retired.close()
                     self.handler.tick(now)
         finally:
             nfq.unbind()
+            os.close(self._wake_r)
+            os.close(self._wake_w)

@@ -19,14 +19,16 @@ import urllib.parse
 
 async def fetch(index, url, timeout):
     parts = urllib.parse.urlsplit(url)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     result = {"index": index, "ok": False, "status": 0, "bytes": 0, "sha256": None,
               "max_stall_s": None, "started": time.monotonic(), "finished": None,
               "error": None}
     digest = hashlib.sha256()
+    writers = []
     try:
         async def run():
             reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            writers.append(writer)
             writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
                          "Connection: close\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
@@ -53,6 +55,9 @@ async def fetch(index, url, timeout):
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError,
             IndexError, asyncio.LimitOverrunError) as exc:
         result["error"] = type(exc).__name__
+    finally:
+        for writer in writers:
+            writer.close()
     result["sha256"] = digest.hexdigest()
     result["finished"] = time.monotonic()
     return result

@@ -36,7 +36,13 @@ async def handle(reader, writer, name):
         if len(parts) == 3 and parts[1] == "stream" and parts[2].isdigit():
             size = min(int(parts[2]), MAX_SIZE)
             query = urllib.parse.parse_qs(url.query)
-            rate = float(query.get("rate", ["0"])[0]) or None
+            try:
+                rate = float(query.get("rate", ["0"])[0]) or None
+            except ValueError:
+                writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
+                await writer.drain()
+                return
             writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                          f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode())
             seed = url.path.encode()

@@ -18,6 +18,8 @@ DEFAULT_RAW = {
     "agent_notify_port": "5556",
     "service_priority": "40000",
     "mode": "passive",
+    "active_secret": "",
+    "active_wscale": "7",
 }
 
 

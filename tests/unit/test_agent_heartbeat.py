@@ -372,6 +372,311 @@ def test_role_transitions_install_the_rules_of_the_cache(cache, primary_out, mar
     ]
 
 
+# --- the controller's mode: on_mode before the role ----------------------------------------
+
+ACTIVE_PARAMS = {"secret": "00" * 16, "wscale": 7}
+
+
+def active_answer(role, epoch=1, **extra):
+    return answer(role, epoch, mode="active", active=dict(ACTIVE_PARAMS), **extra)
+
+
+# Heartbeats.mode: the mode and the active parameters (canonical JSON) of the last answer taken
+PASSIVE_MODE = ("passive", "null")
+ACTIVE_MODE = ("active", '{"secret": "00000000000000000000000000000000", "wscale": 7}')
+
+
+class ModeRecorder:
+    """An on_mode callback: records (mode, RoleState role/primary, rules calls so far) at each
+    call; raises the scripted exceptions (one per call) first."""
+
+    def __init__(self, state, rules=None, fail=()):
+        self.state = state
+        self.rules = rules
+        self.fail = list(fail)
+        self.calls = []
+
+    def __call__(self, answer):
+        self.calls.append({"mode": answer.get("mode"), "answer": answer,
+                           "role": self.state.role, "primary": self.state.primary,
+                           "rules_calls": len(self.rules.calls) if self.rules else None})
+        if self.fail:
+            exc = self.fail.pop(0)
+            if exc is not None:
+                raise exc
+
+
+def make_with_mode(*script, fail=(), connection_cache=False):
+    beats, state, client, rules = make(*script, connection_cache=connection_cache)
+    beats.on_mode = ModeRecorder(state, rules, fail)
+    return beats, state, client, rules, beats.on_mode
+
+
+def test_on_mode_is_off_by_default_and_no_mode_is_known_at_start():
+    beats = Heartbeats(None, RoleState(), FakeProbe(), dict)
+    assert (beats.on_mode, beats.mode) == (None, None)
+    recorder = object()
+    assert Heartbeats(None, RoleState(), FakeProbe(), dict, on_mode=recorder).on_mode is recorder
+
+
+def test_without_on_mode_the_mode_is_still_followed():
+    beats, state, _, rules = make(answer("backup"), active_answer("primary", epoch=2))
+    beats.beat(0)
+    assert beats.mode == PASSIVE_MODE
+    beats.beat(1)
+    assert beats.mode == ACTIVE_MODE
+    assert state.role == "primary" and rules.calls[0]["set"] == (True, None)
+
+
+def test_the_first_answer_tells_its_mode():
+    beats, _, _, _, on_mode = make_with_mode(answer("backup"))
+    beats.beat(0)
+    assert [call["mode"] for call in on_mode.calls] == ["passive"]
+    assert on_mode.calls[0]["answer"] is beats.answer
+    assert beats.mode == PASSIVE_MODE
+
+
+def test_on_mode_only_when_the_mode_changes():
+    beats, state, _, _, on_mode = make_with_mode(
+        answer("backup", epoch=1), answer("backup", epoch=2), active_answer("backup", epoch=3),
+        active_answer("backup", epoch=4), active_answer("backup", epoch=5),
+        answer("backup", epoch=6), answer("backup", epoch=7))
+    for seq in range(7):
+        beats.beat(seq)
+    assert [(call["mode"], call["answer"]["epoch"]) for call in on_mode.calls] == [
+        ("passive", 1), ("active", 3), ("passive", 6)]
+    assert on_mode.calls[1]["answer"]["active"] == ACTIVE_PARAMS
+    assert (beats.mode, state.epoch) == (PASSIVE_MODE, 7)
+
+
+def test_an_answer_without_a_mode_never_calls_on_mode():
+    # an older controller: no "mode" key at all
+    old = {key: value for key, value in answer("primary").items() if key != "mode"}
+    beats, state, _, rules, on_mode = make_with_mode(old, old)
+    beats.beat(0)
+    beats.beat(1)
+    assert on_mode.calls == []
+    assert state.role == "primary" and len(rules.calls) == 1
+
+
+def test_an_answer_without_a_mode_is_tracked_as_no_mode_without_on_mode():
+    old = {key: value for key, value in answer("primary").items() if key != "mode"}
+    beats, state, _, rules = make(old)
+    beats.beat(0)
+    assert beats.mode == (None, "null")
+    assert state.role == "primary" and len(rules.calls) == 1
+
+
+@pytest.mark.parametrize("connection_cache", [False, True])
+def test_on_mode_runs_before_a_promotion(connection_cache):
+    """A promotion must find the rules of the new mode: on_mode first, then set_role."""
+    beats, state, _, rules, on_mode = make_with_mode(answer("backup", epoch=1),
+                                                     active_answer("primary", epoch=2),
+                                                     connection_cache=connection_cache)
+    beats.beat(0)
+    beats.beat(1)
+    assert on_mode.calls[1] == {"mode": "active", "answer": beats.answer, "role": "backup",
+                                "primary": False, "rules_calls": 0}
+    assert len(rules.calls) == 1 and rules.calls[0]["primary"] is True
+    assert (state.role, state.epoch, state.primary) == ("primary", 2, True)
+
+
+def test_on_mode_runs_before_a_demotion():
+    beats, state, _, rules, on_mode = make_with_mode(answer("primary", epoch=1),
+                                                     active_answer("backup", epoch=2))
+    beats.beat(0)
+    beats.beat(1)
+    assert on_mode.calls[1] == {"mode": "active", "answer": beats.answer, "role": "primary",
+                                "primary": True, "rules_calls": 1}
+    assert rules.calls[-1]["set"] == (False, None)
+    assert (state.role, state.primary) == ("backup", False)
+
+
+def test_a_failing_on_mode_fails_the_beat_before_the_role_and_is_retried():
+    error = RuntimeError("iptables-restore: exit status 4")
+    beats, state, client, rules, on_mode = make_with_mode(
+        answer("backup", epoch=1), active_answer("primary", epoch=2),
+        fail=[None, error, None])
+    beats.beat(0)
+    with pytest.raises(RuntimeError):
+        beats.beat(1)
+    # the role of the failed answer is not applied and the mode is not taken
+    assert (state.role, state.epoch, state.primary) == ("backup", 1, False)
+    assert rules.calls == []
+    assert beats.mode is None  # no mode is known: whatever comes next is passed on
+    assert beats.answer["mode"] == "active"  # the answer itself is kept
+    beats.beat(2)  # the same answer again: on_mode is retried, then the promotion
+    assert [call["mode"] for call in on_mode.calls] == ["passive", "active", "active"]
+    assert beats.mode == ACTIVE_MODE
+    assert (state.role, state.primary) == ("primary", True)
+    assert len(rules.calls) == 1
+    assert len(client.bodies) == 3
+
+
+def test_run_logs_a_failing_on_mode_and_retries_it_at_the_next_beat(caplog):
+    stop = threading.Event()
+    state = RoleState()
+    rules = FakeRules(state)
+    client = FakeClient(active_answer("primary", epoch=1),
+                        on_call=lambda n: n == 3 and stop.set())
+    on_mode = ModeRecorder(state, rules, fail=[ValueError("no secret")])
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, interval=0.001,
+                       on_mode=on_mode)
+    assert run_in_thread(beats, stop) == []
+    assert len(client.bodies) == 3
+    assert [call["mode"] for call in on_mode.calls] == ["active", "active"]  # once more only
+    assert [call["primary"] for call in on_mode.calls] == [False, False]
+    assert beats.failures == 1
+    assert beats.mode == ACTIVE_MODE
+    assert (state.role, state.primary) == ("primary", True)
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "heartbeat round failed" in record.getMessage()
+    assert "no secret" in str(record.exc_info[1])
+
+
+def test_after_a_failed_on_mode_the_next_answer_is_applied_whatever_its_mode():
+    beats, _, _, _, on_mode = make_with_mode(
+        answer("backup", epoch=1), active_answer("backup", epoch=2), answer("backup", epoch=3),
+        fail=[None, RuntimeError("restore failed"), None])
+    beats.beat(0)
+    with pytest.raises(RuntimeError):
+        beats.beat(1)
+    beats.beat(2)  # back to passive: the agent must be told, it may be half way to active
+    assert [call["mode"] for call in on_mode.calls] == ["passive", "active", "passive"]
+    assert beats.mode == PASSIVE_MODE
+
+
+def test_on_mode_again_when_only_the_active_parameters_change():
+    """A new secret or window scale is a new shared sequence space: on_mode again, although
+    the mode is still active; the same parameters in another key order are no change."""
+    new_secret = {"secret": "11" * 16, "wscale": 7}
+    new_wscale = {"secret": "11" * 16, "wscale": 9}
+    reordered = {"wscale": 9, "secret": "11" * 16}
+    beats, state, _, _, on_mode = make_with_mode(
+        active_answer("backup", epoch=1), active_answer("backup", epoch=2),
+        answer("backup", epoch=3, mode="active", active=new_secret),
+        answer("backup", epoch=4, mode="active", active=new_wscale),
+        answer("backup", epoch=5, mode="active", active=reordered))
+    for seq in range(5):
+        beats.beat(seq)
+    assert [(call["mode"], call["answer"]["epoch"], call["answer"]["active"])
+            for call in on_mode.calls] == [("active", 1, ACTIVE_PARAMS),
+                                           ("active", 3, new_secret), ("active", 4, new_wscale)]
+    assert beats.mode == ("active", '{"secret": "' + "11" * 16 + '", "wscale": 9}')
+    assert state.epoch == 5
+
+
+def test_a_failed_on_mode_for_new_active_parameters_is_retried():
+    new_secret = {"secret": "11" * 16, "wscale": 7}
+    beats, _, _, _, on_mode = make_with_mode(
+        active_answer("backup", epoch=1),
+        answer("backup", epoch=2, mode="active", active=new_secret),
+        fail=[None, RuntimeError("restore failed"), None])
+    beats.beat(0)
+    with pytest.raises(RuntimeError):
+        beats.beat(1)
+    assert beats.mode is None
+    beats.beat(2)
+    assert [call["answer"]["epoch"] for call in on_mode.calls] == [1, 2, 2]
+    assert beats.mode == ("active", '{"secret": "' + "11" * 16 + '", "wscale": 7}')
+
+
+def test_active_parameters_alone_are_followed_without_on_mode():
+    beats, _, _, _ = make(active_answer("backup"),
+                          answer("backup", mode="active", active={"secret": "22" * 16}))
+    beats.beat(0)
+    assert beats.mode == ACTIVE_MODE
+    beats.beat(1)
+    assert beats.mode == ("active", '{"secret": "' + "22" * 16 + '"}')
+
+
+def test_a_primary_takes_the_mark_of_the_rules_after_each_mode_change():
+    """A passive primary with the connection cache keeps no mark in active mode (nothing is
+    cached there) and gets its generation's mark back in passive mode: RoleState.fast_mark
+    follows Rules.mark after every on_mode, so a ReplyQueue never marks packets for rules that
+    are not installed."""
+    state = RoleState()
+    run = RecordingRun(state)
+    rules = iptables.Rules(iptables.RuleSpec(5555, 1, "connection"), run=run)
+    seen = []
+
+    def on_mode(reply):
+        seen.append(state.fast_mark)  # before the rules change
+        rules.set_mode(reply["mode"])
+    client = FakeClient(answer("primary", epoch=1), active_answer("primary", epoch=1),
+                        answer("primary", epoch=1))
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, clock=Clock(),
+                       connection_cache=True, on_mode=on_mode)
+    beats.beat(0)
+    assert (state.primary, state.fast_mark, rules.mark) == (True, fast_mark(1), fast_mark(1))
+    beats.beat(1)
+    assert (state.primary, state.fast_mark, rules.mark) == (True, None, None)
+    beats.beat(2)
+    assert (state.primary, state.fast_mark, rules.mark) == (True, fast_mark(1), fast_mark(1))
+    assert seen == [None, fast_mark(1), None]
+    assert mangle_rules(run.restores[-1][0]) == connection_rules(1)
+
+
+def test_a_backup_keeps_no_mark_across_mode_changes():
+    state = RoleState()
+    rules = iptables.Rules(iptables.RuleSpec(5555, 1, "connection"), run=RecordingRun(state))
+    beats = Heartbeats(FakeClient(answer("backup", epoch=1), active_answer("backup", epoch=1),
+                                  answer("backup", epoch=1)),
+                       state, FakeProbe(), dict, rules, clock=Clock(), connection_cache=True,
+                       on_mode=lambda reply: rules.set_mode(reply["mode"]))
+    for seq in range(3):
+        beats.beat(seq)
+        assert (state.primary, state.fast_mark, rules.mark) == (False, None, None)
+
+
+def test_a_failing_on_mode_leaves_the_mark_of_a_primary():
+    state = RoleState()
+    rules = FakeRules(state)
+    beats = Heartbeats(FakeClient(answer("primary", epoch=1), active_answer("primary", epoch=1)),
+                       state, FakeProbe(), dict, rules, clock=Clock(), connection_cache=True,
+                       on_mode=ModeRecorder(state, rules, fail=[None, RuntimeError("no")]))
+    beats.beat(0)
+    assert state.fast_mark == fast_mark(1)
+    with pytest.raises(RuntimeError):
+        beats.beat(1)
+    assert (state.primary, state.fast_mark) == (True, fast_mark(1))
+
+
+def test_without_rules_the_mark_is_left_alone_after_on_mode():
+    beats, state, _, _ = make(answer("primary", epoch=1), active_answer("primary", epoch=1),
+                              rules=False, connection_cache=True)
+    beats.on_mode = ModeRecorder(state)
+    beats.beat(0)
+    state.fast_mark = 12345  # whatever it was
+    beats.beat(1)
+    assert len(beats.on_mode.calls) == 2
+    assert state.fast_mark == 12345
+
+
+def test_mode_changes_with_the_real_rules():
+    """backup (passive), then promoted in active mode: the mode's chains are restored while
+    still a backup, then the primary's; back in passive mode the primary keeps its role."""
+    state = RoleState()
+    run = RecordingRun(state)
+    rules = iptables.Rules(iptables.RuleSpec(5555, 1), run=run)
+    client = FakeClient(answer("backup", epoch=1), active_answer("primary", epoch=2),
+                        answer("primary", epoch=2))
+    beats = Heartbeats(client, state, FakeProbe(), dict, rules, clock=Clock(),
+                       on_mode=lambda a: rules.set_mode(a["mode"]))
+    active_in = ["-A sbft-in -j NFQUEUE --queue-num 1"]
+    active_out = [f"-A sbft-out -m mark --mark {hex(iptables.REPLAY_MARK)} -j ACCEPT", QUEUE]
+    for seq in range(3):
+        beats.beat(seq)
+    assert [(raw_rules(text), mangle_rules(text), primary) for text, primary, _ in
+            run.restores] == [
+        (["-A sbft-in -j DROP"], [QUEUE], False),  # the first answer's mode: passive
+        (active_in, active_out, False),  # the mode first, as a backup
+        (active_in, active_out, True),  # then the promotion
+        ([], ["-A sbft-out -j ACCEPT"], True),  # back to passive: still the primary
+    ]
+    assert (rules.spec.mode, rules.primary, state.primary) == ("passive", True, True)
+
+
 # --- controller failures -----------------------------------------------------------------
 
 def test_unreachable_controller_keeps_the_role_and_warns_once(caplog):

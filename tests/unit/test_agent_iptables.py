@@ -731,3 +731,299 @@ def test_kernel_counters_runs_iptables_save_c_and_parses_it(cache, output, count
 def test_kernel_counters_are_zero_for_unexpected_output(output):
     rules = iptables.Rules(SPEC, run=FakeRun(save_output=output))
     assert rules.kernel_counters() == zero()
+
+
+# --- active mode: every packet of both directions through the queue ------------------------
+
+ACTIVE = {cache: RuleSpec(5555, 1, cache, "active") for cache in iptables.CACHES}
+# the agent's own replays (a new primary re-sending, already translated) leave untouched
+REPLAY_ACCEPT = ["-m", "mark", "--mark", "0x5be00001", "-j", "ACCEPT"]
+ACTIVE_RESTORE = ("*raw\n"
+                  ":sbft-in - [0:0]\n"
+                  "-A sbft-in -j NFQUEUE --queue-num 1\n"
+                  "COMMIT\n"
+                  "*mangle\n"
+                  ":sbft-out - [0:0]\n"
+                  "-A sbft-out -m mark --mark 0x5be00001 -j ACCEPT\n"
+                  "-A sbft-out -j NFQUEUE --queue-num 1\n"
+                  "COMMIT\n")
+
+
+def test_modes():
+    assert iptables.MODES == ("passive", "active")
+    assert SPEC.mode == "passive"  # the default
+    assert RuleSpec(5555, 1, "role", "active") == ACTIVE["role"] != ROLE
+    assert RuleSpec(5555, 1, mode="active").cache == "role"
+
+
+@pytest.mark.parametrize("mode", ["Active", "", "none", None, "mirror"])
+def test_unknown_mode_is_rejected(mode):
+    with pytest.raises(ValueError) as info:
+        RuleSpec(5555, 1, "role", mode)
+    assert str(info.value) == f"mode must be one of ('passive', 'active'), got {mode!r}"
+
+
+def test_unknown_cache_is_still_rejected_first():
+    with pytest.raises(ValueError, match="verdict cache"):
+        RuleSpec(5555, 1, "fast", "turbo")
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+@pytest.mark.parametrize("primary", [False, True], ids=["backup", "primary"])
+def test_active_chains_queue_both_directions_whatever_the_role_and_cache(cache, primary):
+    spec = ACTIVE[cache]
+    assert iptables.in_chain(spec, primary) == [QUEUE_1]
+    assert iptables.out_chain(spec, primary) == [REPLAY_ACCEPT, QUEUE_1]
+    # no verdict cache in active mode: a connection cache's mark changes nothing
+    assert iptables.out_chain(spec, primary, iptables.fast_mark(1)) == [REPLAY_ACCEPT, QUEUE_1]
+    assert iptables.restore_input(spec, primary) == ACTIVE_RESTORE
+    assert iptables.restore_input(spec, primary, iptables.fast_mark(1)) == ACTIVE_RESTORE
+
+
+def test_active_chains_follow_the_queue_number():
+    spec = RuleSpec(8080, 4, "connection", "active")
+    assert iptables.restore_input(spec, True, iptables.fast_mark(2)) == \
+        ACTIVE_RESTORE.replace("--queue-num 1", "--queue-num 4")
+    # the jumps are those of passive mode: only the chains' bodies differ
+    assert iptables.jump_rules(spec) == iptables.jump_rules(RuleSpec(8080, 4))
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_active_jump_rules_are_the_passive_ones(cache):
+    assert iptables.jump_rules(ACTIVE[cache]) == [("raw", JUMP_IN), ("mangle", JUMP_OUT)]
+
+
+def test_replay_mark_is_no_fast_mark():
+    """The replay mark must never match a connection cache's generation mark."""
+    assert iptables.REPLAY_MARK == 0x5BE00001
+    assert iptables.REPLAY_MARK & ~iptables.MARK_GENERATIONS != iptables.MARK_BASE
+    assert all(iptables.fast_mark(g) != iptables.REPLAY_MARK for g in (0, 1, 2 ** 20 + 1))
+
+
+def test_parse_counters_of_active_chains_counts_nothing():
+    lines = [f"[9:540] {line}" if line.startswith("-A ") else line
+             for line in ACTIVE_RESTORE.splitlines()]
+    assert iptables.parse_counters("\n".join(lines) + "\n") == zero()
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_set_role_in_active_mode_restores_the_active_chains_and_keeps_no_mark(cache):
+    run = FakeRun()
+    rules = iptables.Rules(ACTIVE[cache], run=run)
+    rules.set_role(True, iptables.fast_mark(1))
+    assert (rules.primary, rules.mark) == (True, None)
+    rules.set_role(False)
+    assert (rules.primary, rules.mark) == (False, None)
+    assert run.calls == [(RESTORE, ACTIVE_RESTORE)] * 2
+
+
+def test_set_role_in_active_mode_needs_no_mark_with_the_connection_cache():
+    run = FakeRun()
+    rules = iptables.Rules(ACTIVE["connection"], run=run)
+    rules.set_role(True)  # passive would raise: its connection cache needs the mark
+    assert run.calls == [(RESTORE, ACTIVE_RESTORE)]
+    assert (rules.primary, rules.mark) == (True, None)
+
+
+def test_enter_in_active_mode_restores_the_active_chains_before_the_jumps():
+    run = FakeRun()
+    with iptables.Rules(ACTIVE["role"], run=run):
+        assert run.calls[2:] == [(RESTORE, ACTIVE_RESTORE), (RAW + ["-A", *JUMP_IN], None),
+                                 (MANGLE + ["-A", *JUMP_OUT], None)]
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_set_mode_of_a_backup(cache):
+    run = FakeRun()
+    rules = iptables.Rules(SPECS[cache], run=run)
+    rules.set_mode("active")
+    assert rules.spec == ACTIVE[cache]
+    assert (rules.primary, rules.mark) == (False, None)
+    rules.set_mode("passive")
+    assert rules.spec == SPECS[cache]
+    assert (rules.primary, rules.mark) == (False, None)
+    assert run.calls == [(RESTORE, ACTIVE_RESTORE), (RESTORE, BACKUP_RESTORE)]
+
+
+@pytest.mark.parametrize("cache, primary_restore, mark", [
+    ("role", PRIMARY_RESTORE_ROLE, None),
+    ("connection", PRIMARY_RESTORE_CONNECTION_EPOCH_1, iptables.fast_mark(1)),
+    ("none", PRIMARY_RESTORE_NONE, None),
+])
+def test_set_mode_keeps_the_primary_role(cache, primary_restore, mark):
+    """passive primary -> active -> passive: one restore each, the role kept throughout; the
+    passive connection cache's mark is no mark in active mode (nothing is cached there) and
+    comes back with passive mode."""
+    run = FakeRun()
+    rules = iptables.Rules(SPECS[cache], run=run)
+    rules.set_role(True, iptables.fast_mark(1))
+    assert rules.mark == mark
+    rules.set_mode("active")
+    assert (rules.primary, rules.mark, rules.spec.mode) == (True, None, "active")
+    rules.set_mode("passive")
+    assert (rules.primary, rules.mark, rules.spec) == (True, mark, SPECS[cache])
+    assert run.calls == [(RESTORE, primary_restore), (RESTORE, ACTIVE_RESTORE),
+                         (RESTORE, primary_restore)]
+
+
+def test_set_mode_to_the_same_mode_restores_again():
+    run = FakeRun()
+    rules = iptables.Rules(ROLE, run=run)
+    rules.set_role(True)
+    rules.set_mode("passive")
+    assert run.calls == [(RESTORE, PRIMARY_RESTORE_ROLE)] * 2
+
+
+@pytest.mark.parametrize("mode", ["turbo", "", None])
+def test_set_mode_rejects_an_unknown_mode_before_touching_the_kernel(mode):
+    run = FakeRun()
+    rules = iptables.Rules(ROLE, run=run)
+    with pytest.raises(ValueError):
+        rules.set_mode(mode)
+    assert run.calls == []
+    assert rules.spec == ROLE
+
+
+def test_set_mode_only_restores_the_chains_and_leaves_the_jumps():
+    run = FakeRun()
+    with iptables.Rules(ROLE, run=run) as rules:
+        before = len(run.calls)
+        rules.set_mode("active")
+        assert run.argvs()[before:] == [RESTORE]
+        assert run.calls[-1] == (RESTORE, ACTIVE_RESTORE)
+
+
+def test_set_mode_failure_propagates():
+    def run(argv, input=None, **kwargs):
+        raise subprocess.CalledProcessError(4, argv)
+    rules = iptables.Rules(ROLE, run=run)
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("active")
+    assert (rules.primary, rules.mark) == (False, None)
+
+
+def test_set_mode_keeps_the_old_spec_when_the_restore_fails():
+    def run(argv, input=None, **kwargs):
+        raise subprocess.CalledProcessError(4, argv)
+    rules = iptables.Rules(ROLE, run=run)
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("active")
+    assert rules.spec == ROLE
+
+
+def test_set_mode_back_to_passive_after_a_promotion_in_active_mode_with_the_connection_cache():
+    run = FakeRun()
+    rules = iptables.Rules(ACTIVE["connection"], run=run)
+    rules.set_role(True, iptables.fast_mark(1))  # promoted while active: the mark is asked
+    assert (rules.primary, rules.mark) == (True, None)  # ... but not in effect
+    rules.set_mode("passive")
+    assert rules.primary is True
+    assert run.calls == [(RESTORE, ACTIVE_RESTORE), (RESTORE, PRIMARY_RESTORE_CONNECTION_EPOCH_1)]
+    assert rules.mark == iptables.fast_mark(1)
+    assert rules.spec == CONNECTION
+
+
+def test_set_mode_back_to_passive_keeps_the_mark_of_the_latest_promotion():
+    run = FakeRun()
+    rules = iptables.Rules(CONNECTION, run=run)
+    rules.set_role(True, iptables.fast_mark(1))
+    rules.set_mode("active")
+    rules.set_role(True, iptables.fast_mark(2))  # a new epoch while active
+    assert rules.mark is None
+    rules.set_mode("passive")
+    assert rules.mark == iptables.fast_mark(2)
+    assert run.calls[-1] == (RESTORE, PRIMARY_RESTORE_CONNECTION_EPOCH_1.replace(
+        "0x5bf00001", "0x5bf00002"))
+
+
+def test_set_mode_after_a_demotion_in_active_mode_forgets_the_mark():
+    run = FakeRun()
+    rules = iptables.Rules(CONNECTION, run=run)
+    rules.set_role(True, iptables.fast_mark(1))
+    rules.set_mode("active")
+    rules.set_role(False)
+    rules.set_mode("passive")
+    assert (rules.primary, rules.mark, rules.spec) == (False, None, CONNECTION)
+    assert run.calls[-1] == (RESTORE, BACKUP_RESTORE)
+
+
+class FailingRun(FakeRun):
+    """A FakeRun whose iptables-restore fails while ``failing`` is set."""
+
+    failing = False
+
+    def __call__(self, argv, input=None, **kwargs):
+        if self.failing and argv[0] == "iptables-restore":
+            self.calls.append((list(argv), input))
+            raise subprocess.CalledProcessError(4, argv)
+        return super().__call__(argv, input, **kwargs)
+
+
+def test_a_failed_set_mode_leaves_the_spec_role_and_mark_unchanged():
+    """The restore is tried with the new spec; only a successful one changes the state, so
+    the next set_mode or set_role still builds the chains of the mode the kernel has."""
+    run = FailingRun()
+    rules = iptables.Rules(CONNECTION, run=run)
+    rules.set_role(True, iptables.fast_mark(1))
+    run.failing = True
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("active")
+    assert run.calls[-1] == (RESTORE, ACTIVE_RESTORE)  # tried with the new mode's chains
+    assert (rules.spec, rules.primary, rules.mark) == (CONNECTION, True, iptables.fast_mark(1))
+    run.failing = False
+    rules.set_mode("active")
+    assert (rules.spec, rules.primary, rules.mark) == (ACTIVE["connection"], True, None)
+    run.failing = True
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("passive")
+    assert run.calls[-1] == (RESTORE, PRIMARY_RESTORE_CONNECTION_EPOCH_1)
+    assert (rules.spec, rules.primary, rules.mark) == (ACTIVE["connection"], True, None)
+    run.failing = False
+    rules.set_role(True, iptables.fast_mark(1))  # still active: the active chains
+    assert run.calls[-1] == (RESTORE, ACTIVE_RESTORE)
+    rules.set_mode("passive")
+    assert (rules.spec, rules.primary, rules.mark) == (CONNECTION, True, iptables.fast_mark(1))
+    assert run.calls[-1] == (RESTORE, PRIMARY_RESTORE_CONNECTION_EPOCH_1)
+
+
+def test_a_failed_set_mode_of_a_backup_changes_nothing():
+    run = FailingRun()
+    rules = iptables.Rules(ROLE, run=run)
+    run.failing = True
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("active")
+    assert (rules.spec, rules.primary, rules.mark) == (ROLE, False, None)
+    run.failing = False
+    rules.set_role(True)
+    assert run.calls[-1] == (RESTORE, PRIMARY_RESTORE_ROLE)  # the passive primary's chains
+
+
+# --- static rules for --no-iptables ---------------------------------------------------------
+
+OPERATOR_OUT = ("mangle", ["POSTROUTING", "-p", "tcp", "--sport", "5555", "!", "-o", "lo",
+                           "-j", "NFQUEUE", "--queue-num", "1"])
+OPERATOR_IN = ("raw", ["PREROUTING", "-p", "tcp", "--dport", "5555", "!", "-i", "lo",
+                       "-j", "NFQUEUE", "--queue-num", "1"])
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_operator_rules_in_passive_mode_queue_the_replies_only(cache):
+    assert iptables.operator_rules(SPECS[cache]) == [OPERATOR_OUT]
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_operator_rules_in_active_mode_queue_the_client_packets_first(cache):
+    assert iptables.operator_rules(ACTIVE[cache]) == [OPERATOR_IN, OPERATOR_OUT]
+
+
+def test_operator_rules_follow_port_and_queue():
+    rules = iptables.operator_rules(RuleSpec(8080, 4, "role", "active"))
+    assert rules == [(table, [{"5555": "8080", "1": "4"}.get(word, word) for word in rule])
+                     for table, rule in (OPERATOR_IN, OPERATOR_OUT)]
+
+
+@pytest.mark.parametrize("mode", iptables.MODES)
+def test_operator_rules_never_drop_accept_or_mark(mode):
+    for _, rule in iptables.operator_rules(RuleSpec(5555, 1, "connection", mode)):
+        assert rule[-4:] == QUEUE_1
+        assert not {"DROP", "ACCEPT", "CONNMARK", "MARK", "--queue-bypass"} & set(rule)

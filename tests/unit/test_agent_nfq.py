@@ -1,9 +1,17 @@
-"""Tests for sbft_ryu.agent.nfq.ReplyQueue.callback with a fake NFQUEUE packet (no kernel)."""
+"""Tests for sbft_ryu.agent.nfq: ReplyQueue.callback with a fake NFQUEUE packet, and
+QueueRunner.serve with a fake ``netfilterqueue.NetfilterQueue`` (no kernel).
 
+ActiveQueue is tested in test_active_queue.py."""
+
+import os
+import threading
+import time
+
+import netfilterqueue
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import nfq, verdict
+from sbft_ryu.agent import active, nfq, verdict
 from sbft_ryu.agent.heartbeat import RoleState
 from sbft_ryu.agent.iptables import fast_mark
 
@@ -55,19 +63,18 @@ def make_queue(primary=False, mark=None):
     state = RoleState()
     state.primary = primary
     state.fast_mark = mark
-    return nfq.ReplyQueue(1, state)
+    return nfq.ReplyQueue(state)
 
 
 def test_snapshot_names_and_initial_zeroes():
     queue = make_queue()
-    assert queue.queue_num == 1
     assert queue.snapshot() == {"accepted": 0, "dropped": 0, "rst_dropped": 0, "malformed": 0,
                                 "callback_errors": 0}
     assert list(queue.snapshot()) == [*verdict.COUNTER_NAMES, "callback_errors"]
 
 
 def test_a_fresh_role_state_drops():
-    queue = nfq.ReplyQueue(1, RoleState())
+    queue = nfq.ReplyQueue(RoleState())
     packet = FakePacket(SYN_ACK)
     queue.callback(packet)
     assert packet.calls == [("drop",)]
@@ -233,3 +240,333 @@ def test_payload_of_wrong_type_is_an_error_not_an_escape():
     queue.callback(packet)
     assert packet.calls == [("drop",)]
     assert queue.snapshot()["callback_errors"] == 1
+
+
+def test_reply_queue_tick_is_a_no_op():
+    queue = make_queue(primary=True)
+    queue.callback(FakePacket(DATA))
+    before = queue.snapshot()
+    assert queue.tick(time.monotonic()) is None
+    assert queue.snapshot() == before
+
+
+def test_reply_queue_no_longer_owns_the_queue():
+    queue = make_queue()
+    assert not hasattr(queue, "queue_num") and not hasattr(queue, "serve")
+    with pytest.raises(TypeError):
+        nfq.ReplyQueue(1, RoleState())
+
+
+def test_whole_packets_are_copied():
+    # active mode rewrites packets, so it needs all of them (netfilterqueue 1.1 clamps this to
+    # its receive buffer: about 4 KB, well above a 1500-byte MTU)
+    assert nfq.COPY_RANGE == 0xFFFF
+
+
+# --- QueueRunner.serve with a fake NetfilterQueue --------------------------------------------
+
+class FakeNetfilterQueue:
+    """netfilterqueue.NetfilterQueue as serve() uses it: ``get_fd`` is a pipe that becomes
+    readable when packets are pending; ``run(block=False)`` hands them to the bound callback."""
+
+    made = []
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.pending = []
+        self.bound = None
+        self.runs = []
+        self.unbound = 0
+        FakeNetfilterQueue.made.append(self)
+
+    def bind(self, queue_num, callback, mode=None, range=None):
+        self.bound = {"queue_num": queue_num, "callback": callback, "mode": mode,
+                      "range": range}
+
+    def get_fd(self):
+        return self.read_fd
+
+    def deliver(self, *packets):
+        self.pending.extend(packets)
+        os.write(self.write_fd, b"!")
+
+    def run(self, block=True):
+        self.runs.append(block)
+        try:
+            os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            pass
+        while self.pending:
+            self.bound["callback"](self.pending.pop(0))
+
+    def unbind(self):
+        self.unbound += 1
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+@pytest.fixture
+def fake_nfq(monkeypatch):
+    monkeypatch.setattr(FakeNetfilterQueue, "made", [])
+    monkeypatch.setattr(netfilterqueue, "NetfilterQueue", FakeNetfilterQueue)
+    return FakeNetfilterQueue.made
+
+
+class RecordingHandler:
+    """A packet handler: records packets and ticks; ``on_packet(handler, packet)`` hook."""
+
+    def __init__(self, on_packet=None):
+        self.packets = []
+        self.ticks = []
+        self.on_packet = on_packet
+
+    def callback(self, packet):
+        self.packets.append(packet)
+        if self.on_packet is not None:
+            self.on_packet(self, packet)
+
+    def tick(self, now):
+        self.ticks.append(now)
+
+
+def serve_in_thread(runner, stop, poll_s=0.01):
+    errors = []
+
+    def target():
+        try:
+            runner.serve(stop, poll_s=poll_s)
+        except BaseException as exc:  # reported to the test
+            errors.append(exc)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def wait_for(predicate, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_runner_binds_whole_packets_and_unbinds_when_stopped(fake_nfq):
+    handler = RecordingHandler()
+    runner = nfq.QueueRunner(3, handler)
+    assert (runner.queue_num, runner.handler) == (3, handler)
+    stop = threading.Event()
+    stop.set()
+    runner.serve(stop)
+    [queue] = fake_nfq
+    assert queue.bound["queue_num"] == 3
+    assert (queue.bound["mode"], queue.bound["range"]) == (netfilterqueue.COPY_PACKET, 0xFFFF)
+    assert queue.runs == [] and queue.unbound == 1
+    assert handler.packets == [] and handler.ticks == []
+
+
+def test_runner_dispatches_every_packet_to_the_current_handler(fake_nfq):
+    """The handler may be swapped at any time (a mode change): the next packet goes to the
+    new one."""
+    stop = threading.Event()
+    second = RecordingHandler(on_packet=lambda h, p: p == "p4" and stop.set())
+    runner = nfq.QueueRunner(1, None)
+    first = RecordingHandler(on_packet=lambda h, p: p == "p2" and setattr(runner, "handler",
+                                                                          second))
+    runner.handler = first
+    thread, errors = serve_in_thread(runner, stop)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver("p1", "p2", "p3", "p4")
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+    assert first.packets == ["p1", "p2"]  # swapped by p2's own callback
+    assert second.packets == ["p3", "p4"]
+    assert fake_nfq[0].runs and set(fake_nfq[0].runs) == {False}  # never blocks in run
+    assert fake_nfq[0].unbound == 1
+
+
+def test_runner_ticks_the_current_handler_every_poll(fake_nfq):
+    stop = threading.Event()
+    first, second = RecordingHandler(), RecordingHandler()
+    runner = nfq.QueueRunner(1, first)
+    started = time.monotonic()
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: len(first.ticks) >= 3)
+    runner.handler = second
+    wait_for(lambda: len(second.ticks) >= 2)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+    ticks = first.ticks + second.ticks
+    assert ticks == sorted(ticks) and ticks[0] >= started + 0.01
+    assert all(later - earlier >= 0.01 for earlier, later in zip(ticks, ticks[1:]))
+    assert first.packets == second.packets == []
+    assert fake_nfq[0].runs == []  # nothing was readable: no run without packets
+
+
+def test_runner_ticks_while_packets_keep_coming(fake_nfq):
+    stop = threading.Event()
+    handler = RecordingHandler()
+    runner = nfq.QueueRunner(1, handler)
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.02)
+    wait_for(lambda: fake_nfq)
+    deadline = time.monotonic() + 0.15
+    sent = 0
+    while time.monotonic() < deadline:  # a packet every ~2 ms: select never times out
+        fake_nfq[0].deliver(sent)
+        sent += 1
+        time.sleep(0.002)
+    wait_for(lambda: len(handler.packets) == sent)
+    stop.set()
+    thread.join(2.0)
+    assert errors == []
+    assert handler.packets == list(range(sent))
+    assert len(handler.ticks) >= 3  # expiry of held packets is not starved by traffic
+
+
+def test_runner_unbinds_when_a_handler_raises(fake_nfq):
+    def explode(handler, packet):
+        raise RuntimeError("handler bug")
+    runner = nfq.QueueRunner(1, RecordingHandler(on_packet=explode))
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver("p1")
+    thread.join(2.0)
+    assert not thread.is_alive()
+    assert [type(exc) for exc in errors] == [RuntimeError]
+    assert fake_nfq[0].unbound == 1
+
+
+def test_runner_with_the_reply_queue_gives_verdicts(fake_nfq):
+    stop = threading.Event()
+    queue = make_queue(primary=False)
+    runner = nfq.QueueRunner(1, queue)
+    thread, errors = serve_in_thread(runner, stop)
+    wait_for(lambda: fake_nfq)
+    packets = [FakePacket(DATA), FakePacket(SYN_ACK)]
+    fake_nfq[0].deliver(*packets)
+    wait_for(lambda: queue.snapshot()["dropped"] == 2)
+    stop.set()
+    thread.join(2.0)
+    assert errors == []
+    assert [p.calls for p in packets] == [[("drop",)], [("drop",)]]
+
+
+# --- QueueRunner.swap: the previous handler is closed by the packet thread at its next tick ---
+
+class ClosingHandler(RecordingHandler):
+    """A RecordingHandler that also records close() (and the thread it ran in) in ``log``."""
+
+    def __init__(self, name, log):
+        super().__init__()
+        self.name = name
+        self.log = log
+        self.closed_in = []
+
+    def tick(self, now):
+        super().tick(now)
+        self.log.append(("tick", self.name))
+
+    def close(self):
+        self.closed_in.append(threading.current_thread())
+        self.log.append(("close", self.name))
+
+
+def test_swap_makes_the_handler_current_at_once_and_returns_the_previous_one():
+    log = []
+    first, second = ClosingHandler("first", log), ClosingHandler("second", log)
+    runner = nfq.QueueRunner(1, first)
+    assert runner.swap(second) is first
+    assert runner.handler is second
+    assert runner.swap(first) is second
+    assert runner.handler is first
+    assert log == []  # nothing is closed outside the packet thread's tick
+
+
+def test_a_swapped_out_handler_is_closed_once_by_the_packet_thread_before_the_tick(fake_nfq):
+    log = []
+    first, second = ClosingHandler("first", log), ClosingHandler("second", log)
+    runner = nfq.QueueRunner(1, first)
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: len(first.ticks) >= 1)
+    assert runner.swap(second) is first
+    wait_for(lambda: len(second.ticks) >= 3)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+    assert first.closed_in == [thread]  # once, in the packet thread
+    assert second.closed_in == []
+    closed_at = log.index(("close", "first"))
+    assert log[closed_at + 1] == ("tick", "second")  # closed before the new handler's tick
+    assert ("tick", "first") not in log[closed_at:]
+
+
+def test_packets_after_a_swap_go_to_the_new_handler_and_the_old_one_is_closed(fake_nfq):
+    log = []
+    stop = threading.Event()
+    first, second = ClosingHandler("first", log), ClosingHandler("second", log)
+    runner = nfq.QueueRunner(1, first)
+    first.on_packet = lambda h, p: p == "p2" and runner.swap(second)
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver("p1", "p2", "p3")
+    wait_for(lambda: second.packets == ["p3"] and first.closed_in)
+    stop.set()
+    thread.join(2.0)
+    assert errors == []
+    assert first.packets == ["p1", "p2"]
+    assert len(first.closed_in) == 1 and second.closed_in == []
+
+
+def test_a_handler_swapped_back_before_the_tick_is_not_closed(fake_nfq):
+    """A failed mode switch swaps the previous handler back: only the handler that is no
+    longer current is closed."""
+    log = []
+    first, second = ClosingHandler("first", log), ClosingHandler("second", log)
+    runner = nfq.QueueRunner(1, first)
+    runner.swap(second)
+    runner.swap(first)  # before the packet thread ticked
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: len(first.ticks) >= 3)
+    stop.set()
+    thread.join(2.0)
+    assert errors == []
+    assert first.closed_in == []
+    assert len(second.closed_in) == 1
+    assert second.ticks == []
+
+
+def test_every_handler_swapped_out_between_two_ticks_is_closed(fake_nfq):
+    log = []
+    handlers = [ClosingHandler(name, log) for name in ("a", "b", "c", "d")]
+    runner = nfq.QueueRunner(1, handlers[0])
+    for handler in handlers[1:]:
+        runner.swap(handler)
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: len(handlers[3].ticks) >= 2)
+    stop.set()
+    thread.join(2.0)
+    assert errors == []
+    assert [len(h.closed_in) for h in handlers] == [1, 1, 1, 0]
+
+
+def test_the_reply_and_active_queues_can_be_retired(fake_nfq):
+    """Both real handlers have close(): swapping between them never breaks the packet
+    thread."""
+    state = RoleState()
+    reply_queue = nfq.ReplyQueue(state)
+    active_queue = nfq.ActiveQueue(state, active.Translator(b"k" * 16, 5555))
+    runner = nfq.QueueRunner(1, reply_queue)
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    runner.swap(active_queue)
+    time.sleep(0.05)
+    runner.swap(reply_queue)
+    time.sleep(0.05)
+    stop.set()
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+    assert runner.handler is reply_queue

@@ -130,8 +130,117 @@ def test_startup_grace_range_is_inclusive(raw, value, grace):
 def test_new_options_default_when_absent(raw):
     # a raw dict without them (as from an older caller) gets the registered defaults
     del raw["agent_notify_port"], raw["startup_grace"]
+    del raw["active_secret"], raw["active_wscale"]
     conf = build_config(raw)
     assert (conf.agent_notify_port, conf.startup_grace) == (5556, 1.0)
+    assert (len(conf.active_secret), conf.active_wscale) == (16, 7)
+
+
+# --- active mode: the shared secret and window scale ---------------------------------------
+
+SECRET_HEX = "00112233445566778899aabbccddeeff"
+SECRET_EXPECTED = "16 to 32 bytes as hex (32 to 64 hex digits), or empty for a random key"
+
+
+def test_active_defaults(default_config):
+    assert default_config.active_wscale == 7
+    assert isinstance(default_config.active_secret, bytes)
+    assert len(default_config.active_secret) == 16
+
+
+@pytest.mark.parametrize("value", ["", "   ", None])
+def test_empty_active_secret_is_random_per_load(raw, value, monkeypatch):
+    draws = iter([b"\x01" * 16, b"\x02" * 16])
+    asked = []
+
+    def urandom(n):
+        asked.append(n)
+        return next(draws)
+    monkeypatch.setattr(config.os, "urandom", urandom)
+    first = build_config({**raw, "active_secret": value})
+    second = build_config({**raw, "active_secret": value})
+    assert (first.active_secret, second.active_secret) == (b"\x01" * 16, b"\x02" * 16)
+    assert asked == [16, 16]
+
+
+def test_empty_active_secret_really_is_random(raw):
+    secrets = {build_config(raw).active_secret for _ in range(4)}
+    assert len(secrets) == 4 and all(len(secret) == 16 for secret in secrets)
+
+
+@pytest.mark.parametrize("value, secret", [
+    (SECRET_HEX, bytes.fromhex(SECRET_HEX)),  # 16 bytes: the lower bound
+    (SECRET_HEX.upper(), bytes.fromhex(SECRET_HEX)),
+    (f"  {SECRET_HEX}\t", bytes.fromhex(SECRET_HEX)),
+    ("ab" * 32, b"\xab" * 32),  # 32 bytes: the upper bound
+    ("cd" * 24, b"\xcd" * 24),
+])
+def test_configured_active_secret(raw, value, secret):
+    conf = build_config({**raw, "active_secret": value})
+    assert conf.active_secret == secret
+    assert build_config({**raw, "active_secret": value}).active_secret == secret  # stable
+
+
+@pytest.mark.parametrize("value", [
+    "ab" * 15,  # 15 bytes
+    "ab" * 33,  # 33 bytes
+    "abc" + "ab" * 16,  # odd number of hex digits
+    "zz" * 16,  # not hex
+    "0x" + SECRET_HEX,
+    "ab",
+])
+def test_bad_active_secret_is_hidden_in_the_error(raw, value):
+    with pytest.raises(ConfigError) as info:
+        build_config({**raw, "active_secret": value})
+    assert str(info.value) == f"[sbft] active_secret = '<hidden>': expected {SECRET_EXPECTED}"
+    assert (info.value.option, info.value.value, info.value.expected) == (
+        "active_secret", "<hidden>", SECRET_EXPECTED)
+    assert value not in str(info.value) and value not in repr(info.value.args)
+
+
+@pytest.mark.parametrize("value, wscale", [("0", 0), ("7", 7), ("14", 14), (" 9 ", 9),
+                                           ("0xe", 14)])
+def test_active_wscale_range_is_inclusive(raw, value, wscale):
+    assert build_config({**raw, "active_wscale": value}).active_wscale == wscale
+
+
+@pytest.mark.parametrize("value", ["15", "-1", "seven", "7.0", ""])
+def test_bad_active_wscale_message(raw, value):
+    assert error_of(raw, active_wscale=value) == (
+        f"[sbft] active_wscale = {value!r}: expected an integer 0..14")
+
+
+def test_active_secret_is_not_part_of_equality_or_repr(raw):
+    one = build_config({**raw, "active_secret": SECRET_HEX})
+    other = build_config({**raw, "active_secret": "ff" * 16})
+    assert one == other and hash(one) == hash(other)
+    assert one != build_config({**raw, "active_secret": SECRET_HEX, "active_wscale": "8"})
+    for text in (repr(one), str(one)):
+        assert "active_secret" not in text
+        assert SECRET_HEX not in text and repr(bytes.fromhex(SECRET_HEX)) not in text
+        assert "active_wscale=7" in text
+
+
+def test_active_secret_fields_of_the_dataclass():
+    fields = {field.name: field for field in dataclasses.fields(config.SbftConfig)}
+    assert (fields["active_secret"].compare, fields["active_secret"].repr) == (False, False)
+    assert (fields["active_wscale"].compare, fields["active_wscale"].default) == (True, 7)
+
+
+def test_load_config_reads_the_active_options(tmp_path):
+    path = write(tmp_path / "sbft.conf", f"[sbft]\nmode = active\nactive_secret = {SECRET_HEX}\n"
+                                         "active_wscale = 10\n")
+    conf = load_file(path)
+    assert (conf.mode, conf.active_secret, conf.active_wscale) == (
+        "active", bytes.fromhex(SECRET_HEX), 10)
+
+
+def test_load_config_with_a_bad_secret_hides_it(tmp_path):
+    path = write(tmp_path / "sbft.conf", "[sbft]\nactive_secret = 0123456789abcdef\n")
+    with pytest.raises(ConfigError) as info:
+        load_file(path)
+    assert "0123456789abcdef" not in str(info.value)
+    assert str(info.value) == f"[sbft] active_secret = '<hidden>': expected {SECRET_EXPECTED}"
 
 
 def test_dpid_is_hex_without_prefix(raw):
@@ -309,7 +418,7 @@ def test_option_names_list_the_new_options_in_order():
     assert config.OPTION_NAMES == ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
                                    "heartbeat_timeout", "heartbeat_interval",
                                    "agent_notify_port", "startup_grace", "service_priority",
-                                   "mode")
+                                   "mode", "active_secret", "active_wscale")
 
 
 def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
@@ -320,7 +429,8 @@ def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
     assert str(info.value) == (
         "[sbft] vipp = 'vipp = 1.2.3.4': expected one of the [sbft] options (flows_file, vip, "
         "vmac, service_port, replica, dpid, heartbeat_timeout, heartbeat_interval, "
-        f"agent_notify_port, startup_grace, service_priority, mode) at {path}:3")
+        f"agent_notify_port, startup_grace, service_priority, mode, active_secret, "
+        f"active_wscale) at {path}:3")
 
 
 def test_unknown_keys_outside_sbft_are_ignored(tmp_path):
@@ -357,4 +467,8 @@ def test_hp_vlan7_conf_has_no_replicas_and_the_thesis_flows():
 def test_mininet_conf_equals_the_embedded_defaults(default_config):
     conf = load_file(os.path.join(FLOWS_DIR, "mininet.conf"))
     for field in dataclasses.fields(config.SbftConfig):
+        if field.name == "active_secret":  # random per load in both: only its shape matches
+            assert len(conf.active_secret) == len(default_config.active_secret) == 16
+            continue
         assert getattr(conf, field.name) == getattr(default_config, field.name), field.name
+    assert conf == default_config

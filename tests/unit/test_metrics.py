@@ -129,3 +129,20 @@ def test_no_replicas_gives_empty_replica_families(default_config):
     families = scrape(config, ClusterState((), 0.15), switches={})
     assert samples(families["sbft_replica_up"]) == {}
     assert samples(families["sbft_epoch"]) == {("sbft_epoch", ()): 0.0}
+
+
+def test_active_mode_agent_counters_are_labelled_and_the_secret_is_not_exported(default_config):
+    from sbft_ryu.agent import active
+    config = dataclasses.replace(default_config, mode="active", active_secret=b"\xa5" * 16)
+    state = ClusterState(config.replicas, config.heartbeat_timeout)
+    state.set_ports(DPID, {1: True, 2: True, 3: True}, 0.0)
+    counters = {**{name: i for i, name in enumerate(active.COUNTER_NAMES)}, "connections": 3,
+                "callback_errors": 0}
+    state.heartbeat("lb1", 1, True, counters, 4.9)
+    family = scrape(config, state)["sbft_agent_counter"]
+    assert samples(family) == {
+        ("sbft_agent_counter_total", (("counter", name), ("replica", "lb1"))): float(value)
+        for name, value in counters.items()}
+    health = views.health_view(config, state, {}, NOW)
+    body = metrics.exposition(metrics.make_registry(lambda: (health, {})))[0]
+    assert b"a5a5a5a5" not in body

@@ -168,6 +168,59 @@ def test_heartbeat_is_recorded_and_answered(client, app):
     assert app.cluster.health["lb1"].heartbeats == 1
 
 
+def test_passive_heartbeat_answer_has_exactly_the_passive_keys(client, app):
+    body = client(HEARTBEAT, method="POST", body=BEAT).json
+    assert body == {"role": "primary", "epoch": 1, "primary": "lb1",
+                    "state": "up", "heartbeat_interval_s": 0.05, "mode": "passive",
+                    "vip": "10.0.0.100", "service_port": 5555}
+    assert "active" not in body
+
+
+SECRET = bytes(range(0x10, 0x30))
+
+
+@pytest.mark.parametrize("wscale", [0, 7, 14])
+def test_active_heartbeat_answer_carries_the_secret_and_the_window_scale(app, wscale):
+    app.config = dataclasses.replace(app.config, mode="active", active_secret=SECRET,
+                                     active_wscale=wscale)
+    wsgi = WSGIApplication()
+    rest.register(wsgi, app)
+    response = webob.Request.blank(HEARTBEAT, method="POST", body=json.dumps(BEAT).encode(),
+                                   content_type="application/json").get_response(wsgi)
+    assert response.status_int == 200
+    body = response.json
+    assert body["mode"] == "active"
+    assert body["active"] == {"secret": SECRET.hex(), "wscale": wscale}
+    assert bytes.fromhex(body["active"]["secret"]) == SECRET
+    passive = views.heartbeat_reply(dataclasses.replace(app.config, mode="passive"),
+                                    app.cluster, "lb1")
+    assert body == {**passive, "mode": "active", "active": body["active"]}
+
+
+def test_heartbeat_reply_of_every_replica_has_the_same_active_block(app):
+    config = dataclasses.replace(app.config, mode="active", active_secret=SECRET)
+    replies = [views.heartbeat_reply(config, app.cluster, name) for name in ("lb1", "lb2",
+                                                                             "lb3")]
+    assert [reply["role"] for reply in replies] == ["primary", "backup", "backup"]
+    assert all(reply["active"] == {"secret": SECRET.hex(), "wscale": 7} for reply in replies)
+
+
+def test_passive_heartbeat_reply_never_shows_the_secret(app):
+    config = dataclasses.replace(app.config, active_secret=SECRET)
+    reply = views.heartbeat_reply(config, app.cluster, "lb1")
+    assert "active" not in reply
+    assert SECRET.hex() not in json.dumps(reply)
+
+
+def test_the_secret_is_in_no_other_view(client, app):
+    app.config = dataclasses.replace(app.config, mode="active", active_secret=SECRET)
+    for path in ("/sbft/health", "/sbft/replicas", "/sbft/replicas/lb1", "/sbft/events",
+                 "/metrics"):
+        response = client(path)
+        assert response.status_int == 200, path
+        assert SECRET.hex().encode() not in response.body, path
+
+
 def test_heartbeat_passes_the_client_address_of_each_request(client, app):
     client(HEARTBEAT, method="POST", body=BEAT, environ={"REMOTE_ADDR": "10.0.0.11"})
     client("/sbft/replicas/lb2/heartbeat", method="POST", body=BEAT,
