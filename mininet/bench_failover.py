@@ -258,9 +258,12 @@ SURVIVAL = {
     "keepalived VRRPv3 advert_int 0.1": dict(vip_mode="keepalived", advert_int=0.1,
                                              vrrp_version=3),
 }
+# 50 concurrent downloads of 256 KiB at 32 KiB/s each (8 s), written in 2 KiB pieces: enough
+# load to matter, not so much that the 2 shared cores saturate and every stall is queueing
 SURVIVAL_CONNECTIONS = 50
-SURVIVAL_SIZE = 3 * 1024 * 1024
-SURVIVAL_RATE = 512 * 1024
+SURVIVAL_SIZE = 256 * 1024
+SURVIVAL_RATE = 32 * 1024
+SURVIVAL_PIECE = 2048
 
 
 def survival_runs(runs, rundir):
@@ -275,7 +278,8 @@ def survival_runs(runs, rundir):
             for fault in ("crash", "link"):
                 for run in range(runs):
                     primary = current_primary(lab)
-                    path = (f"/stream/{SURVIVAL_SIZE}?rate={SURVIVAL_RATE}&r={fault}{run}")
+                    path = (f"/stream/{SURVIVAL_SIZE}?rate={SURVIVAL_RATE}"
+                            f"&piece={SURVIVAL_PIECE}&r={fault}{run}")
                     expected = hashlib.sha256(stream_backend.content(
                         path.split("?")[0], SURVIVAL_SIZE)).hexdigest()
                     proc, out = lab.fetch(CLIENT, f"sv-{fault}-{run}.json", path,

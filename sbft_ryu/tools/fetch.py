@@ -21,8 +21,8 @@ async def fetch(index, url, timeout):
     parts = urllib.parse.urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     result = {"index": index, "ok": False, "status": 0, "bytes": 0, "sha256": None,
-              "max_stall_s": None, "started": time.monotonic(), "finished": None,
-              "error": None}
+              "max_stall_s": None, "stall_end": None, "started": time.monotonic(),
+              "finished": None, "error": None}
     digest = hashlib.sha256()
     writers = []
     try:
@@ -44,7 +44,9 @@ async def fetch(index, url, timeout):
                 now = time.monotonic()
                 if not data:
                     break
-                stall = max(stall, now - last)
+                if now - last > stall:
+                    stall = now - last
+                    result["stall_end"] = round(now, 4)
                 last = now
                 digest.update(data)
                 result["bytes"] += len(data)

@@ -2,8 +2,9 @@
 
     python -m sbft_ryu.tools.stream_backend --bind 10.0.0.21 --port 8081
 
-``GET /stream/<bytes>?rate=<bytes per second>`` answers ``<bytes>`` bytes of content that
-depends only on the path (so every replica's proxy fetches the same bytes), paced at ``rate``;
+``GET /stream/<bytes>?rate=<bytes per second>&piece=<bytes>`` answers ``<bytes>`` bytes of
+content that depends only on the path (so every replica's proxy fetches the same bytes), paced
+at ``rate`` in writes of ``piece`` bytes (512..16384, default 16384);
 :func:`content` produces the same bytes for a client to check. Any other path gets a short body.
 """
 
@@ -38,6 +39,7 @@ async def handle(reader, writer, name):
             query = urllib.parse.parse_qs(url.query)
             try:
                 rate = float(query.get("rate", ["0"])[0]) or None
+                int(query.get("piece", [str(CHUNK)])[0])
             except ValueError:
                 writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
@@ -45,16 +47,21 @@ async def handle(reader, writer, name):
                 return
             writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
                          f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+            piece = min(max(int(query.get("piece", [str(CHUNK)])[0]), 512), CHUNK)
             seed = url.path.encode()
             loop = asyncio.get_running_loop()
             start = loop.time()
+            sent = 0
             for index, offset in enumerate(range(0, size, CHUNK)):
-                writer.write(chunk(seed, index)[:size - offset])
-                await writer.drain()
-                if rate:
-                    delay = start + (offset + CHUNK) / rate - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                block = chunk(seed, index)[:size - offset]
+                for at in range(0, len(block), piece):  # smaller writes: a smoother stream
+                    writer.write(block[at:at + piece])
+                    await writer.drain()
+                    sent += len(block[at:at + piece])
+                    if rate and sent < size:
+                        delay = start + sent / rate - loop.time()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
         else:
             body = f"{name} {url.path}\n".encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
