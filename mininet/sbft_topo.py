@@ -92,8 +92,11 @@ def sbft_config_text(topo_plan, extra=""):
     return "\n".join(lines) + "\n" + extra
 
 
-def replica_haproxy_cfg(backends):
+def replica_haproxy_cfg(backends, tamper=None):
+    """``tamper`` (tests only): a proxy configured to alter its responses (an added header
+    naming it), i.e. a replica that answers wrongly."""
     servers = "\n".join(f"    server {b['name']} {b['ip']}:{BACKEND_PORT}" for b in backends)
+    altered = f"    http-response set-header X-Tampered-By {tamper}\n" if tamper else ""
     streams = "\n".join(f"    server {b['name']} {b['ip']}:{STREAM_PORT}" for b in backends)
     return f"""global
     maxconn 4096
@@ -107,7 +110,7 @@ frontend sbft
     monitor-uri {PROBE_PATH}
     use_backend streams if {{ path_beg /stream/ }}
     default_backend backends
-backend backends
+{altered}backend backends
     # deterministic: every replica sends the same request to the same backend
     balance uri
 {servers}
@@ -139,7 +142,11 @@ vrrp_instance sbft {{
 """
 
 
-def backend_haproxy_cfg(backend):
+def backend_haproxy_cfg(backend, date=False):
+    """``date``: add an HTTP Date header (second resolution): replicas asking within the same
+    millisecond get different bytes when a second boundary falls between them, the honest
+    nondeterminism the voting threshold must tolerate."""
+    dated = "    http-after-response set-header Date %[date,http_date]\n" if date else ""
     return f"""global
     maxconn 4096
 defaults
@@ -150,7 +157,7 @@ defaults
 frontend static
     bind {backend['ip']}:{BACKEND_PORT}
     http-request return status 200 content-type text/plain lf-string "{backend['name']} %[path]\\n"
-"""
+{dated}"""
 
 
 # ---- Mininet nodes -----------------------------------------------------------------------
@@ -244,10 +251,10 @@ def _killpg(pid, sig):
 
 
 class BackendHost(LabHost):
-    def config(self, **params):
+    def config(self, date=False, **params):
         result = super().config(**params)
         backend = {"name": self.name, "ip": params["ip"].split("/")[0]}
-        cfg = self.write_file("haproxy.cfg", backend_haproxy_cfg(backend))
+        cfg = self.write_file("haproxy.cfg", backend_haproxy_cfg(backend, date))
         self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
         self.spawn("streams", [os.path.join(VENV_BIN, "python"), "-m",
                                "sbft_ryu.tools.stream_backend", "--bind", backend["ip"],
@@ -265,7 +272,8 @@ class ReplicaHost(LabHost):
     * ``none``: not at all (a replica that stands by in the bare baseline).
     """
 
-    def config(self, backends=(), agent_argv=None, vip_mode="sbft", vrrp=None, **params):
+    def config(self, backends=(), agent_argv=None, vip_mode="sbft", vrrp=None, agent_key=None,
+               **params):
         result = super().config(**params)
         for key, value in (("all.arp_ignore", 1), ("all.arp_announce", 2),
                            ("default.arp_ignore", 1), ("default.arp_announce", 2)):
@@ -275,6 +283,9 @@ class ReplicaHost(LabHost):
                      f"net.ipv4.conf.{intf.name}.arp_announce=2")
         self.vip_mode = vip_mode
         self.vrrp = vrrp
+        self.tamper = None
+        if agent_key is not None:  # this replica's key, for --key-file
+            self.key_file = self.write_file("agent.key", agent_key + "\n")
         if vip_mode == "sbft":
             self.cmd(f"ip addr add {VIP}/32 dev lo")
         elif vip_mode == "static":
@@ -302,8 +313,14 @@ class ReplicaHost(LabHost):
         return f"{VIP}/" in self.cmd(f"ip -4 addr show dev {self.name}-eth0")
 
     def start_haproxy(self):
-        cfg = self.write_file("haproxy.cfg", replica_haproxy_cfg(self.backends))
+        cfg = self.write_file("haproxy.cfg", replica_haproxy_cfg(self.backends, self.tamper))
         return self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
+
+    def set_tamper(self, on):
+        """Tests only: restart HAProxy configured to alter its responses (or not)."""
+        self.tamper = self.name if on else None
+        self.kill("haproxy", signal.SIGTERM)
+        return self.start_haproxy()
 
     def start_agent(self):
         return self.spawn("agent", self.agent_argv)
@@ -324,7 +341,8 @@ class SbftTopo(Topo):
 
     def build(self, lbs=3, backends=2, clients=1, rundir=None, agents=False, wsapi_port=8080,
               agent_args=(), protocols="OpenFlow10,OpenFlow13", vip_mode="sbft",
-              advert_int=1.0, vrrp_version=2, skew=False):
+              advert_int=1.0, vrrp_version=2, skew=False, keys=None, faults=None,
+              backend_date=False):
         layout = plan(lbs, backends, clients)
         s1 = self.addSwitch("s1", cls=ServiceSwitch, dpid="0000000000000001",
                             protocols=protocols)
@@ -337,6 +355,11 @@ class SbftTopo(Topo):
                 extra = tuple(agent_args)
                 if skew and r["name"] in SKEWS:
                     extra += ("--emulate-skew", SKEWS[r["name"]])
+                if keys:
+                    extra += ("--key-file", os.path.join(_subdir(rundir, r["name"]) or ".",
+                                                         "agent.key"))
+                if faults and r["name"] in faults:
+                    extra += ("--fault", faults[r["name"]])
                 agent_argv = agent_command(r["name"], f"http://{MGMT_ROOT_IP}:{wsapi_port}",
                                            extra)
             mode = vip_mode
@@ -346,11 +369,12 @@ class SbftTopo(Topo):
                     "version": vrrp_version}
             self.addHost(r["name"], cls=ReplicaHost, ip=f"{r['ip']}/24", mac=r["mac"],
                          backends=layout["backends"], agent_argv=agent_argv, vip_mode=mode,
-                         vrrp=vrrp, rundir=_subdir(rundir, r["name"]))
+                         vrrp=vrrp, rundir=_subdir(rundir, r["name"]),
+                         agent_key=(keys or {}).get(r["name"]))
             self.addLink(r["name"], s1, port2=r["port"])
         for b in layout["backends"]:
             self.addHost(b["name"], cls=BackendHost, ip=f"{b['ip']}/24", mac=b["mac"],
-                         rundir=_subdir(rundir, b["name"]))
+                         rundir=_subdir(rundir, b["name"]), date=backend_date)
             self.addLink(b["name"], s1, port2=b["port"])
         for c in layout["clients"]:
             self.addHost(c["name"], cls=LabHost, ip=f"{c['ip']}/24", mac=c["mac"],
@@ -446,15 +470,26 @@ class Lab:
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
                  passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
-                 skew=False):
+                 skew=False, voting=False, faults=None, backend_date=False):
         """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
-        switch as a plain learning switch (no replicas configured: flows file only)."""
+        switch as a plain learning switch (no replicas configured: flows file only).
+        ``voting``: active mode with Byzantine output voting (keys generated per lab);
+        ``faults``: replica -> an agent ``--fault`` (tests only)."""
+        if voting:
+            keys = {r["name"]: os.urandom(32).hex() for r in plan(lbs, backends,
+                                                                   clients)["replicas"]}
+            sbft_extra = ("mode = active\nvoting = on\n"
+                          + "".join(f"replica_key = {name} {key}\n"
+                                    for name, key in keys.items()) + sbft_extra)
+        else:
+            keys = None
         self.layout = plan(lbs, backends, clients)
         self.vip_mode = vip_mode
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
                               agent_args=tuple(agent_args), protocols=protocols,
                               vip_mode=vip_mode, advert_int=advert_int,
-                              vrrp_version=vrrp_version, skew=skew)
+                              vrrp_version=vrrp_version, skew=skew, keys=keys,
+                              faults=faults, backend_date=backend_date)
         self.passive_listener = passive_listener
         self.listen_port = None
         self.sbft_extra = sbft_extra
@@ -575,7 +610,8 @@ class Lab:
         body, _, code = out.rstrip("\n").rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
 
-    def pacer(self, client, name, interval=0.02, timeout=0.1, duration=5.0, count=100000):
+    def pacer(self, client, name, interval=0.02, timeout=0.1, duration=5.0, count=100000,
+              heads=False):
         """Start the paced client in ``client`` (background); its log is ``name`` in its rundir.
 
         Returns (Popen, log path)."""
@@ -584,7 +620,8 @@ class Lab:
         argv = [os.path.join(VENV_BIN, "python"), "-m", "sbft_ryu.tools.pacer",
                 "--url", f"http://{VIP}:{SERVICE_PORT}/p", "--paths",
                 "--interval", str(interval), "--timeout", str(timeout),
-                "--duration", str(duration), "--count", str(count), "--out", out]
+                "--duration", str(duration), "--count", str(count), "--out", out,
+                *(["--heads"] if heads else [])]
         return host.spawn(name, argv, cwd=REPO), out
 
     def crash(self, replica, parts=("agent", "haproxy")):

@@ -27,6 +27,7 @@ from ryu.ofproto import ofproto_v1_0, ofproto_v1_3
 from sbft_ryu import config as sbft_config
 from sbft_ryu import decide, metrics, rest, views
 from sbft_ryu.cluster import ClusterState
+from sbft_ryu.referee import AuthError, Referee
 from sbft_ryu.flowfile import FlowSyntaxError
 from sbft_ryu.model import EnablePacketIn, RequestPorts
 from sbft_ryu.ofp import TranslationError, make_translator
@@ -78,8 +79,11 @@ class SbftApp(app_manager.RyuApp):
         except (sbft_config.ConfigError, FlowSyntaxError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
-        self.cluster = ClusterState(self.config.replicas, self.config.heartbeat_timeout,
-                                    self.config.startup_grace)
+        quorum = 2 * self.config.f + 1
+        self.cluster = ClusterState(
+            self.config.replicas, self.config.heartbeat_timeout, self.config.startup_grace,
+            serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None)
+        self.referee = Referee(self.config)
         self.switches = {}  # dpid -> Switch
         self.seen = {}  # dpid -> (connected, OpenFlow version) for REST
         self.counters = Counter()
@@ -184,23 +188,52 @@ class SbftApp(app_manager.RyuApp):
     # ---- REST entry points (called by rest.SbftRestController; RyuApp owns .events) -------
 
     def api_health(self):
-        return views.health_view(self.config, self.cluster, self.seen, time.monotonic())
+        return views.health_view(self.config, self.cluster, self.seen, time.monotonic(),
+                                 self.referee)
 
     def api_replicas(self):
-        return views.replicas_view(self.config, self.cluster, time.monotonic())
+        return views.replicas_view(self.config, self.cluster, time.monotonic(), self.referee)
 
     def api_replica(self, name):
-        return views.replica_view(self.config, self.cluster, name, time.monotonic())
+        return views.replica_view(self.config, self.cluster, name, time.monotonic(),
+                                  self.referee)
 
     def api_events(self):
         return views.events_view(self.cluster, time.monotonic())
 
-    def api_heartbeat(self, name, seq, service_ok, counters, address=None):
+    def api_heartbeat(self, name, beat, address=None):
+        """An agent's report (validated by rest.parse_heartbeat). Authentication first: a
+        rejected heartbeat changes nothing."""
+        try:
+            nonce = self.referee.authenticate(name, beat)
+        except AuthError as exc:
+            self.counters["heartbeat_unauthenticated"] += 1
+            raise rest.ApiError(401, str(exc), extra={"nonce": exc.nonce}) from None
         self.counters["heartbeat"] += 1
+        now = time.monotonic()
         if address:
             self.agent_addresses[name] = address
-        self._changed(self.cluster.heartbeat(name, seq, service_ok, counters, time.monotonic()))
-        return views.heartbeat_reply(self.config, self.cluster, name)
+        self._changed(self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters,
+                                             now))
+        guilty = (self.referee.evidence(name, beat.evidence, now)
+                  | self.referee.wire(name, beat.wire, self.cluster.epoch_primary, now))
+        for culprit in sorted(guilty):
+            self.logger.warning("sbft: replica=%s is byzantine (reported by %s)", culprit,
+                                name)
+            self._changed(self.cluster.mark_byzantine(
+                culprit, now, "its output disagreed with the majority"))
+        return views.heartbeat_reply(self.config, self.cluster, name, nonce,
+                                     self.agent_addresses,
+                                     self.referee.tainted(self.cluster.view.epoch))
+
+    def api_readmit(self, name):
+        """The operator readmits a replica marked byzantine (it rejoins as a backup)."""
+        if self.cluster.state(name) != "byzantine":
+            raise rest.ApiError(409, f"{name} is not byzantine (state {self.cluster.state(name)})")
+        self.referee.readmit(name)
+        self.logger.warning("sbft: replica=%s readmitted by the operator", name)
+        self._changed(self.cluster.readmit(name, time.monotonic()))
+        return self.api_replica(name)
 
     def api_metrics_text(self):
         return metrics.exposition(self.registry)

@@ -61,10 +61,14 @@ class ClusterState:
     seconds have passed since the first one came up, so that a replica that merely booted
     first does not keep the primary role (it is sticky) ahead of the configured order."""
 
-    def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0):
+    def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0, serve_below=None):
+        """``serve_below``: with fewer members than this (2f + 1 when voting), elect no primary
+        (the operator chose to stop serving rather than serve unvoted replies); None: serve."""
         self.replicas = tuple(replicas)
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_grace = startup_grace
+        self.serve_below = serve_below
+        self.epoch_primary = {}  # epoch -> its primary (wire reports name an epoch)
         self._first_up_at = None
         self.health = {replica.name: ReplicaHealth() for replica in self.replicas}
         self._ports = {}  # dpid -> {port_no: up}
@@ -223,12 +227,17 @@ class ClusterState:
             primary = members[0] if members else None
         if self._starting(now):
             primary = None  # let the configured order decide, not who booted first
+        if self.serve_below and len(members) < self.serve_below:
+            primary = None  # too few replicas to vote, and unvoted replies are not wanted
         epoch = self.view.epoch + (primary != self.view.primary)
         new = ClusterView(members=members, primary=primary, epoch=epoch)
         if new == self.view:
             return None
         if primary != self.view.primary:
             self._record(now, primary, PRIMARY if primary else "no primary", epoch)
+            self.epoch_primary[epoch] = primary
+            for old in [e for e in self.epoch_primary if e < epoch - _HISTORY]:
+                del self.epoch_primary[old]
         self.view = new
         return new
 

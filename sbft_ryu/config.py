@@ -66,7 +66,18 @@ class SbftConfig:
     # random per start unless configured: not part of a config's identity, never printed
     active_secret: bytes = field(default=b"", compare=False, repr=False)
     active_wscale: int = 7
+    replica_keys: dict = field(default_factory=dict, compare=False, repr=False)
+    voting: bool = False
+    vote_port: int = 5557
+    vote_hold: float = 0.2
+    suspicion_threshold: float = 3.0
+    suspicion_half_life: float = 5.0
+    unvoted: str = "serve"
 
+    @property
+    def f(self):
+        """Byzantine replicas tolerated: n = 2f + 1 (or more) replicas."""
+        return (len(self.replicas) - 1) // 2
     def replica(self, name):
         for replica in self.replicas:
             if replica.name == name:
@@ -107,12 +118,29 @@ def _opts():
                         "(empty: a random one per controller start)"),
         cfg.StrOpt("active_wscale", default="7",
                    help="the window scale every replica announces in active mode"),
+        cfg.MultiStrOpt("replica_key", default=[],
+                        help="NAME HEXKEY, once per replica: authenticates that replica's "
+                             "heartbeats, reports and vote batches"),
+        cfg.StrOpt("voting", default="off",
+                   help="on: Byzantine output voting (needs mode = active and every "
+                        "replica_key)"),
+        cfg.StrOpt("vote_port", default="5557", help="UDP port agents exchange votes on"),
+        cfg.StrOpt("vote_hold", default="0.2",
+                   help="seconds a primary holds a reply segment waiting for votes"),
+        cfg.StrOpt("suspicion_threshold", default="3",
+                   help="suspicion points that make a replica byzantine"),
+        cfg.StrOpt("suspicion_half_life", default="5",
+                   help="seconds in which a replica's suspicion halves"),
+        cfg.StrOpt("unvoted", default="serve",
+                   help="with fewer than 2f+1 replicas up: serve (unvoted) or stop"),
     ]
 
 
 OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
                 "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
-                "service_priority", "mode", "active_secret", "active_wscale")
+                "service_priority", "mode", "active_secret", "active_wscale", "replica_key",
+                "voting", "vote_port", "vote_hold", "suspicion_threshold",
+                "suspicion_half_life", "unvoted")
 
 
 def register_opts(conf):
@@ -159,6 +187,27 @@ def build_config(raw):
         raise ConfigError("mode", raw["mode"], " or ".join(MODES))
     secret = _secret(raw.get("active_secret", ""))
     wscale = _int("active_wscale", raw.get("active_wscale", "7"), 0, 14)
+    keys = _replica_keys(raw.get("replica_key", []), replicas)
+    voting = str(raw.get("voting", "off")).strip().lower()
+    if voting not in ("on", "off"):
+        raise ConfigError("voting", raw.get("voting"), "on or off")
+    voting = voting == "on"
+    if voting and mode != "active":
+        raise ConfigError("voting", "on", "mode = active (votes compare the replicas' "
+                          "output in one sequence space)")
+    if voting and len(replicas) < 3:
+        raise ConfigError("voting", "on", "at least 3 replicas (n = 2f + 1, f >= 1)")
+    missing = [r.name for r in replicas if r.name not in keys]
+    if voting and missing:
+        raise ConfigError("replica_key", "<hidden>", f"a key for every replica when voting "
+                          f"(missing: {', '.join(missing)})")
+    vote_port = _int("vote_port", raw.get("vote_port", "5557"), 1, 65535)
+    vote_hold = _float("vote_hold", raw.get("vote_hold", "0.2"), 0.001, 10.0)
+    threshold = _float("suspicion_threshold", raw.get("suspicion_threshold", "3"), 1.0, 1000.0)
+    half_life = _float("suspicion_half_life", raw.get("suspicion_half_life", "5"), 0.1, 3600.0)
+    unvoted = str(raw.get("unvoted", "serve")).strip()
+    if unvoted not in ("serve", "stop"):
+        raise ConfigError("unvoted", raw.get("unvoted"), "serve or stop")
     flows_file = str(raw["flows_file"] or "").strip()
     if flows_file:
         flows = flowfile.load_flows_file(flows_file)
@@ -169,7 +218,9 @@ def build_config(raw):
                       heartbeat_timeout=timeout, heartbeat_interval=interval,
                       startup_grace=grace, agent_notify_port=notify_port,
                       service_priority=priority, mode=mode, active_secret=secret,
-                      active_wscale=wscale)
+                      active_wscale=wscale, replica_keys=keys, voting=voting,
+                      vote_port=vote_port, vote_hold=vote_hold, suspicion_threshold=threshold,
+                      suspicion_half_life=half_life, unvoted=unvoted)
 
 
 def check_unknown_options(path):
@@ -233,6 +284,28 @@ def _secret(value):
         raise ConfigError("active_secret", "<hidden>", "16 to 32 bytes as hex (32 to 64 hex "
                           "digits), or empty for a random key")
     return secret
+
+
+def _replica_keys(values, replicas):
+    """``NAME HEXKEY`` lines → {name: key bytes} (16..64 bytes each)."""
+    names = {replica.name for replica in replicas}
+    keys = {}
+    for value in [str(v) for v in values or [] if str(v).strip()]:
+        parts = value.split()
+        if len(parts) != 2 or parts[0] not in names:
+            raise ConfigError("replica_key", parts[0] if parts else value,
+                              f"NAME HEXKEY with NAME one of {sorted(names)}")
+        try:
+            key = bytes.fromhex(parts[1])
+        except ValueError:
+            key = b""
+        if not 16 <= len(key) <= 64:
+            raise ConfigError("replica_key", f"{parts[0]} <hidden>",
+                              "16 to 64 bytes as hex (32 to 128 hex digits)")
+        if parts[0] in keys:
+            raise ConfigError("replica_key", parts[0], "one key per replica")
+        keys[parts[0]] = key
+    return keys
 
 
 def _ipv4(option, value):

@@ -7,7 +7,8 @@ OpenFlow version. The service flows, from highest priority down (P = ``service_p
 ====== ===================================================== ==================================
 P+31   ARP claiming the VIP (sender = VIP)                   drop: replicas never announce it
 P+30   ARP request for the VIP                               to the controller, which answers
-P+20   IP from the VIP, in_port = primary                    source MAC := VMAC, NORMAL
+P+20   IP from the VIP, in_port = primary                    source MAC := VMAC, NORMAL (and,
+                                                             with voting, a copy to each backup)
 P+15   TCP to VIP:service_port                               mirror to every member replica
 P+10   IP from the VIP (any other port)                      drop: only the primary answers
 P+5    other IP to the VIP (ping, ...)                       to the primary only
@@ -26,6 +27,7 @@ from sbft_ryu.model import (ETH_TYPE_ARP, ETH_TYPE_IP, EXACT_MASK, FlowDelete, F
 
 SERVICE_COOKIE = 0x5BF7_0000_0000_0001
 MIRROR_GROUP_ID = 1
+WIRE_GROUP_ID = 2
 
 _ETH = struct.Struct("!6s6sH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
@@ -57,8 +59,13 @@ def service_flows(config, view):
     ]
     if view.primary is not None:
         primary = by_name[view.primary]
+        reply = (SetDlSrc(config.vmac), Output("NORMAL"))
+        backups = [r for r in members if r.name != view.primary]
+        if config.voting and backups:  # the wire check: backups see what really went out
+            reply += (Mirror(WIRE_GROUP_ID, tuple(MirrorBucket(port=r.port, mac=r.mac)
+                                                  for r in backups)),)
         flows.append(FlowSpec(Match(in_port=primary.port, dl_type=ETH_TYPE_IP, nw_src=vip),
-                              (SetDlSrc(config.vmac), Output("NORMAL")), base + 20))
+                              reply, base + 20))
         flows.append(FlowSpec(Match(dl_type=ETH_TYPE_IP, nw_dst=vip),
                               (SetDlDst(primary.mac), Output(primary.port)), base + 5))
     return tuple(_with_cookie(flow) for flow in flows)

@@ -7,9 +7,11 @@ Handlers only parse input and call the app; views build the bodies.
 """
 
 import functools
+import ipaddress
 import json
 import logging
 import math
+from typing import NamedTuple, Optional
 
 from ryu.app.wsgi import ControllerBase, Response, route
 
@@ -20,15 +22,35 @@ LOG = logging.getLogger(__name__)
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]{0,31}"
 MAX_BODY = 64 * 1024
 MAX_COUNTERS = 64
-HEARTBEAT_KEYS = ("seq", "service_ok", "counters")
+HEARTBEAT_KEYS = ("seq", "service_ok", "counters", "nonce", "mac", "evidence", "wire")
+MAX_EVIDENCE = 16  # items per heartbeat
+MAX_BATCHES = 6  # signed batches per item
+MAX_BATCH_HEX = 4096
+MAX_WIRE = 64
+
+
+class Heartbeat(NamedTuple):
+    """A validated heartbeat body. ``nonce``/``mac`` authenticate it (voting.body_signed);
+    ``evidence`` lists signed vote batches (hex) that show a disagreement; ``wire`` lists
+    connections whose primary packets on the wire differed from this replica's output."""
+
+    seq: int
+    service_ok: bool
+    counters: dict
+    nonce: Optional[str] = None
+    mac: Optional[str] = None
+    evidence: tuple = ()
+    wire: tuple = ()
+    body: Optional[dict] = None
 
 
 class ApiError(Exception):
-    def __init__(self, code, message, headers=None):
+    def __init__(self, code, message, headers=None, extra=None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.extra = extra or {}  # more fields for the error body (e.g. a fresh nonce)
 
 
 def json_response(body, status=200, headers=None, indent=1):
@@ -54,8 +76,8 @@ def api(*methods):
                 return handler(self, req, **kwargs)
             except ApiError as exc:
                 LOG.info("REST %s %s -> %d: %s", req.method, req.path, exc.code, exc.message)
-                return json_response(views.error_body(exc.code, exc.message), exc.code,
-                                     exc.headers)
+                return json_response({**views.error_body(exc.code, exc.message), **exc.extra},
+                                     exc.code, exc.headers)
             except Exception:  # a bug: log it with the request, answer 500, keep serving
                 LOG.exception("REST %s %s failed", req.method, req.path)
                 return json_response(views.error_body(500, "internal error (see controller log)"),
@@ -90,7 +112,46 @@ def parse_heartbeat(body):
         if len(key) > 64 or not _is_number(value) or value < 0:
             raise ApiError(400, f"counter {key[:64]!r} must be a non-negative number, "
                                 f"got {value!r}")
-    return seq, service_ok, counters
+    for key in ("nonce", "mac"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > 128):
+            raise ApiError(400, f"{key} must be a string of at most 128 characters")
+    return Heartbeat(seq, service_ok, counters, data.get("nonce"), data.get("mac"),
+                     _evidence(data.get("evidence", [])), _wire(data.get("wire", [])), data)
+
+
+def _evidence(items):
+    if not isinstance(items, list) or len(items) > MAX_EVIDENCE:
+        raise ApiError(400, f"evidence must be a list of at most {MAX_EVIDENCE} items")
+    out = []
+    for item in items:
+        if (not isinstance(item, list) or not 0 < len(item) <= MAX_BATCHES
+                or not all(isinstance(b, str) and len(b) <= MAX_BATCH_HEX for b in item)):
+            raise ApiError(400, f"each evidence item must be a list of 1..{MAX_BATCHES} hex "
+                                "strings (signed vote batches)")
+        try:
+            out.append(tuple(bytes.fromhex(b) for b in item))
+        except ValueError:
+            raise ApiError(400, "evidence batches must be hex") from None
+    return tuple(out)
+
+
+def _wire(items):
+    if not isinstance(items, list) or len(items) > MAX_WIRE:
+        raise ApiError(400, f"wire must be a list of at most {MAX_WIRE} items")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"client", "port", "epoch"}:
+            raise ApiError(400, "each wire report must be {client, port, epoch}")
+        try:
+            client = ipaddress.IPv4Address(item["client"]).packed
+        except (ValueError, TypeError):
+            raise ApiError(400, "wire client must be an IPv4 address") from None
+        if not (_is_int(item["port"]) and 0 < item["port"] < 65536 and _is_int(item["epoch"])
+                and item["epoch"] >= 0):
+            raise ApiError(400, "wire port must be 1..65535 and epoch a non-negative integer")
+        out.append((client, item["port"], item["epoch"]))
+    return tuple(out)
 
 
 def _body(req):
@@ -136,9 +197,13 @@ class SbftRestController(ControllerBase):
     @api("POST")
     def heartbeat(self, req, name, **_):
         name = self._known(name)
-        seq, service_ok, counters = parse_heartbeat(_body(req))
-        return json_response(self.app.api_heartbeat(name, seq, service_ok, counters,
-                                                    req.remote_addr), indent=None)
+        beat = parse_heartbeat(_body(req))
+        return json_response(self.app.api_heartbeat(name, beat, req.remote_addr), indent=None)
+
+    @route("sbft_readmit", "/sbft/replicas/{name}/readmit", requirements={"name": NAME_PATTERN})
+    @api("POST")
+    def readmit(self, req, name, **_):
+        return json_response(self.app.api_readmit(self._known(name)))
 
     @route("sbft_events", "/sbft/events")
     @api("GET")

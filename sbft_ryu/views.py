@@ -14,7 +14,36 @@ def _age(value):
     return None if value is None else round(value, _ROUND)
 
 
-def replica_view(config, cluster, name, now):
+def votes_view(name, health, referee, now):
+    """Per-replica vote statistics: the controller's verdicts and the agent's own counts."""
+    judge = referee.judge if referee is not None else None
+    counters = health.counters
+    stats = judge.stats[name] if judge else None
+    return {
+        "segments_compared": int(counters.get("claims", 0) + counters.get("votes_cast", 0)),
+        "divergences": stats.divergences if stats else 0,
+        "wire_divergences": stats.wire_divergences if stats else 0,
+        "suspicion": round(judge.suspicion(name, now), 3) if judge else 0.0,
+        "reports_verified": stats.reported if stats else 0,
+        "reports_rejected": stats.rejected if stats else 0,
+        "unauthenticated_heartbeats": referee.auth_failures[name] if referee else 0,
+    }
+
+
+def voting_view(config, cluster):
+    """Whether replies are voted now: voting on and at least 2f + 1 replicas up."""
+    if not config.voting:
+        return {"enabled": False, "voted": False, "f": config.f, "reason": "voting is off"}
+    up, needed = len(cluster.view.members), 2 * config.f + 1
+    voted = up >= needed and cluster.view.primary is not None
+    reason = (f"{up} of {len(config.replicas)} replicas up, {needed} needed for a majority: "
+              + ("replies are voted" if voted else
+                 "replies are NOT voted" if cluster.view.primary else "service stopped"))
+    return {"enabled": True, "voted": voted, "f": config.f, "reason": reason,
+            "unvoted_policy": config.unvoted}
+
+
+def replica_view(config, cluster, name, now, referee=None):
     replica = config.replica(name)
     health = cluster.health[name]
     return {
@@ -32,11 +61,13 @@ def replica_view(config, cluster, name, now):
         "heartbeats": health.heartbeats,
         "agent_restarts": health.agent_restarts,
         "counters": dict(health.counters),
+        "votes": votes_view(name, health, referee, now),
     }
 
 
-def replicas_view(config, cluster, now):
-    return [replica_view(config, cluster, replica.name, now) for replica in config.replicas]
+def replicas_view(config, cluster, now, referee=None):
+    return [replica_view(config, cluster, replica.name, now, referee)
+            for replica in config.replicas]
 
 
 def switches_view(switches):
@@ -45,7 +76,7 @@ def switches_view(switches):
             for dpid, (connected, version) in sorted(switches.items())]
 
 
-def health_view(config, cluster, switches, now):
+def health_view(config, cluster, switches, now, referee=None):
     view = cluster.view
     return {
         "status": cluster.status(),
@@ -56,8 +87,9 @@ def health_view(config, cluster, switches, now):
         "service_port": config.service_port,
         "members": list(view.members),
         "heartbeat_timeout_s": config.heartbeat_timeout,
+        "voting": voting_view(config, cluster),
         "switches": switches_view(switches),
-        "replicas": replicas_view(config, cluster, now),
+        "replicas": replicas_view(config, cluster, now, referee),
     }
 
 
@@ -67,7 +99,9 @@ def events_view(cluster, now):
                        for event in reversed(cluster.history)]}
 
 
-def heartbeat_reply(config, cluster, name):
+def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=()):
+    """The answer to a heartbeat: role, epoch, the parameters agents need; with a key, the
+    nonce the next heartbeat must sign; with voting, the peers and connections to reset."""
     reply = {
         "role": cluster.role(name),
         "epoch": cluster.view.epoch,
@@ -80,7 +114,18 @@ def heartbeat_reply(config, cluster, name):
     }
     if config.mode == "active":  # what every replica needs to share one sequence space
         reply["active"] = {"secret": config.active_secret.hex(),
-                           "wscale": config.active_wscale}
+                           "wscale": config.active_wscale, "voting": config.voting}
+    if nonce is not None:
+        reply["nonce"] = nonce
+    if config.voting:
+        voting = voting_view(config, cluster)
+        reply["voting"] = {
+            "required": voting["voted"], "f": config.f, "hold_s": config.vote_hold,
+            "port": config.vote_port,
+            "peers": {peer: address for peer, address in sorted((addresses or {}).items())
+                      if cluster.state(peer) != "byzantine"},
+            "reset": list(reset),
+        }
     return reply
 
 

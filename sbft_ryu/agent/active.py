@@ -29,9 +29,12 @@ import hashlib
 import struct
 from collections import deque
 
+from sbft_ryu import voting
+
 ACCEPT = 0
 DROP = 1
 HOLD = 2
+WIRE = 3
 
 MASK32 = 0xFFFFFFFF
 HALF32 = 0x80000000
@@ -50,7 +53,7 @@ _KEY = struct.Struct("!4sH4sHI")
 _NOP_NOP_TS = b"\x01\x01\x08\x0a"
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-FIN_IN, FIN_OUT, CLOSED_RST = 1, 2, 4
+FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8
 
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
@@ -80,6 +83,9 @@ def _checksum(csum, delta):
     return 0xFFFF - result if result else 0
 
 
+checksum_after = _checksum  # for other modules that patch a checksum
+
+
 def checksum_delta(csum, old, new, regions):
     """The TCP/IP checksum after the bytes of ``regions`` ((start, end) pairs at even offsets
     from the checksummed header) changed from ``old`` to ``new`` (RFC 1624, summed with the
@@ -92,11 +98,12 @@ def checksum_delta(csum, old, new, regions):
 
 
 class Connection:
-    __slots__ = ("client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
+    __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
-                 "unacked_bytes", "own_acked")
+                 "unacked_bytes", "own_acked", "own_at", "client_ack")
 
-    def __init__(self, client_isn, shared_isn, ts_base, now):
+    def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0"):
+        self.vip = vip
         self.client_isn = client_isn
         self.shared_isn = shared_isn
         self.ts_base = ts_base
@@ -114,6 +121,8 @@ class Connection:
         self.unacked = None
         self.unacked_bytes = 0
         self.own_acked = None  # the client's latest ACK, translated (own space)
+        self.own_at = now  # when this replica's stack last sent new data
+        self.client_ack = None  # the client's latest ACK as sent (shared space)
 
 
 class Translator:
@@ -126,16 +135,19 @@ class Translator:
         self.connections = {}
         self.counters = counters if counters is not None else [0] * len(COUNTER_NAMES)
         self.discarded = []  # held tokens to drop, handed out by the next expire()
+        self.outgoing = []  # packets the agent must send itself (RSTs), taken after process()
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
-    def process(self, payload, token, primary, now):
+    def process(self, payload, token, primary, now, arriving=False):
         """(verdict, new payload or None, released) for one queued packet.
 
         ``released`` lists (token, payload) of held packets that may now go, in order. A HOLD
-        verdict means the translator kept ``token``; the caller must not give it a verdict."""
+        verdict means the translator kept ``token``; the caller must not give it a verdict.
+        ``arriving``: the packet came in from the network (PREROUTING); one that arrives *from*
+        the service port is the switch's copy of the primary's reply (WIRE)."""
         try:
             if len(payload) < 40 or payload[0] >> 4 != 4 or payload[9] != 6:
                 raise ValueError
@@ -155,6 +167,8 @@ class Translator:
         if dport == self.port:
             return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, now)
         if sport == self.port:
+            if arriving:
+                return WIRE, None, ()
             return self._outbound(payload, primary, ihl, thl, dport, seq, flags, now)
         self.counters[C_MALFORMED] += 1
         return DROP, None, ()
@@ -174,7 +188,8 @@ class Translator:
                     self.discarded.extend(evicted)
                 shared_isn, ts_base = shared_values(self.secret, payload[12:16], sport,
                                                     payload[16:20], self.port, seq)
-                self.connections[key] = Connection(seq, shared_isn, ts_base, now)
+                self.connections[key] = Connection(seq, shared_isn, ts_base, now,
+                                                   bytes(payload[16:20]))
             else:
                 conn.seen = now
             return ACCEPT, None, ()
@@ -182,6 +197,12 @@ class Translator:
             self.counters[C_UNKNOWN_IN] += 1
             return ACCEPT, None, ()  # the stack answers a stranger with a RST we never send
         conn.seen = now
+        if flags & ACK:
+            conn.client_ack = ack
+        if conn.closed & RESET_SENT:  # we reset it: answer what still comes (a challenge
+            if flags & ACK and not flags & RST:  # ACK, RFC 5961) with a RST it accepts
+                self.outgoing.append(self._rst(conn, payload[12:16], sport, ack))
+            return DROP, None, ()
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST if flags & RST else FIN_IN
         if conn.seq_off is None:  # the handshake race: our SYN-ACK has not gone out yet
@@ -272,6 +293,8 @@ class Translator:
             self.counters[C_UNKNOWN_OUT] += 1
             return DROP, None, ()  # never leak our own sequence space
         conn.seen = now
+        if conn.closed & RESET_SENT:
+            return DROP, None, ()  # reset by us: its stack's leftovers never reach the client
         released = ()
         if flags & SYN:
             if conn.seq_off is None:
@@ -304,6 +327,7 @@ class Translator:
             return
         conn.unacked.append((seq, end, payload))
         conn.unacked_bytes += len(payload)
+        conn.own_at = conn.seen
 
     def _trim_unacked(self, conn, own_ack):
         unacked = conn.unacked
@@ -455,6 +479,79 @@ class Translator:
             if conn is not None and conn.held:
                 dropped.extend(token for token, _ in conn.held)
         return dropped
+
+    # ---- for voting ------------------------------------------------------------------------------
+
+    def statement_of(self, payload):
+        """The voting statement of a reply in the shared space (translated, or copied from the
+        wire): its range and digest; None for a segment without data or FIN."""
+        ihl = (payload[0] & 0x0F) * 4
+        _, dport, seq, _, offset, flags, _ = _TCP.unpack_from(payload, ihl)
+        data = memoryview(payload)[ihl + (offset >> 4) * 4:]
+        fin = bool(flags & FIN)
+        if not data and not fin:
+            return None
+        return voting.Statement(bytes(payload[16:20]), dport, seq,
+                                (seq + len(data) + fin) & MASK32, voting.digest(data, fin))
+
+    def own_range(self, client, port, start, end, partial=False):
+        """(data, fin) that this replica's own stack sent for shared-space [start, end), or
+        None while it has not sent all of it (or no longer keeps it). If its own stream ended
+        (FIN) before ``end``, what it sent up to its FIN: it will never send the rest, so the
+        range differs. ``partial``: whatever it has sent of the range so far."""
+        conn = self.connections.get((client, port))
+        if conn is None or conn.seq_off is None or not conn.unacked:
+            return (b"", False) if partial and conn is not None else None
+        own_start = (start - conn.seq_off) & MASK32
+        length = (end - start) & MASK32
+        pieces = []
+        have = 0  # bytes of [own_start, own_start + length) collected, contiguously
+        fin = False
+        for seq, _, payload in conn.unacked:
+            ihl = (payload[0] & 0x0F) * 4
+            data_at = ihl + (payload[ihl + 12] >> 4) * 4
+            size = len(payload) - data_at
+            offset = (own_start + have - seq) & MASK32  # where we need to start in this one
+            if offset >= HALF32:
+                return None  # a hole before this segment
+            if offset < size:
+                take = min(size - offset, length - have)
+                pieces.append(payload[data_at + offset:data_at + offset + take])
+                have += take
+            if payload[ihl + 13] & FIN and offset <= size and have < length:
+                fin = True  # our stream ends here: at the range's end, or short of it
+                break
+            if have >= length:
+                break
+        if have < length and not fin and not partial:
+            return None
+        return b"".join(pieces), fin
+
+    def quiet_for(self, client, port, now):
+        """Seconds since this replica's stack last sent new data on the connection."""
+        conn = self.connections.get((client, port))
+        return now - conn.own_at if conn is not None else float("inf")
+
+    def reset_packet(self, client, port):
+        """A RST the client accepts at once (seq = its next expected byte), forgetting the
+        connection: for connections a lying primary corrupted on the wire."""
+        conn = self.connections.get((client, port))
+        if conn is None or conn.seq_off is None:
+            return None
+        seq = conn.client_ack if conn.client_ack is not None else (conn.shared_isn + 1) & MASK32
+        conn.closed |= CLOSED_RST | RESET_SENT  # everything else it sends is dropped
+        conn.unacked, conn.unacked_bytes = None, 0
+        return self._rst(conn, client, port, seq)
+
+    def _rst(self, conn, client, port, seq):
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0,
+                                   conn.vip, client))
+        tcp = bytearray(struct.pack("!HHIIBBHHH", self.port, port, seq, 0, 5 << 4, RST, 0, 0,
+                                    0))
+        _U16.pack_into(ip, 10, _checksum(0xFFFF, int.from_bytes(ip, "big")))
+        pseudo = conn.vip + client + b"\x00\x06\x00\x14"
+        _U16.pack_into(tcp, 16, _checksum(0xFFFF, int.from_bytes(pseudo + tcp, "big")))
+        return bytes(ip + tcp)
 
     def snapshot(self):
         counters = dict(zip(COUNTER_NAMES, self.counters))

@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew
+from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew, vote
 
 LOG = logging.getLogger("sbft.agent")
+FAULTS = ("tamper-wire", "false-accuse", "forge-reports")
 THREAD_JOIN_S = 2.0
 KERNEL_COUNTERS_EVERY_S = 5.0  # iptables-save is a process and a whole-ruleset dump
 
@@ -42,6 +43,8 @@ class AgentConfig:
     verdict_cache: str = "role"
     notify_port: int = 5556
     emulate_skew: Optional[str] = None  # tests only: "ISN:TS_MS", see agent/skew.py
+    key_file: Optional[str] = None  # this replica's key (hex): signs heartbeats and votes
+    fault: Optional[str] = None  # tests only: behave as a faulty replica, see --fault
     log_level: str = "INFO"
 
 
@@ -99,6 +102,13 @@ def parse_args(argv=None):
     parser.add_argument("--emulate-skew", metavar="ISN:TS_MS", type=_skew, default=None,
                         help="tests only: behave as if this host's stack had another ISN and "
                         "timestamp clock offset (Mininet hosts share one kernel)")
+    parser.add_argument("--key-file", default=None,
+                        help="file holding this replica's key in hex (the controller's "
+                        "replica_key): signs heartbeats, reports and votes")
+    parser.add_argument("--fault", choices=FAULTS, default=None,
+                        help="tests only: tamper-wire (armed by SIGUSR1) sends altered replies "
+                        "past the vote, as a compromised host; false-accuse reports made-up "
+                        "divergences; forge-reports also signs in another replica's name")
     parser.add_argument("--print-rules", action="store_true",
                         help="print the static rules for --no-iptables operation and exit")
     parser.add_argument("--log-level", default="INFO",
@@ -126,7 +136,11 @@ class Agent:
                                         config.probe_timeout, config.probe_interval,
                                         host=config.vip)
         self.heartbeats = None
-        self._sockets = []  # raw sockets for replays, closed on exit
+        self._sockets = []  # raw and vote sockets, closed on exit
+        self._vote = None
+        self._raw = None
+        self.key = _read_key(config.key_file) if config.key_file else None
+        self.tamper = Tamper() if config.fault == "tamper-wire" else None
 
     def counters(self):
         counters = self.queue.snapshot()
@@ -163,6 +177,8 @@ class Agent:
                     else contextlib.nullcontext(None))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop.set())
+        if self.tamper is not None:
+            signal.signal(signal.SIGUSR1, self.tamper.arm)
         wakeup = self._wakeup_socket()
         with rules_cm as rules:
             self.rules = rules
@@ -171,7 +187,10 @@ class Agent:
                                                    connection_cache=self.spec.cache
                                                    == "connection", wakeup=wakeup,
                                                    on_mode=self.set_mode,
-                                                   on_role=self.runner.wake)
+                                                   on_role=self.runner.wake,
+                                                   key=self.key, name=config.name,
+                                                   reports=self.reports,
+                                                   on_answer=self.on_answer)
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
@@ -200,18 +219,30 @@ class Agent:
         """The controller's mode (from a heartbeat answer): swap the packet handler, then the
         rules, so that no packet of the new rules meets the old handler."""
         mode = answer.get("mode")
+        voting_on = False
         if mode == "active":
             params = answer.get("active") or {}
             secret = bytes.fromhex(params.get("secret", ""))
             wscale = int(params.get("wscale", 7))
+            voting_on = bool(params.get("voting"))
             if not secret:
                 raise ValueError("the controller's answer carries no active-mode secret")
+            if voting_on and self.key is None:
+                raise ValueError("the controller votes on replies: this agent needs --key-file")
             emulated = None
             if self.config.emulate_skew:
                 isn, ts = skew.parse_skew(self.config.emulate_skew)
                 emulated = skew.Skew(isn, ts, self.config.service_port)
-            self.queue = nfq.ActiveQueue(self.state, active.Translator(
-                secret, self.config.service_port, wscale), emulated, self._replay_sender())
+            translator = active.Translator(secret, self.config.service_port, wscale)
+            engine = sock = None
+            if voting_on:
+                sock = self._vote_socket(int((answer.get("voting") or {}).get("port", 5557)))
+                engine = vote.VoteEngine(self.config.name, self.key, translator, sock.sendto,
+                                         fault=self.config.fault if self.config.fault in (
+                                             "false-accuse", "forge-reports") else None)
+            self.queue = nfq.ActiveQueue(
+                self.state, translator, emulated, self._replay_sender(), engine, sock,
+                self.tamper)
         elif mode == "passive":
             self.queue = nfq.ReplyQueue(self.state)
         else:
@@ -219,7 +250,7 @@ class Agent:
         previous = self.runner.swap(self.queue)
         if self.rules is not None:
             try:
-                self.rules.set_mode(mode)
+                self.rules.set_mode(mode, voting_on)
             except Exception:
                 self.queue = previous
                 self.runner.swap(previous)
@@ -227,15 +258,46 @@ class Agent:
         LOG.info("mode %s%s", mode, f" (emulating skew {self.config.emulate_skew})"
                  if mode == "active" and self.config.emulate_skew else "")
 
+    def _vote_socket(self, port):
+        """The UDP socket votes arrive on (one per agent, kept across mode changes)."""
+        if self._vote is None:
+            self._vote = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._vote.setblocking(False)
+            self._vote.bind(("0.0.0.0", port))
+            self._sockets.append(self._vote)
+        return self._vote
+
+    def on_answer(self, answer):
+        """Every heartbeat answer: the voting configuration for the packet thread."""
+        params = answer.get("voting")
+        queue = self.queue
+        engine = getattr(queue, "vote", None)
+        if not isinstance(params, dict) or engine is None:
+            return
+        engine.configure(required=params.get("required"), f=params.get("f", 1),
+                         hold_s=params.get("hold_s", 0.2), port=params.get("port", 5557),
+                         peers=params.get("peers") or {}, primary=answer.get("primary"),
+                         epoch=answer.get("epoch") or 0)
+        reset = frozenset((socket.inet_aton(client), port)
+                          for client, port in params.get("reset") or ())
+        if reset != queue.reset:
+            queue.reset = reset
+            self.runner.wake()  # the packet thread resets them now
+
+    def reports(self):
+        """Evidence the vote engine gathered, for the next heartbeat."""
+        engine = getattr(self.queue, "vote", None)
+        return engine.take_reports(64) if engine is not None else []
+
     def _replay_sender(self):
         """A function sending an already translated packet past the agent's own queue (one
         raw socket, opened at the first replay, marked so that sbft-out accepts it as is)."""
         def send(packet):
-            if not self._sockets:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, iptables.REPLAY_MARK)
-                self._sockets.append(sock)
-            self._sockets[0].sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+            if self._raw is None:
+                self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+                self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, iptables.REPLAY_MARK)
+                self._sockets.append(self._raw)
+            self._raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
         return send
 
     def _wakeup_socket(self):
@@ -247,6 +309,50 @@ class Agent:
         sock.setblocking(False)
         sock.bind(("0.0.0.0", self.config.notify_port))
         return sock
+
+
+def _read_key(path):
+    with open(path, encoding="ascii") as handle:
+        key = bytes.fromhex(handle.read().strip())
+    if not 16 <= len(key) <= 64:
+        raise ValueError(f"{path}: a key must be 16 to 64 bytes of hex")
+    return key
+
+
+class Tamper:
+    """Tests only (--fault tamper-wire): once armed by SIGUSR1, replies on connections that
+    begin after that leave with their first two data bytes altered (checksum fixed), as a
+    compromised host would send them past its agent; connections it already served stay
+    honest, to show they continue."""
+
+    def __init__(self):
+        self.armed = False
+        self.honest = set()  # client (address, port) seen before arming
+
+    def arm(self, *_):
+        self.armed = True
+
+    def __call__(self, packet):
+        ihl = (packet[0] & 0x0F) * 4
+        client = (packet[16:20], packet[ihl + 2:ihl + 4])
+        if not self.armed:
+            self.honest.add(client)
+            return packet
+        return packet if client in self.honest else tamper(packet)
+
+
+def tamper(packet):
+    """``packet`` with its first two data bytes altered and its checksum fixed."""
+    ihl = (packet[0] & 0x0F) * 4
+    data = ihl + (packet[ihl + 12] >> 4) * 4
+    if len(packet) < data + 2:
+        return packet
+    buf = bytearray(packet)
+    old = int.from_bytes(packet[data:data + 2], "big")
+    buf[data:data + 2] = b"XX"
+    csum = int.from_bytes(packet[ihl + 16:ihl + 18], "big")
+    buf[ihl + 16:ihl + 18] = active.checksum_after(csum, 0x5858 - old).to_bytes(2, "big")
+    return bytes(buf)
 
 
 def main(argv=None):

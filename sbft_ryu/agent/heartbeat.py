@@ -13,10 +13,12 @@ import json
 import logging
 import math
 import select
+import socket
 import time
 import urllib.parse
 
 from sbft_ryu.agent.iptables import fast_mark
+from sbft_ryu.voting import sign_body
 
 PRIMARY = "primary"
 BACKUP = "backup"
@@ -25,6 +27,7 @@ ROLES = (PRIMARY, BACKUP, NO_ROLE)
 
 LOG = logging.getLogger("sbft.agent")
 MIN_NUDGE_GAP_S = 0.005
+REPORTS_KEPT = 64  # evidence waiting to reach the controller (the newest kept)
 STOP_CHECK_S = 0.1
 
 
@@ -46,9 +49,10 @@ class ControllerUnreachable(Exception):
 
 
 class ControllerRejected(Exception):
-    def __init__(self, status, message):
+    def __init__(self, status, message, answer=None):
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        self.answer = answer if isinstance(answer, dict) else {}
 
 
 class ControllerClient:
@@ -84,7 +88,7 @@ class ControllerClient:
         if response.status != 200:
             error = answer.get("error") if isinstance(answer, dict) else None
             message = error.get("message") if isinstance(error, dict) else None
-            raise ControllerRejected(response.status, message or payload[:200])
+            raise ControllerRejected(response.status, message or payload[:200], answer)
         if not isinstance(answer, dict) or answer.get("role") not in ROLES:
             raise ControllerRejected(response.status, f"unexpected answer {payload[:200]!r}")
         return answer
@@ -111,7 +115,7 @@ class Heartbeats:
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
                  clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None,
-                 on_role=None):
+                 on_role=None, key=None, name=None, reports=None, on_answer=None):
         self.client = client
         self.state = state
         self.probe = probe
@@ -122,6 +126,12 @@ class Heartbeats:
         # called with the answer when the controller's mode (or its active parameters) change
         self.on_mode = on_mode
         self.on_role = on_role  # called after every change of role (e.g. to wake the queue)
+        self.on_answer = on_answer  # called with every answer (the voting configuration)
+        self.key = key  # this replica's key: heartbeats are signed with the last nonce
+        self.name = name
+        self.nonce = None
+        self.reports = reports  # callable → [(kind, item)] evidence for the controller
+        self._unsent = []
         self.mode = None
         self._last_nudge = float("-inf")
         self.fixed_interval = interval
@@ -177,23 +187,13 @@ class Heartbeats:
         return False
 
     def beat(self, seq):
-        body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
-                "counters": self.counters()}
-        try:
-            answer = self.client.heartbeat(body)
-        except ControllerUnreachable as exc:
-            self.failures += 1
-            self._controller(False, f"controller unreachable ({exc}): keeping role "
-                                    f"{self.state.role} (fail-static)")
-            return
-        except ControllerRejected as exc:
-            self.failures += 1
-            self._controller(False, f"controller rejected the heartbeat ({exc}): keeping role "
-                                    f"{self.state.role}")
+        answer = self._exchange(seq)
+        if answer is None:
             return
         self.sent += 1
         self._controller(True, "controller reachable")
         self.answer = answer
+        self.nonce = answer.get("nonce")
         interval = _seconds(answer.get("heartbeat_interval_s"))
         if self.fixed_interval is None and interval is not None:
             self.interval = min(max(interval, 0.005), 10.0)
@@ -204,7 +204,53 @@ class Heartbeats:
             if self.rules is not None and self.state.primary:
                 self.state.fast_mark = self.rules.mark
         self.mode = mode
+        if self.on_answer is not None:
+            self.on_answer(answer)  # e.g. the voting configuration, before the role
         self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
+
+    def _body(self, seq):
+        body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
+                "counters": self.counters()}
+        if self._unsent:
+            evidence = [raws for kind, raws in self._unsent if kind == "evidence"][:16]
+            wire = [w for kind, w in self._unsent if kind == "wire"][:64]
+            if evidence:
+                body["evidence"] = [[raw.hex() for raw in raws] for raws in evidence]
+            if wire:
+                body["wire"] = [{"client": socket.inet_ntoa(client), "port": port,
+                                 "epoch": epoch} for client, port, epoch in wire]
+        if self.key is not None:
+            if self.nonce is not None:
+                body["nonce"] = self.nonce
+            body["mac"] = sign_body(self.key, self.name, body)
+        return body
+
+    def _exchange(self, seq):
+        """One heartbeat (and, when the controller asks for its nonce first, one retry): the
+        answer, or None after logging why not."""
+        if self.reports is not None:
+            self._unsent.extend(self.reports())
+            del self._unsent[:-REPORTS_KEPT]
+        for attempt in range(2):
+            try:
+                answer = self.client.heartbeat(self._body(seq))
+                self._unsent.clear()
+                return answer
+            except ControllerRejected as exc:
+                nonce = exc.answer.get("nonce")
+                if exc.status == 401 and attempt == 0 and isinstance(nonce, str):
+                    self.nonce = nonce  # sign with this one
+                    continue
+                self.failures += 1
+                self._controller(False, f"controller rejected the heartbeat ({exc}): keeping "
+                                        f"role {self.state.role}")
+                return None
+            except ControllerUnreachable as exc:
+                self.failures += 1
+                self._controller(False, f"controller unreachable ({exc}): keeping role "
+                                        f"{self.state.role} (fail-static)")
+                return None
+        return None
 
     def apply(self, role, epoch, primary_name):
         state = self.state

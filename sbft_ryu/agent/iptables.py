@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 
 IN_CHAIN = "sbft-in"
 OUT_CHAIN = "sbft-out"
+WIRE_CHAIN = "sbft-wire"
 COMMENT = "sbft-agent"
 MARK_BASE = 0x5BF00000
 MARK_GENERATIONS = 0x000FFFFF
@@ -68,6 +69,7 @@ class RuleSpec:
     queue_num: int
     cache: str = "role"  # the verdict cache (passive mode), one of CACHES
     mode: str = "passive"  # active: every packet, both directions, through the queue
+    voting: bool = False  # active mode: the switch's copies of the primary's replies queued
 
     def __post_init__(self):
         if self.cache not in CACHES:
@@ -82,6 +84,8 @@ def jump_rules(spec):
     tag = ["-m", "comment", "--comment", COMMENT]
     return [("raw", ["PREROUTING", "-p", "tcp", "--dport", port, "!", "-i", "lo", *tag,
                      "-j", IN_CHAIN]),
+            ("raw", ["PREROUTING", "-p", "tcp", "--sport", port, "!", "-i", "lo", *tag,
+                     "-j", WIRE_CHAIN]),
             ("mangle", ["POSTROUTING", "-p", "tcp", "--sport", port, "!", "-o", "lo", *tag,
                         "-j", OUT_CHAIN])]
 
@@ -90,6 +94,14 @@ def in_chain(spec, primary):
     if spec.mode == "active":  # every replica's stack must follow every client packet
         return [["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]]
     return [] if primary else [["-j", "DROP"]]
+
+
+def wire_chain(spec):
+    """Packets *from* the service port arriving here: with voting, the switch's copies of the
+    primary's replies (compared by the agent); otherwise nothing legitimate."""
+    if spec.mode == "active" and spec.voting:
+        return [["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]]
+    return [["-j", "DROP"]]
 
 
 def out_chain(spec, primary=False, mark=None):
@@ -110,10 +122,13 @@ def out_chain(spec, primary=False, mark=None):
 def restore_input(spec, primary=False, mark=None):
     """iptables-restore --noflush input that (re)creates both chains with exactly this body."""
     lines = []
-    for table, chain, rules in (("raw", IN_CHAIN, in_chain(spec, primary)),
-                                ("mangle", OUT_CHAIN, out_chain(spec, primary, mark))):
-        lines += [f"*{table}", f":{chain} - [0:0]"]
-        lines += [" ".join([f"-A {chain}", *rule]) for rule in rules]
+    for table, chains in (("raw", ((IN_CHAIN, in_chain(spec, primary)),
+                                   (WIRE_CHAIN, wire_chain(spec)))),
+                          ("mangle", ((OUT_CHAIN, out_chain(spec, primary, mark)),))):
+        lines.append(f"*{table}")
+        lines += [f":{chain} - [0:0]" for chain, _ in chains]
+        for chain, rules in chains:
+            lines += [" ".join([f"-A {chain}", *rule]) for rule in rules]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -170,14 +185,14 @@ class Rules:
 
     def __exit__(self, *exc):
         self._remove_jumps()
-        for table, chain in (("raw", IN_CHAIN), ("mangle", OUT_CHAIN)):
+        for table, chain in (("raw", IN_CHAIN), ("raw", WIRE_CHAIN), ("mangle", OUT_CHAIN)):
             self._iptables(table, "-F", chain, check=False)
             self._iptables(table, "-X", chain, check=False)
 
-    def set_mode(self, mode):
-        """Re-create both chains for ``mode`` (the controller's), keeping the current role.
+    def set_mode(self, mode, voting=False):
+        """Re-create the chains for ``mode`` (the controller's), keeping the current role.
         Nothing changes here if the kernel refuses the new rules."""
-        spec = replace(self.spec, mode=mode)
+        spec = replace(self.spec, mode=mode, voting=voting)
         self._restore(self.primary, self._effective_mark(spec, self.primary, self._asked),
                       spec)
         self.spec = spec

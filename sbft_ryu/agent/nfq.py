@@ -7,12 +7,15 @@ waits on the queue's file descriptor with a short timeout, so a stop request is 
 packets are expired within ``poll_s``.
 """
 
+import logging
 import os
 import select
 import time
 
 from sbft_ryu.agent import active, verdict
 
+LOG = logging.getLogger("sbft.agent")
+ERROR_LOG_S = 10.0
 COPY_RANGE = 0xFFFF  # whole packets: active mode rewrites them
 ERRORS = len(verdict.COUNTER_NAMES)  # one more counter slot: callback failures
 
@@ -54,23 +57,67 @@ class ReplyQueue:
     def close(self):
         pass
 
+    def fds(self):
+        return []
+
+    def readable(self, fd, now):
+        pass
+
+    def flush(self):
+        pass
+
+
+class RawSend:
+    """A token for a packet the agent sends itself (a replay): held and released like a
+    queued packet, but its 'accept' sends it past the queue."""
+
+    __slots__ = ("payload", "sender")
+
+    def __init__(self, payload, sender):
+        self.payload = payload
+        self.sender = sender
+
+    def set_payload(self, payload):
+        self.payload = payload
+
+    def accept(self):
+        self.sender(self.payload)
+
+    def drop(self):
+        pass
+
 
 class ActiveQueue:
     """Active mode: translate every packet (both directions) into the shared sequence space;
-    a primary's replies leave, a backup's are dropped after its state advanced."""
+    a primary's replies leave (after the backups' votes, when voting), a backup's are dropped
+    after its state advanced."""
 
-    def __init__(self, state, translator, skew=None, sender=None):
+    def __init__(self, state, translator, skew=None, sender=None, vote=None, vote_socket=None,
+                 fault=None):
         self.state = state
         self.translator = translator
         self.skew = skew
         self.errors = 0
         self.sender = sender  # sends a translated packet itself (the replay on promotion)
+        self.vote = vote  # a VoteEngine when voting
+        self.vote_socket = vote_socket
+        self.fault = fault  # tests only: a function altering a primary's translated reply
+        self._error_logged = float("-inf")
+        self.reset = frozenset()  # (client ip, port) to reset as primary (controller's list)
+        self._reset_done = set()
+        self.resets_sent = 0
         self._primary = state.primary
 
     def snapshot(self):
         counters = self.translator.snapshot()
         counters["callback_errors"] = self.errors
+        if self.vote is not None:
+            counters.update(self.vote.counters)
+            counters["resets_sent"] = self.resets_sent
         return counters
+
+    def fds(self):
+        return [self.vote_socket] if self.vote_socket is not None else []
 
     def callback(self, packet):
         if self.state.primary != self._primary:
@@ -79,45 +126,136 @@ class ActiveQueue:
         released = ()
         try:
             payload = packet.get_payload()
-            if skew is not None:
+            arriving = packet.hook == _PRE_ROUTING
+            if skew is not None and not arriving:
                 payload = skew.outbound(payload)
-            decision, new, released = self.translator.process(
-                payload, packet, self.state.primary, time.monotonic())
+            primary = self.state.primary
+            now = time.monotonic()
+            decision, new, released = self.translator.process(payload, packet, primary, now,
+                                                              arriving)
             if decision == active.ACCEPT:
                 if new is not None:
-                    packet.set_payload(skew.inbound(new) if skew is not None else new)
+                    if skew is not None:
+                        new = skew.inbound(new)
+                    if primary and not arriving:
+                        if self.fault is not None:  # a compromised host: past the vote
+                            packet.set_payload(self.fault(new))
+                            packet.accept()
+                            return
+                        if self.vote is not None:
+                            statement = self.translator.statement_of(new)
+                            if statement is not None and self.vote.hold(packet, new,
+                                                                        statement, now):
+                                return  # its verdict comes with the votes
+                    packet.set_payload(new)
                 packet.accept()
             elif decision == active.DROP:
                 packet.drop()
-        except Exception:  # never let a packet escape without a verdict
-            self.errors += 1
+                if self.vote is not None and self.vote.waiting and not arriving:
+                    self.vote.on_own_output((bytes(payload[16:20]), _dport(payload)), now)
+            elif decision == active.WIRE:
+                packet.drop()  # a copy: look, never deliver
+                if self.vote is not None:
+                    statement = self.translator.statement_of(payload)
+                    if statement is not None:
+                        self.vote.on_wire(statement, now)
+        except Exception as exc:  # never let a packet escape without a verdict
+            self._error(exc)
             _drop(packet)
-        for held, data in released:  # verdicts for packets kept by earlier callbacks
+        self._release(released)
+        if self.translator.outgoing:
+            outgoing, self.translator.outgoing = self.translator.outgoing, []
+            for extra in outgoing:
+                self._send(extra)
+
+    def _error(self, exc):
+        """Count a failure; log one in ERROR_LOG_S at most (never per packet)."""
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._error_logged >= ERROR_LOG_S:
+            self._error_logged = now
+            LOG.warning("packet handling failed (%d so far): %r", self.errors, exc,
+                        exc_info=self.errors == 1)
+
+    def _release(self, released):
+        skew = self.skew
+        for held, data in released:  # verdicts for packets kept earlier
             try:
                 held.set_payload(skew.inbound(data) if skew is not None else data)
                 held.accept()
-            except Exception:
-                self.errors += 1
+            except Exception as exc:
+                self._error(exc)
                 _drop(held)
+
+    def readable(self, fd, now):
+        """Datagrams on the vote socket: votes may release held replies."""
+        for _ in range(64):
+            try:
+                data = self.vote_socket.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._error(exc)
+                break
+            for held, payload in self.vote.receive(data, now):
+                try:
+                    held.set_payload(payload)
+                    held.accept()
+                except Exception as exc:
+                    self._error(exc)
+                    _drop(held)
+        self.flush()
+
+    def flush(self):
+        if self.vote is not None:
+            self.vote.flush()
 
     def tick(self, now):
         if self.state.primary != self._primary:
             self._role_changed()
+        elif self._primary and self.reset - self._reset_done:
+            self._apply_resets()
         for held in self.translator.expire(now):
             if not _drop(held):
                 self.errors += 1
+        if self.vote is not None:
+            for held in self.vote.expire(now):
+                _drop(held)
+            self.vote.flush()
 
     def _role_changed(self):
-        """Just promoted: re-send what this replica's stack sent as a backup and the client
-        has not acknowledged, instead of leaving it to the stack's retransmission timer."""
+        """Just promoted: reset the connections the old primary corrupted on the wire, and
+        re-send what this replica's stack sent as a backup and the client has not
+        acknowledged (through the vote, when voting), instead of leaving it to the stack's
+        retransmission timer."""
         self._primary = self.state.primary
         if not self._primary or self.sender is None:
             return
+        now = time.monotonic()
+        self._apply_resets()
         for packet in self.translator.replay():
-            try:
-                self.sender(packet)
-            except OSError:
-                self.errors += 1
+            statement = (self.translator.statement_of(packet) if self.vote is not None
+                         else None)
+            if statement is None or not self.vote.hold(RawSend(packet, self._send), packet,
+                                                       statement, now):
+                self._send(packet)
+        self.flush()
+
+    def _apply_resets(self):
+        """Reset every connection the controller lists (a lying primary's bytes reached its
+        client): never continue it with honest bytes."""
+        for client, port in sorted(self.reset - self._reset_done):
+            self._reset_done.add((client, port))
+            packet = self.translator.reset_packet(client, port)
+            if packet is not None:
+                self._send(packet)
+                self.resets_sent += 1
+
+    def _send(self, packet):
+        try:
+            self.sender(packet)
+        except OSError as exc:
+            self._error(exc)
 
     def close(self):
         """Drop every packet still held: this handler is no longer current. The connection
@@ -129,6 +267,18 @@ class ActiveQueue:
         for held in self.translator.discarded:
             _drop(held)
         self.translator.discarded = []
+        if self.vote is not None:
+            for claim in self.vote.pending.values():
+                _drop(claim.token)
+            self.vote.pending.clear()
+
+
+_PRE_ROUTING = 0  # NF_INET_PRE_ROUTING: the packet arrived from the network
+
+
+def _dport(payload):
+    ihl = (payload[0] & 0x0F) * 4
+    return (payload[ihl + 2] << 8) | payload[ihl + 3]
 
 
 def _drop(packet):
@@ -179,7 +329,9 @@ class QueueRunner:
             fd = nfq.get_fd()
             last_tick = time.monotonic()
             while not stop.is_set():
-                ready, _, _ = select.select([fd, self._wake_r], [], [], poll_s)
+                handler = self.handler
+                extra = handler.fds()
+                ready, _, _ = select.select([fd, self._wake_r, *extra], [], [], poll_s)
                 woken = self._wake_r in ready
                 if woken:
                     try:
@@ -188,7 +340,11 @@ class QueueRunner:
                         pass
                 if fd in ready:
                     nfq.run(block=False)
+                    handler.flush()
                 now = time.monotonic()
+                for other in extra:
+                    if other in ready:
+                        handler.readable(other, now)
                 if woken or now - last_tick >= poll_s:
                     last_tick = now
                     while self._retired:

@@ -22,13 +22,14 @@ async def fetch(index, url, timeout):
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     result = {"index": index, "ok": False, "status": 0, "bytes": 0, "sha256": None,
               "max_stall_s": None, "stall_end": None, "started": time.monotonic(),
-              "finished": None, "error": None}
+              "finished": None, "error": None, "port": None}
     digest = hashlib.sha256()
     writers = []
     try:
         async def run():
             reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
             writers.append(writer)
+            result["port"] = writer.get_extra_info("sockname")[1]
             writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
                          "Connection: close\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")

@@ -22,8 +22,9 @@ import urllib.parse
 MAX_BODY = 65536
 
 
-async def get(host, port, path, timeout):
-    """(status, body bytes) of one HTTP/1.0 GET within ``timeout`` seconds, or raises."""
+async def get(host, port, path, timeout, with_head=False):
+    """(status, body bytes) of one HTTP/1.0 GET within ``timeout`` seconds, or raises; with
+    ``with_head``, (status, body, head)."""
     async def exchange():
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -43,14 +44,18 @@ async def get(host, port, path, timeout):
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise ValueError(f"bad status line {head[:40]!r}")
+    if with_head:
+        return int(status_line[1]), body, head
     return int(status_line[1]), body
 
 
-async def one(seq, sent, host, port, path, timeout, out, totals):
+async def one(seq, sent, host, port, path, timeout, out, totals, heads=False):
     record = {"seq": seq, "t": round(sent, 6)}
     try:
-        status, body = await get(host, port, path, timeout)
+        status, body, head = await get(host, port, path, timeout, with_head=True)
         record.update(ok=status == 200, status=status, body=body.decode("utf-8", "replace"))
+        if heads:
+            record["head"] = head.decode("latin-1")
     except (OSError, ValueError, asyncio.TimeoutError) as exc:
         record.update(ok=False, status=0, error=type(exc).__name__)
     record["latency"] = round(time.monotonic() - sent, 6)
@@ -58,7 +63,7 @@ async def one(seq, sent, host, port, path, timeout, out, totals):
     out.write(json.dumps(record) + "\n")
 
 
-async def run(url, interval, timeout, count, duration, out, paths=False):
+async def run(url, interval, timeout, count, duration, out, paths=False, heads=False):
     parts = urllib.parse.urlsplit(url)
     host, port, base = parts.hostname, parts.port or 80, parts.path or "/"
     stopping = asyncio.Event()
@@ -79,7 +84,7 @@ async def run(url, interval, timeout, count, duration, out, paths=False):
             await asyncio.sleep(delay)
         path = f"{base.rstrip('/')}/{seq}" if paths else base
         tasks.append(asyncio.ensure_future(
-            one(seq, time.monotonic(), host, port, path, timeout, out, totals)))
+            one(seq, time.monotonic(), host, port, path, timeout, out, totals, heads)))
     if tasks:
         await asyncio.wait(tasks, timeout=timeout + 1.0)
     out.write(json.dumps({"summary": {"ok": totals[True], "failed": totals[False],
@@ -96,12 +101,13 @@ def main(argv=None):
     parser.add_argument("--count", type=int, default=100000)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--paths", action="store_true", help="append /<seq> to the path")
+    parser.add_argument("--heads", action="store_true", help="record each response's header")
     parser.add_argument("--out", default="-")
     args = parser.parse_args(argv)
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
     try:
         return asyncio.run(run(args.url, args.interval, args.timeout, args.count,
-                               args.duration, out, args.paths))
+                               args.duration, out, args.paths, args.heads))
     finally:
         if out is not sys.stdout:
             out.close()

@@ -1,0 +1,285 @@
+"""The agent's side of output voting (active mode): hold, claim, vote, compare the wire.
+
+Runs in the packet thread, beside the translator, so it needs no locks; the heartbeat thread
+only reads ``reports`` (a deque) and replaces the configuration with :meth:`configure`.
+
+* As **primary** it holds every reply segment that carries data or a FIN, claims its digest
+  to the backups (batched, signed) and releases it once ``f`` backups voted the same digest;
+  a segment without enough votes after ``hold_s`` is dropped (TCP resends it) and counted.
+* As **backup** it answers each claim of the current primary with a vote about its own output
+  for the same range, as soon as its own stack has produced those bytes, and compares the
+  primary's packets that the switch copies to it (the wire check).
+* Disagreements become evidence for the controller: the signed batches that show them, sent
+  with the next heartbeat. A divergent range is reported once every expected vote is in (so
+  the controller sees a majority) or when it expires.
+"""
+
+import time
+from collections import deque
+
+from sbft_ryu import voting
+
+REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
+RECENT_S = 2.0  # how long a released range keeps collecting late votes (for evidence)
+RECENT_MAX = 4096
+
+COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "vote_timeouts",
+                 "divergent_votes", "wire_checked", "wire_divergent", "claims_unanswerable",
+                 "partial_votes", "batches_rejected")
+
+
+class Claim:
+    __slots__ = ("token", "payload", "digest", "at", "votes", "raw", "released")
+
+    def __init__(self, token, payload, digest, at):
+        self.token = token
+        self.payload = payload
+        self.digest = digest
+        self.at = at
+        self.votes = {}  # backup -> (digest, raw batch)
+        self.raw = None  # the signed claim batch that carried it
+        self.released = False
+
+
+class VoteEngine:
+    def __init__(self, name, key, translator, send, clock=time.monotonic, fault=None):
+        """``fault`` (tests only): "false-accuse" reports made-up divergences to the
+        controller while voting honestly; "forge-reports" also signs statements in another
+        replica's name (with its own key, so they never verify)."""
+        self.fault = fault
+        self.name = name
+        self.key = key
+        self.translator = translator
+        self.send = send  # (datagram, (ip, port)) -> None
+        self.clock = clock
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.reports = deque(maxlen=REPORT_LIMIT)  # ("evidence", [raw...]) / ("wire", tuple)
+        self.configure(required=False, f=1, hold_s=0.2, port=5557, peers={}, primary=None,
+                       epoch=0)
+        self.pending = {}  # range key -> Claim (held by the primary)
+        self.recent = {}  # range key -> Claim (released, still collecting votes)
+        self.claims_out = []
+        self.votes_out = []
+        self.waiting = {}  # (client, port) -> [(statement, claim raw or None, at, epoch)]
+
+    def configure(self, required, f, hold_s, port, peers, primary, epoch):
+        """From the controller's answer (heartbeat thread): one assignment per field."""
+        self.required = bool(required)
+        self.f = max(1, int(f))
+        self.hold_s = float(hold_s)
+        self.port = int(port)
+        self.peers = {name: addr for name, addr in peers.items() if name != self.name}
+        self.primary = primary
+        self.epoch = epoch
+
+    # ---- primary ----------------------------------------------------------------------------
+
+    def hold(self, token, payload, segment, now):
+        """A translated reply segment of the primary: True if held for votes."""
+        if not self.required:
+            self.counters["released_unvoted"] += 1
+            return False
+        key = segment.range_key
+        if key in self.recent and self.recent[key].digest == segment.digest:
+            return False  # a retransmission of a range the backups already agreed on
+        claim = self.pending.get(key)
+        if claim is not None:  # the stack re-sent it before the votes came: keep the newest
+            _drop(claim.token)
+            claim.token, claim.payload = token, payload
+            return True
+        self.pending[key] = Claim(token, payload, segment.digest, now)
+        self.claims_out.append(segment)
+        self.counters["claims"] += 1
+        return True
+
+    def on_votes(self, batch, now):
+        """A backup's votes: (token, payload) pairs that may now go out."""
+        released = []
+        for statement in batch.statements:
+            key = statement.range_key
+            claim = self.pending.get(key) or self.recent.get(key)
+            if claim is None:
+                continue
+            claim.votes[batch.author] = (statement.digest, batch.raw)
+            if statement.digest != claim.digest:
+                self.counters["divergent_votes"] += 1
+            elif not claim.released and sum(
+                    1 for d, _ in claim.votes.values() if d == claim.digest) >= self.f:
+                claim.released = True
+                released.append((claim.token, claim.payload))
+                self.counters["released_voted"] += 1
+                del self.pending[key]
+                self._remember(key, claim)
+            self._maybe_report(claim, final=False)
+        return released
+
+    def _remember(self, key, claim):
+        claim.token = claim.payload = None
+        self.recent[key] = claim
+        if len(self.recent) > RECENT_MAX:
+            for old in list(self.recent)[:RECENT_MAX // 4]:
+                self._maybe_report(self.recent.pop(old), final=True)
+
+    def _maybe_report(self, claim, final):
+        """Report a divergent range once every backup voted (or, ``final``, when it ends)."""
+        if claim.raw is None or not any(d != claim.digest for d, _ in claim.votes.values()):
+            return
+        if not final and len(claim.votes) < len(self.peers):
+            return
+        raws = [claim.raw] + [raw for _, raw in claim.votes.values()]
+        self.reports.append(("evidence", list(dict.fromkeys(raws))))
+        claim.raw = None  # reported once
+
+    # ---- backup -----------------------------------------------------------------------------
+
+    def on_claims(self, batch, now):
+        """The primary's claims: vote on each range this replica has produced, wait for the
+        rest. Claims from anyone but the current primary are ignored."""
+        if batch.author != self.primary:
+            return
+        for statement in batch.statements:
+            self._answer(statement, batch.raw, now, self.epoch)
+
+    def on_wire(self, segment, now):
+        """A copy of the primary's actual packet (from the switch): compare it with our own."""
+        self.counters["wire_checked"] += 1
+        self._answer(segment, None, now, self.epoch)
+
+    def on_own_output(self, client_key, now):
+        """Our stack sent more for this connection: answer what waited for it."""
+        waiting = self.waiting.pop(client_key, None)
+        for statement, raw, at, epoch in waiting or ():
+            self._answer(statement, raw, at, epoch)
+
+    def _answer(self, statement, claim_raw, at, epoch, partial=False):
+        own = self.translator.own_range(statement.client, statement.port, statement.start,
+                                        statement.end, partial)
+        if own is None:
+            self.waiting.setdefault((statement.client, statement.port), []).append(
+                (statement, claim_raw, at, epoch))
+            return
+        mine = voting.digest(*own)
+        if claim_raw is None:  # the wire check
+            if mine != statement.digest:
+                self.counters["wire_divergent"] += 1
+                self.reports.append(("wire", (statement.client, statement.port, epoch)))
+            return
+        vote = voting.Statement(statement.client, statement.port, statement.start,
+                                statement.end, mine)
+        self.votes_out.append((vote, claim_raw if mine != statement.digest else None))
+        self.counters["votes_cast"] += 1
+        if mine != statement.digest:
+            self.counters["divergent_votes"] += 1
+        if self.fault is not None:
+            self._misbehave(statement, claim_raw)
+
+    def _misbehave(self, statement, claim_raw):
+        """Tests only: accuse the primary falsely (a second, contradicting statement of ours),
+        and with "forge-reports" also in another replica's name."""
+        lie = voting.Statement(statement.client, statement.port, statement.start,
+                               statement.end, voting.digest(b"made up"))
+        raws = [claim_raw, voting.encode(voting.VOTE, self.name, [lie], self.key)]
+        others = [n for n in self.peers if n != self.primary]
+        if self.fault == "forge-reports" and others:
+            raws.append(voting.encode(voting.VOTE, others[0], [lie], self.key))
+        self.reports.append(("evidence", raws))
+
+    # ---- I/O, driven by the queue runner ------------------------------------------------------
+
+    def flush(self):
+        """Send the claims and votes gathered since the last flush, in signed batches."""
+        if self.claims_out:
+            claims, self.claims_out = self.claims_out, []
+            for chunk in _chunks(claims):
+                raw = voting.encode(voting.CLAIM, self.name, chunk, self.key)
+                for statement in chunk:
+                    claim = self.pending.get(statement.range_key)
+                    if claim is not None:
+                        claim.raw = raw
+                for address in list(self.peers.values()):
+                    self._send(raw, address)
+        if self.votes_out:
+            votes, self.votes_out = self.votes_out, []
+            primary = self.peers.get(self.primary)
+            for chunk in _chunks(votes):
+                raw = voting.encode(voting.VOTE, self.name, [v for v, _ in chunk], self.key)
+                if primary is not None:
+                    self._send(raw, primary)
+                for claim_raw in dict.fromkeys(c for _, c in chunk if c is not None):
+                    self.reports.append(("evidence", [claim_raw, raw]))
+
+    def _send(self, raw, address):
+        try:
+            self.send(raw, (address, self.port))
+        except OSError:
+            pass  # votes are best effort: a missing vote is a timeout, not an error
+
+    def receive(self, data, now):
+        """A datagram on the vote port: (token, payload) pairs to release."""
+        try:
+            batch = voting.decode(data)
+        except voting.VotingError:
+            self.counters["batches_rejected"] += 1
+            return ()
+        if batch.kind == voting.CLAIM:
+            self.on_claims(batch, now)
+            return ()
+        if batch.author not in self.peers:
+            self.counters["batches_rejected"] += 1
+            return ()
+        return self.on_votes(batch, now)
+
+    def expire(self, now):
+        """Tokens of segments held past ``hold_s`` (dropped: TCP resends them)."""
+        dropped = []
+        for key, claim in list(self.pending.items()):
+            if now - claim.at > self.hold_s:
+                del self.pending[key]
+                dropped.append(claim.token)
+                self.counters["vote_timeouts"] += 1
+                self._maybe_report(claim, final=True)
+        for key, claim in list(self.recent.items()):
+            if now - claim.at > RECENT_S:
+                del self.recent[key]
+                self._maybe_report(claim, final=True)
+        for client_key, waiting in list(self.waiting.items()):
+            # a claim beyond what our stack sent, while our stack has been quiet for a hold:
+            # the primary sent bytes we will not (a lying primary, or one of us lags badly).
+            # Vote with what we have, so that a majority can see it; a backup that is merely
+            # behind keeps sending and keeps waiting.
+            quiet = self.translator.quiet_for(*client_key, now) >= self.hold_s
+            kept = []
+            for entry in waiting:
+                age = now - entry[2]
+                if quiet and age >= self.hold_s and entry[1] is not None:  # claims only:
+                    # a wire copy we cannot match is the primary's data we never produce,
+                    # which its claim (not its copy) already shows
+                    self.counters["partial_votes"] += 1
+                    self._answer(entry[0], entry[1], entry[2], entry[3], partial=True)
+                elif age <= 4 * self.hold_s:
+                    kept.append(entry)
+                else:
+                    self.counters["claims_unanswerable"] += 1
+            if kept:
+                self.waiting[client_key] = kept
+            else:
+                del self.waiting[client_key]
+        return [token for token in dropped if token is not None]
+
+    def take_reports(self, limit):
+        out = []
+        while self.reports and len(out) < limit:
+            out.append(self.reports.popleft())
+        return out
+
+
+def _chunks(items):
+    for at in range(0, len(items), voting.MAX_STATEMENTS):
+        yield items[at:at + voting.MAX_STATEMENTS]
+
+
+def _drop(token):
+    try:
+        token.drop()
+    except Exception:
+        pass

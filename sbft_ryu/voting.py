@@ -1,0 +1,238 @@
+"""Byzantine output voting: digests, signed statements, and the controller's judge.
+
+Replicas compare their output in the shared sequence space of active mode. A *statement* says
+"for connection C, the bytes [start, end) of the reply stream have digest D"; replicas exchange
+them in signed batches over UDP on the management network:
+
+* the primary's agent holds each reply segment and sends a **claim** (its statement) to every
+  backup; it releases the segment once ``f`` backups sent a **vote** with the same digest;
+* a backup's agent answers claims with votes about its own output, and compares the primary's
+  actual packets that the switch copies to it (the **wire check**: a host that bypasses its own
+  agent is still seen on the wire).
+
+Every batch carries a MAC with its author's key (one key per replica, known to that replica and
+to the controller only), so a replica can neither speak nor vote for another, and anyone can
+forward a batch as evidence: the controller verifies it. Agents report disagreements with the
+batches that show them; the :class:`Judge` takes, per range, the digest that ``n - f`` replicas
+agree on as the truth and gives each replica that said otherwise a point of suspicion, which
+decays with a half-life (honest nondeterminism, such as a Date header crossing a second
+boundary, makes rare isolated points). A replica whose suspicion reaches the threshold is
+byzantine. Wire divergence cannot be signed by the primary; it counts once ``f + 1`` distinct
+backups report it for the same connection.
+
+Everything here is pure: bytes and plain values in, values out; time is passed in.
+"""
+
+import hashlib
+import hmac
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"SBV1"
+TAG = 16
+DIGEST = 16
+CLAIM, VOTE = 1, 2
+KINDS = {CLAIM: "claim", VOTE: "vote"}
+MAX_AUTHOR = 32
+MAX_STATEMENTS = 48  # one batch stays well under 1500 bytes
+TAINT_S = 60.0
+
+_HEAD = struct.Struct("!4sBBB")  # magic, kind, author length, statement count
+_STATEMENT = struct.Struct("!4sHII16s")  # client ip, client port, start, end, digest
+
+
+class VotingError(ValueError):
+    """A batch that does not parse or whose MAC does not verify."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    client: bytes  # 4 bytes
+    port: int
+    start: int
+    end: int
+    digest: bytes
+
+    @property
+    def range_key(self):
+        return (self.client, self.port, self.start, self.end)
+
+
+@dataclass(frozen=True)
+class Batch:
+    kind: int
+    author: str
+    statements: tuple
+    raw: bytes  # the signed datagram, as evidence
+
+
+def digest(data, fin=False):
+    """The digest of reply bytes (a FIN at the end counts: truncation is a divergence)."""
+    h = hashlib.blake2b(data, digest_size=DIGEST)
+    if fin:
+        h.update(b"\x00FIN")
+    return h.digest()
+
+
+def mac(key, data):
+    return hashlib.blake2b(data, key=key, digest_size=TAG).digest()
+
+
+def encode(kind, author, statements, key):
+    """A signed datagram: header, author, statements, MAC."""
+    name = author.encode("ascii")
+    if not name or len(name) > MAX_AUTHOR or len(statements) > MAX_STATEMENTS:
+        raise VotingError("author or batch size out of range")
+    body = _HEAD.pack(MAGIC, kind, len(name), len(statements)) + name + b"".join(
+        _STATEMENT.pack(s.client, s.port, s.start, s.end, s.digest) for s in statements)
+    return body + mac(key, body)
+
+
+def decode(data):
+    """A Batch from a datagram, without checking its MAC (see :func:`verify`)."""
+    try:
+        magic, kind, length, count = _HEAD.unpack_from(data)
+        if magic != MAGIC or kind not in KINDS or not 0 < length <= MAX_AUTHOR:
+            raise VotingError("not a vote batch")
+        at = _HEAD.size
+        author = data[at:at + length].decode("ascii")
+        at += length
+        if len(data) != at + count * _STATEMENT.size + TAG:
+            raise VotingError("batch length does not match its header")
+        statements = tuple(Statement(*_STATEMENT.unpack_from(data, at + i * _STATEMENT.size))
+                           for i in range(count))
+    except (struct.error, UnicodeDecodeError):
+        raise VotingError("truncated or garbled batch") from None
+    return Batch(kind, author, statements, bytes(data))
+
+
+def verify(batch, key):
+    return hmac.compare_digest(mac(key, batch.raw[:-TAG]), batch.raw[-TAG:])
+
+
+# ---- authenticated heartbeats ------------------------------------------------------------------
+
+def canonical(body):
+    """The bytes a heartbeat MAC covers: the body without "mac", keys sorted, no spaces."""
+    return json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True,
+                      separators=(",", ":")).encode("utf-8")
+
+
+def sign_body(key, name, body):
+    return mac(key, name.encode("ascii") + b"\x00" + canonical(body)).hex()
+
+
+def body_signed(key, name, body):
+    tag = body.get("mac")
+    if not isinstance(tag, str):
+        return False
+    return hmac.compare_digest(sign_body(key, name, body), tag)
+
+
+# ---- the controller's judge ---------------------------------------------------------------------
+
+@dataclass
+class ReplicaVotes:
+    divergences: int = 0  # ranges where this replica was in the minority
+    wire_divergences: int = 0  # primary epochs in which f+1 backups saw its wire bytes differ
+    reported: int = 0  # evidence items this replica sent that verified
+    rejected: int = 0  # evidence items it sent that did not verify (forged, garbled)
+    suspicion: float = 0.0
+    suspicion_at: float = 0.0
+
+
+class Judge:
+    """Decides by majority who lied, from verified statements; never from a reporter's say-so."""
+
+    def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0):
+        self.names = tuple(names)
+        self.f = f
+        self.quorum = len(self.names) - f  # agreeing replicas that make a digest the truth
+        self.threshold = threshold
+        self.half_life = half_life
+        self.window = window  # how long a range's opinions wait for the rest
+        self.stats = {name: ReplicaVotes() for name in self.names}
+        self._opinions = {}  # range key -> ({author: digest}, first seen, decided)
+        self._wire = {}  # (epoch, client, port) -> (reporters, first seen, counted)
+
+    def suspicion(self, name, now):
+        stats = self.stats[name]
+        return stats.suspicion * math.pow(0.5, max(0.0, now - stats.suspicion_at) /
+                                          self.half_life)
+
+    def _suspect(self, name, now, weight=1.0):
+        stats = self.stats[name]
+        stats.suspicion = self.suspicion(name, now) + weight
+        stats.suspicion_at = now
+        return stats.suspicion >= self.threshold
+
+    def opinions(self, reporter, batches, now):
+        """Verified batches a reporter forwarded: returns the names that reached the threshold.
+
+        ``batches`` holds only batches whose MAC verified with their author's key."""
+        self.expire(now)
+        self.stats[reporter].reported += 1
+        guilty = set()
+        for batch in batches:
+            for statement in batch.statements:
+                key = statement.range_key
+                entry = self._opinions.setdefault(key, [{}, now, False])
+                entry[0].setdefault(batch.author, statement.digest)
+        for key in {s.range_key for b in batches for s in b.statements}:
+            entry = self._opinions[key]
+            said, _, decided = entry
+            if decided:
+                continue
+            counts = {}
+            for value in said.values():
+                counts[value] = counts.get(value, 0) + 1
+            truth = [value for value, count in counts.items() if count >= self.quorum]
+            if not truth or len(counts) == 1:
+                continue  # no majority yet, or nobody disagrees
+            entry[2] = True
+            for author, value in said.items():
+                if value != truth[0]:
+                    self.stats[author].divergences += 1
+                    if self._suspect(author, now):
+                        guilty.add(author)
+        return guilty
+
+    def rejected(self, reporter):
+        self.stats[reporter].rejected += 1
+
+    def wire(self, reporter, primary, epoch, client, port, now):
+        """A backup saw the primary's packets on the wire differ from its own output."""
+        self.expire(now)
+        key = (epoch, client, port)
+        entry = self._wire.setdefault(key, [set(), now, False])
+        entry[0].add(reporter)
+        if entry[2] or len(entry[0]) < self.f + 1 or primary in entry[0]:
+            return False
+        entry[2] = True
+        self.stats[primary].wire_divergences += 1
+        return True
+
+    def tainted(self, epoch):
+        """Connections whose wire bytes diverged in ``epoch`` (to be reset, never spliced):
+        once f + 1 backups convicted that epoch's primary on one connection, a single backup's
+        report suffices for the others."""
+        entries = {(client, port): counted for (ep, client, port), (_, _, counted)
+                   in self._wire.items() if ep == epoch}
+        if not any(entries.values()):
+            return []
+        return sorted(entries)
+
+    def expire(self, now):
+        """Forget undecided ranges after ``window``; wire verdicts (the tainted connections a
+        new primary resets) after TAINT_S."""
+        for key in [k for k, v in self._opinions.items() if now - v[1] > self.window]:
+            del self._opinions[key]
+        convicted = {ep for (ep, _, _), v in self._wire.items() if v[2]}
+        for key in [k for k, v in self._wire.items()
+                    if now - v[1] > (TAINT_S if k[0] in convicted else self.window)]:
+            del self._wire[key]
+
+    def readmit(self, name):
+        self.stats[name].suspicion = 0.0
