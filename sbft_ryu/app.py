@@ -215,6 +215,7 @@ class SbftApp(app_manager.RyuApp):
             self.agent_addresses[name] = address
         self._changed(self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters,
                                              now))
+        self.referee.compared(name, beat.counters, now)
         guilty = (self.referee.evidence(name, beat.evidence, now)
                   | self.referee.wire(name, beat.wire, self.cluster.epoch_primary, now))
         for culprit in sorted(guilty):

@@ -72,6 +72,7 @@ class SbftConfig:
     vote_hold: float = 0.2
     suspicion_threshold: float = 3.0
     suspicion_half_life: float = 5.0
+    suspicion_rate: float = 0.01
     unvoted: str = "serve"
 
     @property
@@ -131,6 +132,9 @@ def _opts():
                    help="suspicion points that make a replica byzantine"),
         cfg.StrOpt("suspicion_half_life", default="5",
                    help="seconds in which a replica's suspicion halves"),
+        cfg.StrOpt("suspicion_rate", default="0.01",
+                   help="fraction of the ranges a replica took part in (same decaying window) "
+                        "that its suspicion must also reach to make it byzantine"),
         cfg.StrOpt("unvoted", default="serve",
                    help="with fewer than 2f+1 replicas up: serve (unvoted) or stop"),
     ]
@@ -140,7 +144,7 @@ OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
                 "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
                 "service_priority", "mode", "active_secret", "active_wscale", "replica_key",
                 "voting", "vote_port", "vote_hold", "suspicion_threshold",
-                "suspicion_half_life", "unvoted")
+                "suspicion_half_life", "suspicion_rate", "unvoted")
 
 
 def register_opts(conf):
@@ -205,6 +209,7 @@ def build_config(raw):
     vote_hold = _float("vote_hold", raw.get("vote_hold", "0.2"), 0.001, 10.0)
     threshold = _float("suspicion_threshold", raw.get("suspicion_threshold", "3"), 1.0, 1000.0)
     half_life = _float("suspicion_half_life", raw.get("suspicion_half_life", "5"), 0.1, 3600.0)
+    rate = _float("suspicion_rate", raw.get("suspicion_rate", "0.01"), 0.0, 1.0)
     unvoted = str(raw.get("unvoted", "serve")).strip()
     if unvoted not in ("serve", "stop"):
         raise ConfigError("unvoted", raw.get("unvoted"), "serve or stop")
@@ -220,7 +225,7 @@ def build_config(raw):
                       service_priority=priority, mode=mode, active_secret=secret,
                       active_wscale=wscale, replica_keys=keys, voting=voting,
                       vote_port=vote_port, vote_hold=vote_hold, suspicion_threshold=threshold,
-                      suspicion_half_life=half_life, unvoted=unvoted)
+                      suspicion_half_life=half_life, suspicion_rate=rate, unvoted=unvoted)
 
 
 def check_unknown_options(path):

@@ -50,8 +50,35 @@ class SbftCollector:
                        [((r["name"], key), value) for r in replicas
                         for key, value in sorted(r["counters"].items())],
                        ["replica", "counter"])
+        yield from _voting(health)
         yield _counter("sbft_controller", "Controller event counters",
                        [((key,), value) for key, value in sorted(counters.items())], ["event"])
+
+
+VOTE_COUNTERS = (
+    ("segments_compared", "Reply ranges the replica's agent compared (claims plus votes)"),
+    ("divergences", "Ranges where the replica's output disagreed with the majority"),
+    ("wire_divergences", "Primary epochs in which f + 1 backups saw its wire bytes differ"),
+    ("reports_verified", "Evidence items from the replica that verified"),
+    ("reports_rejected", "Evidence items from the replica that did not verify"),
+    ("unauthenticated_heartbeats", "Heartbeats in the replica's name that failed authentication"),
+)
+
+
+def _voting(health):
+    voting, replicas = health["voting"], health["replicas"]
+    yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, 2f + 1 up)",
+                 [((), int(voting["voted"]))])
+    yield _gauge("sbft_replica_byzantine", "1 while the replica is marked byzantine",
+                 [((r["name"],), int(r["state"] == "byzantine")) for r in replicas], ["replica"])
+    for key, doc in VOTE_COUNTERS:
+        yield _counter(f"sbft_replica_{key}", doc,
+                       [((r["name"],), r["votes"][key]) for r in replicas], ["replica"])
+    yield _gauge("sbft_replica_suspicion", "Decaying count of the replica's divergences",
+                 [((r["name"],), r["votes"]["suspicion"]) for r in replicas], ["replica"])
+    yield _gauge("sbft_replica_divergence_rate",
+                 "Suspicion over the ranges the replica took part in lately",
+                 [((r["name"],), r["votes"]["divergence_rate"]) for r in replicas], ["replica"])
 
 
 def _gauge(name, doc, samples, labels=()):

@@ -29,7 +29,8 @@ class Referee:
         self._new_nonce = new_nonce
         self.nonces = {name: new_nonce() for name in self.keys}
         self.judge = (voting.Judge([r.name for r in config.replicas], config.f,
-                                   config.suspicion_threshold, config.suspicion_half_life)
+                                   config.suspicion_threshold, config.suspicion_half_life,
+                                   rate=config.suspicion_rate)
                       if config.voting else None)
         self.auth_failures = {r.name: 0 for r in config.replicas}
 
@@ -48,6 +49,14 @@ class Referee:
                             self.nonces[name])
         self.nonces[name] = self._new_nonce()
         return self.nonces[name]
+
+    def compared(self, reporter, counters, now):
+        """An authenticated heartbeat's count of ranges its replica compared (the judge's
+        denominator for the others' divergence rates)."""
+        if self.judge is not None:
+            total = counters.get("claims", 0) + counters.get("votes_cast", 0)
+            if isinstance(total, (int, float)) and total >= 0:
+                self.judge.compared(reporter, total, now)
 
     def evidence(self, reporter, items, now):
         """Verified evidence → names the judge found byzantine (disagreeing with the majority
@@ -78,9 +87,10 @@ class Referee:
         guilty = set()
         if self.judge is None:
             return guilty
-        for client, port, epoch in reports:
+        for client, port, epoch, start, end in reports:
             primary = epoch_primary.get(epoch)
-            if primary and self.judge.wire(reporter, primary, epoch, client, port, now):
+            if primary and self.judge.wire(reporter, primary, epoch, client, port, start, end,
+                                           now):
                 guilty.add(primary)
         return guilty
 

@@ -141,8 +141,9 @@ def _wire(items):
         raise ApiError(400, f"wire must be a list of at most {MAX_WIRE} items")
     out = []
     for item in items:
-        if not isinstance(item, dict) or set(item) != {"client", "port", "epoch"}:
-            raise ApiError(400, "each wire report must be {client, port, epoch}")
+        if not isinstance(item, dict) or set(item) != {"client", "port", "epoch", "start",
+                                                       "end"}:
+            raise ApiError(400, "each wire report must be {client, port, epoch, start, end}")
         try:
             client = ipaddress.IPv4Address(item["client"]).packed
         except (ValueError, TypeError):
@@ -150,7 +151,9 @@ def _wire(items):
         if not (_is_int(item["port"]) and 0 < item["port"] < 65536 and _is_int(item["epoch"])
                 and item["epoch"] >= 0):
             raise ApiError(400, "wire port must be 1..65535 and epoch a non-negative integer")
-        out.append((client, item["port"], item["epoch"]))
+        if not all(_is_int(item[k]) and 0 <= item[k] <= 0xFFFFFFFF for k in ("start", "end")):
+            raise ApiError(400, "wire start and end must be 32-bit sequence numbers")
+        out.append((client, item["port"], item["epoch"], item["start"], item["end"]))
     return tuple(out)
 
 

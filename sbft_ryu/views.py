@@ -24,6 +24,8 @@ def votes_view(name, health, referee, now):
         "divergences": stats.divergences if stats else 0,
         "wire_divergences": stats.wire_divergences if stats else 0,
         "suspicion": round(judge.suspicion(name, now), 3) if judge else 0.0,
+        "compared_recently": round(judge.compared_mass(name, now), 1) if judge else 0.0,
+        "divergence_rate": round(judge.divergence_rate(name, now), 4) if judge else 0.0,
         "reports_verified": stats.reported if stats else 0,
         "reports_rejected": stats.rejected if stats else 0,
         "unauthenticated_heartbeats": referee.auth_failures[name] if referee else 0,

@@ -15,10 +15,14 @@ to the controller only), so a replica can neither speak nor vote for another, an
 forward a batch as evidence: the controller verifies it. Agents report disagreements with the
 batches that show them; the :class:`Judge` takes, per range, the digest that ``n - f`` replicas
 agree on as the truth and gives each replica that said otherwise a point of suspicion, which
-decays with a half-life (honest nondeterminism, such as a Date header crossing a second
-boundary, makes rare isolated points). A replica whose suspicion reaches the threshold is
-byzantine. Wire divergence cannot be signed by the primary; it counts once ``f + 1`` distinct
-backups report it for the same connection.
+decays with a half-life. A replica is byzantine when its suspicion reaches the threshold *and*
+is at least ``rate`` of the ranges it was compared on in the same decaying window: honest
+nondeterminism (a Date header crossing a second boundary) makes a small fraction of ranges
+differ however busy the tier is, a liar a large one. The ranges compared come from the
+authenticated heartbeats of the *other* replicas (the f-th largest of their counts), so a
+replica cannot dilute its own record, and f liars cannot shrink an honest one's. Wire
+divergence cannot be signed by the primary; it counts once ``f + 1`` distinct backups report
+the same range of the same connection.
 
 Everything here is pure: bytes and plain values in, values out; time is passed in.
 """
@@ -146,27 +150,50 @@ class ReplicaVotes:
 class Judge:
     """Decides by majority who lied, from verified statements; never from a reporter's say-so."""
 
-    def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0):
+    def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0, rate=0.01):
         self.names = tuple(names)
         self.f = f
         self.quorum = len(self.names) - f  # agreeing replicas that make a digest the truth
         self.threshold = threshold
         self.half_life = half_life
+        self.rate = rate
         self.window = window  # how long a range's opinions wait for the rest
         self.stats = {name: ReplicaVotes() for name in self.names}
         self._opinions = {}  # range key -> ({author: digest}, first seen, decided)
-        self._wire = {}  # (epoch, client, port) -> (reporters, first seen, counted)
+        self._wire = {}  # (epoch, client, port, start, end) -> (reporters, first seen, counted)
+        self._compared = {name: [0.0, 0.0, None] for name in self.names}  # mass, at, last total
+
+    def _decayed(self, value, since, now):
+        return value * math.pow(0.5, max(0.0, now - since) / self.half_life)
 
     def suspicion(self, name, now):
         stats = self.stats[name]
-        return stats.suspicion * math.pow(0.5, max(0.0, now - stats.suspicion_at) /
-                                          self.half_life)
+        return self._decayed(stats.suspicion, stats.suspicion_at, now)
+
+    def compared(self, reporter, total, now):
+        """``reporter``'s authenticated running count of ranges it compared (claims it made as
+        primary plus votes it cast as backup). The first count is a baseline; a smaller one
+        means its agent restarted."""
+        entry = self._compared[reporter]
+        mass, at, last = entry
+        delta = 0 if last is None else total - last if total >= last else total
+        entry[:] = [self._decayed(mass, at, now) + delta, now, total]
+
+    def compared_mass(self, name, now):
+        """Ranges ``name`` took part in lately, by the others' count (the f-th largest)."""
+        others = sorted((self._decayed(mass, at, now) for other, (mass, at, _)
+                         in self._compared.items() if other != name), reverse=True)
+        return others[self.f - 1] if len(others) >= self.f else 0.0
+
+    def divergence_rate(self, name, now):
+        return self.suspicion(name, now) / max(1.0, self.compared_mass(name, now))
 
     def _suspect(self, name, now, weight=1.0):
         stats = self.stats[name]
         stats.suspicion = self.suspicion(name, now) + weight
         stats.suspicion_at = now
-        return stats.suspicion >= self.threshold
+        return (stats.suspicion >= self.threshold and
+                stats.suspicion >= self.rate * self.compared_mass(name, now))
 
     def opinions(self, reporter, batches, now):
         """Verified batches a reporter forwarded: returns the names that reached the threshold.
@@ -202,10 +229,12 @@ class Judge:
     def rejected(self, reporter):
         self.stats[reporter].rejected += 1
 
-    def wire(self, reporter, primary, epoch, client, port, now):
-        """A backup saw the primary's packets on the wire differ from its own output."""
+    def wire(self, reporter, primary, epoch, client, port, start, end, now):
+        """A backup saw the primary's packet on the wire differ from its own output for
+        [start, end): f + 1 backups saying so of the same range convict the primary (one alone
+        may be an honest minority, e.g. a Date header its own backend request got)."""
         self.expire(now)
-        key = (epoch, client, port)
+        key = (epoch, client, port, start, end)
         entry = self._wire.setdefault(key, [set(), now, False])
         entry[0].add(reporter)
         if entry[2] or len(entry[0]) < self.f + 1 or primary in entry[0]:
@@ -216,10 +245,12 @@ class Judge:
 
     def tainted(self, epoch):
         """Connections whose wire bytes diverged in ``epoch`` (to be reset, never spliced):
-        once f + 1 backups convicted that epoch's primary on one connection, a single backup's
-        report suffices for the others."""
-        entries = {(client, port): counted for (ep, client, port), (_, _, counted)
-                   in self._wire.items() if ep == epoch}
+        once f + 1 backups convicted that epoch's primary on one range, a single backup's
+        report suffices for the other connections."""
+        entries = {}
+        for (ep, client, port, _, _), (_, _, counted) in self._wire.items():
+            if ep == epoch:
+                entries[(client, port)] = entries.get((client, port), False) or counted
         if not any(entries.values()):
             return []
         return sorted(entries)
@@ -229,7 +260,7 @@ class Judge:
         new primary resets) after TAINT_S."""
         for key in [k for k, v in self._opinions.items() if now - v[1] > self.window]:
             del self._opinions[key]
-        convicted = {ep for (ep, _, _), v in self._wire.items() if v[2]}
+        convicted = {key[0] for key, v in self._wire.items() if v[2]}
         for key in [k for k, v in self._wire.items()
                     if now - v[1] > (TAINT_S if k[0] in convicted else self.window)]:
             del self._wire[key]

@@ -38,6 +38,7 @@ WIRE = 3
 
 MASK32 = 0xFFFFFFFF
 HALF32 = 0x80000000
+ABSTAIN = "abstain"  # own_range: this replica cannot vote on the range
 MAX_HELD = 32  # packets held per connection while its SYN-ACK is awaited
 HOLD_S = 1.0
 IDLE_S = 1800.0
@@ -58,9 +59,9 @@ FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
-                 "malformed", "ack_clamped", "replayed", "unacked_overflow")
+                 "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
- C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW) = range(
+ C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP) = range(
      len(COUNTER_NAMES))
 
 
@@ -100,7 +101,8 @@ def checksum_delta(csum, old, new, regions):
 class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
-                 "unacked_bytes", "own_acked", "own_at", "client_ack")
+                 "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
+                 "client_next", "client_window", "client_ts")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0"):
         self.vip = vip
@@ -123,6 +125,12 @@ class Connection:
         self.own_acked = None  # the client's latest ACK, translated (own space)
         self.own_at = now  # when this replica's stack last sent new data
         self.client_ack = None  # the client's latest ACK as sent (shared space)
+        self.lossy = False  # some of its unacknowledged output was not kept (over the cap)
+        # what a pure ACK from the client needs (a lagging backup's catch-up ACK): the client's
+        # next sequence number, its window field, its timestamp option as translated
+        self.client_next = None
+        self.client_window = 0
+        self.client_ts = b""
 
 
 class Translator:
@@ -136,6 +144,7 @@ class Translator:
         self.counters = counters if counters is not None else [0] * len(COUNTER_NAMES)
         self.discarded = []  # held tokens to drop, handed out by the next expire()
         self.outgoing = []  # packets the agent must send itself (RSTs), taken after process()
+        self.to_stack = []  # packets for this replica's own stack (catch-up ACKs), likewise
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
 
@@ -216,6 +225,10 @@ class Translator:
             self.counters[C_HELD] += 1
             return HOLD, None, ()
         self.counters[C_IN] += 1
+        after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
+        if conn.client_next is None or serial_gt(after, conn.client_next):
+            conn.client_next = after
+            conn.client_window = _U16.unpack_from(payload, ihl + 14)[0]
         return ACCEPT, self._translate_in(payload, ihl, thl, ack, flags, conn), ()
 
     def _translate_in(self, payload, ihl, thl, ack, flags, conn):
@@ -241,6 +254,7 @@ class Translator:
                     own_ts = (tsecr - conn.ts_off) & MASK32
                     _U32.pack_into(buf, options + 8, own_ts)
                     delta += own_ts - tsecr
+            conn.client_ts = bytes(buf[options:options + 12])
         elif thl > 20 and self._options_in(buf, options, ihl + thl, conn):
             delta += (int.from_bytes(buf[options:ihl + thl], "big")
                       - int.from_bytes(payload[options:ihl + thl], "big"))
@@ -313,21 +327,46 @@ class Translator:
             self.counters[C_BACKUP] += 1
             if length and not flags & (SYN | RST):
                 self._keep_unacked(conn, seq, end, payload)
+                if conn.client_ack is not None and conn.client_next is not None and \
+                        not serial_gt(end, (conn.client_ack - conn.seq_off) & MASK32):
+                    self._catch_up(conn, payload[16:20], dport, end)
             return DROP, None, released
         self.counters[C_OUT] += 1
         return ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, conn), released
+
+    def _catch_up(self, conn, client, port, end):
+        """A backup's stack sent bytes the client acknowledged before this stack produced them
+        (it lags): the client will not acknowledge them again, so give the stack the ACK
+        itself. Without it the stack retransmits them, and a FIN never acknowledged keeps the
+        socket closing long enough for a reused client port to find it (a SYN that never
+        opens a connection on this replica)."""
+        self.counters[C_CAUGHT_UP] += 1
+        conn.own_acked = end
+        if conn.unacked:
+            self._trim_unacked(conn, end)
+        options = conn.client_ts if len(conn.client_ts) == 12 else b""
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(options), 0, 0x4000, 64,
+                                   6, 0, client, conn.vip))
+        tcp = bytearray(struct.pack("!HHIIBBHHH", port, self.port, conn.client_next, end,
+                                    (5 + len(options) // 4) << 4, ACK, conn.client_window, 0,
+                                    0) + options)
+        _U16.pack_into(ip, 10, _checksum(0xFFFF, int.from_bytes(ip, "big")))
+        pseudo = client + conn.vip + struct.pack("!BBH", 0, 6, len(tcp))
+        _U16.pack_into(tcp, 16, _checksum(0xFFFF, int.from_bytes(pseudo + tcp, "big")))
+        self.to_stack.append(bytes(ip + tcp))
 
     def _keep_unacked(self, conn, seq, end, payload):
         if conn.unacked is None:
             conn.unacked = deque()
         elif conn.unacked and not serial_gt(end, conn.unacked[-1][1]):
             return  # a retransmission of what is kept already
+        conn.own_at = conn.seen
         if conn.unacked_bytes + len(payload) > MAX_UNACKED_BYTES:
             self.counters[C_UNACKED_OVERFLOW] += 1
+            conn.lossy = True
             return
         conn.unacked.append((seq, end, payload))
         conn.unacked_bytes += len(payload)
-        conn.own_at = conn.seen
 
     def _trim_unacked(self, conn, own_ack):
         unacked = conn.unacked
@@ -496,24 +535,28 @@ class Translator:
 
     def own_range(self, client, port, start, end, partial=False):
         """(data, fin) that this replica's own stack sent for shared-space [start, end), or
-        None while it has not sent all of it (or no longer keeps it). If its own stream ended
-        (FIN) before ``end``, what it sent up to its FIN: it will never send the rest, so the
-        range differs. ``partial``: whatever it has sent of the range so far."""
+        None while it has not sent all of it. If its own stream ended (FIN) before ``end``,
+        what it sent up to its FIN: it will never send the rest, so the range differs.
+        ``partial``: whatever it has sent of the range so far.
+
+        :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
+        range's start (the bytes were trimmed, and reached the client through f votes or on
+        a wire the backups checked), or its output outgrew what a backup keeps."""
         conn = self.connections.get((client, port))
-        if conn is None or conn.seq_off is None or not conn.unacked:
+        if conn is None or conn.seq_off is None:
             return (b"", False) if partial and conn is not None else None
         own_start = (start - conn.seq_off) & MASK32
         length = (end - start) & MASK32
         pieces = []
         have = 0  # bytes of [own_start, own_start + length) collected, contiguously
         fin = False
-        for seq, _, payload in conn.unacked:
+        for seq, _, payload in conn.unacked or ():
             ihl = (payload[0] & 0x0F) * 4
             data_at = ihl + (payload[ihl + 12] >> 4) * 4
             size = len(payload) - data_at
             offset = (own_start + have - seq) & MASK32  # where we need to start in this one
             if offset >= HALF32:
-                return None  # a hole before this segment
+                break  # a hole before this segment
             if offset < size:
                 take = min(size - offset, length - have)
                 pieces.append(payload[data_at + offset:data_at + offset + take])
@@ -523,8 +566,12 @@ class Translator:
                 break
             if have >= length:
                 break
-        if have < length and not fin and not partial:
-            return None
+        if have < length and not fin:
+            if conn.lossy or (conn.own_acked is not None and
+                              serial_gt(conn.own_acked, own_start)):
+                return ABSTAIN
+            if not partial:
+                return None
         return b"".join(pieces), fin
 
     def quiet_for(self, client, port, now):

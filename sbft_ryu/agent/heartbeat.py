@@ -218,7 +218,8 @@ class Heartbeats:
                 body["evidence"] = [[raw.hex() for raw in raws] for raws in evidence]
             if wire:
                 body["wire"] = [{"client": socket.inet_ntoa(client), "port": port,
-                                 "epoch": epoch} for client, port, epoch in wire]
+                                 "epoch": epoch, "start": start, "end": end}
+                                for client, port, epoch, start, end in wire]
         if self.key is not None:
             if self.nonce is not None:
                 body["nonce"] = self.nonce

@@ -167,6 +167,10 @@ class ActiveQueue:
             outgoing, self.translator.outgoing = self.translator.outgoing, []
             for extra in outgoing:
                 self._send(extra)
+        if self.translator.to_stack:
+            to_stack, self.translator.to_stack = self.translator.to_stack, []
+            for extra in to_stack:
+                self._send(skew.inbound(extra) if skew is not None else extra)
 
     def _error(self, exc):
         """Count a failure; log one in ERROR_LOG_S at most (never per packet)."""
@@ -221,6 +225,11 @@ class ActiveQueue:
         if self.vote is not None:
             for held in self.vote.expire(now):
                 _drop(held)
+            resets, self.vote.resets = self.vote.resets, []
+            for client, port in resets:
+                packet = self.translator.reset_packet(client, port)
+                if packet is not None:
+                    self._send(packet)
             self.vote.flush()
 
     def _role_changed(self):

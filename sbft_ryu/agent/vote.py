@@ -18,14 +18,26 @@ import time
 from collections import deque
 
 from sbft_ryu import voting
+from sbft_ryu.agent.active import ABSTAIN
 
 REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
 RECENT_S = 2.0  # how long a released range keeps collecting late votes (for evidence)
 RECENT_MAX = 4096
+# A primary outvoted on a connection (every backup agrees on other bytes) can never release
+# it; if it is still primary this long after (an honest minority, e.g. a Date header, rather
+# than a liar the controller excludes sooner), it resets the connection so that the client
+# fails at once instead of waiting for its own timeout.
+OUTVOTED_RESET_S = 1.0
+# A backup votes with what it has on a claim it cannot match only after its own stack has
+# been quiet on the connection this long: a backup whose backend answers later than the
+# primary's must not look like a dissenter (the common case under load), while a primary
+# that claims bytes nobody else produces is still outvoted.
+PARTIAL_QUIET_S = 1.0
 
 COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "vote_timeouts",
                  "divergent_votes", "wire_checked", "wire_divergent", "claims_unanswerable",
-                 "partial_votes", "batches_rejected")
+                 "partial_votes", "abstentions", "outvoted", "outvoted_resets",
+                 "batches_rejected")
 
 
 class Claim:
@@ -61,6 +73,8 @@ class VoteEngine:
         self.claims_out = []
         self.votes_out = []
         self.waiting = {}  # (client, port) -> [(statement, claim raw or None, at, epoch)]
+        self.outvoted = {}  # (client, port) -> when the backups first agreed against us
+        self.resets = []  # (client, port) the packet thread resets (outvoted too long)
 
     def configure(self, required, f, hold_s, port, peers, primary, epoch):
         """From the controller's answer (heartbeat thread): one assignment per field."""
@@ -103,6 +117,11 @@ class VoteEngine:
             claim.votes[batch.author] = (statement.digest, batch.raw)
             if statement.digest != claim.digest:
                 self.counters["divergent_votes"] += 1
+                if not claim.released and self._outvoted(claim):
+                    conn = (statement.client, statement.port)
+                    if conn not in self.outvoted:
+                        self.outvoted[conn] = now
+                        self.counters["outvoted"] += 1
             elif not claim.released and sum(
                     1 for d, _ in claim.votes.values() if d == claim.digest) >= self.f:
                 claim.released = True
@@ -112,6 +131,14 @@ class VoteEngine:
                 self._remember(key, claim)
             self._maybe_report(claim, final=False)
         return released
+
+    def _outvoted(self, claim):
+        """Whether n - f backups (all of them, at n = 3) agree on a digest other than ours."""
+        counts = {}
+        for value, _ in claim.votes.values():
+            if value != claim.digest:
+                counts[value] = counts.get(value, 0) + 1
+        return bool(counts) and max(counts.values()) >= len(self.peers) + 1 - self.f
 
     def _remember(self, key, claim):
         claim.token = claim.payload = None
@@ -158,11 +185,15 @@ class VoteEngine:
             self.waiting.setdefault((statement.client, statement.port), []).append(
                 (statement, claim_raw, at, epoch))
             return
+        if own is ABSTAIN:
+            self.counters["abstentions"] += 1
+            return
         mine = voting.digest(*own)
         if claim_raw is None:  # the wire check
             if mine != statement.digest:
                 self.counters["wire_divergent"] += 1
-                self.reports.append(("wire", (statement.client, statement.port, epoch)))
+                self.reports.append(("wire", (statement.client, statement.port, epoch,
+                                              statement.start, statement.end)))
             return
         vote = voting.Statement(statement.client, statement.port, statement.start,
                                 statement.end, mine)
@@ -243,20 +274,22 @@ class VoteEngine:
                 del self.recent[key]
                 self._maybe_report(claim, final=True)
         for client_key, waiting in list(self.waiting.items()):
-            # a claim beyond what our stack sent, while our stack has been quiet for a hold:
-            # the primary sent bytes we will not (a lying primary, or one of us lags badly).
+            # a claim beyond what our stack sent, while our stack has been quiet for
+            # PARTIAL_QUIET_S: the primary sent bytes we will not (a lying primary, or one of
+            # us lags badly).
             # Vote with what we have, so that a majority can see it; a backup that is merely
             # behind keeps sending and keeps waiting.
-            quiet = self.translator.quiet_for(*client_key, now) >= self.hold_s
+            patience = max(self.hold_s, PARTIAL_QUIET_S)
+            quiet = self.translator.quiet_for(*client_key, now) >= patience
             kept = []
             for entry in waiting:
                 age = now - entry[2]
-                if quiet and age >= self.hold_s and entry[1] is not None:  # claims only:
+                if quiet and age >= patience and entry[1] is not None:  # claims only:
                     # a wire copy we cannot match is the primary's data we never produce,
                     # which its claim (not its copy) already shows
                     self.counters["partial_votes"] += 1
                     self._answer(entry[0], entry[1], entry[2], entry[3], partial=True)
-                elif age <= 4 * self.hold_s:
+                elif age <= patience + 4 * self.hold_s:
                     kept.append(entry)
                 else:
                     self.counters["claims_unanswerable"] += 1
@@ -264,6 +297,13 @@ class VoteEngine:
                 self.waiting[client_key] = kept
             else:
                 del self.waiting[client_key]
+        primary = self.primary == self.name
+        for conn, since in list(self.outvoted.items()):
+            if now - since >= OUTVOTED_RESET_S:
+                del self.outvoted[conn]
+                if primary:
+                    self.resets.append(conn)
+                    self.counters["outvoted_resets"] += 1
         return [token for token in dropped if token is not None]
 
     def take_reports(self, limit):

@@ -162,6 +162,11 @@ def test_ten_thousand_requests_with_honest_nondeterminism_exclude_nobody(voting_
     assert ok >= 0.99 * len(records), summary
     divergences = sum(r["votes"]["divergences"] for r in health["replicas"])
     print(f"10000 requests: {ok} ok, {divergences} divergent ranges judged, nobody excluded")
+    for replica in health["replicas"]:
+        votes = replica["votes"]
+        print(f"  {replica['name']}: divergences {votes['divergences']} suspicion "
+              f"{votes['suspicion']} rate {votes['divergence_rate']} of "
+              f"{votes['compared_recently']} ranges")
 
 
 def test_with_one_replica_down_replies_are_unvoted_and_service_continues(voting_lab,

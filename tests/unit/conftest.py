@@ -20,6 +20,14 @@ DEFAULT_RAW = {
     "mode": "passive",
     "active_secret": "",
     "active_wscale": "7",
+    "replica_key": [],
+    "voting": "off",
+    "vote_port": "5557",
+    "vote_hold": "0.2",
+    "suspicion_threshold": "3",
+    "suspicion_half_life": "5",
+    "suspicion_rate": "0.02",
+    "unvoted": "serve",
 }
 
 

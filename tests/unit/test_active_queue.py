@@ -49,12 +49,26 @@ RESPONSE = stack_pkt("PA", OWN_ISN + 1, CLIENT_ISN + 19, NOP2 + [ts(OWN_TS + 3, 
                      data=b"HTTP/1.0 200 OK\r\n\r\nhi")
 
 
+PRE_ROUTING, POST_ROUTING = 0, 4  # netfilter hooks: sbft-in/sbft-wire (raw), sbft-out (mangle)
+
+
+def hook_of(payload):
+    """The hook a packet is queued at: the client's packets (to the service port) arrive in
+    PREROUTING, the stack's replies leave in POSTROUTING."""
+    if not isinstance(payload, bytes) or len(payload) < 40:
+        return POST_ROUTING
+    ihl = (payload[0] & 0x0F) * 4
+    return PRE_ROUTING if payload[ihl + 2:ihl + 4] == PORT.to_bytes(2, "big") else POST_ROUTING
+
+
 class FakePacket:
-    """The netfilterqueue.Packet methods ActiveQueue uses; records every call."""
+    """The netfilterqueue.Packet methods ActiveQueue uses; records every call. ``hook``: where
+    the kernel queued it (by default from the packet's direction)."""
 
     def __init__(self, payload, fail_get=False, fail_set=False, fail_accept=False,
-                 fail_drop=False):
+                 fail_drop=False, hook=None):
         self.payload = payload
+        self.hook = hook_of(payload) if hook is None else hook
         self.fail_get, self.fail_set = fail_get, fail_set
         self.fail_accept, self.fail_drop = fail_accept, fail_drop
         self.calls = []
@@ -141,6 +155,20 @@ def test_drop_paths(clock):
     assert feed(queue, b"\x45garbage").calls == [("drop",)]  # malformed
     snap = queue.snapshot()
     assert (snap["unknown_out"], snap["dropped_backup"], snap["malformed"]) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("primary", [True, False])
+def test_a_reply_arriving_from_the_network_is_dropped_untranslated(clock, primary):
+    """A packet *from* the service port queued in PREROUTING is a copy of another replica's
+    reply (the wire check): never delivered, never mistaken for this stack's own."""
+    queue = make_queue(primary=primary)
+    feed(queue, SYN)
+    feed(queue, SYN_ACK)
+    copy = feed(queue, RESPONSE, hook=PRE_ROUTING)
+    assert copy.calls == [("drop",)]
+    snap = queue.snapshot()
+    assert (snap["translated_out"], snap["dropped_backup"]) == (int(primary), int(not primary))
+    assert snap["callback_errors"] == 0
 
 
 @pytest.mark.parametrize("primary", [True, False])
@@ -231,9 +259,9 @@ class SpyTranslator(Translator):
         self.seen = []
         self.results = []
 
-    def process(self, payload, token, primary, now):
+    def process(self, payload, token, primary, now, arriving=False):
         self.seen.append(payload)
-        result = super().process(payload, token, primary, now)
+        result = super().process(payload, token, primary, now, arriving)
         self.results.append(result)
         return result
 

@@ -521,13 +521,14 @@ class ModeRules:
         self.primary = False
         self.mark = None
         self.mode = "passive"
+        self.voting = False
 
-    def set_mode(self, mode):
+    def set_mode(self, mode, voting=False):
         self.events.append(("rules", mode, type(self.agent.runner.handler).__name__))
         exc = self.fail.pop(mode, None)
         if exc is not None:
             raise exc
-        self.mode = mode
+        self.mode, self.voting = mode, voting
 
     def set_role(self, primary, mark=None):
         self.events.append(("role", primary, type(self.agent.runner.handler).__name__))
@@ -776,6 +777,10 @@ def test_a_failed_switch_to_active_then_back_to_passive_leaves_a_passive_agent()
 
 
 class HeldPacket:
+    """A client packet as the queue sees it (arrived: the PREROUTING hook)."""
+
+    hook = 0
+
     def __init__(self, payload):
         self.payload = payload
         self.calls = []
@@ -916,7 +921,7 @@ class ClosedThenFailingRules(ModeRules):
         self.failing_mode = mode
         self.closed = closed
 
-    def set_mode(self, mode):
+    def set_mode(self, mode, voting=False):
         if mode == self.failing_mode:
             self.closed.wait(0.5)  # (a runner that never closes it passes the test)
             raise RuntimeError("iptables-restore: exit 4")

@@ -754,8 +754,9 @@ def test_body_is_accepted_by_the_controller_parser():
     rest = pytest.importorskip("sbft_ryu.rest")
     beats, _, client, _ = make(answer("backup"), counters=lambda: {"accepted": 3, "dropped": 1})
     beats.beat(7)
-    assert rest.parse_heartbeat(json.dumps(client.bodies[0]).encode()) == \
+    assert rest.parse_heartbeat(json.dumps(client.bodies[0]).encode())[:3] == \
            (7, True, {"accepted": 3, "dropped": 1})
+    assert set(client.bodies[0]) == {"seq", "service_ok", "counters"}  # no key: no nonce/mac
 
 
 def test_run_sends_incrementing_seq_from_zero():

@@ -17,6 +17,8 @@ RAW = ["iptables", "-w", "5", "-t", "raw"]
 MANGLE = ["iptables", "-w", "5", "-t", "mangle"]
 JUMP_IN = ["PREROUTING", "-p", "tcp", "--dport", "5555", "!", "-i", "lo",
            "-m", "comment", "--comment", "sbft-agent", "-j", "sbft-in"]
+JUMP_WIRE = ["PREROUTING", "-p", "tcp", "--sport", "5555", "!", "-i", "lo",
+             "-m", "comment", "--comment", "sbft-agent", "-j", "sbft-wire"]
 JUMP_OUT = ["POSTROUTING", "-p", "tcp", "--sport", "5555", "!", "-o", "lo",
             "-m", "comment", "--comment", "sbft-agent", "-j", "sbft-out"]
 RESTORE = ["iptables-restore", "--noflush"]
@@ -25,7 +27,9 @@ QUEUE_1 = ["-j", "NFQUEUE", "--queue-num", "1"]
 # a backup's rules are the same whatever the cache
 BACKUP_RESTORE = ("*raw\n"
                   ":sbft-in - [0:0]\n"
+                  ":sbft-wire - [0:0]\n"
                   "-A sbft-in -j DROP\n"
+                  "-A sbft-wire -j DROP\n"
                   "COMMIT\n"
                   "*mangle\n"
                   ":sbft-out - [0:0]\n"
@@ -33,6 +37,8 @@ BACKUP_RESTORE = ("*raw\n"
                   "COMMIT\n")
 PRIMARY_RESTORE_ROLE = ("*raw\n"
                         ":sbft-in - [0:0]\n"
+                        ":sbft-wire - [0:0]\n"
+                        "-A sbft-wire -j DROP\n"
                         "COMMIT\n"
                         "*mangle\n"
                         ":sbft-out - [0:0]\n"
@@ -41,6 +47,8 @@ PRIMARY_RESTORE_ROLE = ("*raw\n"
 PRIMARY_RESTORE_CONNECTION_EPOCH_1 = (
     "*raw\n"
     ":sbft-in - [0:0]\n"
+    ":sbft-wire - [0:0]\n"
+    "-A sbft-wire -j DROP\n"
     "COMMIT\n"
     "*mangle\n"
     ":sbft-out - [0:0]\n"
@@ -51,6 +59,8 @@ PRIMARY_RESTORE_CONNECTION_EPOCH_1 = (
     "COMMIT\n")
 PRIMARY_RESTORE_NONE = ("*raw\n"
                         ":sbft-in - [0:0]\n"
+                        ":sbft-wire - [0:0]\n"
+                        "-A sbft-wire -j DROP\n"
                         "COMMIT\n"
                         "*mangle\n"
                         ":sbft-out - [0:0]\n"
@@ -130,23 +140,28 @@ def test_caches():
     assert SPEC == ROLE != CONNECTION
 
 
+JUMPS = [("raw", JUMP_IN), ("raw", JUMP_WIRE), ("mangle", JUMP_OUT)]
+
+
 def test_jump_rules():
-    assert iptables.jump_rules(SPEC) == [("raw", JUMP_IN), ("mangle", JUMP_OUT)]
+    assert iptables.jump_rules(SPEC) == JUMPS
     other = iptables.jump_rules(RuleSpec(8080, 3))
-    assert [table for table, _ in other] == ["raw", "mangle"]
+    assert [table for table, _ in other] == ["raw", "raw", "mangle"]
     assert other[0][1][3:5] == ["--dport", "8080"]
-    assert other[1][1][3:5] == ["--sport", "8080"]
+    assert other[1][1][3:5] == ["--sport", "8080"]  # arriving from the port: wire copies
+    assert other[2][1][3:5] == ["--sport", "8080"]
 
 
 @pytest.mark.parametrize("cache", iptables.CACHES)
 def test_jump_rules_do_not_depend_on_the_cache(cache):
-    assert iptables.jump_rules(SPECS[cache]) == [("raw", JUMP_IN), ("mangle", JUMP_OUT)]
+    assert iptables.jump_rules(SPECS[cache]) == JUMPS
 
 
 def test_jump_rules_never_catch_loopback():
     # the replica's probe of its own proxy runs over lo and must never be dropped or queued
-    (_, jump_in), (_, jump_out) = iptables.jump_rules(SPEC)
+    (_, jump_in), (_, jump_wire), (_, jump_out) = iptables.jump_rules(SPEC)
     assert jump_in[jump_in.index("!"):jump_in.index("!") + 3] == ["!", "-i", "lo"]
+    assert jump_wire[jump_wire.index("!"):jump_wire.index("!") + 3] == ["!", "-i", "lo"]
     assert jump_out[jump_out.index("!"):jump_out.index("!") + 3] == ["!", "-o", "lo"]
 
 
@@ -253,9 +268,10 @@ def test_restore_input_is_one_commit_per_table_raw_first(spec, primary, mark):
     assert [line for line in lines if line.startswith("*")] == ["*raw", "*mangle"]
     assert lines.count("COMMIT") == 2
     raw, mangle = lines[:lines.index("COMMIT") + 1], lines[lines.index("COMMIT") + 1:]
-    assert raw[:2] == ["*raw", ":sbft-in - [0:0]"] and raw[-1] == "COMMIT"
+    assert raw[:3] == ["*raw", ":sbft-in - [0:0]", ":sbft-wire - [0:0]"] and raw[-1] == "COMMIT"
     assert mangle[:2] == ["*mangle", ":sbft-out - [0:0]"] and mangle[-1] == "COMMIT"
-    assert all(line.startswith("-A sbft-in ") for line in raw[2:-1])
+    assert all(line.startswith(("-A sbft-in ", "-A sbft-wire ")) for line in raw[3:-1])
+    assert raw[-2] == "-A sbft-wire -j DROP"  # sbft-wire is never empty either (passive)
     assert all(line.startswith("-A sbft-out ") for line in mangle[2:-1])
     assert len(mangle) > 3  # sbft-out is never empty: its policy would be RETURN (accept)
 
@@ -402,7 +418,7 @@ def test_parse_counters_matches_the_chain_name_exactly():
     assert iptables.parse_counters(output) == zero(kernel_accepted=15)
 
 
-@pytest.mark.parametrize("cache, accepted", [("role", 14), ("connection", 16), ("none", 0)])
+@pytest.mark.parametrize("cache, accepted", [("role", 18), ("connection", 20), ("none", 0)])
 def test_parse_counters_reads_what_restore_input_writes(cache, accepted):
     # the rules exactly as the agent writes them (a backup's, then a primary's), each with the
     # packet counter iptables-save -c would put before it: its line number
@@ -411,20 +427,22 @@ def test_parse_counters_reads_what_restore_input_writes(cache, accepted):
     text = iptables.restore_input(spec) + iptables.restore_input(spec, True, mark)
     lines = [f"[{number}:0] {line}" if line.startswith("-A ") else line
              for number, line in enumerate(text.splitlines(), 1)]
+    # (sbft-wire's DROP is not counted as ingress: it drops copies, not client packets)
     assert iptables.parse_counters("\n".join(lines) + "\n") == \
-        {"ingress_dropped": 3, "kernel_accepted": accepted}
+        {"ingress_dropped": 4, "kernel_accepted": accepted}
 
 
 # --- Rules with a fake run ---------------------------------------------------------------
 
 class FakeRun:
-    """Records (argv, stdin) of each call; ``-D`` in a table succeeds as many times as
-    ``leftovers[table]`` says (``always`` for ever); ``iptables-save`` prints ``save_output``."""
+    """Records (argv, stdin) of each call; ``-D`` of a jump succeeds as many times as
+    ``leftovers[its chain]`` says (``always`` for ever); ``iptables-save`` prints
+    ``save_output``."""
 
-    def __init__(self, raw=0, mangle=0, save_output=SAVE_OUTPUT, always=False):
+    def __init__(self, raw=0, mangle=0, wire=0, save_output=SAVE_OUTPUT, always=False):
         self.calls = []
         self.kwargs = []
-        self.leftovers = {"raw": raw, "mangle": mangle}
+        self.leftovers = {"sbft-in": raw, "sbft-wire": wire, "sbft-out": mangle}
         self.save_output = save_output
         self.always = always
 
@@ -433,11 +451,11 @@ class FakeRun:
         self.kwargs.append(kwargs)
         returncode, stdout = 0, ""
         if argv[0] == "iptables" and "-D" in argv:
-            table = argv[argv.index("-t") + 1]
+            chain = argv[-1]  # the jump's target
             if self.always:
                 returncode = 0
-            elif self.leftovers[table] > 0:
-                self.leftovers[table] -= 1
+            elif self.leftovers[chain] > 0:
+                self.leftovers[chain] -= 1
             else:
                 returncode = 1
         if argv[0] == "iptables-save":
@@ -450,6 +468,12 @@ class FakeRun:
         return [argv for argv, _ in self.calls]
 
 
+# what __exit__ runs after removing the jumps: every chain flushed, then deleted
+CLEANUP = [RAW + ["-F", "sbft-in"], RAW + ["-X", "sbft-in"],
+           RAW + ["-F", "sbft-wire"], RAW + ["-X", "sbft-wire"],
+           MANGLE + ["-F", "sbft-out"], MANGLE + ["-X", "sbft-out"]]
+
+
 @pytest.mark.parametrize("cache", iptables.CACHES)
 def test_a_new_rules_object_is_a_backup_without_a_mark(cache):
     rules = iptables.Rules(SPECS[cache], run=FakeRun())
@@ -458,17 +482,20 @@ def test_a_new_rules_object_is_a_backup_without_a_mark(cache):
 
 @pytest.mark.parametrize("cache", iptables.CACHES)
 def test_enter_removes_leftovers_per_table_restores_backup_chains_then_jumps(cache):
-    run = FakeRun(raw=2, mangle=1)
+    run = FakeRun(raw=2, mangle=1, wire=1)
     rules = iptables.Rules(SPECS[cache], run=run)
     assert rules.__enter__() is rules
     assert run.calls == [
         (RAW + ["-D", *JUMP_IN], None),
         (RAW + ["-D", *JUMP_IN], None),
         (RAW + ["-D", *JUMP_IN], None),  # fails: the loop stops
+        (RAW + ["-D", *JUMP_WIRE], None),
+        (RAW + ["-D", *JUMP_WIRE], None),  # fails
         (MANGLE + ["-D", *JUMP_OUT], None),
         (MANGLE + ["-D", *JUMP_OUT], None),  # fails
-        (RESTORE, BACKUP_RESTORE),  # both chains exist before anything jumps to them
+        (RESTORE, BACKUP_RESTORE),  # every chain exists before anything jumps to it
         (RAW + ["-A", *JUMP_IN], None),
+        (RAW + ["-A", *JUMP_WIRE], None),
         (MANGLE + ["-A", *JUMP_OUT], None),
     ]
     assert (rules.primary, rules.mark) == (False, None)
@@ -477,15 +504,18 @@ def test_enter_removes_leftovers_per_table_restores_backup_chains_then_jumps(cac
 def test_enter_with_no_leftovers_tries_one_delete_per_table():
     run = FakeRun()
     with iptables.Rules(SPEC, run=run):
-        assert run.argvs() == [RAW + ["-D", *JUMP_IN], MANGLE + ["-D", *JUMP_OUT], RESTORE,
-                               RAW + ["-A", *JUMP_IN], MANGLE + ["-A", *JUMP_OUT]]
+        assert run.argvs() == [RAW + ["-D", *JUMP_IN], RAW + ["-D", *JUMP_WIRE],
+                               MANGLE + ["-D", *JUMP_OUT], RESTORE, RAW + ["-A", *JUMP_IN],
+                               RAW + ["-A", *JUMP_WIRE], MANGLE + ["-A", *JUMP_OUT]]
 
 
 def test_leftover_removal_is_bounded_per_table():
     run = FakeRun(always=True)
     iptables.Rules(SPEC, run=run).__enter__()
-    assert run.argvs() == ([RAW + ["-D", *JUMP_IN]] * 16 + [MANGLE + ["-D", *JUMP_OUT]] * 16
-                           + [RESTORE, RAW + ["-A", *JUMP_IN], MANGLE + ["-A", *JUMP_OUT]])
+    assert run.argvs() == ([RAW + ["-D", *JUMP_IN]] * 16 + [RAW + ["-D", *JUMP_WIRE]] * 16
+                           + [MANGLE + ["-D", *JUMP_OUT]] * 16
+                           + [RESTORE, RAW + ["-A", *JUMP_IN], RAW + ["-A", *JUMP_WIRE],
+                              MANGLE + ["-A", *JUMP_OUT]])
 
 
 def test_commands_are_checked_and_bounded_in_time():
@@ -619,7 +649,7 @@ def test_role_transitions_per_cache(cache, primary_restore, primary_mark):
                                                    else (False, None))
         assert run.calls[before:] == [(RESTORE, primary_restore), (RESTORE, BACKUP_RESTORE),
                                       (RESTORE, primary_restore)]
-    assert run.calls[:before][-3] == (RESTORE, BACKUP_RESTORE)  # __enter__: start as a backup
+    assert run.calls[:before][-4] == (RESTORE, BACKUP_RESTORE)  # __enter__: start as a backup
 
 
 def test_set_role_keeps_the_old_role_when_the_restore_fails():
@@ -645,22 +675,21 @@ def test_set_role_keeps_the_old_role_when_the_restore_fails():
     assert (rules.primary, rules.mark) == (True, iptables.fast_mark(1))
 
 
-def test_exit_deletes_jumps_per_table_flushes_and_deletes_both_chains():
+def test_exit_deletes_jumps_per_table_flushes_and_deletes_every_chain():
     run = FakeRun()
     rules = iptables.Rules(SPEC, run=run)
     rules.__enter__()
     before = len(run.calls)
-    run.leftovers = {"raw": 1, "mangle": 1}  # the jumps we added
+    run.leftovers = {"sbft-in": 1, "sbft-wire": 1, "sbft-out": 1}  # the jumps we added
     rules.__exit__(None, None, None)
     assert run.argvs()[before:] == [
         RAW + ["-D", *JUMP_IN],
         RAW + ["-D", *JUMP_IN],  # fails: no more copies
+        RAW + ["-D", *JUMP_WIRE],
+        RAW + ["-D", *JUMP_WIRE],  # fails
         MANGLE + ["-D", *JUMP_OUT],
         MANGLE + ["-D", *JUMP_OUT],  # fails
-        RAW + ["-F", "sbft-in"],
-        RAW + ["-X", "sbft-in"],
-        MANGLE + ["-F", "sbft-out"],
-        MANGLE + ["-X", "sbft-out"],
+        *CLEANUP,
     ]
     assert all(kwargs["check"] is False for kwargs in run.kwargs[before:])
 
@@ -668,9 +697,8 @@ def test_exit_deletes_jumps_per_table_flushes_and_deletes_both_chains():
 def test_exit_jump_removal_is_bounded_per_table():
     run = FakeRun(always=True)
     iptables.Rules(SPEC, run=run).__exit__(None, None, None)
-    assert run.argvs() == ([RAW + ["-D", *JUMP_IN]] * 16 + [MANGLE + ["-D", *JUMP_OUT]] * 16
-                           + [RAW + ["-F", "sbft-in"], RAW + ["-X", "sbft-in"],
-                              MANGLE + ["-F", "sbft-out"], MANGLE + ["-X", "sbft-out"]])
+    assert run.argvs() == ([RAW + ["-D", *JUMP_IN]] * 16 + [RAW + ["-D", *JUMP_WIRE]] * 16
+                           + [MANGLE + ["-D", *JUMP_OUT]] * 16 + CLEANUP)
 
 
 def test_exit_does_not_raise_when_everything_is_already_gone():
@@ -684,24 +712,26 @@ def test_exit_does_not_raise_when_everything_is_already_gone():
 def test_rules_added_equal_rules_removed(cache):
     run = FakeRun()
     with iptables.Rules(SPECS[cache], run=run) as rules:
-        run.leftovers = {"raw": 1, "mangle": 1}  # from now on our jumps are there to delete
+        # from now on our jumps are there to delete
+        run.leftovers = {"sbft-in": 1, "sbft-wire": 1, "sbft-out": 1}
         rules.set_role(True, iptables.fast_mark(4))
         rules.set_role(False)
     argvs = run.argvs()
     added = [argv for argv in argvs if "-A" in argv]
-    assert added == [RAW + ["-A", *JUMP_IN], MANGLE + ["-A", *JUMP_OUT]]
+    assert added == [RAW + ["-A", *JUMP_IN], RAW + ["-A", *JUMP_WIRE],
+                     MANGLE + ["-A", *JUMP_OUT]]
     after_add = argvs[argvs.index(added[-1]) + 1:]
     removed = [argv for argv in after_add if "-D" in argv]
     assert removed[0] == RAW + ["-D", *JUMP_IN]
+    assert RAW + ["-D", *JUMP_WIRE] in removed
     assert MANGLE + ["-D", *JUMP_OUT] in removed
     # the only chains created (by every restore) are the ones flushed and deleted at the end
     restores = [stdin for _, stdin in run.calls if stdin is not None]
     assert len(restores) == 3
     for stdin in restores:
         declared = [line for line in stdin.splitlines() if line.startswith(":")]
-        assert declared == [":sbft-in - [0:0]", ":sbft-out - [0:0]"]
-    assert argvs[-4:] == [RAW + ["-F", "sbft-in"], RAW + ["-X", "sbft-in"],
-                          MANGLE + ["-F", "sbft-out"], MANGLE + ["-X", "sbft-out"]]
+        assert declared == [":sbft-in - [0:0]", ":sbft-wire - [0:0]", ":sbft-out - [0:0]"]
+    assert argvs[-6:] == CLEANUP
 
 
 def test_exit_runs_even_when_the_body_raises():
@@ -709,8 +739,7 @@ def test_exit_runs_even_when_the_body_raises():
     with pytest.raises(RuntimeError):
         with iptables.Rules(SPEC, run=run):
             raise RuntimeError("agent failed")
-    assert run.argvs()[-4:] == [RAW + ["-F", "sbft-in"], RAW + ["-X", "sbft-in"],
-                                MANGLE + ["-F", "sbft-out"], MANGLE + ["-X", "sbft-out"]]
+    assert run.argvs()[-6:] == CLEANUP
 
 
 @pytest.mark.parametrize("cache, output, counted", [
@@ -740,7 +769,9 @@ ACTIVE = {cache: RuleSpec(5555, 1, cache, "active") for cache in iptables.CACHES
 REPLAY_ACCEPT = ["-m", "mark", "--mark", "0x5be00001", "-j", "ACCEPT"]
 ACTIVE_RESTORE = ("*raw\n"
                   ":sbft-in - [0:0]\n"
+                  ":sbft-wire - [0:0]\n"
                   "-A sbft-in -j NFQUEUE --queue-num 1\n"
+                  "-A sbft-wire -j DROP\n"
                   "COMMIT\n"
                   "*mangle\n"
                   ":sbft-out - [0:0]\n"
@@ -790,7 +821,7 @@ def test_active_chains_follow_the_queue_number():
 
 @pytest.mark.parametrize("cache", iptables.CACHES)
 def test_active_jump_rules_are_the_passive_ones(cache):
-    assert iptables.jump_rules(ACTIVE[cache]) == [("raw", JUMP_IN), ("mangle", JUMP_OUT)]
+    assert iptables.jump_rules(ACTIVE[cache]) == JUMPS
 
 
 def test_replay_mark_is_no_fast_mark():
@@ -828,7 +859,8 @@ def test_set_role_in_active_mode_needs_no_mark_with_the_connection_cache():
 def test_enter_in_active_mode_restores_the_active_chains_before_the_jumps():
     run = FakeRun()
     with iptables.Rules(ACTIVE["role"], run=run):
-        assert run.calls[2:] == [(RESTORE, ACTIVE_RESTORE), (RAW + ["-A", *JUMP_IN], None),
+        assert run.calls[3:] == [(RESTORE, ACTIVE_RESTORE), (RAW + ["-A", *JUMP_IN], None),
+                                 (RAW + ["-A", *JUMP_WIRE], None),
                                  (MANGLE + ["-A", *JUMP_OUT], None)]
 
 
@@ -1027,3 +1059,81 @@ def test_operator_rules_never_drop_accept_or_mark(mode):
     for _, rule in iptables.operator_rules(RuleSpec(5555, 1, "connection", mode)):
         assert rule[-4:] == QUEUE_1
         assert not {"DROP", "ACCEPT", "CONNMARK", "MARK", "--queue-bypass"} & set(rule)
+
+
+# --- sbft-wire: the switch's copies of the primary's replies (voting) -----------------------
+
+VOTING = {cache: RuleSpec(5555, 1, cache, "active", voting=True) for cache in iptables.CACHES}
+ACTIVE_VOTING_RESTORE = ACTIVE_RESTORE.replace("-A sbft-wire -j DROP",
+                                               "-A sbft-wire -j NFQUEUE --queue-num 1")
+
+
+def test_voting_is_off_by_default():
+    assert SPEC.voting is False and ACTIVE["role"].voting is False
+    assert VOTING["role"] != ACTIVE["role"]
+
+
+@pytest.mark.parametrize("spec", [ROLE, CONNECTION, NONE, ACTIVE["role"],
+                                  RuleSpec(5555, 1, "role", "passive", voting=True)],
+                         ids=["passive-role", "passive-connection", "passive-none", "active",
+                              "passive-with-voting"])
+def test_wire_chain_drops_unless_active_and_voting(spec):
+    # a packet *from* the service port reaching this replica is nothing legitimate then
+    assert iptables.wire_chain(spec) == [["-j", "DROP"]]
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_wire_chain_queues_the_copies_when_active_and_voting(cache):
+    assert iptables.wire_chain(VOTING[cache]) == [QUEUE_1]
+    assert iptables.wire_chain(RuleSpec(8080, 4, cache, "active", True)) == [
+        ["-j", "NFQUEUE", "--queue-num", "4"]]
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+@pytest.mark.parametrize("primary", [False, True], ids=["backup", "primary"])
+def test_restore_input_with_voting_queues_the_wire_copies(cache, primary):
+    assert iptables.restore_input(VOTING[cache], primary) == ACTIVE_VOTING_RESTORE
+    # only sbft-wire differs from active mode without voting
+    assert iptables.in_chain(VOTING[cache], primary) == iptables.in_chain(ACTIVE[cache],
+                                                                         primary)
+    assert iptables.out_chain(VOTING[cache], primary) == iptables.out_chain(ACTIVE[cache],
+                                                                           primary)
+
+
+def test_wire_chain_never_bypasses_the_queue():
+    assert all("--queue-bypass" not in rule for rule in iptables.wire_chain(VOTING["role"]))
+
+
+def test_set_mode_with_voting_queues_the_wire_copies_and_passive_drops_them_again():
+    run = FakeRun()
+    rules = iptables.Rules(ROLE, run=run)
+    rules.set_mode("active", True)
+    assert rules.spec == VOTING["role"]
+    rules.set_role(True)  # a role change keeps the voting chains
+    rules.set_mode("passive")
+    assert rules.spec == ROLE and rules.spec.voting is False
+    assert run.calls == [(RESTORE, ACTIVE_VOTING_RESTORE), (RESTORE, ACTIVE_VOTING_RESTORE),
+                         (RESTORE, PRIMARY_RESTORE_ROLE)]
+
+
+def test_set_mode_active_without_voting_turns_the_wire_queue_off():
+    run = FakeRun()
+    rules = iptables.Rules(VOTING["none"], run=run)
+    rules.set_mode("active")
+    assert rules.spec == ACTIVE["none"]
+    assert run.calls == [(RESTORE, ACTIVE_RESTORE)]
+
+
+def test_a_failed_set_mode_keeps_voting_off():
+    run = FailingRun()
+    rules = iptables.Rules(ACTIVE["role"], run=run)
+    run.failing = True
+    with pytest.raises(subprocess.CalledProcessError):
+        rules.set_mode("active", True)
+    assert run.calls[-1] == (RESTORE, ACTIVE_VOTING_RESTORE)
+    assert rules.spec == ACTIVE["role"]
+
+
+def test_parse_counters_never_counts_the_wire_chain():
+    output = "[9:540] -A sbft-wire -j DROP\n[8:480] -A sbft-wire -j NFQUEUE --queue-num 1\n"
+    assert iptables.parse_counters(output) == zero()

@@ -314,11 +314,15 @@ def fake_nfq(monkeypatch):
 
 
 class RecordingHandler:
-    """A packet handler: records packets and ticks; ``on_packet(handler, packet)`` hook."""
+    """A packet handler: records packets, ticks, flushes and readable fds (``extra``: the fds
+    it asks the runner to watch); ``on_packet(handler, packet)`` hook."""
 
-    def __init__(self, on_packet=None):
+    def __init__(self, on_packet=None, extra=()):
         self.packets = []
         self.ticks = []
+        self.flushes = 0
+        self.read = []
+        self.extra = list(extra)
         self.on_packet = on_packet
 
     def callback(self, packet):
@@ -328,6 +332,16 @@ class RecordingHandler:
 
     def tick(self, now):
         self.ticks.append(now)
+
+    def fds(self):
+        return self.extra
+
+    def readable(self, fd, now):
+        os.read(fd, 64)
+        self.read.append(fd)
+
+    def flush(self):
+        self.flushes += 1
 
 
 def serve_in_thread(runner, stop, poll_s=0.01):
@@ -570,3 +584,83 @@ def test_the_reply_and_active_queues_can_be_retired(fake_nfq):
     thread.join(2.0)
     assert not thread.is_alive() and errors == []
     assert runner.handler is reply_queue
+
+
+# --- the handler's own fds (the vote socket), flush, and wake ----------------------------------
+
+def test_the_reply_queue_watches_nothing_and_flushes_nothing():
+    queue = make_queue()
+    assert queue.fds() == []
+    assert queue.flush() is None and queue.readable(0, 1.0) is None
+
+
+def test_runner_hands_the_handlers_readable_fds_to_it(fake_nfq):
+    read_fd, write_fd = os.pipe()
+    try:
+        handler = RecordingHandler(extra=[read_fd])
+        runner = nfq.QueueRunner(1, handler)
+        stop = threading.Event()
+        thread, errors = serve_in_thread(runner, stop, poll_s=5.0)
+        os.write(write_fd, b"vote")
+        wait_for(lambda: handler.read)
+        stop.set()
+        runner.wake()
+        thread.join(2.0)
+        assert errors == [] and handler.read == [read_fd]
+        assert handler.packets == []
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_runner_flushes_the_handler_after_handing_out_packets(fake_nfq):
+    stop = threading.Event()
+    handler = RecordingHandler(on_packet=lambda h, p: p == "p2" and stop.set())
+    runner = nfq.QueueRunner(1, handler)
+    thread, errors = serve_in_thread(runner, stop, poll_s=5.0)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver("p1", "p2")  # one run: the claims they made go out in one flush
+    thread.join(2.0)
+    assert errors == [] and handler.packets == ["p1", "p2"]
+    assert handler.flushes == 1
+
+
+def test_wake_makes_the_packet_thread_tick_before_its_poll(fake_nfq):
+    handler = RecordingHandler()
+    runner = nfq.QueueRunner(1, handler)
+    stop = threading.Event()
+    started = time.monotonic()
+    thread, errors = serve_in_thread(runner, stop, poll_s=30.0)
+    wait_for(lambda: fake_nfq)
+    runner.wake()
+    wait_for(lambda: handler.ticks)
+    assert handler.ticks[0] - started < 2.0  # not the 30 s poll
+    stop.set()
+    runner.wake()  # also ends the wait at once
+    thread.join(2.0)
+    assert not thread.is_alive() and errors == []
+
+
+def test_wake_closes_retired_handlers_at_once(fake_nfq):
+    log = []
+    first, second = ClosingHandler("first", log), ClosingHandler("second", log)
+    runner = nfq.QueueRunner(1, first)
+    stop = threading.Event()
+    thread, errors = serve_in_thread(runner, stop, poll_s=30.0)
+    wait_for(lambda: fake_nfq)
+    runner.swap(second)
+    runner.wake()
+    wait_for(lambda: first.closed_in)
+    stop.set()
+    runner.wake()
+    thread.join(2.0)
+    assert errors == [] and log[:2] == [("close", "first"), ("tick", "second")]
+
+
+def test_wake_never_blocks_or_raises():
+    runner = nfq.QueueRunner(1, RecordingHandler())
+    for _ in range(70000):  # more than a pipe holds: the rest are dropped
+        runner.wake()
+    os.close(runner._wake_r)
+    os.close(runner._wake_w)
+    runner.wake()  # a closed pipe (the runner ended) is ignored too

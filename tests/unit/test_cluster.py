@@ -299,6 +299,84 @@ def test_readmit_with_port_down_keeps_it_down():
     assert state.state("lb3") == "down"
 
 
+def test_mark_byzantine_of_a_backup_keeps_the_primary_and_the_epoch():
+    state = all_up()
+    view = state.mark_byzantine("lb3", 1.0, "its output disagreed with the majority")
+    assert view == ClusterView(members=("lb1", "lb2"), primary="lb1", epoch=1)
+    assert state.health["lb3"].down_reason.startswith("byzantine")
+    assert state.status() == "degraded"
+
+
+def test_readmit_of_a_replica_that_is_not_byzantine_changes_nothing():
+    state = all_up()
+    recorded = state.recorded
+    assert state.readmit("lb2", 1.0) is None
+    assert state.recorded == recorded
+
+
+def test_readmit_with_a_silent_agent_keeps_it_down_until_it_beats():
+    state = with_heartbeats(now=1.0)
+    state.mark_byzantine("lb3", 1.0, "x")
+    state.heartbeat("lb1", 5, True, {}, 2.0)
+    state.heartbeat("lb2", 5, True, {}, 2.0)
+    assert state.readmit("lb3", 2.0) is None  # its last heartbeat is long ago
+    assert state.state("lb3") == "down" and not state.health["lb3"].byzantine
+    assert state.health["lb3"].down_reason == "heartbeat silence"
+    state.heartbeat("lb3", 5, True, {}, 2.05)
+    assert state.view.members == ("lb1", "lb2", "lb3")
+
+
+# --- serve_below: no primary with too few replicas (voting, unvoted = stop) -------------------
+
+
+def test_serve_below_elects_no_primary_with_too_few_members():
+    state = ClusterState(REPLICAS, heartbeat_timeout=0, serve_below=3)
+    view = state.set_ports(DPID, {1: True, 2: True}, 0.0)
+    assert view == ClusterView(members=("lb1", "lb2"), primary=None, epoch=0)  # nobody serves
+    view = state.port_status(DPID, 3, True, 1.0)
+    assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
+    view = state.port_status(DPID, 2, False, 2.0)
+    assert view == ClusterView(members=("lb1", "lb3"), primary=None, epoch=2)
+    assert ("lb2", "down: switch port down", 1) in changes(state)
+    assert (None, "no primary", 2) in changes(state)
+    assert state.status() == "down"
+    assert state.port_status(DPID, 2, True, 3.0) == ClusterView(
+        members=("lb1", "lb2", "lb3"), primary="lb1", epoch=3)
+
+
+def test_serve_below_counts_a_byzantine_replica_out():
+    state = ClusterState(REPLICAS, heartbeat_timeout=0, serve_below=3)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    assert state.mark_byzantine("lb2", 1.0, "x").primary is None
+    assert state.readmit("lb2", 2.0).primary == "lb1"
+
+
+def test_without_serve_below_a_single_replica_serves():
+    state = ports_only()
+    assert state.set_ports(DPID, {3: True}, 0.0).primary == "lb3"
+
+
+# --- epoch_primary: the primary of each epoch (wire reports name an epoch) ----------------------
+
+
+def test_epoch_primary_records_every_epochs_primary():
+    state = all_up()
+    state.mark_byzantine("lb1", 1.0, "x")
+    state.port_status(DPID, 2, False, 2.0)
+    state.port_status(DPID, 3, False, 3.0)
+    assert state.epoch_primary == {1: "lb1", 2: "lb2", 3: "lb3", 4: None}
+
+
+def test_epoch_primary_keeps_a_bounded_history():
+    state = ports_only()
+    state.set_ports(DPID, {1: True}, 0.0)
+    for n in range(1, 200):
+        state.port_status(DPID, 1, n % 2 == 0, float(n))
+    epochs = sorted(state.epoch_primary)
+    assert epochs[-1] == state.view.epoch == 200
+    assert len(epochs) == cluster._HISTORY + 1 and epochs[0] == 200 - cluster._HISTORY
+
+
 # --- queries --------------------------------------------------------------------------------
 
 

@@ -196,3 +196,32 @@ def test_arp_reply_is_none_for_non_ethernet_arp(default_config):
     frame = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
                   / ARP(hwtype=6, op=1, hwsrc=CLIENT_MAC, psrc=CLIENT_IP, pdst="10.0.0.100"))
     assert decide.arp_reply(default_config, frame, 21) is None
+
+
+# --- voting: the switch copies the primary's replies to the backups (the wire check) ----------
+
+
+def wire_copy(*names):
+    return Mirror(decide.WIRE_GROUP_ID,
+                  tuple(MirrorBucket(port=PORT[n], mac=MAC[n]) for n in names))
+
+
+def test_with_voting_the_primarys_replies_are_copied_to_every_backup(default_config):
+    config = dataclasses.replace(default_config, mode="active", voting=True)
+    flows = by_priority(decide.service_flows(config, ALL))
+    assert flows[20] == flow(Match(in_port=1, dl_type=ETH_TYPE_IP, nw_src=VIP),
+                             [SetDlSrc(VMAC), Output("NORMAL"), wire_copy("lb2", "lb3")], 20)
+    assert decide.WIRE_GROUP_ID != decide.MIRROR_GROUP_ID
+    others = by_priority(decide.service_flows(default_config, ALL))
+    assert {k: v for k, v in flows.items() if k != 20} == {k: v for k, v in others.items()
+                                                           if k != 20}
+
+
+def test_the_wire_copy_follows_the_members(default_config):
+    config = dataclasses.replace(default_config, mode="active", voting=True)
+    view = ClusterView(members=("lb2", "lb3"), primary="lb3", epoch=4)
+    reply = by_priority(decide.service_flows(config, view))[20]
+    assert reply.actions[-1] == wire_copy("lb2")
+    alone = ClusterView(members=("lb2",), primary="lb2", epoch=5)
+    assert by_priority(decide.service_flows(config, alone))[20].actions == (
+        SetDlSrc(VMAC), Output("NORMAL"))  # no backup: no copy

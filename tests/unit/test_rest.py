@@ -39,9 +39,10 @@ class FakeApp:
     def api_events(self):
         return views.events_view(self.cluster, NOW)
 
-    def api_heartbeat(self, name, seq, service_ok, counters, address):
-        self.calls.append((name, seq, service_ok, counters, address))
-        self.cluster.heartbeat(name, seq, service_ok, counters, NOW)
+    def api_heartbeat(self, name, beat, address):
+        assert isinstance(beat, rest.Heartbeat)
+        self.calls.append((name, beat.seq, beat.service_ok, beat.counters, address))
+        self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters, NOW)
         return views.heartbeat_reply(self.config, self.cluster, name)
 
     def api_metrics_text(self):
@@ -190,7 +191,7 @@ def test_active_heartbeat_answer_carries_the_secret_and_the_window_scale(app, ws
     assert response.status_int == 200
     body = response.json
     assert body["mode"] == "active"
-    assert body["active"] == {"secret": SECRET.hex(), "wscale": wscale}
+    assert body["active"] == {"secret": SECRET.hex(), "wscale": wscale, "voting": False}
     assert bytes.fromhex(body["active"]["secret"]) == SECRET
     passive = views.heartbeat_reply(dataclasses.replace(app.config, mode="passive"),
                                     app.cluster, "lb1")
@@ -202,7 +203,8 @@ def test_heartbeat_reply_of_every_replica_has_the_same_active_block(app):
     replies = [views.heartbeat_reply(config, app.cluster, name) for name in ("lb1", "lb2",
                                                                              "lb3")]
     assert [reply["role"] for reply in replies] == ["primary", "backup", "backup"]
-    assert all(reply["active"] == {"secret": SECRET.hex(), "wscale": 7} for reply in replies)
+    assert all(reply["active"] == {"secret": SECRET.hex(), "wscale": 7, "voting": False}
+               for reply in replies)
 
 
 def test_passive_heartbeat_reply_never_shows_the_secret(app):
@@ -246,7 +248,8 @@ def test_heartbeat_counters_are_optional(client, app):
     (b"\xff\xfe", 400, "body is not valid JSON: "),
     ([1, 2], 400, "body must be a JSON object with keys seq, service_ok, counters"),
     ({**BEAT, "sequence": 1}, 400,
-     "unknown keys ['sequence']; expected ['seq', 'service_ok', 'counters']"),
+     "unknown keys ['sequence']; expected ['seq', 'service_ok', 'counters', 'nonce', 'mac', "
+     "'evidence', 'wire']"),
     ({**BEAT, "seq": -1}, 400, "seq must be a non-negative integer, got -1"),
     ({**BEAT, "seq": "3"}, 400, "seq must be a non-negative integer, got '3'"),
     ({**BEAT, "seq": True}, 400, "seq must be a non-negative integer, got True"),
@@ -301,18 +304,24 @@ def test_handler_crash_is_json_500(client, app, monkeypatch):
 
 
 def test_parse_heartbeat_accepted_shape():
-    body = json.dumps({"seq": 0, "service_ok": True, "counters": {"a": 1, "b": 2.5}}).encode()
-    assert rest.parse_heartbeat(body) == (0, True, {"a": 1, "b": 2.5})
+    data = {"seq": 0, "service_ok": True, "counters": {"a": 1, "b": 2.5}}
+    beat = rest.parse_heartbeat(json.dumps(data).encode())
+    assert isinstance(beat, rest.Heartbeat)
+    assert beat == rest.Heartbeat(0, True, {"a": 1, "b": 2.5}, None, None, (), (), data)
+    assert beat[:3] == (beat.seq, beat.service_ok, beat.counters) == (0, True, {"a": 1, "b": 2.5})
+    assert beat.body == data  # what a MAC covers
 
 
 def test_parse_heartbeat_defaults_counters():
-    assert rest.parse_heartbeat(b'{"seq": 7, "service_ok": false}') == (7, False, {})
+    beat = rest.parse_heartbeat(b'{"seq": 7, "service_ok": false}')
+    assert beat[:3] == (7, False, {})
+    assert (beat.nonce, beat.mac, beat.evidence, beat.wire) == (None, None, (), ())
 
 
 def test_parse_heartbeat_accepts_the_limits():
     counters = {f"{i:064d}": i for i in range(rest.MAX_COUNTERS)}
     body = json.dumps({"seq": 2 ** 63, "service_ok": True, "counters": counters}).encode()
-    assert rest.parse_heartbeat(body) == (2 ** 63, True, counters)
+    assert rest.parse_heartbeat(body)[:3] == (2 ** 63, True, counters)
 
 
 def test_parse_heartbeat_error_is_api_error():

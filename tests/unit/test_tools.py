@@ -202,8 +202,8 @@ def test_fetch_of_a_bad_rate_is_a_400_and_not_ok(backend):
 
 # --- fetch ---------------------------------------------------------------------------------
 
-RESULT_KEYS = {"index", "ok", "status", "bytes", "sha256", "max_stall_s", "started", "finished",
-               "error"}
+RESULT_KEYS = {"index", "ok", "status", "bytes", "sha256", "max_stall_s", "stall_end", "started",
+               "finished", "error", "port"}
 
 
 def test_fetch_an_unpaced_stream(backend):
@@ -216,6 +216,9 @@ def test_fetch_an_unpaced_stream(backend):
     assert result["sha256"] == sha256(content("/stream/100000", 100000))
     assert isinstance(result["max_stall_s"], float) and 0 <= result["max_stall_s"] < 2.0
     assert before <= result["started"] <= result["finished"] <= time.monotonic()
+    # stall_end: when the longest pause ended (rounded to 0.1 ms)
+    assert result["started"] - 0.001 <= result["stall_end"] <= result["finished"] + 0.001
+    assert isinstance(result["port"], int) and 0 < result["port"] < 65536  # the client's port
 
 
 def test_fetch_a_paced_stream(backend):
@@ -240,6 +243,7 @@ def test_fetch_against_a_closed_port(backend):
     assert (result["ok"], result["status"], result["bytes"]) == (False, 0, 0)
     assert result["error"] == "ConnectionRefusedError"
     assert result["max_stall_s"] is None
+    assert (result["stall_end"], result["port"]) == (None, None)  # never connected
     assert result["sha256"] == sha256(b"")
     assert result["started"] <= result["finished"]
 
