@@ -106,7 +106,8 @@ case "${1:-}" in
     bench)
         setup "$@"
         shift
-        exec "$PY" mininet/bench_failover.py "$@"
+        "$PY" mininet/bench_failover.py "$@"
+        exec "$PY" mininet/bench_voting.py
         ;;
     *)
         echo "usage: sudo $0 demo|test|bench|setup" >&2

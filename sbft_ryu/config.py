@@ -78,7 +78,8 @@ class SbftConfig:
     @property
     def f(self):
         """Byzantine replicas tolerated: n = 2f + 1 (or more) replicas."""
-        return (len(self.replicas) - 1) // 2
+        return max(0, (len(self.replicas) - 1) // 2)
+
     def replica(self, name):
         for replica in self.replicas:
             if replica.name == name:

@@ -95,8 +95,8 @@ class Referee:
         return guilty
 
     def tainted(self, epoch):
-        """Connections the primary of ``epoch - 1`` corrupted on the wire: a new primary resets
-        them instead of continuing them."""
+        """Connections an earlier primary corrupted on the wire: a new primary (of ``epoch``)
+        resets them instead of continuing them."""
         if self.judge is None:
             return []
         return [[str(ipaddress.IPv4Address(client)), port]

@@ -130,7 +130,7 @@ def sign_body(key, name, body):
 
 def body_signed(key, name, body):
     tag = body.get("mac")
-    if not isinstance(tag, str):
+    if not isinstance(tag, str) or not tag.isascii():
         return False
     return hmac.compare_digest(sign_body(key, name, body), tag)
 
@@ -234,26 +234,25 @@ class Judge:
         [start, end): f + 1 backups saying so of the same range convict the primary (one alone
         may be an honest minority, e.g. a Date header its own backend request got)."""
         self.expire(now)
+        if reporter == primary:
+            return False  # a primary's word about its own wire counts for nothing
         key = (epoch, client, port, start, end)
         entry = self._wire.setdefault(key, [set(), now, False])
         entry[0].add(reporter)
-        if entry[2] or len(entry[0]) < self.f + 1 or primary in entry[0]:
+        if entry[2] or len(entry[0]) < self.f + 1:
             return False
         entry[2] = True
         self.stats[primary].wire_divergences += 1
         return True
 
     def tainted(self, epoch):
-        """Connections whose wire bytes diverged in ``epoch`` (to be reset, never spliced):
-        once f + 1 backups convicted that epoch's primary on one range, a single backup's
-        report suffices for the other connections."""
-        entries = {}
-        for (ep, client, port, _, _), (_, _, counted) in self._wire.items():
-            if ep == epoch:
-                entries[(client, port)] = entries.get((client, port), False) or counted
-        if not any(entries.values()):
-            return []
-        return sorted(entries)
+        """Connections whose wire bytes diverged in ``epoch`` or before (to be reset, never
+        spliced; epochs without a primary may lie between): in an epoch where f + 1 backups
+        convicted the primary on one range, a single backup's report suffices for the other
+        connections."""
+        convicted = {key[0] for key, v in self._wire.items() if v[2] and key[0] <= epoch}
+        return sorted({(client, port) for (ep, client, port, _, _) in self._wire
+                       if ep in convicted})
 
     def expire(self, now):
         """Forget undecided ranges after ``window``; wire verdicts (the tainted connections a

@@ -541,10 +541,13 @@ class Translator:
 
         :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
         range's start (the bytes were trimmed, and reached the client through f votes or on
-        a wire the backups checked), or its output outgrew what a backup keeps."""
+        a wire the backups checked), its output outgrew what a backup keeps, or (``partial``)
+        the connection is not one its stack took part in."""
         conn = self.connections.get((client, port))
         if conn is None or conn.seq_off is None:
-            return (b"", False) if partial and conn is not None else None
+            # not (yet) a connection of ours: wait; after the patience, it never was (this
+            # replica joined later, or its stack never answered the SYN)
+            return ABSTAIN if partial else None
         own_start = (start - conn.seq_off) & MASK32
         length = (end - start) & MASK32
         pieces = []

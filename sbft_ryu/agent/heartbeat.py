@@ -132,6 +132,7 @@ class Heartbeats:
         self.nonce = None
         self.reports = reports  # callable → [(kind, item)] evidence for the controller
         self._unsent = []
+        self._sending = []  # the share of _unsent the current heartbeat carries
         self.mode = None
         self._last_nudge = float("-inf")
         self.fixed_interval = interval
@@ -212,8 +213,8 @@ class Heartbeats:
         body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
                 "counters": self.counters()}
         if self._unsent:
-            evidence = [raws for kind, raws in self._unsent if kind == "evidence"][:16]
-            wire = [w for kind, w in self._unsent if kind == "wire"][:64]
+            evidence = [raws for kind, raws in self._sending if kind == "evidence"]
+            wire = [w for kind, w in self._sending if kind == "wire"]
             if evidence:
                 body["evidence"] = [[raw.hex() for raw in raws] for raws in evidence]
             if wire:
@@ -232,10 +233,12 @@ class Heartbeats:
         if self.reports is not None:
             self._unsent.extend(self.reports())
             del self._unsent[:-REPORTS_KEPT]
+        self._sending = _share(self._unsent)
         for attempt in range(2):
             try:
                 answer = self.client.heartbeat(self._body(seq))
-                self._unsent.clear()
+                sent = set(map(id, self._sending))  # the rest goes with the next heartbeat
+                self._unsent = [item for item in self._unsent if id(item) not in sent]
                 return answer
             except ControllerRejected as exc:
                 nonce = exc.answer.get("nonce")
@@ -281,3 +284,16 @@ class Heartbeats:
             return
         self.controller_ok = ok
         (LOG.info if ok else LOG.warning)("%s", message)
+
+
+def _share(unsent, evidence=16, wire=64):
+    """The reports one heartbeat carries (at most ``evidence`` evidence items and ``wire``
+    wire reports, the oldest first), within the controller's limits."""
+    share, counts = [], {"evidence": 0, "wire": 0}
+    limits = {"evidence": evidence, "wire": wire}
+    for item in unsent:
+        kind = item[0]
+        if counts.get(kind, 0) < limits.get(kind, 0):
+            counts[kind] += 1
+            share.append(item)
+    return share

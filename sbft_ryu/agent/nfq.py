@@ -141,6 +141,7 @@ class ActiveQueue:
                         if self.fault is not None:  # a compromised host: past the vote
                             packet.set_payload(self.fault(new))
                             packet.accept()
+                            self._release(released)
                             return
                         if self.vote is not None:
                             statement = self.translator.statement_of(new)

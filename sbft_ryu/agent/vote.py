@@ -182,6 +182,9 @@ class VoteEngine:
         own = self.translator.own_range(statement.client, statement.port, statement.start,
                                         statement.end, partial)
         if own is None:
+            if partial:  # (own_range never answers a partial question with None; be sure)
+                self.counters["claims_unanswerable"] += 1
+                return
             self.waiting.setdefault((statement.client, statement.port), []).append(
                 (statement, claim_raw, at, epoch))
             return
@@ -199,6 +202,8 @@ class VoteEngine:
                                 statement.end, mine)
         self.votes_out.append((vote, claim_raw if mine != statement.digest else None))
         self.counters["votes_cast"] += 1
+        if partial:
+            self.counters["partial_votes"] += 1
         if mine != statement.digest:
             self.counters["divergent_votes"] += 1
         if self.fault is not None:
@@ -273,7 +278,8 @@ class VoteEngine:
             if now - claim.at > RECENT_S:
                 del self.recent[key]
                 self._maybe_report(claim, final=True)
-        for client_key, waiting in list(self.waiting.items()):
+        for client_key in list(self.waiting):
+            waiting = self.waiting.pop(client_key)  # answers below may queue anew
             # a claim beyond what our stack sent, while our stack has been quiet for
             # PARTIAL_QUIET_S: the primary sent bytes we will not (a lying primary, or one of
             # us lags badly).
@@ -287,16 +293,13 @@ class VoteEngine:
                 if quiet and age >= patience and entry[1] is not None:  # claims only:
                     # a wire copy we cannot match is the primary's data we never produce,
                     # which its claim (not its copy) already shows
-                    self.counters["partial_votes"] += 1
                     self._answer(entry[0], entry[1], entry[2], entry[3], partial=True)
                 elif age <= patience + 4 * self.hold_s:
                     kept.append(entry)
                 else:
                     self.counters["claims_unanswerable"] += 1
             if kept:
-                self.waiting[client_key] = kept
-            else:
-                del self.waiting[client_key]
+                self.waiting[client_key] = kept + self.waiting.get(client_key, [])
         primary = self.primary == self.name
         for conn, since in list(self.outvoted.items()):
             if now - since >= OUTVOTED_RESET_S:

@@ -104,7 +104,9 @@ def main(argv=None):
     parser.add_argument("--heads", action="store_true", help="record each response's header")
     parser.add_argument("--out", default="-")
     args = parser.parse_args(argv)
-    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
+    # line-buffered: a benchmark reads the log while the pacer runs
+    out = (sys.stdout if args.out == "-"
+           else open(args.out, "w", encoding="utf-8", buffering=1))
     try:
         return asyncio.run(run(args.url, args.interval, args.timeout, args.count,
                                args.duration, out, args.paths, args.heads))

@@ -26,7 +26,7 @@ DEFAULT_RAW = {
     "vote_hold": "0.2",
     "suspicion_threshold": "3",
     "suspicion_half_life": "5",
-    "suspicion_rate": "0.02",
+    "suspicion_rate": "0.01",
     "unvoted": "serve",
 }
 

@@ -309,9 +309,6 @@ def test_an_outvoted_primary_resets_the_connection(clock):
     assert [IP(packet)[TCP].flags for packet in sent] == ["R"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agent/nfq.py ActiveQueue.callback returns right "
-                   "after the test fault's accept, before _release(): client packets held for "
-                   "the SYN-ACK (the handshake race) never get a verdict when the fault is set")
 def test_with_the_test_fault_packets_held_for_the_synack_still_get_a_verdict(clock):
     queue, _, _ = make("lb1", True, fault=lambda payload: payload)
     feed(queue, SYN, PRE_ROUTING)

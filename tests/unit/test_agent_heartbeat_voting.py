@@ -189,10 +189,6 @@ def test_a_heartbeat_carries_at_most_what_the_controller_accepts():
     rest.parse_heartbeat(json.dumps(body).encode())  # accepted
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agent/heartbeat.py Heartbeats._exchange clears "
-                   "every pending report after a successful heartbeat, although _body sent "
-                   "only the first 16 evidence items: the rest are lost instead of going with "
-                   "the next heartbeat")
 def test_evidence_beyond_one_heartbeats_share_goes_with_the_next():
     items = [("evidence", [bytes([n])]) for n in range(20)]
     pending = [items, []]

@@ -187,8 +187,10 @@ def test_votes_of_strangers_and_garbage_are_rejected():
 
 
 def test_a_send_error_is_a_missing_vote_not_an_error():
+    def unreachable(data, address):
+        raise OSError("network unreachable")
     p = engine("lb1")
-    p.send = lambda data, address: (_ for _ in ()).throw(OSError("unreachable"))
+    p.send = unreachable
     p.hold(Token(), b"payload", SEG, T)
     p.flush()  # does not raise
     assert len(p.pending) == 1
@@ -308,10 +310,6 @@ def test_a_busy_backup_keeps_waiting_then_gives_up():
     assert b2.counters["claims_unanswerable"] == 1 and b2.waiting == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agent/vote.py VoteEngine.expire: a partial vote "
-                   "whose own_range is still None (an unknown connection: quiet_for is inf) "
-                   "appends the claim to the very list expire iterates, which loops for ever "
-                   "(the packet thread hangs); a lying primary can trigger it with any claim")
 def test_a_claim_for_a_connection_the_backup_does_not_know_does_not_hang_expire():
     translator = FakeTranslator(quiet=float("inf"))  # raises after 100 questions
     b2 = engine("lb2", translator=translator)

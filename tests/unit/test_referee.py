@@ -199,7 +199,9 @@ def test_tainted_names_the_previous_epochs_connections_as_strings(referee):
     referee.wire("lb2", [(CLIENT, 40000, 1, 0, 9), (CLIENT, 40001, 1, 0, 9)], epochs, 10.0)
     referee.wire("lb3", [(CLIENT, 40000, 1, 0, 9)], epochs, 10.0)
     assert referee.tainted(2) == [["10.0.0.31", 40000], ["10.0.0.31", 40001]]
-    assert referee.tainted(1) == [] and referee.tainted(3) == []
+    # an epoch without a primary may come between: later primaries reset them too
+    assert referee.tainted(3) == referee.tainted(2)
+    assert referee.tainted(1) == []
 
 
 def test_readmit_clears_the_suspicion(referee):
