@@ -95,7 +95,9 @@ case "${1:-}" in
         say "demo: Mininet, ryu-manager, HAProxy replicas, agents (passive mode)"
         "$PY" mininet/sbft_topo.py --demo
         say "demo: active mode (connections survive the primary)"
-        exec "$PY" mininet/sbft_topo.py --demo --mode active
+        "$PY" mininet/sbft_topo.py --demo --mode active
+        say "demo: Byzantine output voting (lying replicas are cut off)"
+        exec "$PY" mininet/sbft_topo.py --demo --mode voting
         ;;
     test)
         setup "$@"

@@ -284,6 +284,7 @@ class ReplicaHost(LabHost):
         self.vip_mode = vip_mode
         self.vrrp = vrrp
         self.tamper = None
+        self.retired = 0  # HAProxy processes replaced by a reload
         if agent_key is not None:  # this replica's key, for --key-file
             self.key_file = self.write_file("agent.key", agent_key + "\n")
         if vip_mode == "sbft":
@@ -317,10 +318,22 @@ class ReplicaHost(LabHost):
         return self.spawn("haproxy", ["haproxy", "-db", "-f", cfg])
 
     def set_tamper(self, on):
-        """Tests only: restart HAProxy configured to alter its responses (or not)."""
+        """Tests only: reload HAProxy configured to alter its responses (or not). A seamless
+        reload (``-sf``): the new process binds beside the old one, which then stops accepting
+        and finishes its connections, so the replica's probe never fails and a lying primary
+        is caught by the vote, not failed over for a restart."""
         self.tamper = self.name if on else None
-        self.kill("haproxy", signal.SIGTERM)
-        return self.start_haproxy()
+        old = self.owned.pop("haproxy", None)
+        if old is None or old.poll() is not None:
+            return self.start_haproxy()
+        cfg = self.write_file("haproxy.cfg", replica_haproxy_cfg(self.backends, self.tamper))
+        new = self.spawn("haproxy", ["haproxy", "-db", "-f", cfg, "-sf", str(old.pid)])
+        try:  # the old process leaves once its (short) connections are done
+            old.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.retired += 1
+            self.owned[f"haproxy-retired-{self.retired}"] = old  # reaped with the host
+        return new
 
     def start_agent(self):
         return self.spawn("agent", self.agent_argv)
@@ -805,6 +818,44 @@ def demo_active(lab, out=print):
             f"{c.get('dropped_backup')}, ACKs clamped {c.get('ack_clamped')}")
 
 
+def demo_voting(lab, out=print):
+    """Voting: a backup's proxy, then the primary's, starts altering its responses; each is
+    marked byzantine and cut off, and the client never sees an altered byte."""
+    sys.path.insert(0, REPO)
+    from sbft_ryu.tools import timeline
+
+    def state(name):
+        return next(r for r in lab.health()["replicas"] if r["name"] == name)
+
+    out("\n=== voting: one GET every 20 ms; replicas' proxies start to lie (an added header)")
+    proc, log = lab.pacer("c1", "demo-voting.jsonl", interval=0.02, timeout=1.0,
+                          duration=12.0, heads=True)
+    time.sleep(1.0)
+    for liar in ("lb2", lab.health()["primary"]):
+        role = state(liar)["role"]
+        out(f"    {liar} ({role}) now alters its responses")
+        lab.host(liar).set_tamper(True)
+        started = time.monotonic()
+        wait_until(lambda: state(liar)["state"] == "byzantine", 10, 0.01, f"{liar} byzantine")
+        votes = state(liar)["votes"]
+        out(f"    {liar} byzantine after {time.monotonic() - started:.3f} s (divergences "
+            f"{votes['divergences']}, divergence rate {votes['divergence_rate']}); primary "
+            f"{lab.health()['primary']}, members {lab.health()['members']}")
+        time.sleep(1.0)
+        lab.host(liar).set_tamper(False)
+        answer = http_json(f"{lab.api}/sbft/replicas/{liar}/readmit", data=b"{}")
+        out(f"    operator repaired and readmitted {liar}: state {answer['state']}")
+        wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05, "voted again")
+        time.sleep(1.0)
+    proc.terminate()
+    proc.wait(timeout=10)
+    records, _ = timeline.load(log)
+    altered = [r for r in records if "X-Tampered" in r.get("head", "")]
+    out(f"    client: {len(records)} requests, {sum(r['ok'] for r in records)} answered, "
+        f"{len(altered)} with an altered byte")
+    out(f"    voting: {lab.health()['voting']['reason']}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lbs", type=int, default=3)
@@ -816,23 +867,25 @@ def main(argv=None):
                         help="run no sbft-agent (liveness from switch port state only)")
     parser.add_argument("--cli", action="store_true", help="open the Mininet CLI")
     parser.add_argument("--demo", action="store_true", help="run the scripted demo")
-    parser.add_argument("--mode", choices=("passive", "active"), default="passive",
+    parser.add_argument("--mode", choices=("passive", "active", "voting"), default="passive",
                         help="active: replicas share one TCP sequence space (their stacks "
-                        "skewed as on separate machines)")
+                        "skewed as on separate machines); voting: active with Byzantine "
+                        "output voting")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("Mininet needs root")
     setLogLevel("warning")
     extra = "" if args.agents else "heartbeat_timeout = 0\n"
-    active = args.mode == "active"
+    active = args.mode in ("active", "voting")
     if active and not args.agents:
         parser.error("active mode needs the agents")
-    extra += "mode = active\n" if active else ""
+    extra += "mode = active\n" if args.mode == "active" else ""
     with Lab(lbs=args.lbs, backends=args.backends, clients=args.clients, agents=args.agents,
-             controller=args.controller, sbft_extra=extra, skew=active) as lab:
+             controller=args.controller, sbft_extra=extra, skew=active,
+             voting=args.mode == "voting") as lab:
         print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
         if args.demo:
-            demo_active(lab) if active else demo(lab)
+            {"passive": demo, "active": demo_active, "voting": demo_voting}[args.mode](lab)
         if args.cli:
             from mininet.cli import CLI
             CLI(lab.net)

@@ -54,7 +54,7 @@ _KEY = struct.Struct("!4sH4sHI")
 _NOP_NOP_TS = b"\x01\x01\x08\x0a"
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8
+FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT, RST_OUT = 1, 2, 4, 8, 16
 
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
@@ -225,13 +225,15 @@ class Translator:
             self.counters[C_HELD] += 1
             return HOLD, None, ()
         self.counters[C_IN] += 1
-        after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
-        if conn.client_next is None or serial_gt(after, conn.client_next):
-            conn.client_next = after
-            conn.client_window = _U16.unpack_from(payload, ihl + 14)[0]
         return ACCEPT, self._translate_in(payload, ihl, thl, ack, flags, conn), ()
 
     def _translate_in(self, payload, ihl, thl, ack, flags, conn):
+        # what a catch-up ACK needs: the client's next sequence number and latest window
+        after = (_U32.unpack_from(payload, ihl + 4)[0] + len(payload) - ihl - thl
+                 + (1 if flags & FIN else 0)) & MASK32
+        if conn.client_next is None or not serial_gt(conn.client_next, after):
+            conn.client_next = after
+            conn.client_window = _U16.unpack_from(payload, ihl + 14)[0]
         buf = bytearray(payload)
         delta = 0  # of the one's-complement sum: a 16-bit-aligned 32-bit field adds new - old
         if flags & ACK:
@@ -318,7 +320,7 @@ class Translator:
             self.counters[C_UNKNOWN_OUT] += 1
             return DROP, None, ()
         if flags & (FIN | RST):
-            conn.closed |= CLOSED_RST if flags & RST else FIN_OUT
+            conn.closed |= CLOSED_RST | RST_OUT if flags & RST else FIN_OUT
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         end = (seq + length) & MASK32
         if serial_gt(end, conn.own_max):
@@ -573,6 +575,8 @@ class Translator:
             if conn.lossy or (conn.own_acked is not None and
                               serial_gt(conn.own_acked, own_start)):
                 return ABSTAIN
+            if partial and conn.closed & RST_OUT:
+                return ABSTAIN  # our own proxy aborted it: an omission, not other bytes
             if not partial:
                 return None
         return b"".join(pieces), fin

@@ -77,6 +77,10 @@ def test_a_lying_proxy_is_excluded_as_backup_then_as_primary(voting_lab, topo_mo
                            0.01, "lb1 marked byzantine")
     primary_s = time.monotonic() - started
     assert lab.health()["primary"] in ("lb2", "lb3")
+    # convicted while primary, by the vote (not failed over for some other reason first)
+    events = topo_module.http_json(lab.api + "/sbft/events")["events"]
+    lb1_changes = [e["change"] for e in events if e["replica"] == "lb1"]  # newest first
+    assert lb1_changes[0].startswith("byzantine") and lb1_changes[1] == "primary", lb1_changes
     proc.wait(timeout=30)
     records, _ = timeline.load(log)
     assert _altered(records) == [], "no client receives an altered byte"
