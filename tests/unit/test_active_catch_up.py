@@ -288,12 +288,9 @@ def test_the_clients_fin_counts_in_its_next_sequence_number():
     assert IP(raw)[TCP].options == NOP2 + [ts(14, OWN_TS + 6)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Translator._inbound records conn.client_window "
-                   "only when a client packet advances client_next, so a later pure ACK's "
-                   "window (e.g. the client's receive window growing, or reopening after a "
-                   "zero window) is ignored: the catch-up ACK advertises the window of the "
-                   "client's last data packet, while carrying the TSval of its latest ACK")
 def test_the_window_is_the_one_of_the_clients_latest_packet():
+    """A pure ACK does not advance the client's sequence number, but its window is the
+    latest (the client's receive window grows, or reopens after a zero window)."""
     tr = connected()  # the request advertised 8192
     client_acks(tr, len(BODY), tsval=13, window=999)
     stack_sends(tr, "PA", 0, BODY)
@@ -302,12 +299,10 @@ def test_the_window_is_the_one_of_the_clients_latest_packet():
     assert IP(raw)[TCP].window == 999
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: client packets held for the SYN-ACK (handshake "
-                   "race) are released through _translate_in without setting conn.client_next "
-                   "/ client_window, so a backup whose SYN-ACK left after the client had "
-                   "acknowledged the primary's reply and FIN never catches up: its FIN stays "
-                   "unacknowledged (the case _catch_up exists for)")
 def test_client_packets_released_after_the_synack_count_for_the_catch_up():
+    """The handshake race: the client's request and its ACK of the primary's reply and FIN
+    were held for this backup's SYN-ACK; released, they still tell what a catch-up needs (its
+    FIN would stay unacknowledged otherwise)."""
     tr = Translator(SECRET, PORT)
     tr.process(client_pkt("S", CLIENT_ISN), None, False, NOW)
     request = client_pkt("PA", CLIENT_ISN + 1, SHARED + 1, REQUEST)

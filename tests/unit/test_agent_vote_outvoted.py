@@ -132,6 +132,21 @@ def test_a_released_claim_is_not_outvoted_by_a_late_dissent():
     assert p.outvoted == {} and p.counters["outvoted"] == 0
 
 
+def test_a_released_claim_is_not_outvoted_even_when_a_backup_changes_its_vote():
+    """The bytes went out on lb2's agreeing vote; lb2 then says otherwise (an equivocating
+    backup) and lb3 agrees with it: every backup's latest vote is against the claim, but a
+    released range is never the reason for a reset."""
+    p = engine("lb1")
+    claimed(p)
+    assert len(p.receive(vote_of("lb2"), T)) == 1
+    p.receive(vote_of("lb2", value=OTHER), T + 0.01)
+    p.receive(vote_of("lb3", value=OTHER), T + 0.02)
+    assert p.counters["divergent_votes"] == 2
+    assert p.outvoted == {} and p.counters["outvoted"] == 0
+    p.expire(T + 2 * vote.OUTVOTED_RESET_S)
+    assert p.resets == []
+
+
 def test_with_five_replicas_three_backups_must_agree():
     """n = 5, f = 2: n - f = 3 of the 4 backups on one other digest outvote the primary."""
     p = engine("lb1", peers=ADDRESSES, f=2)
@@ -339,6 +354,32 @@ def test_a_real_backup_votes_partially_only_once_its_stack_was_quiet_long_enough
     [(statement, claim_raw)] = b2.votes_out
     assert statement.digest == voting.digest(REPLY[:9])  # what its stack sent, 9 bytes
     assert claim_raw == real_claim()  # divergent: evidence at the flush
+
+
+def test_a_real_backup_whose_own_proxy_aborted_abstains_instead_of_a_partial_vote():
+    """Its stack sent 5 bytes, then a RST (its proxy aborted): an omission, not other bytes,
+    so no divergent partial vote accuses the primary."""
+    tr, b2 = real_backup(T)
+    client = socket.inet_ntoa(CLIENT)
+    tr.process(packet("10.0.0.100", client, PORT, 40000, "RA", OWN_ISN + 6, CLIENT_ISN + 1),
+               None, False, T)
+    b2.receive(real_claim(), T)
+    assert len(b2.waiting) == 1  # a whole answer still waits, as for any missing bytes
+    b2.expire(T + max(HOLD, vote.PARTIAL_QUIET_S))
+    assert b2.counters["abstentions"] == 1
+    assert (b2.counters["partial_votes"], b2.counters["votes_cast"]) == (0, 0)
+    assert b2.waiting == {} and b2.votes_out == []
+
+
+def test_a_real_backup_that_sent_the_whole_range_before_its_rst_still_votes():
+    tr, b2 = real_backup(T)
+    stack_sends(tr, 5, REPLY[5:], T)
+    client = socket.inet_ntoa(CLIENT)
+    tr.process(packet("10.0.0.100", client, PORT, 40000, "RA", OWN_ISN + 1 + len(REPLY),
+                      CLIENT_ISN + 1), None, False, T)
+    b2.receive(real_claim(), T)
+    [(statement, evidence)] = b2.votes_out
+    assert statement.digest == voting.digest(REPLY) and evidence is None  # agreement
 
 
 def test_a_real_backup_that_never_took_part_abstains_after_the_patience():

@@ -13,7 +13,8 @@ from sbft_ryu.voting import CLAIM, VOTE, Judge, Statement
 NAMES = ("lb1", "lb2", "lb3")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
 CLIENT = bytes([10, 0, 0, 31])
-TRUE, LIE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nhi"), voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+TRUE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nhi")
+LIE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
 
 
 def batch(author, statement, kind=VOTE):
