@@ -98,6 +98,26 @@ def checksum_delta(csum, old, new, regions):
     return (0xFFFF - result) % 0xFFFF if result else 0
 
 
+def _options(buf, start, end):
+    """(kind, offset, length) of each well-formed TCP option in buf[start:end]; stops at the
+    end-of-options kind or at the first malformed one (the rest is left as it is)."""
+    i = start
+    while i < end:
+        kind = buf[i]
+        if kind == 0:
+            return
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end:
+            return
+        length = buf[i + 1]
+        if length < 2 or i + length > end:
+            return
+        yield kind, i, length
+        i += length
+
+
 class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
@@ -267,19 +287,7 @@ class Translator:
 
     def _options_in(self, buf, start, end, conn):
         changed = False
-        i = start
-        while i < end:
-            kind = buf[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= end:
-                break
-            length = buf[i + 1]
-            if length < 2 or i + length > end:
-                break
+        for kind, i, length in _options(buf, start, end):
             if kind == 8 and length == 10 and conn.ts_off is not None:
                 tsecr = _U32.unpack_from(buf, i + 6)[0]
                 if tsecr:
@@ -298,7 +306,6 @@ class Translator:
                     _U32.pack_into(buf, edge, left)
                     _U32.pack_into(buf, edge + 4, right)
                 changed = True
-            i += length
         return changed
 
     # ---- replica → client --------------------------------------------------------------------
@@ -457,19 +464,7 @@ class Translator:
 
     def _options_out(self, buf, start, end, flags, conn):
         changed = False
-        i = start
-        while i < end:
-            kind = buf[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= end:
-                break
-            length = buf[i + 1]
-            if length < 2 or i + length > end:
-                break
+        for kind, i, length in _options(buf, start, end):
             if kind == 8 and length == 10 and conn.ts_off is not None:
                 tsval = (_U32.unpack_from(buf, i + 2)[0] + conn.ts_off) & MASK32
                 if conn.ts_floor is not None and serial_gt(conn.ts_floor, tsval):
@@ -479,7 +474,6 @@ class Translator:
             elif kind == 3 and length == 3 and flags & SYN and buf[i + 2] != self.shared_ws:
                 buf[i + 2] = self.shared_ws
                 changed = True
-            i += length
         return changed
 
     # ---- housekeeping --------------------------------------------------------------------------
