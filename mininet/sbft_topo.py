@@ -92,20 +92,23 @@ def sbft_config_text(topo_plan, extra=""):
     return "\n".join(lines) + "\n" + extra
 
 
-def replica_haproxy_cfg(backends, tamper=None):
-    """``tamper`` (tests only): a proxy configured to alter its responses (an added header
-    naming it), i.e. a replica that answers wrongly."""
-    servers = "\n".join(f"    server {b['name']} {b['ip']}:{BACKEND_PORT}" for b in backends)
-    altered = f"    http-response set-header X-Tampered-By {tamper}\n" if tamper else ""
-    streams = "\n".join(f"    server {b['name']} {b['ip']}:{STREAM_PORT}" for b in backends)
-    return f"""global
+HAPROXY_HEAD = """global
     maxconn 4096
 defaults
     mode http
     timeout connect 2s
     timeout client 30s
     timeout server 30s
-frontend sbft
+"""
+
+
+def replica_haproxy_cfg(backends, tamper=None):
+    """``tamper`` (tests only): a proxy configured to alter its responses (an added header
+    naming it), i.e. a replica that answers wrongly."""
+    servers = "\n".join(f"    server {b['name']} {b['ip']}:{BACKEND_PORT}" for b in backends)
+    altered = f"    http-response set-header X-Tampered-By {tamper}\n" if tamper else ""
+    streams = "\n".join(f"    server {b['name']} {b['ip']}:{STREAM_PORT}" for b in backends)
+    return HAPROXY_HEAD + f"""frontend sbft
     bind {VIP}:{SERVICE_PORT}
     monitor-uri {PROBE_PATH}
     use_backend streams if {{ path_beg /stream/ }}
@@ -147,14 +150,7 @@ def backend_haproxy_cfg(backend, date=False):
     millisecond get different bytes when a second boundary falls between them, the honest
     nondeterminism the voting threshold must tolerate."""
     dated = "    http-after-response set-header Date %[date,http_date]\n" if date else ""
-    return f"""global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-frontend static
+    return HAPROXY_HEAD + f"""frontend static
     bind {backend['ip']}:{BACKEND_PORT}
     http-request return status 200 content-type text/plain lf-string "{backend['name']} %[path]\\n"
 {dated}"""
