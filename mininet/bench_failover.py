@@ -17,6 +17,11 @@ in the same run, on the same Mininet hosts and the same OVS userspace switch.
   (mirroring and the switch's reply filter alone), with agents on (kernel verdict cache), and
   with the verdict cached per connection (conntrack) and with every reply verdicted in
   userspace (``--verdict-cache connection`` / ``none``).
+* Survival: 50 concurrent paced downloads (256 KiB at 32 KiB/s) open at the moment of the
+  fault; the fraction that completes byte for byte, and the client's longest stall among them:
+  sbft active mode, sbft passive mode, keepalived VRRPv3 ``advert_int 0.1``. After a link cut
+  the old primary heals with a fresh HAProxy (its stale sessions would flush a burst into the
+  next run).
 * Soak: a 60 s full-load wrk run against the sbft tier at default settings; any change of
   primary during it is a false failover.
 * Verdict cost: the agent's per-packet parse with struct versus scapy, on crafted packets.
@@ -31,6 +36,7 @@ import json
 import os
 import statistics
 import sys
+import textwrap
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -85,6 +91,18 @@ def inject(lab, fault, primary):
 
 def recover(lab, fault, primary):
     if fault == "link":
+        # The cut-off proxy still holds the last run's sessions: healed as they are, their
+        # backends flush seconds of paced data into it in one burst that stalled the next
+        # run's connections by 0.3-1.6 s before its fault. A fresh proxy starts clean.
+        lab.crash(primary, parts=("haproxy",))
+        lab.restart(primary)
+        if lab.vip_mode == "sbft" and lab.topo_args["agents"]:
+            # heal only once its agent's probe has seen the new proxy: a probe failure
+            # reported after the link is back would take the replica out of the mirror
+            # group again for a moment, and the next run's connections would miss it
+            time.sleep(0.5)
+            sbft_topo.wait_until(lambda: _service_ok(lab, primary), 10, 0.05,
+                                 f"{primary}'s probe of its new proxy")
         lab.set_link(primary, True)
     if lab.vip_mode == "keepalived":
         host = lab.host(primary)
@@ -95,6 +113,10 @@ def recover(lab, fault, primary):
     else:
         sbft_topo.wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
         time.sleep(3 * lab.topo_args["advert_int"] + 0.5)  # let the rejoined backup settle
+
+
+def _service_ok(lab, name):
+    return next(r for r in lab.health()["replicas"] if r["name"] == name)["service_ok"]
 
 
 def failover_runs(name, options, runs, rundir):
@@ -109,8 +131,16 @@ def failover_runs(name, options, runs, rundir):
                 time.sleep(SETTLE)
                 fault_at = time.monotonic()
                 inject(lab, fault, primary)
-                successor = sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
-                                                 f"{name}: a new primary")
+                try:
+                    successor = sbft_topo.wait_until(lambda: new_primary(lab, primary), 20,
+                                                     0.01, f"{name}: a new primary")
+                except TimeoutError as exc:  # reported as a failed run, not a crash
+                    proc.wait(timeout=60)
+                    results[fault].append({"outage_s": None, "failed": None,
+                                           "recovered": False, "from": primary, "to": None,
+                                           "timeline": [], "error": str(exc)})
+                    log(f"  {name:34} {fault:5} run {run + 1}: {exc}")
+                    break
                 proc.wait(timeout=60)
                 records, _ = timeline.load(path)
                 outage = timeline.outage(records, fault_at)
@@ -132,7 +162,7 @@ def _fmt(value):
 
 def summarize(runs):
     outages = [r["outage_s"] for r in runs if r["outage_s"] is not None]
-    failed = [r["failed"] for r in runs]
+    failed = [r["failed"] for r in runs if r["failed"] is not None]
     return {
         "median_s": statistics.median(outages) if outages else None,
         "max_s": max(outages) if outages else None,
@@ -228,8 +258,13 @@ def throughput_runs(seconds, rounds, rundir, configs=None):
                 idle_cpu_per_s = agent_idle_cpu(lab)
                 for mode in ("keep-alive", "close"):
                     before = agent_sample(lab)
+                    ryu_before = cpu_seconds(lab.ryu.pid) if lab.ryu else None
                     start = time.monotonic()
                     result = wrk(lab, seconds, mode == "close")
+                    if ryu_before is not None:  # heartbeats are the controller's load here
+                        result["controller_cpu_pct"] = round(
+                            100 * (cpu_seconds(lab.ryu.pid) - ryu_before)
+                            / (time.monotonic() - start), 1)
                     time.sleep(1.1)  # agent counters reach the controller every heartbeat
                     after = agent_sample(lab)
                     elapsed = time.monotonic() - start
@@ -246,9 +281,12 @@ def throughput_runs(seconds, rounds, rundir, configs=None):
                                                           if verdicts > 1000 else None)
                     results[name][mode].append(result)
                     log(f"  {name:34} {mode:10} {result['rps']} req/s, p99 "
-                        f"{result['p99_ms']} ms" + (f", agent {result.get('agent_verdicts')} "
-                                                    f"verdicts, {result.get('agent_cpu_s')} s "
-                                                    "CPU" if "agent_cpu_s" in result else ""))
+                        f"{result['p99_ms']} ms, controller "
+                        f"{result.get('controller_cpu_pct')} % CPU"
+                        + (f", primary's agent {result.get('agent_verdicts')} verdicts, "
+                           f"{result.get('agent_cpu_s')} s CPU (idle "
+                           f"{result.get('agent_idle_cpu_pct')} %)"
+                           if "agent_cpu_s" in result else ""))
     return results
 
 
@@ -287,8 +325,17 @@ def survival_runs(runs, rundir):
                     time.sleep(2.0)
                     fault_at = time.monotonic()
                     inject(lab, fault, primary)
-                    sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
-                                         f"{name}: a new primary")
+                    try:
+                        sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
+                                             f"{name}: a new primary")
+                    except TimeoutError as exc:  # reported as a failed run, not a crash
+                        proc.wait(timeout=90)
+                        results[name][fault].append({"in_flight": SURVIVAL_CONNECTIONS,
+                                                     "intact": 0, "survived": 0.0,
+                                                     "longest_stall_s": None,
+                                                     "error": str(exc)})
+                        log(f"  {name:34} {fault:5} run {run + 1}: {exc}")
+                        break
                     proc.wait(timeout=90)
                     with open(out, encoding="utf-8") as handle:
                         fetched = json.load(handle)["results"]
@@ -356,7 +403,46 @@ def verdict_cost(count=200000):
     scapy_us = timed(lambda p: IP(p)[TCP].flags, count // 50)
     return {"struct_us_per_packet": round(struct_us, 3), "scapy_us_per_packet":
             round(scapy_us, 2), "struct_packets_per_s": round(1e6 / struct_us),
-            "scapy_packets_per_s": round(1e6 / scapy_us)}
+            "scapy_packets_per_s": round(1e6 / scapy_us),
+            "active_translator_us_per_packet": round(translator_cost(count // 4), 2)}
+
+
+def translator_cost(pairs):
+    """The active-mode translator alone (no NFQUEUE, no kernel): µs per packet over one
+    connection's data segments out (1448 bytes, timestamps) and the client's ACKs in."""
+    import socket
+
+    from scapy.all import IP, TCP
+
+    from sbft_ryu.agent.active import Translator
+
+    client, vip, cport, own_isn, client_isn = "10.0.0.31", "10.0.0.100", 40000, 12345, 1000
+    translator = Translator(b"bench-secret-0123", 5555)
+    syn = IP(src=client, dst=vip) / TCP(sport=cport, dport=5555, flags="S", seq=client_isn,
+                                        options=[("MSS", 1460), ("Timestamp", (7, 0))])
+    translator.process(bytes(syn), None, True, 0.0, True)
+    synack = IP(src=vip, dst=client) / TCP(sport=5555, dport=cport, flags="SA", seq=own_isn,
+                                           ack=client_isn + 1,
+                                           options=[("MSS", 1460), ("Timestamp", (5, 7))])
+    translator.process(bytes(synack), None, True, 0.0, False)
+    conn = translator.connections[(socket.inet_aton(client), cport)]
+    shared = (conn.shared_isn + 1) & 0xFFFFFFFF
+    outs, ins = [], []
+    pairs = min(pairs, 5000)
+    for i in range(pairs):
+        outs.append(bytes(IP(src=vip, dst=client) / TCP(
+            sport=5555, dport=cport, flags="PA", seq=own_isn + 1 + i * 1448,
+            ack=client_isn + 1, options=[("NOP", None), ("NOP", None),
+                                         ("Timestamp", (5 + i, 7 + i))]) / (b"x" * 1448)))
+        ins.append(bytes(IP(src=client, dst=vip) / TCP(
+            sport=cport, dport=5555, flags="A", seq=client_isn + 1,
+            ack=(shared + (i + 1) * 1448) & 0xFFFFFFFF,
+            options=[("NOP", None), ("NOP", None), ("Timestamp", (8 + i, 5 + i))])))
+    start = time.perf_counter()
+    for i in range(pairs):
+        translator.process(outs[i], None, True, 1.0, False)
+        translator.process(ins[i], None, True, 1.0, True)
+    return (time.perf_counter() - start) / (2 * pairs) * 1e6
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -367,8 +453,10 @@ def report_failover(failover):
     for system, faults in failover.items():
         for fault, runs in faults.items():
             s = summarize(runs)
+            errors = sum(1 for r in runs if r.get("error"))
             lines.append(f"| {system} | {fault} | {_fmt(s['median_s'])} | {_fmt(s['max_s'])} "
-                         f"| {s['failed_median']} / {s['failed_max']} |")
+                         f"| {s['failed_median']} / {s['failed_max']} |"
+                         + (f" ({errors} run(s) found no new primary)" if errors else ""))
     sbft = summarize(failover.get("sbft_ryu", {}).get("crash", []))["median_s"]
     tuned = summarize(failover.get("keepalived VRRPv3 advert_int 0.1", {}).get("crash", []))
     if sbft and tuned["median_s"]:
@@ -383,17 +471,21 @@ def report_throughput(throughput):
     off = {mode: statistics.median(r["rps"] for r in throughput["sbft, agents off"][mode])
            for mode in ("keep-alive", "close")} if "sbft, agents off" in throughput else {}
     lines = ["| configuration | mode | req/s (median) | p99 (ms) | x bare HAProxy | "
-             "x agents off | agent µs/verdict |", "|---|---|---|---|---|---|---|"]
+             "x agents off | agent µs/verdict | controller CPU (% of a core) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, modes in throughput.items():
         for mode in ("keep-alive", "close"):
             runs = modes[mode]
             rps = statistics.median(r["rps"] for r in runs)
             p99 = statistics.median(r["p99_ms"] for r in runs)
             us = [r["agent_us_per_verdict"] for r in runs if r.get("agent_us_per_verdict")]
+            ctl = [r["controller_cpu_pct"] for r in runs
+                   if r.get("controller_cpu_pct") is not None]
             lines.append(f"| {name} | {mode} | {rps:.0f} | {p99:.2f} | "
                          f"{rps / base[mode]:.2f} | "
                          f"{(rps / off[mode]) if off else float('nan'):.2f} | "
-                         f"{statistics.median(us) if us else '-'} |")
+                         f"{statistics.median(us) if us else '-'} | "
+                         f"{statistics.median(ctl) if ctl else '-'} |")
     if "sbft active mode" in throughput and "sbft, agents on" in throughput:
         ratios = []
         for mode in ("keep-alive", "close"):
@@ -404,6 +496,12 @@ def report_throughput(throughput):
     return "\n".join(lines)
 
 
+def _median_run(runs):
+    """The run whose outage is the median (runs without one sort last)."""
+    ordered = sorted(runs, key=lambda r: (r["outage_s"] is None, r["outage_s"] or 0.0))
+    return ordered[(len([r for r in runs if r["outage_s"] is not None]) - 1) // 2]
+
+
 def plot(failover, throughput, docs):
     import matplotlib
 
@@ -411,7 +509,7 @@ def plot(failover, throughput, docs):
     import matplotlib.pyplot as plt
 
     if failover:
-        rows = [(system, fault, runs[len(runs) // 2]) for system, faults in failover.items()
+        rows = [(system, fault, _median_run(runs)) for system, faults in failover.items()
                 for fault, runs in faults.items() if runs]
         fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.1 * len(rows) + 1), sharex=True)
         for ax, (system, fault, run) in zip(axes, rows):
@@ -439,7 +537,7 @@ def plot(failover, throughput, docs):
             values = [statistics.median(r["rps"] for r in throughput[n][mode]) for n in names]
             ax.bar([i + offset for i in range(len(names))], values, width, label=mode)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, fontsize=8)
+        ax.set_xticklabels([textwrap.fill(n, 18) for n in names], fontsize=8)
         ax.set_ylabel("requests/s (wrk -t2 -c16)")
         ax.legend()
         ax.set_title("Throughput through the OVS userspace switch (2 shared cores)")
@@ -458,7 +556,18 @@ def main(argv=None):
                                            "verdict"),
                         action="append", help="run only these parts (repeatable)")
     parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    parser.add_argument("--replot", metavar="RESULTS_JSON",
+                        help="only redraw the plots and tables from a results file")
     args = parser.parse_args(argv)
+    if args.replot:
+        with open(args.replot, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        plot(saved.get("failover"), saved.get("throughput"), args.docs)
+        for key, report in (("failover", report_failover), ("survival", report_survival),
+                            ("throughput", report_throughput)):
+            if key in saved:
+                print(report(saved[key]) + "\n")
+        return 0
     if os.geteuid() != 0:
         parser.error("needs root (Mininet): sudo ./run.sh bench")
     from mininet.log import setLogLevel
@@ -469,29 +578,37 @@ def main(argv=None):
     rundir = os.path.join("/tmp", f"sbft-bench-{stamp}")
     os.makedirs(rundir)
     results = {"date": stamp, "command": " ".join(sys.argv)}
+    os.makedirs(os.path.join(REPO, "results"), exist_ok=True)
+    out = os.path.join(REPO, "results", f"bench-{stamp}.json")
+
+    def save():  # after every part: a later part's failure keeps what was measured
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump(results, handle, indent=1)
+
     if "verdict" in parts:
         log("verdict cost (struct vs scapy)")
         results["verdict"] = verdict_cost()
+        save()
         log(f"  {results['verdict']}")
     if "failover" in parts:
         log(f"failover, {args.runs} runs per fault")
         results["failover"] = {name: failover_runs(name, options, args.runs,
                                                    os.path.join(rundir, f"fo{i}"))
                                for i, (name, options) in enumerate(SYSTEMS.items())}
+        save()
     if "survival" in parts:
         log(f"in-flight connection survival, {args.survival_runs} runs per fault")
         results["survival"] = survival_runs(args.survival_runs, rundir)
+        save()
     if "throughput" in parts:
         log(f"throughput, {args.rounds} x {args.wrk_seconds} s per configuration and mode")
         results["throughput"] = throughput_runs(args.wrk_seconds, args.rounds, rundir)
+        save()
     if "soak" in parts:
         log(f"soak: {args.soak_seconds} s of full load")
         results["soak"] = soak(args.soak_seconds, os.path.join(rundir, "soak"))
+        save()
         log(f"  {results['soak']}")
-    os.makedirs(os.path.join(REPO, "results"), exist_ok=True)
-    out = os.path.join(REPO, "results", f"bench-{stamp}.json")
-    with open(out, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
     plot(results.get("failover"), results.get("throughput"), args.docs)
     print()
     if "failover" in results:

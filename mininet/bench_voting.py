@@ -51,9 +51,11 @@ def _state(lab, name):
 
 
 def _exclude(lab, liar, log_path):
-    """Make ``liar`` lie; (seconds to byzantine from the first request after, or None)."""
-    lab.host(liar).set_tamper(True)
+    """Make ``liar`` lie; seconds from the first request sent after the lying proxy began
+    to start to ``byzantine`` (None: not excluded). The clock starts before the reload:
+    the lying process serves while the old one finishes, so after it would be too late."""
     armed = time.monotonic()
+    lab.host(liar).set_tamper(True)
     seen = None
     deadline = armed + 10.0
     while time.monotonic() < deadline:

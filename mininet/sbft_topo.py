@@ -301,8 +301,14 @@ class ReplicaHost(LabHost):
 
     def start_keepalived(self):
         cfg = self.write_file("keepalived.conf", keepalived_cfg(self.name, **self.vrrp))
-        pids = [f"--pid={self.rundir}/keepalived.pid", f"--vrrp_pid={self.rundir}/vrrp.pid",
-                f"--checkers_pid={self.rundir}/checkers.pid"]
+        # Fresh pid files for every start: a SIGKILLed instance's VRRP child can linger as a
+        # zombie (reparented to a PID 1 that does not reap), and keepalived refuses to start
+        # ("daemon is already running") while its old pid file names a process that exists.
+        self.keepalived_starts = getattr(self, "keepalived_starts", 0) + 1
+        tag = self.keepalived_starts
+        pids = [f"--pid={self.rundir}/keepalived-{tag}.pid",
+                f"--vrrp_pid={self.rundir}/vrrp-{tag}.pid",
+                f"--checkers_pid={self.rundir}/checkers-{tag}.pid"]
         return self.spawn("keepalived", ["keepalived", "--dont-fork", "--log-console",
                                          "--vrrp", f"--use-file={cfg}", *pids])
 

@@ -82,7 +82,8 @@ class SbftApp(app_manager.RyuApp):
         quorum = 2 * self.config.f + 1
         self.cluster = ClusterState(
             self.config.replicas, self.config.heartbeat_timeout, self.config.startup_grace,
-            serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None)
+            serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None,
+            by_seniority=self.config.mode == "active")
         self.referee = Referee(self.config)
         self.switches = {}  # dpid -> Switch
         self.seen = {}  # dpid -> (connected, OpenFlow version) for REST

@@ -1,4 +1,5 @@
-"""Runtime state of the replica cluster: liveness, the sticky primary and the epoch.
+"""Runtime state of the replica cluster: liveness, the sticky primary, its successor and the
+epoch.
 
 One :class:`ClusterState` is owned by the Ryu app and passed to whoever needs it. Every input
 (a port status, a heartbeat, the passage of time) takes ``now`` from the caller (a monotonic
@@ -61,10 +62,19 @@ class ClusterState:
     seconds have passed since the first one came up, so that a replica that merely booted
     first does not keep the primary role (it is sticky) ahead of the configured order."""
 
-    def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0, serve_below=None):
+    def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0, serve_below=None,
+                 by_seniority=False):
         """``serve_below``: with fewer members than this (2f + 1 when voting), elect no primary
-        (the operator chose to stop serving rather than serve unvoted replies); None: serve."""
+        (the operator chose to stop serving rather than serve unvoted replies); None: serve.
+
+        ``by_seniority`` (active mode): a failed primary's successor is the member that has
+        been up the longest, the configured order breaking ties (every replica up at the
+        first election ties). A replica that (re)joined holds only the connections that began
+        after it; promoting it while an older backup is up would lose all the others."""
         self.replicas = tuple(replicas)
+        self.by_seniority = by_seniority
+        self._up_since = {}  # name -> when it last came up (members only)
+        self._first_elected_at = None
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_grace = startup_grace
         self.serve_below = serve_below
@@ -115,6 +125,10 @@ class ClusterState:
             health = self.health[replica.name]
             if up != self._up[replica.name]:
                 self._up[replica.name] = up
+                if up:
+                    self._up_since[replica.name] = now
+                else:
+                    self._up_since.pop(replica.name, None)
                 if up and self._first_up_at is None:
                     self._first_up_at = now
                 health.down_reason = None if up else reason
@@ -224,7 +238,7 @@ class ClusterState:
         members = tuple(r.name for r in self.replicas if self._up[r.name])
         primary = self.view.primary
         if primary not in members:  # sticky: a healthy primary keeps its role
-            primary = members[0] if members else None
+            primary = self._successor(members)
         if self._starting(now):
             primary = None  # let the configured order decide, not who booted first
         if self.serve_below and len(members) < self.serve_below:
@@ -233,6 +247,8 @@ class ClusterState:
         new = ClusterView(members=members, primary=primary, epoch=epoch)
         if new == self.view:
             return None
+        if primary is not None and self._first_elected_at is None:
+            self._first_elected_at = now
         if primary != self.view.primary:
             self._record(now, primary, PRIMARY if primary else "no primary", epoch)
             self.epoch_primary[epoch] = primary
@@ -240,6 +256,16 @@ class ClusterState:
                 del self.epoch_primary[old]
         self.view = new
         return new
+
+    def _successor(self, members):
+        if not members:
+            return None
+        if not self.by_seniority or self._first_elected_at is None:
+            return members[0]
+        start = self._first_elected_at
+        order = {name: i for i, name in enumerate(members)}
+        return min(members, key=lambda name: (max(self._up_since.get(name, start), start),
+                                              order[name]))
 
     def _record(self, now, name, change, epoch=None):
         self.recorded += 1

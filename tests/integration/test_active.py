@@ -122,6 +122,30 @@ def test_a_recovered_replica_rejoins_as_backup_for_new_connections(active_lab, t
     path = _path("rejoin")
     proc, out = lab.fetch("c1", "rejoin.json", path)
     time.sleep(1.0)
-    lab.crash("lb2")  # the rejoined lb1 is next in line
+    lab.crash("lb2")  # lb3, up since the start, is senior to the rejoined lb1
+    topo_module.wait_until(lambda: lab.health()["primary"] == "lb3", 5, 0.02, "failover")
+    time.sleep(0.5)
+    lab.crash("lb3")  # now the rejoined lb1 is all that is left: it has this connection
     topo_module.wait_until(lambda: lab.health()["primary"] == "lb1", 5, 0.02, "failover")
+    _assert_intact(_results(proc, out), path)
+
+
+def test_a_backup_that_rejoined_mid_download_is_passed_over(active_lab, topo_module):
+    """lb2's link flaps while a download runs, so lb2 misses part of that connection; when the
+    primary then dies, the successor is lb3 (up the longest), not lb2 (next in the configured
+    order), and the download completes intact."""
+    lab = active_lab()
+    path = _path("flap")
+    proc, out = lab.fetch("c1", "flap.json", path)
+    time.sleep(0.5)
+    lab.set_link("lb2", False)
+    topo_module.wait_until(lambda: lab.health()["replicas"][1]["state"] == "down", 5, 0.02,
+                           "lb2 down")
+    time.sleep(0.3)
+    lab.set_link("lb2", True)
+    topo_module.wait_until(lambda: lab.health()["status"] == "ok", 5, 0.02, "lb2 back")
+    lab.crash("lb1")
+    topo_module.wait_until(lambda: lab.health()["primary"] not in ("lb1", None), 5, 0.02,
+                           "failover")
+    assert lab.health()["primary"] == "lb3"
     _assert_intact(_results(proc, out), path)

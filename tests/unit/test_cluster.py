@@ -649,3 +649,68 @@ def test_next_deadline_changes_nothing():
     for now in (0.0, 0.5, 2.0, 100.0):
         state.next_deadline(now)
     assert (state.view, state.recorded, state.is_up("lb3")) == (view, recorded, True)
+
+
+# --- succession by seniority (active mode) ---------------------------------------------------
+
+
+def seniority(startup_grace=0.0):
+    state = ClusterState(REPLICAS, heartbeat_timeout=0, startup_grace=startup_grace,
+                         by_seniority=True)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    return state
+
+
+def test_seniority_first_election_follows_the_configured_order():
+    assert seniority().view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1",
+                                           epoch=1)
+
+
+def test_seniority_ties_among_the_first_members_go_by_configured_order():
+    state = seniority()
+    assert state.port_status(DPID, 1, False, 5.0).primary == "lb2"
+
+
+def test_seniority_passes_over_a_backup_that_rejoined_after_the_others():
+    # lb1 was cut off and came back (it misses the connections opened meanwhile); then the
+    # primary lb2 fails: lb3, up since the start, takes over, not lb1 (first in order).
+    state = seniority()
+    state.port_status(DPID, 1, False, 5.0)
+    state.port_status(DPID, 1, True, 6.0)
+    view = state.port_status(DPID, 2, False, 9.0)
+    assert view == ClusterView(members=("lb1", "lb3"), primary="lb3", epoch=3)
+
+
+def test_seniority_a_flapping_backup_starts_over():
+    state = seniority()
+    state.port_status(DPID, 2, False, 1.0)
+    state.port_status(DPID, 2, True, 2.0)  # lb2 up since 2.0
+    state.port_status(DPID, 3, False, 3.0)
+    state.port_status(DPID, 3, True, 4.0)  # lb3 up since 4.0
+    assert state.port_status(DPID, 1, False, 9.0).primary == "lb2"
+
+
+def test_seniority_the_only_member_left_is_promoted_even_if_new():
+    state = seniority()
+    state.port_status(DPID, 2, False, 1.0)
+    state.port_status(DPID, 3, False, 1.0)
+    state.port_status(DPID, 2, True, 2.0)
+    assert state.port_status(DPID, 1, False, 3.0).primary == "lb2"
+
+
+def test_without_seniority_the_configured_order_decides():
+    state = all_up()
+    state.port_status(DPID, 1, False, 5.0)
+    state.port_status(DPID, 1, True, 6.0)
+    assert state.port_status(DPID, 2, False, 9.0).primary == "lb1"
+
+
+def test_seniority_counts_from_the_first_election_after_a_startup_grace():
+    # lb3 boots 1 s after lb1 and lb2 but within the grace: at the first election all tie
+    state = ClusterState(REPLICAS, heartbeat_timeout=0, startup_grace=5.0, by_seniority=True)
+    state.set_ports(DPID, {1: True, 2: True, 3: False}, 0.0)
+    state.port_status(DPID, 3, True, 1.0)
+    assert state.view.primary == "lb1"
+    state.port_status(DPID, 2, False, 2.0)
+    state.port_status(DPID, 2, True, 3.0)
+    assert state.port_status(DPID, 1, False, 4.0).primary == "lb3"
