@@ -4,13 +4,14 @@ translator (``to_stack``), as if from the client, since the client will never ac
 again. Pure: bytes in, bytes out, time passed in."""
 
 import socket
-import struct
 
 import pytest
 from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent import active
 from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, Translator, shared_values
+
+from fakes import assert_checksums_valid
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -50,28 +51,6 @@ def shared(offset):
 
 def own_seq(offset, own_isn=OWN_ISN):
     return (own_isn + 1 + offset) % M32
-
-
-def ones_sum(data):
-    """The one's-complement sum of ``data`` in 16-bit words (0xFFFF over a valid header)."""
-    data = bytes(data) + b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def assert_checksums_valid(raw):
-    ihl = (raw[0] & 0x0F) * 4
-    assert ones_sum(raw[:ihl]) == 0xFFFF  # the IPv4 header checksum
-    tcp = raw[ihl:]
-    pseudo = raw[12:16] + raw[16:20] + struct.pack("!BBH", 0, 6, len(tcp))
-    assert ones_sum(pseudo + tcp) == 0xFFFF  # the TCP checksum over the pseudo-header
-    rebuilt = IP(raw)  # and scapy, computing both afresh, agrees
-    del rebuilt.chksum
-    del rebuilt[TCP].chksum
-    again = IP(bytes(rebuilt))
-    assert (IP(raw).chksum, IP(raw)[TCP].chksum) == (again.chksum, again[TCP].chksum)
 
 
 def connected(primary=False, timestamps=True, own_isn=OWN_ISN, request=True, window=8192,

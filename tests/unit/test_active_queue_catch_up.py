@@ -3,7 +3,6 @@ queue sends ``translator.to_stack`` through its sender after the packet's verdic
 emulated skew's inbound shift when one is set. Fake packets and sender: no kernel."""
 
 import socket
-import struct
 import types
 
 import pytest
@@ -12,6 +11,8 @@ from scapy.all import IP, TCP, Raw
 from sbft_ryu.agent import nfq
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.skew import Skew
+
+from fakes import assert_checksums_valid
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -105,20 +106,6 @@ def lagging_backup(queue):
         feed(queue, payload, hook)
     assert not any(entry[0] == "sent" for entry in queue.log)
     queue.log.clear()
-
-
-def ones_sum(data):
-    data = bytes(data) + b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def assert_checksums_valid(raw):
-    assert ones_sum(raw[:20]) == 0xFFFF
-    pseudo = raw[12:20] + struct.pack("!BBH", 0, 6, len(raw) - 20)
-    assert ones_sum(pseudo + raw[20:]) == 0xFFFF
 
 
 def test_a_backup_sends_the_catch_up_ack_after_the_verdict(clock):

@@ -12,6 +12,8 @@ from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
 from sbft_ryu.voting import CLAIM, VOTE, Statement
 
+from fakes import FakeTranslator, Token
+
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(("lb1", "lb2", "lb3"), 1)}
 ADDRESSES = {"lb1": "10.254.0.1", "lb2": "10.254.0.2", "lb3": "10.254.0.3"}
 CLIENT = bytes([10, 0, 0, 31])
@@ -26,43 +28,6 @@ def segment(data=REPLY, start=1000, port=40000, fin=False):
 
 
 SEG = segment()
-
-
-class FakeTranslator:
-    """own_range from ``own`` (range key -> (data, fin) or ABSTAIN), or from ``partial`` when
-    asked for a partial answer; quiet_for from ``quiet``."""
-
-    def __init__(self, own=None, partial=None, quiet=0.0):
-        self.own = dict(own or {})
-        self.partial = dict(partial or {})
-        self.quiet = quiet
-        self.asked = []
-
-    def own_range(self, client, port, start, end, partial=False):
-        key = (client, port, start, end)
-        self.asked.append((key, partial))
-        if len(self.asked) > 100:
-            raise RuntimeError("own_range asked over and over")
-        if partial and key in self.partial:
-            return self.partial[key]
-        return self.own.get(key)
-
-    def quiet_for(self, client, port, now):
-        return self.quiet
-
-
-class Token:
-    """A held packet (the NFQUEUE packet or a RawSend)."""
-
-    def __init__(self, name="t"):
-        self.name = name
-        self.dropped = 0
-
-    def drop(self):
-        self.dropped += 1
-
-    def __repr__(self):
-        return f"Token({self.name})"
 
 
 def engine(name, primary="lb1", required=True, translator=None, fault=None, peers=ADDRESSES):

@@ -14,6 +14,8 @@ from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import ABSTAIN, Translator, shared_values
 from sbft_ryu.voting import VOTE, Statement
 
+from fakes import FakeTranslator, Token
+
 NAMES = ("lb1", "lb2", "lb3", "lb4", "lb5")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
 ADDRESSES = {name: f"10.254.0.{n}" for n, name in enumerate(NAMES, 1)}
@@ -31,32 +33,6 @@ def segment(data=REPLY, start=1000, port=40000):
 
 
 SEG = segment()
-
-
-class FakeTranslator:
-    """own_range from ``own`` (range key -> (data, fin), ABSTAIN or None), from ``partial``
-    for a partial question; quiet_for from ``quiet``."""
-
-    def __init__(self, own=None, partial=None, quiet=0.0):
-        self.own = dict(own or {})
-        self.partial = dict(partial or {})
-        self.quiet = quiet
-        self.asked = []
-
-    def own_range(self, client, port, start, end, partial=False):
-        key = (client, port, start, end)
-        self.asked.append((key, partial))
-        if partial:
-            return self.partial.get(key)
-        return self.own.get(key)
-
-    def quiet_for(self, client, port, now):
-        return self.quiet
-
-
-class Token:
-    def drop(self):
-        pass
 
 
 def engine(name, primary="lb1", peers=THREE, f=1, translator=None, hold_s=HOLD):

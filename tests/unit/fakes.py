@@ -1,0 +1,66 @@
+"""Test doubles and checks shared by several unit test modules (not a test module itself)."""
+
+import struct
+
+from scapy.all import IP, TCP
+
+
+def ones_sum(data):
+    """The one's-complement sum of ``data`` in 16-bit words (0xFFFF over a valid header)."""
+    data = bytes(data) + b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def assert_checksums_valid(raw):
+    """The IPv4 and TCP checksums of ``raw`` verify, and scapy computing both afresh agrees."""
+    ihl = (raw[0] & 0x0F) * 4
+    assert ones_sum(raw[:ihl]) == 0xFFFF  # the IPv4 header checksum
+    tcp = raw[ihl:]
+    pseudo = raw[12:16] + raw[16:20] + struct.pack("!BBH", 0, 6, len(tcp))
+    assert ones_sum(pseudo + tcp) == 0xFFFF  # the TCP checksum over the pseudo-header
+    rebuilt = IP(raw)
+    del rebuilt.chksum
+    del rebuilt[TCP].chksum
+    again = IP(bytes(rebuilt))
+    assert (IP(raw).chksum, IP(raw)[TCP].chksum) == (again.chksum, again[TCP].chksum)
+
+
+class FakeTranslator:
+    """What VoteEngine asks a translator: own_range from ``own`` (range key -> (data, fin),
+    ABSTAIN or None), or from ``partial`` when asked for a partial answer and it has one;
+    quiet_for from ``quiet``. Records every question; fails if asked in a loop."""
+
+    def __init__(self, own=None, partial=None, quiet=0.0):
+        self.own = dict(own or {})
+        self.partial = dict(partial or {})
+        self.quiet = quiet
+        self.asked = []
+
+    def own_range(self, client, port, start, end, partial=False):
+        key = (client, port, start, end)
+        self.asked.append((key, partial))
+        if len(self.asked) > 100:
+            raise RuntimeError("own_range asked over and over")
+        if partial and key in self.partial:
+            return self.partial[key]
+        return self.own.get(key)
+
+    def quiet_for(self, client, port, now):
+        return self.quiet
+
+
+class Token:
+    """A held packet (the NFQUEUE packet or a RawSend): counts its drops."""
+
+    def __init__(self, name="t"):
+        self.name = name
+        self.dropped = 0
+
+    def drop(self):
+        self.dropped += 1
+
+    def __repr__(self):
+        return f"Token({self.name})"
