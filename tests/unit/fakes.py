@@ -64,3 +64,24 @@ class Token:
 
     def __repr__(self):
         return f"Token({self.name})"
+
+
+class QueuedPacket:
+    """A queued packet: the netfilterqueue.Packet methods ActiveQueue uses, recording each
+    verdict in ``calls`` (pass a list to share it with a sender and see the order)."""
+
+    def __init__(self, payload, hook, calls=None):
+        self.payload, self.hook = payload, hook
+        self.calls = [] if calls is None else calls
+
+    def get_payload(self):
+        return self.payload
+
+    def set_payload(self, payload):
+        self.calls.append(("set_payload", payload))
+
+    def accept(self):
+        self.calls.append(("accept",))
+
+    def drop(self):
+        self.calls.append(("drop",))

@@ -12,7 +12,7 @@ from sbft_ryu.agent import nfq
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.skew import Skew
 
-from fakes import assert_checksums_valid
+from fakes import QueuedPacket, assert_checksums_valid
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -52,26 +52,6 @@ CLIENT_ACK = client_pkt("A", AFTER_REQUEST, SHARED + 1 + len(BODY), NOP2 + [ts(1
 RESPONSE = stack_pkt("PA", OWN_ISN + 1, NOP2 + [ts(OWN_TS + 3, 13)], BODY)
 
 
-class Packet:
-    """A queued packet (the netfilterqueue.Packet methods ActiveQueue uses), logging its
-    verdicts into ``log`` (shared with the sender, to see the order)."""
-
-    def __init__(self, payload, hook, log):
-        self.payload, self.hook, self.log = payload, hook, log
-
-    def get_payload(self):
-        return self.payload
-
-    def set_payload(self, payload):
-        self.log.append(("set_payload", payload))
-
-    def accept(self):
-        self.log.append(("accept",))
-
-    def drop(self):
-        self.log.append(("drop",))
-
-
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
@@ -95,7 +75,7 @@ def make(primary=False, skew=None, fail_send=False):
 
 
 def feed(queue, payload, hook):
-    queue.callback(Packet(payload, hook, queue.log))
+    queue.callback(QueuedPacket(payload, hook, queue.log))
 
 
 def lagging_backup(queue):

@@ -13,6 +13,8 @@ from sbft_ryu import voting
 from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import Translator, shared_values
 
+from fakes import QueuedPacket
+
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
 CLIENT_IP = socket.inet_aton(CLIENT)
@@ -47,26 +49,6 @@ def synack(own_isn):
 
 def response(own_isn, data=BODY):
     return stack_pkt("PA", own_isn + 1, data)
-
-
-class Packet:
-    """A queued packet (netfilterqueue.Packet's methods ActiveQueue uses): records calls."""
-
-    def __init__(self, payload, hook):
-        self.payload, self.hook = payload, hook
-        self.calls = []
-
-    def get_payload(self):
-        return self.payload
-
-    def set_payload(self, payload):
-        self.calls.append(("set_payload", payload))
-
-    def accept(self):
-        self.calls.append(("accept",))
-
-    def drop(self):
-        self.calls.append(("drop",))
 
 
 class FakeSocket:
@@ -105,7 +87,7 @@ def make(name, primary, required=True, fault=None):
 
 
 def feed(queue, payload, hook):
-    packet = Packet(payload, hook)
+    packet = QueuedPacket(payload, hook)
     queue.callback(packet)
     return packet
 

@@ -14,7 +14,7 @@ from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import ABSTAIN, Translator, shared_values
 from sbft_ryu.voting import VOTE, Statement
 
-from fakes import FakeTranslator, Token
+from fakes import FakeTranslator, QueuedPacket, Token
 
 NAMES = ("lb1", "lb2", "lb3", "lb4", "lb5")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
@@ -176,23 +176,6 @@ def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
     raw = IP(src=src, dst=dst, flags="DF") / TCP(sport=sport, dport=dport, flags=flags,
                                                  seq=seq % M32, ack=ack % M32)
     return bytes(raw / Raw(data)) if data else bytes(raw)
-
-
-class QueuedPacket:
-    def __init__(self, payload, hook):
-        self.payload, self.hook, self.calls = payload, hook, []
-
-    def get_payload(self):
-        return self.payload
-
-    def set_payload(self, payload):
-        self.calls.append(("set_payload", payload))
-
-    def accept(self):
-        self.calls.append(("accept",))
-
-    def drop(self):
-        self.calls.append(("drop",))
 
 
 @pytest.fixture
