@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew, vote
+from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, skew, vote
 
 LOG = logging.getLogger("sbft.agent")
 FAULTS = ("tamper-wire", "false-accuse", "forge-reports")
@@ -237,7 +237,8 @@ class Agent:
             engine = sock = None
             if voting_on:
                 sock = self._vote_socket(int((answer.get("voting") or {}).get("port", 5557)))
-                engine = vote.VoteEngine(self.config.name, self.key, translator, sock.sendto,
+                engine = vote.VoteEngine(self.config.name, self.key, translator.own_output,
+                                         sock.sendto,
                                          fault=self.config.fault if self.config.fault in (
                                              "false-accuse", "forge-reports") else None)
             self.queue = nfq.ActiveQueue(
@@ -292,12 +293,12 @@ class Agent:
     def _replay_sender(self):
         """A function sending an already translated packet past the agent's own queue (one
         raw socket, opened at the first replay, marked so that sbft-out accepts it as is)."""
-        def send(packet):
+        def send(payload):
             if self._raw is None:
                 self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
                 self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, iptables.REPLAY_MARK)
                 self._sockets.append(self._raw)
-            self._raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+            self._raw.sendto(payload, (socket.inet_ntoa(payload[packet.DST]), 0))
         return send
 
     def _wakeup_socket(self):
@@ -332,27 +333,17 @@ class Tamper:
     def arm(self, *_):
         self.armed = True
 
-    def __call__(self, packet):
-        ihl = (packet[0] & 0x0F) * 4
-        client = (packet[16:20], packet[ihl + 2:ihl + 4])
+    def __call__(self, payload):
+        client = packet.destination(payload)
         if not self.armed:
             self.honest.add(client)
-            return packet
-        return packet if client in self.honest else tamper(packet)
+            return payload
+        return payload if client in self.honest else tamper(payload)
 
 
-def tamper(packet):
-    """``packet`` with its first two data bytes altered and its checksum fixed."""
-    ihl = (packet[0] & 0x0F) * 4
-    data = ihl + (packet[ihl + 12] >> 4) * 4
-    if len(packet) < data + 2:
-        return packet
-    buf = bytearray(packet)
-    old = int.from_bytes(packet[data:data + 2], "big")
-    buf[data:data + 2] = b"XX"
-    csum = int.from_bytes(packet[ihl + 16:ihl + 18], "big")
-    buf[ihl + 16:ihl + 18] = active.checksum_after(csum, 0x5858 - old).to_bytes(2, "big")
-    return bytes(buf)
+def tamper(payload):
+    """``payload`` with its first two data bytes altered and its checksum fixed."""
+    return packet.with_data_altered(payload, b"XX")
 
 
 def main(argv=None):

@@ -9,12 +9,9 @@ machine's would be, and on the way in it shifts acknowledgements, SACK blocks an
 A correct translator makes the shift invisible on the wire; a wrong one shows it at once.
 """
 
-import struct
-
-from sbft_ryu.agent.active import ACK, MASK32, checksum_delta
-
-_U32 = struct.Struct("!I")
-_U16 = struct.Struct("!H")
+from sbft_ryu.agent.packet import (ACK, ACK_NO, FLAGS, MASK32, OPTIONS, SACK, SEQ, TIMESTAMP, U32,
+                                   changed_by, header_lengths, is_tcp, options, ports,
+                                   set_tcp_checksum)
 
 
 def parse_skew(text):
@@ -38,41 +35,30 @@ class Skew:
         return self._shift(payload, -1, outbound=False)
 
     def _shift(self, payload, sign, outbound):
-        if len(payload) < 40 or payload[9] != 6:
+        if not is_tcp(payload):
             return payload
-        ihl = (payload[0] & 0x0F) * 4
-        sport, dport = struct.unpack_from("!HH", payload, ihl)
+        sport, dport = ports(payload)
         if (sport if outbound else dport) != self.port:
             return payload
-        thl = (payload[ihl + 12] >> 4) * 4
-        flags = payload[ihl + 13]
+        ihl, thl = header_lengths(payload)
+        flags = payload[ihl + FLAGS]
         buf = bytearray(payload)
         isn, ts = (sign * self.isn) & MASK32, (sign * self.ts) & MASK32
-        regions = []
-        field = ihl + (4 if outbound else 8)  # seq out, ack in
+        delta = 0
+        field = ihl + (SEQ if outbound else ACK_NO)
         if outbound or flags & ACK:
-            _U32.pack_into(buf, field, (_U32.unpack_from(buf, field)[0] + isn) & MASK32)
-            regions.append((field - ihl, field - ihl + 4))
-        i, end = ihl + 20, ihl + thl
-        while i < end and buf[i] != 0:
-            if buf[i] == 1:
-                i += 1
-                continue
-            if i + 1 >= end or buf[i + 1] < 2 or i + buf[i + 1] > end:
-                break
-            kind, length = buf[i], buf[i + 1]
-            if kind == 8 and length == 10:
+            U32.pack_into(buf, field, (U32.unpack_from(buf, field)[0] + isn) & MASK32)
+            delta += changed_by(payload, buf, field, field + 4)
+        for kind, i, length in options(buf, ihl + OPTIONS, ihl + thl):
+            if kind == TIMESTAMP and length == 10:
                 at = i + 2 if outbound else i + 6  # TSval out, TSecr in
-                value = _U32.unpack_from(buf, at)[0]
+                value = U32.unpack_from(buf, at)[0]
                 if outbound or value:
-                    _U32.pack_into(buf, at, (value + ts) & MASK32)
-            elif kind == 5 and not outbound:
+                    U32.pack_into(buf, at, (value + ts) & MASK32)
+            elif kind == SACK and not outbound:
                 for edge in range(i + 2, i + length - 3, 4):
-                    _U32.pack_into(buf, edge, (_U32.unpack_from(buf, edge)[0] + isn) & MASK32)
-            i += length
+                    U32.pack_into(buf, edge, (U32.unpack_from(buf, edge)[0] + isn) & MASK32)
         if thl > 20:
-            regions.append((20, thl))
-        csum = _U16.unpack_from(payload, ihl + 16)[0]
-        _U16.pack_into(buf, ihl + 16, checksum_delta(csum, memoryview(payload)[ihl:],
-                                                     memoryview(buf)[ihl:], regions))
+            delta += changed_by(payload, buf, ihl + OPTIONS, ihl + thl)
+        set_tcp_checksum(buf, ihl, payload, delta)
         return bytes(buf)

@@ -18,7 +18,7 @@ import time
 from collections import deque
 
 from sbft_ryu import voting
-from sbft_ryu.agent.active import ABSTAIN
+from sbft_ryu.agent.own_output import ABSTAIN
 
 REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
 RECENT_S = 2.0  # how long a released range keeps collecting late votes (for evidence)
@@ -54,14 +54,14 @@ class Claim:
 
 
 class VoteEngine:
-    def __init__(self, name, key, translator, send, clock=time.monotonic, fault=None):
+    def __init__(self, name, key, own_output, send, clock=time.monotonic, fault=None):
         """``fault`` (tests only): "false-accuse" reports made-up divergences to the
         controller while voting honestly; "forge-reports" also signs statements in another
         replica's name (with its own key, so they never verify)."""
         self.fault = fault
         self.name = name
         self.key = key
-        self.translator = translator
+        self.own_output = own_output  # what our own stack sent (OwnOutput)
         self.send = send  # (datagram, (ip, port)) -> None
         self.clock = clock
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -89,22 +89,30 @@ class VoteEngine:
     # ---- primary ----------------------------------------------------------------------------
 
     def hold(self, token, payload, segment, now):
-        """A translated reply segment of the primary: True if held for votes."""
+        """A translated reply segment of the primary: (held for votes, tokens to drop). A
+        segment not held goes out now; a re-sent one replaces the copy held before."""
         if not self.required:
             self.counters["released_unvoted"] += 1
-            return False
+            return False, ()
         key = segment.range_key
         if key in self.recent and self.recent[key].digest == segment.digest:
-            return False  # a retransmission of a range the backups already agreed on
+            return False, ()  # a retransmission of a range the backups already agreed on
         claim = self.pending.get(key)
         if claim is not None:  # the stack re-sent it before the votes came: keep the newest
-            _drop(claim.token)
+            replaced = claim.token
             claim.token, claim.payload = token, payload
-            return True
+            return True, (replaced,)
         self.pending[key] = Claim(token, payload, segment.digest, now)
         self.claims_out.append(segment)
         self.counters["claims"] += 1
-        return True
+        return True, ()
+
+    def take_pending(self):
+        """Tokens of every held segment (the handler is no longer current): the caller drops
+        them."""
+        tokens = [claim.token for claim in self.pending.values()]
+        self.pending.clear()
+        return tokens
 
     def on_votes(self, batch, now):
         """A backup's votes: (token, payload) pairs that may now go out."""
@@ -179,7 +187,7 @@ class VoteEngine:
             self._answer(statement, raw, at, epoch)
 
     def _answer(self, statement, claim_raw, at, epoch, partial=False):
-        own = self.translator.own_range(statement.client, statement.port, statement.start,
+        own = self.own_output.own_range(statement.client, statement.port, statement.start,
                                         statement.end, partial)
         if own is None:
             if partial:  # (own_range never answers a partial question with None; be sure)
@@ -286,7 +294,7 @@ class VoteEngine:
             # Vote with what we have, so that a majority can see it; a backup that is merely
             # behind keeps sending and keeps waiting.
             patience = max(self.hold_s, PARTIAL_QUIET_S)
-            quiet = self.translator.quiet_for(*client_key, now) >= patience
+            quiet = self.own_output.quiet_for(*client_key, now) >= patience
             kept = []
             for entry in waiting:
                 age = now - entry[2]
@@ -320,9 +328,3 @@ def _chunks(items):
     for at in range(0, len(items), voting.MAX_STATEMENTS):
         yield items[at:at + voting.MAX_STATEMENTS]
 
-
-def _drop(token):
-    try:
-        token.drop()
-    except Exception:
-        pass

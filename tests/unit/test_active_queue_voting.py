@@ -12,6 +12,7 @@ from scapy.all import IP, TCP, Raw
 from sbft_ryu import voting
 from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import Translator, shared_values
+from sbft_ryu.agent.own_output import statement_of
 
 from fakes import QueuedPacket
 
@@ -77,7 +78,7 @@ def make(name, primary, required=True, fault=None):
     """(queue, vote socket, packets the agent sent itself) of replica ``name``."""
     translator = Translator(SECRET, PORT)
     sock = FakeSocket()
-    engine = vote.VoteEngine(name, KEYS[name], translator, sock.sendto)
+    engine = vote.VoteEngine(name, KEYS[name], translator.own_output, sock.sendto)
     engine.configure(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
                      primary="lb1", epoch=1)
     sent = []
@@ -139,7 +140,7 @@ def test_a_primarys_reply_waits_for_a_vote(clock):
     assert [call[0] for call in reply.calls] == ["set_payload", "accept"]
     released = reply.calls[0][1]
     assert IP(released)[TCP].seq == (SHARED + 1) % M32
-    assert queue.translator.statement_of(released) == claim.statements[0]
+    assert statement_of(released) == claim.statements[0]
 
 
 def test_a_divergent_vote_releases_nothing_and_the_hold_expires(clock):
@@ -214,7 +215,7 @@ def test_a_backup_checks_the_switchs_copy_and_never_delivers_it(clock, data, div
 def test_a_backup_answers_a_waiting_claim_when_its_own_reply_goes(clock):
     queue, sock, _ = make("lb2", False)
     serve_request(queue, 9000)
-    claim = voting.encode(voting.CLAIM, "lb1", [queue.translator.statement_of(primary_copy())],
+    claim = voting.encode(voting.CLAIM, "lb1", [statement_of(primary_copy())],
                           KEYS["lb1"])
     sock.incoming.append(claim)
     queue.readable(sock, clock[0])

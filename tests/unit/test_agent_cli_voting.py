@@ -159,7 +159,7 @@ def test_set_mode_with_voting_builds_a_vote_engine_and_queues_the_wire_copies(ke
     engine = queue.vote
     assert isinstance(engine, vote.VoteEngine)
     assert (engine.name, engine.key, engine.fault) == ("lb2", KEY, None)
-    assert engine.translator is queue.translator
+    assert engine.own_output is queue.translator.own_output
     assert queue.vote_socket is sock and agent.sockets_asked == [6000]
     assert agent.rules.modes == [("active", True)]
     assert queue.fault is None

@@ -7,7 +7,7 @@ import pytest
 
 from sbft_ryu import voting
 from sbft_ryu.agent import vote
-from sbft_ryu.agent.active import ABSTAIN
+from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
 from sbft_ryu.voting import CLAIM, VOTE, Statement
@@ -54,7 +54,7 @@ def take(e):
 
 def claimed(p, token=None, seg=SEG, now=T):
     """``p`` holds one segment and sends its claim: the claim's raw batch."""
-    assert p.hold(token or Token(), b"payload", seg, now) is True
+    assert p.hold(token or Token(), b"payload", seg, now) == (True, ())
     p.flush()
     return take(p)[0][0].raw
 
@@ -79,14 +79,14 @@ def test_configure_keeps_peers_other_than_itself():
 
 def test_unvoted_replies_are_not_held():
     p = engine("lb1", required=False)
-    assert p.hold(Token(), b"payload", SEG, T) is False
+    assert p.hold(Token(), b"payload", SEG, T) == (False, ())
     p.flush()
     assert p.sent == [] and p.counters["released_unvoted"] == 1
 
 
 def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
     p = engine("lb1")
-    assert p.hold(Token(), b"payload", SEG, T) is True
+    assert p.hold(Token(), b"payload", SEG, T) == (True, ())
     assert p.sent == []  # batched until the flush
     p.flush()
     sent = take(p)
@@ -121,7 +121,7 @@ def test_f_agreeing_votes_release_the_segment():
 def test_a_retransmission_of_an_agreed_range_goes_out_at_once():
     p, b2 = engine("lb1"), backup("lb2")
     p.receive(voted(b2, claimed(p)), T)
-    assert p.hold(Token(), b"again", SEG, T + 0.5) is False
+    assert p.hold(Token(), b"again", SEG, T + 0.5) == (False, ())
     assert p.counters["claims"] == 1
 
 
@@ -129,8 +129,8 @@ def test_a_retransmission_before_the_votes_replaces_the_held_packet():
     p, b2 = engine("lb1"), backup("lb2")
     first, second = Token("first"), Token("second")
     claim_raw = claimed(p, first)
-    assert p.hold(second, b"newer", SEG, T + 0.05) is True
-    assert first.dropped == 1 and p.counters["claims"] == 1
+    assert p.hold(second, b"newer", SEG, T + 0.05) == (True, (first,))  # the caller drops it
+    assert p.counters["claims"] == 1
     assert p.receive(voted(b2, claim_raw), T + 0.06) == [(second, b"newer")]
 
 

@@ -11,7 +11,8 @@ from scapy.all import IP, TCP, Raw
 
 from sbft_ryu import voting
 from sbft_ryu.agent import nfq, vote
-from sbft_ryu.agent.active import ABSTAIN, Translator, shared_values
+from sbft_ryu.agent.active import Translator, shared_values
+from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.voting import VOTE, Statement
 
 from fakes import FakeTranslator, QueuedPacket, Token
@@ -45,7 +46,7 @@ def engine(name, primary="lb1", peers=THREE, f=1, translator=None, hold_s=HOLD):
 
 
 def claimed(p, seg=SEG, now=T):
-    assert p.hold(Token(), b"payload", seg, now) is True
+    assert p.hold(Token(), b"payload", seg, now) == (True, ())
     p.flush()
     raw = voting.decode(p.sent[0][0]).raw
     p.sent.clear()
@@ -188,7 +189,7 @@ def clock(monkeypatch):
 def primary_queue(client_ack):
     """A primary's queue with one connection whose client acknowledged ``client_ack``."""
     translator = Translator(SECRET, PORT)
-    e = engine("lb1", translator=translator)
+    e = engine("lb1", translator=translator.own_output)
     sent = []
     queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), translator, None, sent.append,
                             e, None)
@@ -282,7 +283,7 @@ def real_backup(now):
     tr.process(packet("10.0.0.100", client, PORT, 40000, "SA", OWN_ISN, CLIENT_ISN + 1), None,
                False, now)
     stack_sends(tr, 0, REPLY[:5], now)
-    return tr, engine("lb2", translator=tr)
+    return tr, engine("lb2", translator=tr.own_output)
 
 
 def stack_sends(tr, offset, data, now):
@@ -342,7 +343,7 @@ def test_a_real_backup_that_sent_the_whole_range_before_its_rst_still_votes():
 
 
 def test_a_real_backup_that_never_took_part_abstains_after_the_patience():
-    b2 = engine("lb2", translator=Translator(R_SECRET, PORT))  # joined after the SYN
+    b2 = engine("lb2", translator=Translator(R_SECRET, PORT).own_output)  # joined after the SYN
     b2.receive(real_claim(), T)
     assert len(b2.waiting) == 1  # its SYN may still be queued: wait
     b2.expire(T + max(HOLD, vote.PARTIAL_QUIET_S))

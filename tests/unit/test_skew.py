@@ -6,8 +6,10 @@ import socket
 import pytest
 from scapy.all import IP, TCP, UDP, Raw
 
-from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, Translator, shared_values
+from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
 from sbft_ryu.agent.skew import Skew, parse_skew
+
+from fakes import RecordedTranslator
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -171,7 +173,7 @@ class Host:
     """A replica: translator, optional skew, the exact steps of nfq.ActiveQueue.callback."""
 
     def __init__(self, skew=None, primary=True):
-        self.tr = Translator(SECRET, PORT)
+        self.tr = RecordedTranslator(SECRET, PORT)
         self.skew = skew
         self.primary = primary
 
