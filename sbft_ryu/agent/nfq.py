@@ -89,21 +89,36 @@ class RawSend:
         pass
 
 
+def _same(payload):
+    return payload
+
+
+class Identity:
+    """The packet adapter of a production agent: nothing between the stack and the translator
+    (agent/faults.py has the test one)."""
+
+    outbound = inbound = staticmethod(_same)
+    reply = None  # a primary's replies are voted on
+
+
+IDENTITY = Identity()
+
+
 class ActiveQueue:
     """Active mode: translate every packet (both directions) into the shared sequence space;
     a primary's replies leave (after the backups' votes, when voting), a backup's are dropped
     after its state advanced."""
 
-    def __init__(self, state, translator, skew=None, sender=None, vote=None, vote_socket=None,
-                 fault=None):
+    def __init__(self, state, translator, adapter=None, sender=None, vote=None,
+                 vote_socket=None):
         self.state = state
         self.translator = translator
-        self.skew = skew
+        # tests only (agent/faults.py): an emulated skew, a primary that lies past the vote
+        self.adapter = adapter if adapter is not None else IDENTITY
         self.errors = 0
         self.sender = sender  # sends a translated packet itself (the replay on promotion)
         self.vote = vote  # a VoteEngine when voting
         self.vote_socket = vote_socket
-        self.fault = fault  # tests only: a function altering a primary's translated reply
         self._error_logged = float("-inf")
         self.reset = frozenset()  # (client ip, port) to reset as primary (controller's list)
         self._reset_done = set()
@@ -124,13 +139,13 @@ class ActiveQueue:
     def callback(self, packet):
         if self.state.primary != self._primary:
             self._role_changed()
-        skew = self.skew
+        adapter = self.adapter
         effects = _NO_EFFECTS
         try:
             payload = packet.get_payload()
             arriving = packet.hook == _PRE_ROUTING
-            if skew is not None and not arriving:
-                payload = skew.outbound(payload)
+            if not arriving:
+                payload = adapter.outbound(payload)
             primary = self.state.primary
             now = time.monotonic()
             effects = self.translator.process(payload, packet, primary, now, arriving)
@@ -158,7 +173,7 @@ class ActiveQueue:
         for extra in send:
             self._send(extra)
         for extra in to_stack:
-            self._send(skew.inbound(extra) if skew is not None else extra)
+            self._send(adapter.inbound(extra))
         for held in drop:
             if not _drop(held):
                 self.errors += 1
@@ -167,11 +182,10 @@ class ActiveQueue:
         """Accept a packet with its translated bytes (``new``; None: unchanged), unless it is
         a primary's reply (``reply``) that waits for the backups' votes."""
         if new is not None:
-            if self.skew is not None:
-                new = self.skew.inbound(new)
+            new = self.adapter.inbound(new)
             if reply:
-                if self.fault is not None:  # a compromised host: past the vote
-                    new = self.fault(new)
+                if self.adapter.reply is not None:  # a compromised host: past the vote
+                    new = self.adapter.reply(new)
                 elif self.vote is not None and self._held_for_votes(packet, new, now):
                     return  # its verdict comes with the votes
             packet.set_payload(new)
@@ -197,10 +211,9 @@ class ActiveQueue:
                         exc_info=self.errors == 1)
 
     def _release(self, released):
-        skew = self.skew
         for held, data in released:  # verdicts for packets kept earlier
             try:
-                held.set_payload(skew.inbound(data) if skew is not None else data)
+                held.set_payload(self.adapter.inbound(data))
                 held.accept()
             except Exception as exc:
                 self._error(exc)

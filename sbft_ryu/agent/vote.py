@@ -54,11 +54,7 @@ class Claim:
 
 
 class VoteEngine:
-    def __init__(self, name, key, own_output, send, clock=time.monotonic, fault=None):
-        """``fault`` (tests only): "false-accuse" reports made-up divergences to the
-        controller while voting honestly; "forge-reports" also signs statements in another
-        replica's name (with its own key, so they never verify)."""
-        self.fault = fault
+    def __init__(self, name, key, own_output, send, clock=time.monotonic):
         self.name = name
         self.key = key
         self.own_output = own_output  # what our own stack sent (OwnOutput)
@@ -214,19 +210,10 @@ class VoteEngine:
             self.counters["partial_votes"] += 1
         if mine != statement.digest:
             self.counters["divergent_votes"] += 1
-        if self.fault is not None:
-            self._misbehave(statement, claim_raw)
+        self._voted(statement, claim_raw)
 
-    def _misbehave(self, statement, claim_raw):
-        """Tests only: accuse the primary falsely (a second, contradicting statement of ours),
-        and with "forge-reports" also in another replica's name."""
-        lie = voting.Statement(statement.client, statement.port, statement.start,
-                               statement.end, voting.digest(b"made up"))
-        raws = [claim_raw, voting.encode(voting.VOTE, self.name, [lie], self.key)]
-        others = [n for n in self.peers if n != self.primary]
-        if self.fault == "forge-reports" and others:
-            raws.append(voting.encode(voting.VOTE, others[0], [lie], self.key))
-        self.reports.append(("evidence", raws))
+    def _voted(self, statement, claim_raw):
+        """After each vote cast (a hook for test faults, see faults.LyingVoteEngine)."""
 
     # ---- I/O, driven by the queue runner ------------------------------------------------------
 

@@ -42,3 +42,10 @@ def raw():
 def default_config(raw):
     """The SbftConfig of the embedded defaults: lb1..lb3 on ports 1..3, VIP 10.0.0.100:5555."""
     return config.build_config(raw)
+
+
+@pytest.fixture
+def test_faults_allowed(monkeypatch):
+    """The environment of the lab, the tests and the benchmarks: the agent's test-only
+    options (--emulate-skew, --fault) are allowed."""
+    monkeypatch.setenv("SBFT_TEST_FAULTS", "1")

@@ -8,7 +8,7 @@ from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent import active, nfq
 from sbft_ryu.agent.active import Translator, shared_values
-from sbft_ryu.agent.skew import Skew
+from sbft_ryu.agent.faults import PacketAdapter, Skew
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -107,7 +107,7 @@ def clock(monkeypatch):
 
 def make_queue(primary=True, skew=None):
     state = types.SimpleNamespace(primary=primary)
-    return nfq.ActiveQueue(state, Translator(SECRET, PORT), skew)
+    return nfq.ActiveQueue(state, Translator(SECRET, PORT), PacketAdapter(skew))
 
 
 def feed(queue, payload, **fail):
@@ -269,7 +269,7 @@ class SpyTranslator(Translator):
 def test_skew_outbound_before_and_inbound_after_the_translator(clock):
     skew = Skew(1000000000, 37000, PORT)
     spy = SpyTranslator(SECRET, PORT)
-    queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), spy, skew)
+    queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), spy, PacketAdapter(skew))
     plain = make_queue()
     for raw in (SYN, HS_ACK, SYN_ACK, REQUEST, RESPONSE):
         skewed_packet = feed(queue, raw)

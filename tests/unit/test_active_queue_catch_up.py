@@ -10,7 +10,7 @@ from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent import nfq
 from sbft_ryu.agent.active import Translator, shared_values
-from sbft_ryu.agent.skew import Skew
+from sbft_ryu.agent.faults import PacketAdapter, Skew
 
 from fakes import QueuedPacket, RecordedTranslator, assert_checksums_valid
 
@@ -69,7 +69,7 @@ def make(primary=False, skew=None, fail_send=False):
         log.append(("sent", packet))
 
     queue = nfq.ActiveQueue(types.SimpleNamespace(primary=primary), Translator(SECRET, PORT),
-                            skew, sender)
+                            PacketAdapter(skew), sender)
     queue.log = log
     return queue
 

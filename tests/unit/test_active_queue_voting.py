@@ -11,6 +11,7 @@ from scapy.all import IP, TCP, Raw
 
 from sbft_ryu import voting
 from sbft_ryu.agent import nfq, vote
+from sbft_ryu.agent.faults import PacketAdapter
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.own_output import statement_of
 
@@ -83,7 +84,8 @@ def make(name, primary, required=True, fault=None):
                      primary="lb1", epoch=1)
     sent = []
     state = types.SimpleNamespace(primary=primary)
-    queue = nfq.ActiveQueue(state, translator, None, sent.append, engine, sock, fault)
+    queue = nfq.ActiveQueue(state, translator, PacketAdapter(reply=fault), sent.append, engine,
+                            sock)
     return queue, sock, sent
 
 

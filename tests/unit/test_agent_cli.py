@@ -13,9 +13,11 @@ import pytest
 
 from scapy.all import IP, TCP
 
-from sbft_ryu.agent import active, cli, heartbeat, iptables, nfq, skew
+from sbft_ryu.agent import active, cli, faults, heartbeat, iptables, nfq
 
 REQUIRED = ["--name", "lb1", "--controller", "http://10.254.0.254:8080"]
+# what the lab, tests and benchmarks set: --emulate-skew is allowed (test_faults.py has the refusal)
+pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 
 
 @pytest.fixture
@@ -555,7 +557,7 @@ def test_set_mode_active_swaps_the_handler_before_the_rules():
     translator = agent.queue.translator
     assert isinstance(translator, active.Translator)
     assert (translator.secret, translator.port, translator.shared_ws) == (SECRET, 8080, 9)
-    assert agent.queue.skew is None  # no --emulate-skew
+    assert agent.queue.adapter is nfq.IDENTITY  # no --emulate-skew
 
 
 def test_set_mode_passive_swaps_back_before_the_rules():
@@ -592,8 +594,8 @@ def test_set_mode_active_with_an_emulated_skew(value, isn, ts, caplog):
     caplog.set_level(logging.INFO, logger="sbft.agent")
     agent, _ = mode_agent("--emulate-skew", value, "--service-port", "8080")
     agent.set_mode(ACTIVE)
-    emulated = agent.queue.skew
-    assert isinstance(emulated, skew.Skew)
+    emulated = agent.queue.adapter.skew
+    assert isinstance(emulated, faults.Skew)
     assert (emulated.isn, emulated.ts, emulated.port) == (isn, ts, 8080)
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("mode")] == [
         f"mode active (emulating skew {value})"]

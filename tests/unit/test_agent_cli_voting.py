@@ -8,9 +8,11 @@ import socket
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import cli, nfq, vote
+from sbft_ryu.agent import cli, faults, nfq, vote
 
 REQUIRED = ["--name", "lb2", "--controller", "http://10.254.0.254:8080"]
+# the lab's environment: --fault is allowed (test_faults.py has the refusal)
+pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 KEY = bytes(range(32))
 SECRET = bytes(range(16))
 
@@ -32,10 +34,10 @@ def make_agent(*extra):
 def test_key_file_and_fault_default_to_none():
     config, _ = cli.parse_args(REQUIRED)
     assert (config.key_file, config.fault) == (None, None)
-    assert make_agent().key is None and make_agent().tamper is None
+    assert make_agent().key is None and make_agent().faults is None
 
 
-@pytest.mark.parametrize("fault", cli.FAULTS)
+@pytest.mark.parametrize("fault", faults.FAULTS)
 def test_every_fault_is_an_option(fault, key_file):
     config, _ = cli.parse_args(REQUIRED + ["--key-file", key_file, "--fault", fault])
     assert (config.key_file, config.fault) == (key_file, fault)
@@ -84,7 +86,7 @@ def checksums_valid(raw):
 
 
 def test_tamper_alters_the_first_two_data_bytes_and_fixes_the_checksum():
-    altered = cli.tamper(reply(40000))
+    altered = faults.tamper(reply(40000))
     assert IP(altered)[Raw].load == b"XXTP/1.0 200 OK\r\n"
     assert checksums_valid(altered)
 
@@ -93,11 +95,11 @@ def test_tamper_alters_the_first_two_data_bytes_and_fixes_the_checksum():
 def test_tamper_leaves_packets_without_two_data_bytes(data):
     packet = bytes(IP(src="10.0.0.100", dst="10.0.0.31") / TCP(sport=5555, dport=1) /
                    Raw(data)) if data else reply(1, b"")[:40]
-    assert cli.tamper(packet) == packet
+    assert faults.tamper(packet) == packet
 
 
 def test_the_tamperer_alters_only_connections_that_begin_after_it_is_armed():
-    tamperer = cli.Tamper()
+    tamperer = faults.Tamper()
     honest = reply(40001)
     assert tamperer(honest) == honest  # not armed: seen, kept honest
     tamperer.arm()  # (SIGUSR1)
@@ -106,8 +108,8 @@ def test_the_tamperer_alters_only_connections_that_begin_after_it_is_armed():
 
 
 def test_only_the_tamper_wire_fault_makes_a_tamperer(key_file):
-    assert isinstance(make_agent("--fault", "tamper-wire").tamper, cli.Tamper)
-    assert make_agent("--key-file", key_file, "--fault", "false-accuse").tamper is None
+    assert isinstance(make_agent("--fault", "tamper-wire").faults.tamper, faults.Tamper)
+    assert make_agent("--key-file", key_file, "--fault", "false-accuse").faults.tamper is None
 
 
 # --- set_mode with voting ------------------------------------------------------------------------
@@ -158,11 +160,11 @@ def test_set_mode_with_voting_builds_a_vote_engine_and_queues_the_wire_copies(ke
     assert isinstance(queue, nfq.ActiveQueue) and agent.runner.handler is queue
     engine = queue.vote
     assert isinstance(engine, vote.VoteEngine)
-    assert (engine.name, engine.key, engine.fault) == ("lb2", KEY, None)
+    assert (engine.name, engine.key, type(engine)) == ("lb2", KEY, vote.VoteEngine)  # honest
     assert engine.own_output is queue.translator.own_output
     assert queue.vote_socket is sock and agent.sockets_asked == [6000]
     assert agent.rules.modes == [("active", True)]
-    assert queue.fault is None
+    assert queue.adapter is nfq.IDENTITY and queue.adapter.reply is None
 
 
 def test_set_mode_without_voting_has_no_engine(key_file):
@@ -178,8 +180,8 @@ def test_set_mode_without_voting_has_no_engine(key_file):
 def test_the_faults_reach_the_engine_or_the_queue(key_file, fault, engine_fault):
     agent, _ = voting_agent("--fault", fault, key_file=key_file)
     agent.set_mode(ACTIVE)
-    assert agent.queue.vote.fault == engine_fault
-    assert agent.queue.fault is agent.tamper
+    assert getattr(agent.queue.vote, "fault", None) == engine_fault
+    assert agent.queue.adapter.reply is agent.faults.tamper
 
 
 # --- on_answer and reports ----------------------------------------------------------------------

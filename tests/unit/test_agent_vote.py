@@ -3,10 +3,12 @@ backup votes on claims with its own output (partially, when its stack went quiet
 the wire; disagreements become evidence the controller's Referee verifies. The translator is a
 fake answering own_range from a table; time is passed in."""
 
+import functools
+
 import pytest
 
 from sbft_ryu import voting
-from sbft_ryu.agent import vote
+from sbft_ryu.agent import faults, vote
 from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
@@ -32,8 +34,9 @@ SEG = segment()
 
 def engine(name, primary="lb1", required=True, translator=None, fault=None, peers=ADDRESSES):
     sent = []
-    e = vote.VoteEngine(name, KEYS[name], translator or FakeTranslator(),
-                        lambda data, address: sent.append((data, address)), fault=fault)
+    make = vote.VoteEngine if fault is None else functools.partial(faults.LyingVoteEngine, fault)
+    e = make(name, KEYS[name], translator or FakeTranslator(),
+             lambda data, address: sent.append((data, address)))
     e.configure(required=required, f=1, hold_s=HOLD, port=5557, peers=peers, primary=primary,
                 epoch=3)
     e.sent = sent
