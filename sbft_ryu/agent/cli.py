@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from sbft_ryu import protocol
 from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, vote
 
 LOG = logging.getLogger("sbft.agent")
@@ -239,7 +240,7 @@ class Agent:
             translator = active.Translator(secret, self.config.service_port, wscale)
             engine = sock = None
             if voting_on:
-                sock = self._vote_socket(int((answer.get("voting") or {}).get("port", 5557)))
+                sock = self._vote_socket(int((answer.get("voting") or {}).get("port", protocol.VOTE_PORT)))
                 make_engine = (self.faults.vote_engine if self.faults is not None
                                else vote.VoteEngine)
                 engine = make_engine(self.config.name, self.key, translator.own_output,
@@ -278,7 +279,7 @@ class Agent:
         if not isinstance(params, dict) or engine is None:
             return
         engine.configure(required=params.get("required"), f=params.get("f", 1),
-                         hold_s=params.get("hold_s", 0.2), port=params.get("port", 5557),
+                         hold_s=params.get("hold_s", 0.2), port=params.get("port", protocol.VOTE_PORT),
                          peers=params.get("peers") or {}, primary=answer.get("primary"),
                          epoch=answer.get("epoch") or 0)
         reset = frozenset((socket.inet_aton(client), port)

@@ -22,7 +22,7 @@ The packet path takes one adapter (:class:`PacketAdapter`; ``nfq.IDENTITY`` in p
 
 import signal
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import vote
 from sbft_ryu.agent.packet import (ACK, ACK_NO, FLAGS, MASK32, OPTIONS, SACK, SEQ, TIMESTAMP, U32,
                                    changed_by, destination, header_lengths, is_tcp, options,
@@ -182,10 +182,10 @@ class LyingVoteEngine(vote.VoteEngine):
         self.fault = fault
 
     def _voted(self, statement, claim_raw):
-        lie = voting.Statement(statement.client, statement.port, statement.start,
-                               statement.end, voting.digest(b"made up"))
-        raws = [claim_raw, voting.encode(voting.VOTE, self.name, [lie], self.key)]
+        lie = protocol.Statement(statement.client, statement.port, statement.start,
+                               statement.end, protocol.digest(b"made up"))
+        raws = [claim_raw, protocol.encode(protocol.VOTE, self.name, [lie], self.key)]
         others = [n for n in self.peers if n != self.primary]
         if self.fault == "forge-reports" and others:
-            raws.append(voting.encode(voting.VOTE, others[0], [lie], self.key))
+            raws.append(protocol.encode(protocol.VOTE, others[0], [lie], self.key))
         self.reports.append(("evidence", raws))

@@ -18,7 +18,7 @@ import time
 import urllib.parse
 
 from sbft_ryu.agent.iptables import fast_mark
-from sbft_ryu.voting import sign_body
+from sbft_ryu.protocol import MAX_EVIDENCE, MAX_WIRE, sign_body
 
 PRIMARY = "primary"
 BACKUP = "backup"
@@ -286,7 +286,7 @@ class Heartbeats:
         (LOG.info if ok else LOG.warning)("%s", message)
 
 
-def _share(unsent, evidence=16, wire=64):
+def _share(unsent, evidence=MAX_EVIDENCE, wire=MAX_WIRE):
     """The reports one heartbeat carries (at most ``evidence`` evidence items and ``wire``
     wire reports, the oldest first), within the controller's limits."""
     share, counts = [], {"evidence": 0, "wire": 0}

@@ -6,7 +6,7 @@ judges whether its stack has gone quiet (:meth:`OwnOutput.quiet_for`); a reply's
 read from its bytes (:func:`statement_of`). Reads only; the translator owns the state.
 """
 
-from sbft_ryu import voting as protocol
+from sbft_ryu import protocol
 from sbft_ryu.agent.packet import DST, FIN, HALF32, MASK32, TCP_HEADER, header_lengths, \
     serial_gt
 

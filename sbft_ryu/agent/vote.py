@@ -17,7 +17,7 @@ only reads ``reports`` (a deque) and replaces the configuration with :meth:`conf
 import time
 from collections import deque
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent.own_output import ABSTAIN
 
 REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
@@ -62,7 +62,7 @@ class VoteEngine:
         self.clock = clock
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.reports = deque(maxlen=REPORT_LIMIT)  # ("evidence", [raw...]) / ("wire", tuple)
-        self.configure(required=False, f=1, hold_s=0.2, port=5557, peers={}, primary=None,
+        self.configure(required=False, f=1, hold_s=0.2, port=protocol.VOTE_PORT, peers={}, primary=None,
                        epoch=0)
         self.pending = {}  # range key -> Claim (held by the primary)
         self.recent = {}  # range key -> Claim (released, still collecting votes)
@@ -195,14 +195,14 @@ class VoteEngine:
         if own is ABSTAIN:
             self.counters["abstentions"] += 1
             return
-        mine = voting.digest(*own)
+        mine = protocol.digest(*own)
         if claim_raw is None:  # the wire check
             if mine != statement.digest:
                 self.counters["wire_divergent"] += 1
                 self.reports.append(("wire", (statement.client, statement.port, epoch,
                                               statement.start, statement.end)))
             return
-        vote = voting.Statement(statement.client, statement.port, statement.start,
+        vote = protocol.Statement(statement.client, statement.port, statement.start,
                                 statement.end, mine)
         self.votes_out.append((vote, claim_raw if mine != statement.digest else None))
         self.counters["votes_cast"] += 1
@@ -222,7 +222,7 @@ class VoteEngine:
         if self.claims_out:
             claims, self.claims_out = self.claims_out, []
             for chunk in _chunks(claims):
-                raw = voting.encode(voting.CLAIM, self.name, chunk, self.key)
+                raw = protocol.encode(protocol.CLAIM, self.name, chunk, self.key)
                 for statement in chunk:
                     claim = self.pending.get(statement.range_key)
                     if claim is not None:
@@ -233,7 +233,7 @@ class VoteEngine:
             votes, self.votes_out = self.votes_out, []
             primary = self.peers.get(self.primary)
             for chunk in _chunks(votes):
-                raw = voting.encode(voting.VOTE, self.name, [v for v, _ in chunk], self.key)
+                raw = protocol.encode(protocol.VOTE, self.name, [v for v, _ in chunk], self.key)
                 if primary is not None:
                     self._send(raw, primary)
                 for claim_raw in dict.fromkeys(c for _, c in chunk if c is not None):
@@ -248,11 +248,11 @@ class VoteEngine:
     def receive(self, data, now):
         """A datagram on the vote port: (token, payload) pairs to release."""
         try:
-            batch = voting.decode(data)
-        except voting.VotingError:
+            batch = protocol.decode(data)
+        except protocol.VotingError:
             self.counters["batches_rejected"] += 1
             return ()
-        if batch.kind == voting.CLAIM:
+        if batch.kind == protocol.CLAIM:
             self.on_claims(batch, now)
             return ()
         if batch.author not in self.peers:
@@ -312,6 +312,6 @@ class VoteEngine:
 
 
 def _chunks(items):
-    for at in range(0, len(items), voting.MAX_STATEMENTS):
-        yield items[at:at + voting.MAX_STATEMENTS]
+    for at in range(0, len(items), protocol.MAX_STATEMENTS):
+        yield items[at:at + protocol.MAX_STATEMENTS]
 

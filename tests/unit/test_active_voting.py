@@ -7,7 +7,7 @@ import socket
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import active, unacked
 from sbft_ryu.agent.active import ACCEPT, DROP, WIRE, shared_values
 from sbft_ryu.agent.own_output import ABSTAIN
@@ -101,7 +101,7 @@ def test_a_stream_that_ended_before_the_range_end_differs():
     whose digest differs from the primary's."""
     tr = backup_sent(("FPA", b"short"))
     assert own(tr, 0, 12) == (b"short", True)
-    assert voting.digest(*own(tr, 0, 12)) != voting.digest(b"short reply!")
+    assert protocol.digest(*own(tr, 0, 12)) != protocol.digest(b"short reply!")
 
 
 def test_own_range_of_an_unknown_connection_waits_then_abstains():
@@ -139,8 +139,8 @@ def test_statement_of_a_translated_reply_is_in_the_shared_space():
     tr = connected(7000, primary=True)
     verdict, new, _ = tr.process(stack_pkt("PA", 7001, b"hello"), None, True, NOW)
     assert verdict == ACCEPT
-    assert statement_of(new) == voting.Statement(
-        CLIENT_IP, CPORT, (SHARED + 1) % M32, (SHARED + 6) % M32, voting.digest(b"hello"))
+    assert statement_of(new) == protocol.Statement(
+        CLIENT_IP, CPORT, (SHARED + 1) % M32, (SHARED + 6) % M32, protocol.digest(b"hello"))
 
 
 def test_statement_of_a_fin_covers_its_sequence_number():
@@ -148,9 +148,9 @@ def test_statement_of_a_fin_covers_its_sequence_number():
     _, new, _ = tr.process(stack_pkt("FPA", 7001, b"bye"), None, True, NOW)
     statement = statement_of(new)
     assert (statement.end - statement.start) % M32 == 4
-    assert statement.digest == voting.digest(b"bye", fin=True)
+    assert statement.digest == protocol.digest(b"bye", fin=True)
     _, bare, _ = tr.process(stack_pkt("FA", 7004), None, True, NOW)
-    assert statement_of(bare).digest == voting.digest(b"", fin=True)
+    assert statement_of(bare).digest == protocol.digest(b"", fin=True)
 
 
 @pytest.mark.parametrize("flags", ["A", "SA", "R"])
@@ -165,7 +165,7 @@ def test_a_backup_votes_the_primarys_digest_for_the_same_bytes():
     _, new, _ = primary.process(stack_pkt("PA", 7001, b"same bytes"), None, True, NOW)
     claim = statement_of(new)
     mine = backup.own_output.own_range(claim.client, claim.port, claim.start, claim.end)
-    assert voting.digest(*mine) == claim.digest
+    assert protocol.digest(*mine) == claim.digest
 
 
 # --- quiet_for -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sbft_ryu import rest, voting
+from sbft_ryu import protocol, rest
 from sbft_ryu.agent import heartbeat
 from sbft_ryu.agent.heartbeat import (ControllerRejected, ControllerUnreachable, Heartbeats,
                                       RoleState)
@@ -84,8 +84,8 @@ def test_every_heartbeat_is_signed_with_the_nonce_of_the_last_answer():
     assert "nonce" not in first  # none known yet
     assert second["nonce"] == "n1" and beats.nonce == "n2"
     for body in client.bodies:
-        assert voting.body_signed(KEY, "lb2", body)
-        assert not voting.body_signed(KEY, "lb1", body)
+        assert protocol.body_signed(KEY, "lb2", body)
+        assert not protocol.body_signed(KEY, "lb1", body)
 
 
 def test_a_401_with_a_nonce_is_retried_at_once_with_that_nonce():
@@ -94,7 +94,7 @@ def test_a_401_with_a_nonce_is_retried_at_once_with_that_nonce():
     beats = make(client)
     beats.beat(0)
     assert [body.get("nonce") for body in client.bodies] == [None, "n7"]
-    assert voting.body_signed(KEY, "lb2", client.bodies[1])
+    assert protocol.body_signed(KEY, "lb2", client.bodies[1])
     assert (beats.failures, beats.state.role, beats.nonce) == (0, "primary", "n8")
 
 
@@ -145,7 +145,7 @@ def test_reports_travel_in_the_signed_body_and_parse_at_the_controller():
     assert body["evidence"] == [["0102", "03"]]
     assert body["wire"] == [{"client": "10.0.0.31", "port": 40000, "epoch": 3, "start": 10,
                              "end": 20}]
-    assert voting.body_signed(KEY, "lb2", body)
+    assert protocol.body_signed(KEY, "lb2", body)
     beat = rest.parse_heartbeat(json.dumps(body).encode())
     assert beat.evidence == ((b"\x01\x02", b"\x03"),)
     assert beat.wire == ((CLIENT, 40000, 3, 10, 20),)

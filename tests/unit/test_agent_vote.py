@@ -7,12 +7,12 @@ import functools
 
 import pytest
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import faults, vote
 from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
-from sbft_ryu.voting import CLAIM, VOTE, Statement
+from sbft_ryu.protocol import CLAIM, VOTE, Statement
 
 from fakes import FakeTranslator, Token
 
@@ -26,7 +26,7 @@ T = 10.0
 
 
 def segment(data=REPLY, start=1000, port=40000, fin=False):
-    return Statement(CLIENT, port, start, start + len(data) + fin, voting.digest(data, fin))
+    return Statement(CLIENT, port, start, start + len(data) + fin, protocol.digest(data, fin))
 
 
 SEG = segment()
@@ -50,7 +50,7 @@ def backup(name="lb2", data=REPLY, **kwargs):
 
 def take(e):
     """The datagrams ``e`` sent since the last call, decoded, with their destination."""
-    out = [(voting.decode(data), address) for data, address in e.sent]
+    out = [(protocol.decode(data), address) for data, address in e.sent]
     e.sent.clear()
     return out
 
@@ -97,7 +97,7 @@ def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
                                                        ("10.254.0.3", 5557)]
     for batch, _ in sent:
         assert (batch.kind, batch.author, batch.statements) == (CLAIM, "lb1", (SEG,))
-        assert voting.verify(batch, KEYS["lb1"])
+        assert protocol.verify(batch, KEYS["lb1"])
     assert p.counters["claims"] == 1
     p.flush()
     assert p.sent == []  # nothing new
@@ -105,10 +105,10 @@ def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
 
 def test_many_claims_go_in_several_batches():
     p = engine("lb1", peers={"lb2": "10.254.0.2"})
-    for n in range(voting.MAX_STATEMENTS + 2):
+    for n in range(protocol.MAX_STATEMENTS + 2):
         p.hold(Token(), b"p", segment(start=1000 + 100 * n), T)
     p.flush()
-    assert [len(batch.statements) for batch, _ in take(p)] == [voting.MAX_STATEMENTS, 2]
+    assert [len(batch.statements) for batch, _ in take(p)] == [protocol.MAX_STATEMENTS, 2]
 
 
 def test_f_agreeing_votes_release_the_segment():
@@ -149,7 +149,7 @@ def test_a_segment_without_votes_is_dropped_after_the_hold():
 def test_votes_of_strangers_and_garbage_are_rejected():
     p = engine("lb1")
     claimed(p)
-    stranger = voting.encode(VOTE, "lb9", [SEG], b"9" * 16)
+    stranger = protocol.encode(VOTE, "lb9", [SEG], b"9" * 16)
     assert p.receive(stranger, T) == () and p.receive(b"junk", T) == ()
     assert p.counters["batches_rejected"] == 2 and len(p.pending) == 1
 
@@ -173,7 +173,7 @@ def test_a_backup_votes_with_its_own_digest_to_the_primary_only():
     [(batch, address)] = take(b2)
     assert address == ("10.254.0.1", 5557)
     assert (batch.kind, batch.author, batch.statements) == (VOTE, "lb2", (SEG,))
-    assert voting.verify(batch, KEYS["lb2"])
+    assert protocol.verify(batch, KEYS["lb2"])
     assert b2.counters["votes_cast"] == 1 and list(b2.reports) == []  # agreement: no evidence
 
 
@@ -207,7 +207,7 @@ def test_a_divergent_vote_comes_with_evidence_for_the_controller():
     b3 = backup("lb3", data=OTHER)
     claim_raw = claimed(engine("lb1"))
     vote_raw = voted(b3, claim_raw)
-    assert voting.decode(vote_raw).statements[0].digest == voting.digest(OTHER)
+    assert protocol.decode(vote_raw).statements[0].digest == protocol.digest(OTHER)
     assert b3.counters["divergent_votes"] == 1
     assert b3.take_reports(10) == [("evidence", [claim_raw, vote_raw])]
 
@@ -265,7 +265,7 @@ def test_a_quiet_backup_votes_with_what_it_has_after_its_patience():
     assert b2.counters["partial_votes"] == 1 and b2.waiting == {}
     b2.flush()
     [(batch, _)] = take(b2)
-    assert batch.statements[0].digest == voting.digest(REPLY[:5])
+    assert batch.statements[0].digest == protocol.digest(REPLY[:5])
     assert b2.take_reports(10) == [("evidence", [claim_raw, batch.raw])]
 
 
@@ -297,7 +297,7 @@ def test_a_matching_wire_copy_is_only_counted():
 
 def test_a_divergent_wire_copy_is_reported_with_its_range_and_epoch():
     b2 = backup("lb2")
-    tampered = Statement(CLIENT, 40000, SEG.start, SEG.end, voting.digest(b"XX" + REPLY[2:]))
+    tampered = Statement(CLIENT, 40000, SEG.start, SEG.end, protocol.digest(b"XX" + REPLY[2:]))
     b2.on_wire(tampered, T)
     assert b2.counters["wire_divergent"] == 1
     assert b2.take_reports(10) == [("wire", (CLIENT, 40000, 3, SEG.start, SEG.end))]
@@ -353,7 +353,7 @@ def test_a_false_accuser_votes_honestly_is_heard_but_convicts_nobody(referee):
     p, accuser, honest = engine("lb1"), backup("lb2", fault="false-accuse"), backup("lb3")
     claim_raw = claimed(p)
     accuser_vote = voted(accuser, claim_raw)
-    assert voting.decode(accuser_vote).statements == (SEG,)  # its real vote agrees
+    assert protocol.decode(accuser_vote).statements == (SEG,)  # its real vote agrees
     p.receive(accuser_vote, T)
     p.receive(voted(honest, claim_raw), T)
     items = evidence_of(accuser)
@@ -363,7 +363,7 @@ def test_a_false_accuser_votes_honestly_is_heard_but_convicts_nobody(referee):
     assert referee.judge.suspicion("lb1", T) == 0.0  # one against one: no majority
     assert evidence_of(p) == [] and evidence_of(honest) == []  # nobody else disagreed
     # should lb3's statement on the range reach the judge, the accuser is the minority
-    lb3_says = voting.encode(VOTE, "lb3", [SEG], KEYS["lb3"])
+    lb3_says = protocol.encode(VOTE, "lb3", [SEG], KEYS["lb3"])
     assert referee.evidence("lb3", [[claim_raw, lb3_says]], T) == {"lb2"}
 
 
@@ -372,8 +372,8 @@ def test_forged_reports_are_rejected_whole(referee):
     claim_raw = claimed(engine("lb1"))
     voted(forger, claim_raw)
     [raws] = evidence_of(forger)
-    forged = voting.decode(raws[-1])
-    assert forged.author == "lb3" and not voting.verify(forged, KEYS["lb3"])
+    forged = protocol.decode(raws[-1])
+    assert forged.author == "lb3" and not protocol.verify(forged, KEYS["lb3"])
     assert referee.evidence("lb2", [raws], T) == set()
     stats = referee.judge.stats
     assert (stats["lb2"].rejected, stats["lb2"].reported) == (1, 0)

@@ -9,11 +9,11 @@ import types
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.own_output import ABSTAIN
-from sbft_ryu.voting import VOTE, Statement
+from sbft_ryu.protocol import VOTE, Statement
 
 from fakes import FakeTranslator, QueuedPacket, Token
 
@@ -23,14 +23,14 @@ ADDRESSES = {name: f"10.254.0.{n}" for n, name in enumerate(NAMES, 1)}
 THREE = {name: ADDRESSES[name] for name in NAMES[:3]}
 CLIENT = bytes([10, 0, 0, 31])
 REPLY = b"HTTP/1.0 200 OK\r\n\r\nhi"
-OTHER = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
-THIRD = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nYY")
+OTHER = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+THIRD = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nYY")
 HOLD = 0.2
 T = 10.0
 
 
 def segment(data=REPLY, start=1000, port=40000):
-    return Statement(CLIENT, port, start, start + len(data), voting.digest(data))
+    return Statement(CLIENT, port, start, start + len(data), protocol.digest(data))
 
 
 SEG = segment()
@@ -48,7 +48,7 @@ def engine(name, primary="lb1", peers=THREE, f=1, translator=None, hold_s=HOLD):
 def claimed(p, seg=SEG, now=T):
     assert p.hold(Token(), b"payload", seg, now) == (True, ())
     p.flush()
-    raw = voting.decode(p.sent[0][0]).raw
+    raw = protocol.decode(p.sent[0][0]).raw
     p.sent.clear()
     return raw
 
@@ -56,7 +56,7 @@ def claimed(p, seg=SEG, now=T):
 def vote_of(author, seg=SEG, value=None):
     statement = seg if value is None else Statement(seg.client, seg.port, seg.start, seg.end,
                                                     value)
-    return voting.encode(VOTE, author, [statement], KEYS[author])
+    return protocol.encode(VOTE, author, [statement], KEYS[author])
 
 
 # --- an outvoted primary ---------------------------------------------------------------------
@@ -294,9 +294,9 @@ def stack_sends(tr, offset, data, now):
 
 def real_claim(data=REPLY):
     start = (R_SHARED + 1) % M32
-    return voting.encode(voting.CLAIM, "lb1", [Statement(CLIENT, 40000, start,
+    return protocol.encode(protocol.CLAIM, "lb1", [Statement(CLIENT, 40000, start,
                                                          start + len(data),
-                                                         voting.digest(data))], KEYS["lb1"])
+                                                         protocol.digest(data))], KEYS["lb1"])
 
 
 def test_a_real_backup_votes_partially_only_once_its_stack_was_quiet_long_enough():
@@ -312,7 +312,7 @@ def test_a_real_backup_votes_partially_only_once_its_stack_was_quiet_long_enough
     b2.expire(T + 0.5 + vote.PARTIAL_QUIET_S)
     assert b2.counters["partial_votes"] == 1 and b2.waiting == {}
     [(statement, claim_raw)] = b2.votes_out
-    assert statement.digest == voting.digest(REPLY[:9])  # what its stack sent, 9 bytes
+    assert statement.digest == protocol.digest(REPLY[:9])  # what its stack sent, 9 bytes
     assert claim_raw == real_claim()  # divergent: evidence at the flush
 
 
@@ -339,7 +339,7 @@ def test_a_real_backup_that_sent_the_whole_range_before_its_rst_still_votes():
                       CLIENT_ISN + 1), None, False, T)
     b2.receive(real_claim(), T)
     [(statement, evidence)] = b2.votes_out
-    assert statement.digest == voting.digest(REPLY) and evidence is None  # agreement
+    assert statement.digest == protocol.digest(REPLY) and evidence is None  # agreement
 
 
 def test_a_real_backup_that_never_took_part_abstains_after_the_patience():
