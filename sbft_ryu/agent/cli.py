@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu import protocol
 from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, vote
 
 LOG = logging.getLogger("sbft.agent")
@@ -158,8 +157,9 @@ class Agent:
 
     def _observe(self):
         """Probe-thread tick: learn the VIP, read the kernel's cached-verdict counter."""
-        if self.probe.host is None and self.heartbeats and self.heartbeats.answer.get("vip"):
-            self.probe.host = self.heartbeats.answer["vip"]
+        answer = self.heartbeats.answer if self.heartbeats else None
+        if self.probe.host is None and answer is not None and answer.vip:
+            self.probe.host = answer.vip
         now = time.monotonic()
         if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
             self._kernel_read_at = now
@@ -223,24 +223,24 @@ class Agent:
         return 0
 
     def set_mode(self, answer):
-        """The controller's mode (from a heartbeat answer): swap the packet handler, then the
+        """The controller's mode (from a heartbeat Answer): swap the packet handler, then the
         rules, so that no packet of the new rules meets the old handler."""
-        mode = answer.get("mode")
+        mode = answer.mode
         voting_on = False
         if mode == "active":
-            params = answer.get("active") or {}
-            secret = bytes.fromhex(params.get("secret", ""))
-            wscale = int(params.get("wscale", 7))
-            voting_on = bool(params.get("voting"))
+            params = answer.active
+            secret, wscale, voting_on = params.secret, params.wscale, params.voting
             if not secret:
                 raise ValueError("the controller's answer carries no active-mode secret")
+            if wscale is None:
+                raise ValueError("the controller's answer carries no valid window scale")
             if voting_on and self.key is None:
                 raise ValueError("the controller votes on replies: this agent needs --key-file")
             adapter = self.faults.packet_adapter() if self.faults is not None else None
             translator = active.Translator(secret, self.config.service_port, wscale)
             engine = sock = None
             if voting_on:
-                sock = self._vote_socket(int((answer.get("voting") or {}).get("port", protocol.VOTE_PORT)))
+                sock = self._vote_socket(answer.vote_port)
                 make_engine = (self.faults.vote_engine if self.faults is not None
                                else vote.VoteEngine)
                 engine = make_engine(self.config.name, self.key, translator.own_output,
@@ -272,20 +272,14 @@ class Agent:
         return self._vote
 
     def on_answer(self, answer):
-        """Every heartbeat answer: the voting configuration for the packet thread."""
-        params = answer.get("voting")
+        """Every heartbeat Answer: the voting configuration for the packet thread."""
         queue = self.queue
         engine = getattr(queue, "vote", None)
-        if not isinstance(params, dict) or engine is None:
+        if answer.voting is None or engine is None:
             return
-        engine.configure(required=params.get("required"), f=params.get("f", 1),
-                         hold_s=params.get("hold_s", 0.2), port=params.get("port", protocol.VOTE_PORT),
-                         peers=params.get("peers") or {}, primary=answer.get("primary"),
-                         epoch=answer.get("epoch") or 0)
-        reset = frozenset((socket.inet_aton(client), port)
-                          for client, port in params.get("reset") or ())
-        if reset != queue.reset:
-            queue.reset = reset
+        engine.configure(answer.voting)
+        if answer.reset != queue.reset:
+            queue.reset = answer.reset
             self.runner.wake()  # the packet thread resets them now
 
     def reports(self):

@@ -185,7 +185,7 @@ class LyingVoteEngine(vote.VoteEngine):
         lie = protocol.Statement(statement.client, statement.port, statement.start,
                                statement.end, protocol.digest(b"made up"))
         raws = [claim_raw, protocol.encode(protocol.VOTE, self.name, [lie], self.key)]
-        others = [n for n in self.peers if n != self.primary]
+        others = [n for n in self.config.peers if n != self.config.primary]
         if self.fault == "forge-reports" and others:
             raws.append(protocol.encode(protocol.VOTE, others[0], [lie], self.key))
         self.reports.append(("evidence", raws))

@@ -80,8 +80,8 @@ def make(name, primary, required=True, fault=None):
     translator = Translator(SECRET, PORT)
     sock = FakeSocket()
     engine = vote.VoteEngine(name, KEYS[name], translator.own_output, sock.sendto)
-    engine.configure(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
-                     primary="lb1", epoch=1)
+    engine.configure(vote.VoteConfig.of(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
+                     primary="lb1", epoch=1))
     sent = []
     state = types.SimpleNamespace(primary=primary)
     queue = nfq.ActiveQueue(state, translator, PacketAdapter(reply=fault), sent.append, engine,
@@ -247,8 +247,8 @@ def test_a_promoted_backup_replays_through_the_vote(clock, required):
     serve_request(queue, 9000)
     feed(queue, response(9000), POST_ROUTING)  # sent as a backup, not acknowledged
     queue.state.primary = True
-    queue.vote.configure(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
-                         primary="lb2", epoch=2)
+    queue.vote.configure(vote.VoteConfig.of(required=required, f=1, hold_s=0.2, port=5557,
+                                            peers=PEERS, primary="lb2", epoch=2))
     queue.tick(clock[0])
     if required:
         assert sent == []  # held as a RawSend until a backup agrees

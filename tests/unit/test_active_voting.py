@@ -56,8 +56,8 @@ def backup_sent(*segments, own_isn=5000, now=NOW):
 
 def own(tr, start, end, partial=False):
     """own_range for shared offsets from the first data byte."""
-    return tr.own_output.own_range(CLIENT_IP, CPORT, (SHARED + 1 + start) % M32, (SHARED + 1 + end) % M32,
-                        partial)
+    return tr.own_output.own_range(CLIENT_IP, CPORT, (SHARED + 1 + start) % M32,
+                                   (SHARED + 1 + end) % M32, partial)
 
 
 # --- own_range ---------------------------------------------------------------------------------
@@ -114,7 +114,8 @@ def test_own_range_before_the_handshake():
     tr = RecordedTranslator(SECRET, PORT)
     tr.process(client_pkt("S", seq=CLIENT_ISN), None, False, NOW)  # no SYN-ACK of ours yet
     assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2) is None
-    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN  # never answered
+    # never answered
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN
 
 
 def test_own_range_abstains_once_the_client_acknowledged_the_range():

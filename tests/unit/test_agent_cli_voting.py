@@ -8,7 +8,7 @@ import socket
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import cli, faults, nfq, vote
+from sbft_ryu.agent import cli, faults, heartbeat, nfq, vote
 
 REQUIRED = ["--name", "lb2", "--controller", "http://10.254.0.254:8080"]
 # the lab's environment: --fault is allowed (test_faults.py has the refusal)
@@ -149,13 +149,13 @@ def test_voting_needs_a_key_and_changes_nothing_without_one():
     agent, _ = voting_agent()
     before = agent.queue
     with pytest.raises(ValueError, match="needs --key-file"):
-        agent.set_mode(ACTIVE)
+        agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert agent.queue is before and agent.rules.modes == []
 
 
 def test_set_mode_with_voting_builds_a_vote_engine_and_queues_the_wire_copies(key_file):
     agent, sock = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     queue = agent.queue
     assert isinstance(queue, nfq.ActiveQueue) and agent.runner.handler is queue
     engine = queue.vote
@@ -169,7 +169,8 @@ def test_set_mode_with_voting_builds_a_vote_engine_and_queues_the_wire_copies(ke
 
 def test_set_mode_without_voting_has_no_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode({**ACTIVE, "active": {"secret": SECRET.hex(), "wscale": 7}})
+    agent.set_mode(heartbeat.Answer.parse({**ACTIVE,
+                                           "active": {"secret": SECRET.hex(), "wscale": 7}}))
     assert agent.queue.vote is None and agent.queue.vote_socket is None
     assert agent.rules.modes == [("active", False)] and agent.sockets_asked == []
 
@@ -179,7 +180,7 @@ def test_set_mode_without_voting_has_no_engine(key_file):
                                                  ("tamper-wire", None)])
 def test_the_faults_reach_the_engine_or_the_queue(key_file, fault, engine_fault):
     agent, _ = voting_agent("--fault", fault, key_file=key_file)
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert getattr(agent.queue.vote, "fault", None) == engine_fault
     assert agent.queue.adapter.reply is agent.faults.tamper
 
@@ -198,38 +199,39 @@ def answer(**voting):
 
 def test_on_answer_configures_the_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
-    agent.on_answer(answer())
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    agent.on_answer(heartbeat.Answer.parse(answer()))
     engine = agent.queue.vote
-    assert (engine.required, engine.f, engine.hold_s, engine.port) == (True, 1, 0.3, 6000)
-    assert (engine.primary, engine.epoch) == ("lb1", 4)
-    assert engine.peers == {"lb1": "10.254.0.11", "lb3": "10.254.0.13"}
+    config = engine.config
+    assert (config.required, config.f, config.hold_s, config.port) == (True, 1, 0.3, 6000)
+    assert (engine.config.primary, engine.config.epoch) == ("lb1", 4)
+    assert engine.config.peers == {"lb1": "10.254.0.11", "lb3": "10.254.0.13"}
 
 
 def test_on_answer_hands_new_resets_to_the_packet_thread_and_wakes_it(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
-    agent.on_answer(answer())
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    agent.on_answer(heartbeat.Answer.parse(answer()))
     assert agent.queue.reset == frozenset() and agent.woken == []
-    agent.on_answer(answer(reset=[["10.0.0.31", 40000]]))
+    agent.on_answer(heartbeat.Answer.parse(answer(reset=[["10.0.0.31", 40000]])))
     assert agent.queue.reset == frozenset({(socket.inet_aton("10.0.0.31"), 40000)})
     assert agent.woken == [True]
-    agent.on_answer(answer(reset=[["10.0.0.31", 40000]]))
+    agent.on_answer(heartbeat.Answer.parse(answer(reset=[["10.0.0.31", 40000]])))
     assert agent.woken == [True]  # unchanged: no wake
 
 
 def test_on_answer_without_voting_or_an_engine_does_nothing(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.on_answer(answer())  # passive: no engine
-    agent.set_mode(ACTIVE)
-    required = agent.queue.vote.required
-    agent.on_answer({**ACTIVE, "voting": None})
-    assert agent.queue.vote.required == required and agent.woken == []
+    agent.on_answer(heartbeat.Answer.parse(answer()))  # passive: no engine
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    required = agent.queue.vote.config.required
+    agent.on_answer(heartbeat.Answer.parse({**ACTIVE, "voting": None}))
+    assert agent.queue.vote.config.required == required and agent.woken == []
 
 
 def test_reports_come_from_the_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
     assert agent.reports() == []  # passive
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     agent.queue.vote.reports.extend([("wire", n) for n in range(70)])
     assert len(agent.reports()) == 64 and len(agent.reports()) == 6

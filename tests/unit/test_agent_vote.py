@@ -37,8 +37,8 @@ def engine(name, primary="lb1", required=True, translator=None, fault=None, peer
     make = vote.VoteEngine if fault is None else functools.partial(faults.LyingVoteEngine, fault)
     e = make(name, KEYS[name], translator or FakeTranslator(),
              lambda data, address: sent.append((data, address)))
-    e.configure(required=required, f=1, hold_s=HOLD, port=5557, peers=peers, primary=primary,
-                epoch=3)
+    e.configure(vote.VoteConfig.of(required=required, f=1, hold_s=HOLD, port=5557, peers=peers,
+                                   primary=primary, epoch=3))
     e.sent = sent
     return e
 
@@ -73,11 +73,14 @@ def voted(b, claim_raw, now=T):
 
 def test_configure_keeps_peers_other_than_itself():
     e = engine("lb1")
-    assert e.peers == {"lb2": "10.254.0.2", "lb3": "10.254.0.3"}
-    assert (e.required, e.f, e.hold_s, e.port, e.primary, e.epoch) == (True, 1, HOLD, 5557,
-                                                                         "lb1", 3)
-    e.configure(required=0, f=0, hold_s="0.5", port="6000", peers={}, primary=None, epoch=4)
-    assert (e.required, e.f, e.hold_s, e.port) == (False, 1, 0.5, 6000)  # at least f = 1
+    assert e.config.peers == {"lb2": "10.254.0.2", "lb3": "10.254.0.3"}
+    c = e.config
+    assert (c.required, c.f, c.hold_s, c.port, c.primary, c.epoch) == (True, 1, HOLD, 5557, "lb1",
+                                                                       3)
+    e.configure(vote.VoteConfig.of(required=0, f=0, hold_s="0.5", port="6000", peers={},
+                                   primary=None, epoch=4))
+    c = e.config
+    assert (c.required, c.f, c.hold_s, c.port) == (False, 1, 0.5, 6000)  # at least f = 1
 
 
 def test_unvoted_replies_are_not_held():

@@ -40,8 +40,8 @@ def engine(name, primary="lb1", peers=THREE, f=1, translator=None, hold_s=HOLD):
     e = vote.VoteEngine(name, KEYS[name], translator or FakeTranslator(),
                         lambda data, address: e.sent.append((data, address)))
     e.sent = []
-    e.configure(required=True, f=f, hold_s=hold_s, port=5557, peers=peers, primary=primary,
-                epoch=3)
+    e.configure(vote.VoteConfig.of(required=True, f=f, hold_s=hold_s, port=5557, peers=peers,
+                                   primary=primary, epoch=3))
     return e
 
 
@@ -142,13 +142,13 @@ def test_a_primary_demoted_before_the_reset_time_does_not_reset():
     claimed(p)
     for name in ("lb2", "lb3"):
         p.receive(vote_of(name, value=OTHER), T)
-    p.configure(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE, primary="lb2",
-                epoch=4)
+    p.configure(vote.VoteConfig.of(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE,
+                                   primary="lb2", epoch=4))
     p.expire(T + vote.OUTVOTED_RESET_S)
     assert p.resets == [] and p.counters["outvoted_resets"] == 0
     assert p.outvoted == {}  # forgotten: a later promotion does not reset it either
-    p.configure(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE, primary="lb1",
-                epoch=5)
+    p.configure(vote.VoteConfig.of(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE,
+                                   primary="lb1", epoch=5))
     p.expire(T + 2 * vote.OUTVOTED_RESET_S)
     assert p.resets == []
 

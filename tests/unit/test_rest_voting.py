@@ -72,7 +72,8 @@ def evidence(start, liar="lb3"):
         value = protocol.digest(b"wrong" if name == liar else b"right")
         statement = protocol.Statement(CLIENT, 40000, start, start + 5, value)
         return protocol.encode(kind, name, [statement], KEYS[name]).hex()
-    return [signed(protocol.CLAIM, "lb1"), signed(protocol.VOTE, "lb2"), signed(protocol.VOTE, "lb3")]
+    return [signed(protocol.CLAIM, "lb1"), signed(protocol.VOTE, "lb2"),
+            signed(protocol.VOTE, "lb3")]
 
 
 # --- authenticated heartbeats ----------------------------------------------------------------

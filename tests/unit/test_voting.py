@@ -9,7 +9,8 @@ from sbft_ryu.voting import Judge
 
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(("lb1", "lb2", "lb3"), 1)}
 CLIENT = bytes([10, 0, 0, 31])
-TRUE, LIE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nhi"), protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+TRUE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nhi")
+LIE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
 
 
 def stmt(start=1000, end=1022, value=TRUE, port=40000):
