@@ -16,7 +16,7 @@ from scapy.all import IP, TCP
 from sbft_ryu.agent import active, cli, faults, heartbeat, iptables, nfq
 
 REQUIRED = ["--name", "lb1", "--controller", "http://10.254.0.254:8080"]
-# what the lab, tests and benchmarks set: --emulate-skew is allowed (test_faults.py has the refusal)
+# as in the lab, tests and benchmarks: --emulate-skew is allowed (test_agent_faults.py: refusal)
 pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 
 

@@ -11,7 +11,7 @@ from scapy.all import IP, TCP, Raw
 from sbft_ryu.agent import cli, faults, heartbeat, nfq, vote
 
 REQUIRED = ["--name", "lb2", "--controller", "http://10.254.0.254:8080"]
-# the lab's environment: --fault is allowed (test_faults.py has the refusal)
+# the lab's environment: --fault is allowed (test_agent_faults.py: the refusal)
 pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 KEY = bytes(range(32))
 SECRET = bytes(range(16))

@@ -179,13 +179,6 @@ def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
     return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def primary_queue(client_ack):
     """A primary's queue with one connection whose client acknowledged ``client_ack``."""
     translator = Translator(SECRET, PORT)

@@ -68,13 +68,6 @@ class FakeSocket:
         self.sent.append((data, address))
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def make(name, primary, required=True, fault=None):
     """(queue, vote socket, packets the agent sent itself) of replica ``name``."""
     translator = Translator(SECRET, PORT)

@@ -97,14 +97,6 @@ class FakePacket:
         return [call[0] for call in self.calls if call[0] in ("accept", "drop")]
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """nfq's monotonic clock, under the test's control (nfq.time only, not the time module)."""
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def make_queue(primary=True, skew=None):
     state = types.SimpleNamespace(primary=primary)
     return nfq.ActiveQueue(state, Translator(SECRET, PORT), PacketAdapter(skew))

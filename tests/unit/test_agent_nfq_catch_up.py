@@ -52,13 +52,6 @@ CLIENT_ACK = client_pkt("A", AFTER_REQUEST, SHARED + 1 + len(BODY), NOP2 + [ts(1
 RESPONSE = stack_pkt("PA", OWN_ISN + 1, NOP2 + [ts(OWN_TS + 3, 13)], BODY)
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def make(primary=False, skew=None, fail_send=False):
     """(queue, log of verdicts and sends in order)."""
     log = []

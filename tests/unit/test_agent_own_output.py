@@ -1,6 +1,6 @@
-"""Tests for the voting parts of sbft_ryu.agent.active.Translator: the statement of a reply,
-the bytes a backup's own stack sent for a range (own_range), quiet_for, the RST that resets a
-tainted connection, and the switch's copies of the primary's replies (WIRE)."""
+"""Tests for sbft_ryu.agent.own_output and the voting parts of the translator: the statement
+of a reply, the bytes a backup's own stack sent for a range (own_range), quiet_for, the RST
+that resets a tainted connection, and the switch's copies of the primary's replies (WIRE)."""
 
 import socket
 

@@ -14,7 +14,6 @@ from scapy.all import ICMP, IP, TCP, UDP, IPOption_RR, IPv6, Raw
 
 from sbft_ryu.agent import active
 from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
-from sbft_ryu.agent.packet import changed_by, checksum_after
 
 from fakes import RecordedTranslator
 
@@ -685,69 +684,6 @@ def test_random_packets_have_correct_checksums(own_isn, own_ws):
             assert new[:20] == raw[:20]  # inbound never touches the IP header
         assert len(new) == len(raw)
         assert_checksums(new)
-
-
-def scratch_checksum(data):
-    return 0xFFFF - ones_sum(data)
-
-
-def checksum_delta(csum, old, new, regions):
-    """The packet module's one incremental checksum over the changed (disjoint) regions."""
-    return checksum_after(csum, sum(changed_by(old, new, start, end) for start, end in regions))
-
-
-def test_checksum_delta_against_a_from_scratch_checksum():
-    rng = random.Random(1624)
-    for _ in range(3000):
-        size = rng.randrange(20, 120)
-        old = bytearray(rng.randrange(256) for _ in range(size))
-        if rng.random() < 0.05:
-            old = bytearray(size)  # all zero: the -0 case
-        csum = scratch_checksum(old)
-        new = bytearray(old)
-        regions = []
-        for _ in range(rng.randint(0, 3)):
-            start = rng.randrange(0, size // 2) * 2
-            end = min(size - size % 2, start + 2 * rng.randint(1, 6))
-            if end <= start:
-                continue
-            for i in range(start, end):
-                new[i] = rng.choice([0, 0xFF, rng.randrange(256)])
-            regions.append((start, end))
-        regions.sort()
-        merged = []  # checksum_delta wants disjoint regions
-        for start, end in regions:
-            if merged and start < merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-            else:
-                merged.append((start, end))
-        got = checksum_delta(csum, bytes(old), bytes(new), merged)
-        want = scratch_checksum(new)
-        assert 0 <= got <= 0xFFFF
-        assert got == want or got % 0xFFFF == want % 0xFFFF  # +0 / -0
-
-
-def test_checksum_delta_with_the_checksum_inside_the_header():
-    rng = random.Random(7)
-    for _ in range(2000):
-        size = rng.randrange(20, 80)
-        header = bytearray(rng.randrange(256) for _ in range(size))
-        header[16:18] = b"\0\0"
-        header[16:18] = scratch_checksum(header).to_bytes(2, "big")
-        assert ones_sum(header) == 0xFFFF
-        new = bytearray(header)
-        new[4:8] = rng.randrange(M32).to_bytes(4, "big")
-        new[20:size - size % 2] = bytes(rng.randrange(256) for _ in range(size - size % 2 - 20))
-        csum = checksum_delta(int.from_bytes(header[16:18], "big"), memoryview(header),
-                              memoryview(new), [(4, 8), (20, size - size % 2)])
-        new[16:18] = csum.to_bytes(2, "big")
-        assert ones_sum(new) == 0xFFFF
-
-
-def test_checksum_delta_without_regions_is_identity():
-    for csum in (1, 0x1234, 0xFFFE, 0):
-        assert checksum_delta(csum, b"ab", b"ab", []) == csum
-    assert checksum_delta(0xFFFF, b"", b"", []) == 0  # -0 becomes +0
 
 
 # ---- 7. retransmissions, reordering, FIN/RST, backup vs primary ------------------------------
