@@ -38,7 +38,7 @@ from sbft_ryu.agent.packet import (ACK, ACK_NO, CHECKSUM, DONT_FRAGMENT, DST, FI
                                    FRAGMENTED, IHL, IPPROTO_TCP, IPV4_HEAD, MASK32, NOP_NOP_TS,
                                    OPTIONS, RST, SACK, SEQ, SRC, SYN, TCP_HEADER, THL,
                                    TIMESTAMP, U16, U32, WINDOW, WSCALE, build, changed_by,
-                                   checksum_after, clear_ip_id, header_lengths, options, parse,
+                                   checksum_after, clear_ip_id, options, parse,
                                    serial_gt)
 
 ACCEPT = 0
@@ -154,7 +154,8 @@ class Translator:
             if (ihl < 20 or protocol != IPPROTO_TCP or fragment & FRAGMENTED or fragment_lo
                     or total != len(payload)):
                 raise ValueError
-            sport, dport, seq, ack, offset, flags, window = TCP_HEADER.unpack_from(payload, ihl)
+            sport, dport, seq, ack, offset, flags, window, csum = TCP_HEADER.unpack_from(payload,
+                                                                                         ihl)
             thl = THL[offset]
             if thl < 20 or total < ihl + thl:
                 raise ValueError
@@ -162,17 +163,18 @@ class Translator:
             self.counters[C_MALFORMED] += 1
             return _DROPPED
         if dport == self.port:
-            return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, now)
+            return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, csum,
+                                 now)
         if sport == self.port:
             if arriving:
                 return _ON_WIRE
-            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, now)
+            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, csum, now)
         self.counters[C_MALFORMED] += 1
         return _DROPPED
 
     # ---- client → replica --------------------------------------------------------------------
 
-    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, now):
+    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now):
         key = (payload[SRC], sport)
         conn = self.connections.get(key)
         if flags & SYN and not flags & ACK:
@@ -215,10 +217,10 @@ class Translator:
             self.counters[C_HELD] += 1
             return _HELD
         self.counters[C_IN] += 1
-        return (ACCEPT, self._translate_in(payload, ihl, thl, seq, ack, flags, window, conn),
-                (), (), (), ())
+        return (ACCEPT, self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum,
+                                           conn), (), (), (), ())
 
-    def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, conn):
+    def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
         # what a catch-up ACK needs: the client's next sequence number and latest window
         after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
         if conn.client_next is None or not serial_gt(conn.client_next, after):
@@ -250,8 +252,7 @@ class Translator:
         elif thl > 20 and self._options_in(buf, start, ihl + thl, conn):
             delta += changed_by(payload, buf, start, ihl + thl)
         if delta:
-            U16.pack_into(buf, ihl + CHECKSUM,
-                          checksum_after(U16.unpack_from(payload, ihl + CHECKSUM)[0], delta))
+            U16.pack_into(buf, ihl + CHECKSUM, checksum_after(csum, delta))
         return bytes(buf)
 
     def _options_in(self, buf, start, end, conn):
@@ -279,7 +280,7 @@ class Translator:
 
     # ---- replica → client --------------------------------------------------------------------
 
-    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, now):
+    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, csum, now):
         conn = self.connections.get((payload[DST], dport))
         if conn is None:
             self.counters[C_UNKNOWN_OUT] += 1
@@ -312,7 +313,7 @@ class Translator:
                     to_stack = (self._catch_up(conn, payload[DST], dport, end),)
             return DROP, None, released, (), to_stack, ()
         self.counters[C_OUT] += 1
-        return (ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, conn), released,
+        return (ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, csum, conn), released,
                 (), (), ())
 
     def _catch_up(self, conn, client, port, end):
@@ -336,9 +337,8 @@ class Translator:
             if not conn.unacked or conn.seq_off is None:
                 continue
             for seq, payload in unacked.take(conn):
-                ihl, thl = header_lengths(payload)
-                flags = TCP_HEADER.unpack_from(payload, ihl)[5]
-                packets.append(self._translate_out(payload, ihl, thl, seq, flags, conn))
+                ihl, thl, _, _, _, _, flags, _, csum = parse(payload)
+                packets.append(self._translate_out(payload, ihl, thl, seq, flags, csum, conn))
         self.counters[C_REPLAYED] += len(packets)
         return packets
 
@@ -358,12 +358,12 @@ class Translator:
         self.counters[C_RELEASED] += len(held)
         out = []
         for token, payload in held:
-            ihl, thl, _, _, seq, ack, flags, window = parse(payload)
+            ihl, thl, _, _, seq, ack, flags, window, csum = parse(payload)
             out.append((token, self._translate_in(payload, ihl, thl, seq, ack, flags, window,
-                                                  conn)))
+                                                  csum, conn)))
         return out
 
-    def _translate_out(self, payload, ihl, thl, seq, flags, conn):
+    def _translate_out(self, payload, ihl, thl, seq, flags, csum, conn):
         buf = bytearray(payload)
         shared = (seq + conn.seq_off) & MASK32
         U32.pack_into(buf, ihl + SEQ, shared)
@@ -384,8 +384,7 @@ class Translator:
                 delta += tsval - own_ts
         elif thl > 20 and self._options_out(buf, start, ihl + thl, flags, conn):
             delta += changed_by(payload, buf, start, ihl + thl)
-        U16.pack_into(buf, ihl + CHECKSUM,
-                      checksum_after(U16.unpack_from(payload, ihl + CHECKSUM)[0], delta))
+        U16.pack_into(buf, ihl + CHECKSUM, checksum_after(csum, delta))
         if payload[FRAGMENT] & DONT_FRAGMENT:
             clear_ip_id(buf, payload)
         return bytes(buf)

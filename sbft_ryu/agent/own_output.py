@@ -18,7 +18,7 @@ def statement_of(payload):
     """The voting statement of a reply in the shared space (translated, or copied from the
     wire): its range and digest; None for a segment without data or FIN."""
     ihl, thl = header_lengths(payload)
-    _, dport, seq, _, _, flags, _ = TCP_HEADER.unpack_from(payload, ihl)
+    _, dport, seq, _, _, flags, _, _ = TCP_HEADER.unpack_from(payload, ihl)
     data = memoryview(payload)[ihl + thl:]
     fin = bool(flags & FIN)
     if not data and not fin:

@@ -35,11 +35,11 @@ OPTIONS = 20
 WSCALE, SACK, TIMESTAMP = 3, 5, 8
 NOP_NOP_TS = b"\x01\x01\x08\x0a"  # Linux's usual layout: 12 bytes of options, TS at +4/+8
 
-TCP_HEADER = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, window
+TCP_HEADER = struct.Struct("!HHIIBBHH")  # ports, seq, ack, data offset, flags, window, checksum
 U32 = struct.Struct("!I")
 U16 = struct.Struct("!H")
 IPV4_HEAD = struct.Struct("!BxHxxBBxB")  # version/IHL, total length, flags+fragment, protocol
-_IPV4 = IPV4_HEAD
+_IPV4_FLAGS = struct.Struct("!B5xHxB")  # version/IHL, flags+fragment offset, protocol
 # header lengths by the byte that holds them (a table: the hot path does one lookup)
 IHL = tuple((b & 0x0F) * 4 if b >> 4 == 4 else 0 for b in range(256))  # 0: not IPv4
 THL = tuple((b >> 4) * 4 for b in range(256))  # from the TCP data offset byte
@@ -54,8 +54,9 @@ def serial_gt(a, b):
 
 
 def parse(payload):
-    """(ihl, thl, sport, dport, seq, ack, flags, window) of a whole, unfragmented IPv4/TCP
-    datagram whose length is the one announced; ValueError (or struct.error) otherwise."""
+    """(ihl, thl, sport, dport, seq, ack, flags, window, checksum) of a whole, unfragmented
+    IPv4/TCP datagram whose length is the one announced; ValueError (or struct.error)
+    otherwise."""
     if len(payload) < 40:
         raise ValueError
     version_ihl, total, fragment, fragment_lo, protocol = IPV4_HEAD.unpack_from(payload)
@@ -63,11 +64,11 @@ def parse(payload):
     if (ihl < 20 or protocol != IPPROTO_TCP or fragment & FRAGMENTED or fragment_lo
             or total != len(payload)):
         raise ValueError
-    sport, dport, seq, ack, offset, flags, window = TCP_HEADER.unpack_from(payload, ihl)
+    sport, dport, seq, ack, offset, flags, window, csum = TCP_HEADER.unpack_from(payload, ihl)
     thl = THL[offset]
     if thl < 20 or total < ihl + thl:
         raise ValueError
-    return ihl, thl, sport, dport, seq, ack, flags, window
+    return ihl, thl, sport, dport, seq, ack, flags, window, csum
 
 
 def header_lengths(payload):
@@ -86,11 +87,11 @@ def tcp_flags(payload):
     """TCP flags of an IPv4 packet, or -1 if it is not a whole, first-fragment TCP header."""
     if len(payload) < 40:
         return -1
-    version_ihl, _, frag_hi, frag_lo, protocol = _IPV4.unpack_from(payload)
+    version_ihl, fragment, protocol = _IPV4_FLAGS.unpack_from(payload)
     ihl = (version_ihl & 0x0F) * 4
     if version_ihl >> 4 != 4 or ihl < 20 or protocol != IPPROTO_TCP:
         return -1
-    if (frag_hi & 0x1F) or frag_lo:  # a fragment offset: only the first carries TCP
+    if fragment & 0x1FFF:  # a fragment offset: only the first fragment carries TCP
         return -1
     if len(payload) < ihl + 20:
         return -1
