@@ -35,11 +35,9 @@ import struct
 from sbft_ryu.agent import unacked
 from sbft_ryu.agent.own_output import RST_OUT, OwnOutput
 from sbft_ryu.agent.packet import (ACK, ACK_NO, CHECKSUM, DONT_FRAGMENT, DST, FIN, FRAGMENT,
-                                   FRAGMENTED, IHL, IPPROTO_TCP, IPV4_HEAD, MASK32, NOP_NOP_TS,
-                                   OPTIONS, RST, SACK, SEQ, SRC, SYN, TCP_HEADER, THL,
-                                   TIMESTAMP, U16, U32, WINDOW, WSCALE, build, changed_by,
-                                   checksum_after, clear_ip_id, options, parse,
-                                   serial_gt)
+                                   MASK32, NOP_NOP_TS, OPTIONS, RST, SACK, SEQ, SRC, SYN, TIMESTAMP,
+                                   U16, U32, WSCALE, WINDOW, build, changed_by, checksum_after,
+                                   clear_ip_id, options, parse, serial_gt)
 
 ACCEPT = 0
 DROP = 1
@@ -145,20 +143,8 @@ class Translator:
         must not give it a verdict now. ``arriving``: the packet came in from the network
         (PREROUTING); one that arrives *from* the service port is the switch's copy of the
         primary's reply (WIRE)."""
-        # packet.parse, inline: the one function call per packet that shows in its cost
         try:
-            if len(payload) < 40:
-                raise ValueError
-            version_ihl, total, fragment, fragment_lo, protocol = IPV4_HEAD.unpack_from(payload)
-            ihl = IHL[version_ihl]
-            if (ihl < 20 or protocol != IPPROTO_TCP or fragment & FRAGMENTED or fragment_lo
-                    or total != len(payload)):
-                raise ValueError
-            sport, dport, seq, ack, offset, flags, window, csum = TCP_HEADER.unpack_from(payload,
-                                                                                         ihl)
-            thl = THL[offset]
-            if thl < 20 or total < ihl + thl:
-                raise ValueError
+            ihl, thl, sport, dport, seq, ack, flags, window, csum = parse(payload)
         except (ValueError, struct.error):
             self.counters[C_MALFORMED] += 1
             return _DROPPED
