@@ -339,7 +339,9 @@ class ReplicaHost(LabHost):
         return new
 
     def start_agent(self):
-        return self.spawn("agent", self.agent_argv)
+        # the lab's agents may take the test-only --emulate-skew and --fault
+        return self.spawn("agent", self.agent_argv,
+                          env=dict(os.environ, SBFT_TEST_FAULTS="1"))
 
 
 class RootNode(LabHost):

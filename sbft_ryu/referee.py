@@ -1,7 +1,7 @@
 """The controller's side of authentication and voting: one owned object, time passed in.
 
 * **Authentication.** A replica with a key (``replica_key``) must sign every heartbeat
-  (:func:`sbft_ryu.voting.sign_body`) and include the nonce of the controller's last answer to
+  (:func:`sbft_ryu.protocol.sign_body`) and include the nonce of the controller's last answer to
   it. Each accepted heartbeat rotates the nonce, so a replayed heartbeat never verifies, and
   without the key nobody can speak for that replica. A rejected heartbeat changes no state; its
   401 answer carries the current nonce (a restarted agent learns it that way).
@@ -13,7 +13,7 @@
 import ipaddress
 import os
 
-from sbft_ryu import voting
+from sbft_ryu import protocol, voting
 
 
 class AuthError(Exception):
@@ -40,7 +40,7 @@ class Referee:
         key = self.keys.get(name)
         if key is None:
             return None
-        if beat.nonce != self.nonces[name] or not voting.body_signed(key, name, beat.body):
+        if beat.nonce != self.nonces[name] or not protocol.body_signed(key, name, beat.body):
             self.auth_failures[name] += 1
             reason = ("no nonce (sign with the nonce of this answer)" if beat.nonce is None
                       else "stale or replayed nonce" if beat.nonce != self.nonces[name]
@@ -68,11 +68,11 @@ class Referee:
             batches = []
             for raw in item:
                 try:
-                    batch = voting.decode(raw)
-                except voting.VotingError:
+                    batch = protocol.decode(raw)
+                except protocol.VotingError:
                     batch = None
                 key = self.keys.get(batch.author) if batch else None
-                if key is None or not voting.verify(batch, key):
+                if key is None or not protocol.verify(batch, key):
                     batches = None
                     break
                 batches.append(batch)

@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 from ryu.app.wsgi import ControllerBase, Response, route
 
 from sbft_ryu import views
+from sbft_ryu.protocol import MAX_BATCH_HEX, MAX_BATCHES, MAX_EVIDENCE, MAX_WIRE
 
 APP_KEY = "sbft_app"
 LOG = logging.getLogger(__name__)
@@ -23,14 +24,10 @@ NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]{0,31}"
 MAX_BODY = 64 * 1024
 MAX_COUNTERS = 64
 HEARTBEAT_KEYS = ("seq", "service_ok", "counters", "nonce", "mac", "evidence", "wire")
-MAX_EVIDENCE = 16  # items per heartbeat
-MAX_BATCHES = 6  # signed batches per item
-MAX_BATCH_HEX = 4096
-MAX_WIRE = 64
 
 
 class Heartbeat(NamedTuple):
-    """A validated heartbeat body. ``nonce``/``mac`` authenticate it (voting.body_signed);
+    """A validated heartbeat body. ``nonce``/``mac`` authenticate it (protocol.body_signed);
     ``evidence`` lists signed vote batches (hex) that show a disagreement; ``wire`` lists
     connections whose primary packets on the wire differed from this replica's output."""
 

@@ -1,4 +1,4 @@
-"""Byzantine output voting: digests, signed statements, and the controller's judge.
+"""Byzantine output voting: the controller's judge (the wire format is :mod:`sbft_ryu.protocol`).
 
 Replicas compare their output in the shared sequence space of active mode. A *statement* says
 "for connection C, the bytes [start, end) of the reply stream have digest D"; replicas exchange
@@ -24,114 +24,13 @@ replica cannot dilute its own record, and f liars cannot shrink an honest one's.
 divergence cannot be signed by the primary; it counts once ``f + 1`` distinct backups report
 the same range of the same connection.
 
-Everything here is pure: bytes and plain values in, values out; time is passed in.
+Everything here is pure: plain values in, values out; time is passed in.
 """
 
-import hashlib
-import hmac
-import json
 import math
-import struct
 from dataclasses import dataclass
 
-MAGIC = b"SBV1"
-TAG = 16
-DIGEST = 16
-CLAIM, VOTE = 1, 2
-KINDS = {CLAIM: "claim", VOTE: "vote"}
-MAX_AUTHOR = 32
-MAX_STATEMENTS = 48  # one batch stays well under 1500 bytes
 TAINT_S = 60.0
-
-_HEAD = struct.Struct("!4sBBB")  # magic, kind, author length, statement count
-_STATEMENT = struct.Struct("!4sHII16s")  # client ip, client port, start, end, digest
-
-
-class VotingError(ValueError):
-    """A batch that does not parse or whose MAC does not verify."""
-
-
-@dataclass(frozen=True)
-class Statement:
-    client: bytes  # 4 bytes
-    port: int
-    start: int
-    end: int
-    digest: bytes
-
-    @property
-    def range_key(self):
-        return (self.client, self.port, self.start, self.end)
-
-
-@dataclass(frozen=True)
-class Batch:
-    kind: int
-    author: str
-    statements: tuple
-    raw: bytes  # the signed datagram, as evidence
-
-
-def digest(data, fin=False):
-    """The digest of reply bytes (a FIN at the end counts: truncation is a divergence)."""
-    # the FIN is a personalisation, not appended bytes: no byte string collides with a FIN
-    return hashlib.blake2b(data, digest_size=DIGEST,
-                           person=b"sbft-fin" if fin else b"sbft-data").digest()
-
-
-def mac(key, data):
-    return hashlib.blake2b(data, key=key, digest_size=TAG).digest()
-
-
-def encode(kind, author, statements, key):
-    """A signed datagram: header, author, statements, MAC."""
-    name = author.encode("ascii")
-    if not name or len(name) > MAX_AUTHOR or len(statements) > MAX_STATEMENTS:
-        raise VotingError("author or batch size out of range")
-    body = _HEAD.pack(MAGIC, kind, len(name), len(statements)) + name + b"".join(
-        _STATEMENT.pack(s.client, s.port, s.start, s.end, s.digest) for s in statements)
-    return body + mac(key, body)
-
-
-def decode(data):
-    """A Batch from a datagram, without checking its MAC (see :func:`verify`)."""
-    try:
-        magic, kind, length, count = _HEAD.unpack_from(data)
-        if magic != MAGIC or kind not in KINDS or not 0 < length <= MAX_AUTHOR:
-            raise VotingError("not a vote batch")
-        at = _HEAD.size
-        author = data[at:at + length].decode("ascii")
-        at += length
-        if len(data) != at + count * _STATEMENT.size + TAG:
-            raise VotingError("batch length does not match its header")
-        statements = tuple(Statement(*_STATEMENT.unpack_from(data, at + i * _STATEMENT.size))
-                           for i in range(count))
-    except (struct.error, UnicodeDecodeError):
-        raise VotingError("truncated or garbled batch") from None
-    return Batch(kind, author, statements, bytes(data))
-
-
-def verify(batch, key):
-    return hmac.compare_digest(mac(key, batch.raw[:-TAG]), batch.raw[-TAG:])
-
-
-# ---- authenticated heartbeats ------------------------------------------------------------------
-
-def canonical(body):
-    """The bytes a heartbeat MAC covers: the body without "mac", keys sorted, no spaces."""
-    return json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True,
-                      separators=(",", ":")).encode("utf-8")
-
-
-def sign_body(key, name, body):
-    return mac(key, name.encode("ascii") + b"\x00" + canonical(body)).hex()
-
-
-def body_signed(key, name, body):
-    tag = body.get("mac")
-    if not isinstance(tag, str) or not tag.isascii():
-        return False
-    return hmac.compare_digest(sign_body(key, name, body), tag)
 
 
 # ---- the controller's judge ---------------------------------------------------------------------

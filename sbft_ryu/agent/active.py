@@ -21,40 +21,54 @@ the deterministic base, later TSvals follow the replica's own clock shifted by t
 never below the highest TSecr the client has echoed (the client's PAWS check would drop them
 after a failover otherwise).
 
-Everything here is pure: ``Translator.process`` takes bytes and an opaque token (the NFQUEUE
-packet) and returns what to do; it never raises on bad input and does no I/O or logging.
+Everything here is pure: ``Translator.process`` takes bytes and an opaque token (the shell's
+handle for the queued packet, never called here) and returns every effect of the packet in
+one tuple, :data:`EFFECTS`; it never raises on bad input and does no I/O or logging. Only the
+I/O shell (``nfq.py``) gives verdicts. What the stack sent and the client has not acknowledged
+is kept by :mod:`~sbft_ryu.agent.unacked`; the voting read side is
+:mod:`~sbft_ryu.agent.own_output`; the header layout is :mod:`~sbft_ryu.agent.packet`.
 """
 
 import hashlib
 import struct
-from collections import deque
 
-from sbft_ryu import voting
+from sbft_ryu.agent import unacked
+from sbft_ryu.agent.own_output import RST_OUT, OwnOutput
+from sbft_ryu.agent.packet import (ACK, ACK_NO, CHECKSUM, DONT_FRAGMENT, DST, FIN, FRAGMENT,
+                                   MASK32, NOP_NOP_TS, OPTIONS, RST, SACK, SEQ, SRC, SYN, TIMESTAMP,
+                                   U16, U32, WSCALE, WINDOW, build, changed_by, checksum_after,
+                                   clear_ip_id, options, parse, serial_gt)
 
 ACCEPT = 0
 DROP = 1
 HOLD = 2
 WIRE = 3
 
-MASK32 = 0xFFFFFFFF
-HALF32 = 0x80000000
-ABSTAIN = "abstain"  # own_range: this replica cannot vote on the range
+# what process() returns, in this order:
+EFFECTS = (
+    "verdict",  # ACCEPT, DROP, HOLD (the translator kept the token) or WIRE (a copy: look)
+    "payload",  # the packet's new bytes, or None: unchanged
+    "released",  # (token, payload) of held packets that may go now, in order
+    "send",  # packets the agent sends itself (RSTs to a client)
+    "to_stack",  # packets for this replica's own stack (catch-up ACKs)
+    "drop",  # tokens held earlier that must be dropped
+)
+_ACCEPTED = (ACCEPT, None, (), (), (), ())
+_DROPPED = (DROP, None, (), (), (), ())
+_HELD = (HOLD, None, (), (), (), ())
+_ON_WIRE = (WIRE, None, (), (), (), ())
+
 MAX_HELD = 32  # packets held per connection while its SYN-ACK is awaited
 HOLD_S = 1.0
 IDLE_S = 1800.0
 CLOSED_S = 30.0
 SCAN_S = 5.0  # how often idle and closed connections are looked for
 MAX_CONNECTIONS = 65536
-MAX_UNACKED_BYTES = 4 << 20  # per connection, kept by a backup for replay on promotion
+MAX_UNACKED_BYTES = unacked.MAX_UNACKED_BYTES
 
-_TCP = struct.Struct("!HHIIBBH")  # ports, seq, ack, data offset, flags, window
-_U32 = struct.Struct("!I")
-_U16 = struct.Struct("!H")
 _KEY = struct.Struct("!4sH4sHI")
-_NOP_NOP_TS = b"\x01\x01\x08\x0a"
 
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT, RST_OUT = 1, 2, 4, 8, 16
+FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8  # Connection.closed, with RST_OUT
 
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
@@ -65,57 +79,11 @@ COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "r
      len(COUNTER_NAMES))
 
 
-def serial_gt(a, b):
-    """a > b in 32-bit serial number arithmetic (RFC 1982)."""
-    return 0 < ((a - b) & MASK32) < HALF32
-
-
 def shared_values(secret, client_ip, client_port, vip, service_port, client_isn):
     """(shared ISN, shared timestamp base) of a connection: the same on every replica."""
     digest = hashlib.blake2s(_KEY.pack(client_ip, client_port, vip, service_port, client_isn),
                              key=secret, digest_size=8).digest()
-    return _U32.unpack_from(digest, 0)[0], _U32.unpack_from(digest, 4)[0]
-
-
-def _checksum(csum, delta):
-    """The checksum after the summed data changed by ``delta`` (new - old of 16-bit-aligned
-    fields; a 32-bit field counts as one number since 2**16 = 1 mod 0xFFFF)."""
-    result = (0xFFFF - csum + delta) % 0xFFFF
-    return 0xFFFF - result if result else 0
-
-
-checksum_after = _checksum  # for other modules that patch a checksum
-
-
-def checksum_delta(csum, old, new, regions):
-    """The TCP/IP checksum after the bytes of ``regions`` ((start, end) pairs at even offsets
-    from the checksummed header) changed from ``old`` to ``new`` (RFC 1624, summed with the
-    identity 2**16 = 1 mod 0xFFFF)."""
-    total = 0xFFFF - csum
-    for start, end in regions:
-        total += int.from_bytes(new[start:end], "big") - int.from_bytes(old[start:end], "big")
-    result = total % 0xFFFF
-    return (0xFFFF - result) % 0xFFFF if result else 0
-
-
-def _options(buf, start, end):
-    """(kind, offset, length) of each well-formed TCP option in buf[start:end]; stops at the
-    end-of-options kind or at the first malformed one (the rest is left as it is)."""
-    i = start
-    while i < end:
-        kind = buf[i]
-        if kind == 0:
-            return
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= end:
-            return
-        length = buf[i + 1]
-        if length < 2 or i + length > end:
-            return
-        yield kind, i, length
-        i += length
+    return U32.unpack_from(digest, 0)[0], U32.unpack_from(digest, 4)[0]
 
 
 class Connection:
@@ -134,12 +102,11 @@ class Connection:
         self.own_max = 0  # highest sequence number (own space) this replica has sent
         self.ts_floor = None  # highest TSecr the client echoed (shared clock)
         self.own_ws = None  # this stack's window scale, when both sides use scaling
-        self.held = None
+        self.held = None  # [(token, payload)] while the SYN-ACK is awaited
         self.held_at = 0.0
         self.seen = now
-        self.closed = 0  # FIN_IN | FIN_OUT | CLOSED_RST bits
-        # A backup's segments the client has not acknowledged (own space): re-sent at once
-        # on promotion, so the client need not wait for the new primary's retransmission timer.
+        self.closed = 0  # FIN_IN | FIN_OUT | CLOSED_RST | RESET_SENT | RST_OUT bits
+        # A backup's segments the client has not acknowledged (own space), see unacked.py
         self.unacked = None
         self.unacked_bytes = 0
         self.own_acked = None  # the client's latest ACK, translated (own space)
@@ -162,76 +129,67 @@ class Translator:
         self.shared_ws = shared_wscale
         self.connections = {}
         self.counters = counters if counters is not None else [0] * len(COUNTER_NAMES)
-        self.discarded = []  # held tokens to drop, handed out by the next expire()
-        self.outgoing = []  # packets the agent must send itself (RSTs), taken after process()
-        self.to_stack = []  # packets for this replica's own stack (catch-up ACKs), likewise
+        self.own_output = OwnOutput(self.connections)  # the voting read side
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
     def process(self, payload, token, primary, now, arriving=False):
-        """(verdict, new payload or None, released) for one queued packet.
+        """Every effect of one queued packet: a tuple in the order of :data:`EFFECTS`.
 
-        ``released`` lists (token, payload) of held packets that may now go, in order. A HOLD
-        verdict means the translator kept ``token``; the caller must not give it a verdict.
-        ``arriving``: the packet came in from the network (PREROUTING); one that arrives *from*
-        the service port is the switch's copy of the primary's reply (WIRE)."""
+        A HOLD verdict means the translator kept ``token`` (it comes back in a later
+        ``released`` or ``drop``, or from :meth:`expire` or :meth:`take_held`); the caller
+        must not give it a verdict now. ``arriving``: the packet came in from the network
+        (PREROUTING); one that arrives *from* the service port is the switch's copy of the
+        primary's reply (WIRE)."""
         try:
-            if len(payload) < 40 or payload[0] >> 4 != 4 or payload[9] != 6:
-                raise ValueError
-            ihl = (payload[0] & 0x0F) * 4
-            # whole datagrams only: no fragment (MF or an offset), the length as announced
-            if ihl < 20 or (payload[6] & 0x3F) or payload[7]:
-                raise ValueError
-            if _U16.unpack_from(payload, 2)[0] != len(payload):
-                raise ValueError
-            sport, dport, seq, ack, offset, flags, window = _TCP.unpack_from(payload, ihl)
-            thl = (offset >> 4) * 4
-            if thl < 20 or len(payload) < ihl + thl:
-                raise ValueError
+            ihl, thl, sport, dport, seq, ack, flags, window, csum = parse(payload)
         except (ValueError, struct.error):
             self.counters[C_MALFORMED] += 1
-            return DROP, None, ()
+            return _DROPPED
         if dport == self.port:
-            return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, now)
+            return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, csum,
+                                 now)
         if sport == self.port:
             if arriving:
-                return WIRE, None, ()
-            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, now)
+                return _ON_WIRE
+            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, csum, now)
         self.counters[C_MALFORMED] += 1
-        return DROP, None, ()
+        return _DROPPED
 
     # ---- client → replica --------------------------------------------------------------------
 
-    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, now):
-        key = (payload[12:16], sport)
+    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now):
+        key = (payload[SRC], sport)
         conn = self.connections.get(key)
         if flags & SYN and not flags & ACK:
             if conn is None or conn.client_isn != seq:
+                drop = []
                 if conn is not None and conn.held:  # a new connection on the same port
-                    self.discarded.extend(token for token, _ in conn.held)
+                    drop.extend(token for token, _ in conn.held)
                     conn.held = None
                 if len(self.connections) >= MAX_CONNECTIONS:
-                    evicted = self.expire(now, force=True)  # (resets self.discarded)
-                    self.discarded.extend(evicted)
-                shared_isn, ts_base = shared_values(self.secret, payload[12:16], sport,
-                                                    payload[16:20], self.port, seq)
+                    drop.extend(self.expire(now, force=True))
+                shared_isn, ts_base = shared_values(self.secret, payload[SRC], sport,
+                                                    payload[DST], self.port, seq)
                 self.connections[key] = Connection(seq, shared_isn, ts_base, now,
-                                                   bytes(payload[16:20]))
+                                                   bytes(payload[DST]))
+                if drop:
+                    return ACCEPT, None, (), (), (), tuple(drop)
             else:
                 conn.seen = now
-            return ACCEPT, None, ()
+            return _ACCEPTED
         if conn is None:
             self.counters[C_UNKNOWN_IN] += 1
-            return ACCEPT, None, ()  # the stack answers a stranger with a RST we never send
+            return _ACCEPTED  # the stack answers a stranger with a RST we never send
         conn.seen = now
         if flags & ACK:
             conn.client_ack = ack
         if conn.closed & RESET_SENT:  # we reset it: answer what still comes (a challenge
             if flags & ACK and not flags & RST:  # ACK, RFC 5961) with a RST it accepts
-                self.outgoing.append(self._rst(conn, payload[12:16], sport, ack))
-            return DROP, None, ()
+                return DROP, None, (), (self._rst(conn, payload[SRC], sport, ack),), (), ()
+            return _DROPPED
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST if flags & RST else FIN_IN
         if conn.seq_off is None:  # the handshake race: our SYN-ACK has not gone out yet
@@ -239,21 +197,21 @@ class Translator:
                 conn.held, conn.held_at = [], now
             if len(conn.held) >= MAX_HELD:
                 self.counters[C_OVERFLOW] += 1
-                return DROP, None, ()
+                return _DROPPED
             conn.held.append((token, payload))
             self._holding.add(key)
             self.counters[C_HELD] += 1
-            return HOLD, None, ()
+            return _HELD
         self.counters[C_IN] += 1
-        return ACCEPT, self._translate_in(payload, ihl, thl, ack, flags, conn), ()
+        return (ACCEPT, self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum,
+                                           conn), (), (), (), ())
 
-    def _translate_in(self, payload, ihl, thl, ack, flags, conn):
+    def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
         # what a catch-up ACK needs: the client's next sequence number and latest window
-        after = (_U32.unpack_from(payload, ihl + 4)[0] + len(payload) - ihl - thl
-                 + (1 if flags & FIN else 0)) & MASK32
+        after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
         if conn.client_next is None or not serial_gt(conn.client_next, after):
             conn.client_next = after
-            conn.client_window = _U16.unpack_from(payload, ihl + 14)[0]
+            conn.client_window = window
         buf = bytearray(payload)
         delta = 0  # of the one's-complement sum: a 16-bit-aligned 32-bit field adds new - old
         if flags & ACK:
@@ -261,63 +219,61 @@ class Translator:
             if serial_gt(own, conn.own_max):
                 own = conn.own_max
                 self.counters[C_CLAMPED] += 1
-            _U32.pack_into(buf, ihl + 8, own)
+            U32.pack_into(buf, ihl + ACK_NO, own)
             delta += own - ack
             conn.own_acked = own
             if conn.unacked:
-                self._trim_unacked(conn, own)
-        options = ihl + 20
-        if thl == 32 and payload[options:options + 4] == _NOP_NOP_TS:  # Linux's usual layout
+                unacked.trim(conn, own)
+        start = ihl + OPTIONS
+        if thl == 32 and payload[start:start + 4] == NOP_NOP_TS:  # Linux's usual layout
             if conn.ts_off is not None:
-                tsecr = _U32.unpack_from(payload, options + 8)[0]
+                tsecr = U32.unpack_from(payload, start + 8)[0]
                 if tsecr:
                     if conn.ts_floor is None or serial_gt(tsecr, conn.ts_floor):
                         conn.ts_floor = tsecr
                     own_ts = (tsecr - conn.ts_off) & MASK32
-                    _U32.pack_into(buf, options + 8, own_ts)
+                    U32.pack_into(buf, start + 8, own_ts)
                     delta += own_ts - tsecr
-            conn.client_ts = bytes(buf[options:options + 12])
-        elif thl > 20 and self._options_in(buf, options, ihl + thl, conn):
-            delta += (int.from_bytes(buf[options:ihl + thl], "big")
-                      - int.from_bytes(payload[options:ihl + thl], "big"))
+            conn.client_ts = bytes(buf[start:start + 12])
+        elif thl > 20 and self._options_in(buf, start, ihl + thl, conn):
+            delta += changed_by(payload, buf, start, ihl + thl)
         if delta:
-            _U16.pack_into(buf, ihl + 16, _checksum(_U16.unpack_from(payload, ihl + 16)[0],
-                                                    delta))
+            U16.pack_into(buf, ihl + CHECKSUM, checksum_after(csum, delta))
         return bytes(buf)
 
     def _options_in(self, buf, start, end, conn):
         changed = False
-        for kind, i, length in _options(buf, start, end):
-            if kind == 8 and length == 10 and conn.ts_off is not None:
-                tsecr = _U32.unpack_from(buf, i + 6)[0]
+        for kind, i, length in options(buf, start, end):
+            if kind == TIMESTAMP and length == 10 and conn.ts_off is not None:
+                tsecr = U32.unpack_from(buf, i + 6)[0]
                 if tsecr:
                     if conn.ts_floor is None or serial_gt(tsecr, conn.ts_floor):
                         conn.ts_floor = tsecr
-                    _U32.pack_into(buf, i + 6, (tsecr - conn.ts_off) & MASK32)
+                    U32.pack_into(buf, i + 6, (tsecr - conn.ts_off) & MASK32)
                     changed = True
-            elif kind == 5 and length >= 10:
+            elif kind == SACK and length >= 10:
                 for edge in range(i + 2, i + length - 7, 8):
-                    left = (_U32.unpack_from(buf, edge)[0] - conn.seq_off) & MASK32
-                    right = (_U32.unpack_from(buf, edge + 4)[0] - conn.seq_off) & MASK32
+                    left = (U32.unpack_from(buf, edge)[0] - conn.seq_off) & MASK32
+                    right = (U32.unpack_from(buf, edge + 4)[0] - conn.seq_off) & MASK32
                     if serial_gt(right, conn.own_max):  # beyond what we sent: an empty block
                         right = conn.own_max
                         if serial_gt(left, right):
                             left = right
-                    _U32.pack_into(buf, edge, left)
-                    _U32.pack_into(buf, edge + 4, right)
+                    U32.pack_into(buf, edge, left)
+                    U32.pack_into(buf, edge + 4, right)
                 changed = True
         return changed
 
     # ---- replica → client --------------------------------------------------------------------
 
-    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, now):
-        conn = self.connections.get((payload[16:20], dport))
+    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, csum, now):
+        conn = self.connections.get((payload[DST], dport))
         if conn is None:
             self.counters[C_UNKNOWN_OUT] += 1
-            return DROP, None, ()  # never leak our own sequence space
+            return _DROPPED  # never leak our own sequence space
         conn.seen = now
         if conn.closed & RESET_SENT:
-            return DROP, None, ()  # reset by us: its stack's leftovers never reach the client
+            return _DROPPED  # reset by us: its stack's leftovers never reach the client
         released = ()
         if flags & SYN:
             if conn.seq_off is None:
@@ -325,7 +281,7 @@ class Translator:
                 released = self._release(conn)
         elif conn.seq_off is None:
             self.counters[C_UNKNOWN_OUT] += 1
-            return DROP, None, ()
+            return _DROPPED
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST | RST_OUT if flags & RST else FIN_OUT
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
@@ -334,14 +290,17 @@ class Translator:
             conn.own_max = end
         if not primary:
             self.counters[C_BACKUP] += 1
+            to_stack = ()
             if length and not flags & (SYN | RST):
-                self._keep_unacked(conn, seq, end, payload)
+                if not unacked.keep(conn, seq, end, payload):
+                    self.counters[C_UNACKED_OVERFLOW] += 1
                 if conn.client_ack is not None and conn.client_next is not None and \
                         not serial_gt(end, (conn.client_ack - conn.seq_off) & MASK32):
-                    self._catch_up(conn, payload[16:20], dport, end)
-            return DROP, None, released
+                    to_stack = (self._catch_up(conn, payload[DST], dport, end),)
+            return DROP, None, released, (), to_stack, ()
         self.counters[C_OUT] += 1
-        return ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, conn), released
+        return (ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, csum, conn), released,
+                (), (), ())
 
     def _catch_up(self, conn, client, port, end):
         """A backup's stack sent bytes the client acknowledged before this stack produced them
@@ -352,35 +311,9 @@ class Translator:
         self.counters[C_CAUGHT_UP] += 1
         conn.own_acked = end
         if conn.unacked:
-            self._trim_unacked(conn, end)
-        options = conn.client_ts if len(conn.client_ts) == 12 else b""
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(options), 0, 0x4000, 64,
-                                   6, 0, client, conn.vip))
-        tcp = bytearray(struct.pack("!HHIIBBHHH", port, self.port, conn.client_next, end,
-                                    (5 + len(options) // 4) << 4, ACK, conn.client_window, 0,
-                                    0) + options)
-        _U16.pack_into(ip, 10, _checksum(0xFFFF, int.from_bytes(ip, "big")))
-        pseudo = client + conn.vip + struct.pack("!BBH", 0, 6, len(tcp))
-        _U16.pack_into(tcp, 16, _checksum(0xFFFF, int.from_bytes(pseudo + tcp, "big")))
-        self.to_stack.append(bytes(ip + tcp))
-
-    def _keep_unacked(self, conn, seq, end, payload):
-        if conn.unacked is None:
-            conn.unacked = deque()
-        elif conn.unacked and not serial_gt(end, conn.unacked[-1][1]):
-            return  # a retransmission of what is kept already
-        conn.own_at = conn.seen
-        if conn.unacked_bytes + len(payload) > MAX_UNACKED_BYTES:
-            self.counters[C_UNACKED_OVERFLOW] += 1
-            conn.lossy = True
-            return
-        conn.unacked.append((seq, end, payload))
-        conn.unacked_bytes += len(payload)
-
-    def _trim_unacked(self, conn, own_ack):
-        unacked = conn.unacked
-        while unacked and not serial_gt(unacked[0][1], own_ack):
-            conn.unacked_bytes -= len(unacked.popleft()[2])
+            unacked.trim(conn, end)
+        return build(client, conn.vip, port, self.port, conn.client_next, end, ACK,
+                     conn.client_window, conn.client_ts if len(conn.client_ts) == 12 else b"")
 
     def replay(self):
         """Translated copies of every segment this replica sent as a backup and the client has
@@ -389,36 +322,20 @@ class Translator:
         for conn in self.connections.values():
             if not conn.unacked or conn.seq_off is None:
                 continue
-            if conn.own_acked is not None:
-                self._trim_unacked(conn, conn.own_acked)
-            for seq, _, payload in conn.unacked:
-                ihl = (payload[0] & 0x0F) * 4
-                thl = (payload[ihl + 12] >> 4) * 4
-                packets.append(self._translate_out(payload, ihl, thl, seq,
-                                                   payload[ihl + 13], conn))
-            conn.unacked, conn.unacked_bytes = None, 0
+            for seq, payload in unacked.take(conn):
+                ihl, thl, _, _, _, _, flags, _, csum = parse(payload)
+                packets.append(self._translate_out(payload, ihl, thl, seq, flags, csum, conn))
         self.counters[C_REPLAYED] += len(packets)
         return packets
 
     def _learn_handshake(self, payload, ihl, thl, seq, conn):
         conn.seq_off = (conn.shared_isn - seq) & MASK32
         conn.own_max = (seq + 1) & MASK32
-        i, end = ihl + 20, ihl + thl
-        while i < end:
-            kind = payload[i]
-            if kind == 0:
-                break
-            if kind == 1:
-                i += 1
-                continue
-            if i + 1 >= end or payload[i + 1] < 2:
-                break
-            length = payload[i + 1]
-            if kind == 8 and length == 10 and i + 10 <= end:
-                conn.ts_off = (conn.ts_base - _U32.unpack_from(payload, i + 2)[0]) & MASK32
-            elif kind == 3 and length == 3 and i + 3 <= end:
+        for kind, i, length in options(payload, ihl + OPTIONS, ihl + thl):
+            if kind == TIMESTAMP and length == 10:
+                conn.ts_off = (conn.ts_base - U32.unpack_from(payload, i + 2)[0]) & MASK32
+            elif kind == WSCALE and length == 3:
                 conn.own_ws = payload[i + 2]
-            i += length
 
     def _release(self, conn):
         held, conn.held = conn.held, None
@@ -427,51 +344,48 @@ class Translator:
         self.counters[C_RELEASED] += len(held)
         out = []
         for token, payload in held:
-            ihl = (payload[0] & 0x0F) * 4
-            _, _, _, ack, offset, flags, _ = _TCP.unpack_from(payload, ihl)
-            out.append((token, self._translate_in(payload, ihl, (offset >> 4) * 4, ack, flags,
-                                                  conn)))
+            ihl, thl, _, _, seq, ack, flags, window, csum = parse(payload)
+            out.append((token, self._translate_in(payload, ihl, thl, seq, ack, flags, window,
+                                                  csum, conn)))
         return out
 
-    def _translate_out(self, payload, ihl, thl, seq, flags, conn):
+    def _translate_out(self, payload, ihl, thl, seq, flags, csum, conn):
         buf = bytearray(payload)
         shared = (seq + conn.seq_off) & MASK32
-        _U32.pack_into(buf, ihl + 4, shared)
+        U32.pack_into(buf, ihl + SEQ, shared)
         delta = shared - seq
         if conn.own_ws is not None and not flags & SYN and conn.own_ws != self.shared_ws:
-            window = _U16.unpack_from(payload, ihl + 14)[0]
+            window = U16.unpack_from(payload, ihl + WINDOW)[0]
             scaled = min((window << conn.own_ws) >> self.shared_ws, 0xFFFF)
-            _U16.pack_into(buf, ihl + 14, scaled)
+            U16.pack_into(buf, ihl + WINDOW, scaled)
             delta += scaled - window
-        options = ihl + 20
-        if thl == 32 and payload[options:options + 4] == _NOP_NOP_TS:  # Linux's usual layout
+        start = ihl + OPTIONS
+        if thl == 32 and payload[start:start + 4] == NOP_NOP_TS:  # Linux's usual layout
             if conn.ts_off is not None:
-                own_ts = _U32.unpack_from(payload, options + 4)[0]
+                own_ts = U32.unpack_from(payload, start + 4)[0]
                 tsval = (own_ts + conn.ts_off) & MASK32
                 if conn.ts_floor is not None and serial_gt(conn.ts_floor, tsval):
                     tsval = conn.ts_floor  # never below what the client has seen (PAWS)
-                _U32.pack_into(buf, options + 4, tsval)
+                U32.pack_into(buf, start + 4, tsval)
                 delta += tsval - own_ts
-        elif thl > 20 and self._options_out(buf, options, ihl + thl, flags, conn):
-            delta += (int.from_bytes(buf[options:ihl + thl], "big")
-                      - int.from_bytes(payload[options:ihl + thl], "big"))
-        _U16.pack_into(buf, ihl + 16, _checksum(_U16.unpack_from(payload, ihl + 16)[0], delta))
-        if payload[6] & 0x40 and (payload[4] or payload[5]):  # DF: an IP ID means nothing
-            ip_id = _U16.unpack_from(payload, 4)[0]
-            buf[4] = buf[5] = 0
-            _U16.pack_into(buf, 10, _checksum(_U16.unpack_from(payload, 10)[0], -ip_id))
+        elif thl > 20 and self._options_out(buf, start, ihl + thl, flags, conn):
+            delta += changed_by(payload, buf, start, ihl + thl)
+        U16.pack_into(buf, ihl + CHECKSUM, checksum_after(csum, delta))
+        if payload[FRAGMENT] & DONT_FRAGMENT:
+            clear_ip_id(buf, payload)
         return bytes(buf)
 
     def _options_out(self, buf, start, end, flags, conn):
         changed = False
-        for kind, i, length in _options(buf, start, end):
-            if kind == 8 and length == 10 and conn.ts_off is not None:
-                tsval = (_U32.unpack_from(buf, i + 2)[0] + conn.ts_off) & MASK32
+        for kind, i, length in options(buf, start, end):
+            if kind == TIMESTAMP and length == 10 and conn.ts_off is not None:
+                tsval = (U32.unpack_from(buf, i + 2)[0] + conn.ts_off) & MASK32
                 if conn.ts_floor is not None and serial_gt(conn.ts_floor, tsval):
                     tsval = conn.ts_floor  # never below what the client has seen (PAWS)
-                _U32.pack_into(buf, i + 2, tsval)
+                U32.pack_into(buf, i + 2, tsval)
                 changed = True
-            elif kind == 3 and length == 3 and flags & SYN and buf[i + 2] != self.shared_ws:
+            elif (kind == WSCALE and length == 3 and flags & SYN
+                  and buf[i + 2] != self.shared_ws):
                 buf[i + 2] = self.shared_ws
                 changed = True
         return changed
@@ -484,7 +398,7 @@ class Translator:
         Held packets are checked on every call (only connections that hold any); idle and
         closed connections are forgotten every SCAN_S. ``force`` (the table is full) also
         forgets connections still in their handshake, then the least recently seen half."""
-        dropped, self.discarded = self.discarded, []
+        dropped = []
         for key in list(self._holding):
             conn = self.connections.get(key)
             if conn is None or not conn.held:
@@ -515,70 +429,17 @@ class Translator:
                 dropped.extend(token for token, _ in conn.held)
         return dropped
 
+    def take_held(self):
+        """Every token still held (the handler is no longer current): the caller drops them.
+        The connection state stays."""
+        tokens = []
+        for conn in self.connections.values():
+            tokens.extend(token for token, _ in conn.held or ())
+            conn.held = None
+        self._holding.clear()
+        return tokens
+
     # ---- for voting ------------------------------------------------------------------------------
-
-    def statement_of(self, payload):
-        """The voting statement of a reply in the shared space (translated, or copied from the
-        wire): its range and digest; None for a segment without data or FIN."""
-        ihl = (payload[0] & 0x0F) * 4
-        _, dport, seq, _, offset, flags, _ = _TCP.unpack_from(payload, ihl)
-        data = memoryview(payload)[ihl + (offset >> 4) * 4:]
-        fin = bool(flags & FIN)
-        if not data and not fin:
-            return None
-        return voting.Statement(bytes(payload[16:20]), dport, seq,
-                                (seq + len(data) + fin) & MASK32, voting.digest(data, fin))
-
-    def own_range(self, client, port, start, end, partial=False):
-        """(data, fin) that this replica's own stack sent for shared-space [start, end), or
-        None while it has not sent all of it. If its own stream ended (FIN) before ``end``,
-        what it sent up to its FIN: it will never send the rest, so the range differs.
-        ``partial``: whatever it has sent of the range so far.
-
-        :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
-        range's start (the bytes were trimmed, and reached the client through f votes or on
-        a wire the backups checked), its output outgrew what a backup keeps, or (``partial``)
-        the connection is not one its stack took part in."""
-        conn = self.connections.get((client, port))
-        if conn is None or conn.seq_off is None:
-            # not (yet) a connection of ours: wait; after the patience, it never was (this
-            # replica joined later, or its stack never answered the SYN)
-            return ABSTAIN if partial else None
-        own_start = (start - conn.seq_off) & MASK32
-        length = (end - start) & MASK32
-        pieces = []
-        have = 0  # bytes of [own_start, own_start + length) collected, contiguously
-        fin = False
-        for seq, _, payload in conn.unacked or ():
-            ihl = (payload[0] & 0x0F) * 4
-            data_at = ihl + (payload[ihl + 12] >> 4) * 4
-            size = len(payload) - data_at
-            offset = (own_start + have - seq) & MASK32  # where we need to start in this one
-            if offset >= HALF32:
-                break  # a hole before this segment
-            if offset < size:
-                take = min(size - offset, length - have)
-                pieces.append(payload[data_at + offset:data_at + offset + take])
-                have += take
-            if payload[ihl + 13] & FIN and offset <= size and have < length:
-                fin = True  # our stream ends here: at the range's end, or short of it
-                break
-            if have >= length:
-                break
-        if have < length and not fin:
-            if conn.lossy or (conn.own_acked is not None and
-                              serial_gt(conn.own_acked, own_start)):
-                return ABSTAIN
-            if partial and conn.closed & RST_OUT:
-                return ABSTAIN  # our own proxy aborted it: an omission, not other bytes
-            if not partial:
-                return None
-        return b"".join(pieces), fin
-
-    def quiet_for(self, client, port, now):
-        """Seconds since this replica's stack last sent new data on the connection."""
-        conn = self.connections.get((client, port))
-        return now - conn.own_at if conn is not None else float("inf")
 
     def reset_packet(self, client, port):
         """A RST the client accepts at once (seq = its next expected byte), forgetting the
@@ -588,18 +449,11 @@ class Translator:
             return None
         seq = conn.client_ack if conn.client_ack is not None else (conn.shared_isn + 1) & MASK32
         conn.closed |= CLOSED_RST | RESET_SENT  # everything else it sends is dropped
-        conn.unacked, conn.unacked_bytes = None, 0
+        unacked.forget(conn)
         return self._rst(conn, client, port, seq)
 
     def _rst(self, conn, client, port, seq):
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, 64, 6, 0,
-                                   conn.vip, client))
-        tcp = bytearray(struct.pack("!HHIIBBHHH", self.port, port, seq, 0, 5 << 4, RST, 0, 0,
-                                    0))
-        _U16.pack_into(ip, 10, _checksum(0xFFFF, int.from_bytes(ip, "big")))
-        pseudo = conn.vip + client + b"\x00\x06\x00\x14"
-        _U16.pack_into(tcp, 16, _checksum(0xFFFF, int.from_bytes(pseudo + tcp, "big")))
-        return bytes(ip + tcp)
+        return build(conn.vip, client, self.port, port, seq, 0, RST)
 
     def snapshot(self):
         counters = dict(zip(COUNTER_NAMES, self.counters))

@@ -11,6 +11,7 @@ queue and removes exactly the rules it added.
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,10 +20,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu.agent import active, heartbeat, iptables, nfq, probe, skew, vote
+from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, vote
 
 LOG = logging.getLogger("sbft.agent")
-FAULTS = ("tamper-wire", "false-accuse", "forge-reports")
 THREAD_JOIN_S = 2.0
 KERNEL_COUNTERS_EVERY_S = 5.0  # iptables-save is a process and a whole-ruleset dump
 
@@ -42,7 +42,7 @@ class AgentConfig:
     iptables: bool = True
     verdict_cache: str = "role"
     notify_port: int = 5556
-    emulate_skew: Optional[str] = None  # tests only: "ISN:TS_MS", see agent/skew.py
+    emulate_skew: Optional[str] = None  # tests only: "ISN:TS_MS", see agent/faults.py
     key_file: Optional[str] = None  # this replica's key (hex): signs heartbeats and votes
     fault: Optional[str] = None  # tests only: behave as a faulty replica, see --fault
     log_level: str = "INFO"
@@ -60,14 +60,6 @@ def _port(text):
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text}")
     return value
-
-
-def _skew(text):
-    try:
-        skew.parse_skew(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ISN:TS_MS integers, got {text}") from None
-    return text
 
 
 def parse_args(argv=None):
@@ -99,21 +91,30 @@ def parse_args(argv=None):
                         help="how a primary's verdict is cached in the kernel: per role epoch "
                         "(default), per connection (conntrack), or not at all (every reply "
                         "verdicted in userspace)")
-    parser.add_argument("--emulate-skew", metavar="ISN:TS_MS", type=_skew, default=None,
-                        help="tests only: behave as if this host's stack had another ISN and "
-                        "timestamp clock offset (Mininet hosts share one kernel)")
+    parser.add_argument("--emulate-skew", metavar="ISN:TS_MS", default=None,
+                        help="tests only (needs SBFT_TEST_FAULTS=1): behave as if this host's "
+                        "stack had another ISN and timestamp clock offset (Mininet hosts share "
+                        "one kernel)")
     parser.add_argument("--key-file", default=None,
                         help="file holding this replica's key in hex (the controller's "
                         "replica_key): signs heartbeats, reports and votes")
-    parser.add_argument("--fault", choices=FAULTS, default=None,
-                        help="tests only: tamper-wire (armed by SIGUSR1) sends altered replies "
-                        "past the vote, as a compromised host; false-accuse reports made-up "
-                        "divergences; forge-reports also signs in another replica's name")
+    parser.add_argument("--fault", default=None, metavar="FAULT",
+                        help="tests only (needs SBFT_TEST_FAULTS=1): tamper-wire (armed by "
+                        "SIGUSR1) sends altered replies past the vote, as a compromised host; "
+                        "false-accuse reports made-up divergences; forge-reports also signs "
+                        "in another replica's name")
     parser.add_argument("--print-rules", action="store_true",
                         help="print the static rules for --no-iptables operation and exit")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
+    if args.emulate_skew is not None or args.fault is not None:
+        from sbft_ryu.agent import faults  # the seam: loaded only for these options
+
+        try:
+            faults.check(args.emulate_skew, args.fault, os.environ)
+        except faults.Refused as exc:
+            parser.error(str(exc))
     print_rules = args.__dict__.pop("print_rules")
     return AgentConfig(**vars(args)), print_rules
 
@@ -140,7 +141,12 @@ class Agent:
         self._vote = None
         self._raw = None
         self.key = _read_key(config.key_file) if config.key_file else None
-        self.tamper = Tamper() if config.fault == "tamper-wire" else None
+        self.faults = None  # tests only: what --emulate-skew and --fault change
+        if config.emulate_skew is not None or config.fault is not None:
+            from sbft_ryu.agent import faults
+
+            self.faults = faults.TestFaults(config.emulate_skew, config.fault,
+                                            config.service_port)
 
     def counters(self):
         counters = self.queue.snapshot()
@@ -151,8 +157,9 @@ class Agent:
 
     def _observe(self):
         """Probe-thread tick: learn the VIP, read the kernel's cached-verdict counter."""
-        if self.probe.host is None and self.heartbeats and self.heartbeats.answer.get("vip"):
-            self.probe.host = self.heartbeats.answer["vip"]
+        answer = self.heartbeats.answer if self.heartbeats else None
+        if self.probe.host is None and answer is not None and answer.vip:
+            self.probe.host = answer.vip
         now = time.monotonic()
         if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
             self._kernel_read_at = now
@@ -177,8 +184,8 @@ class Agent:
                     else contextlib.nullcontext(None))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop.set())
-        if self.tamper is not None:
-            signal.signal(signal.SIGUSR1, self.tamper.arm)
+        if self.faults is not None:
+            self.faults.install_signals()
         wakeup = self._wakeup_socket()
         with rules_cm as rules:
             self.rules = rules
@@ -216,33 +223,30 @@ class Agent:
         return 0
 
     def set_mode(self, answer):
-        """The controller's mode (from a heartbeat answer): swap the packet handler, then the
+        """The controller's mode (from a heartbeat Answer): swap the packet handler, then the
         rules, so that no packet of the new rules meets the old handler."""
-        mode = answer.get("mode")
+        mode = answer.mode
         voting_on = False
         if mode == "active":
-            params = answer.get("active") or {}
-            secret = bytes.fromhex(params.get("secret", ""))
-            wscale = int(params.get("wscale", 7))
-            voting_on = bool(params.get("voting"))
+            params = answer.active
+            secret, wscale, voting_on = params.secret, params.wscale, params.voting
             if not secret:
                 raise ValueError("the controller's answer carries no active-mode secret")
+            if wscale is None:
+                raise ValueError("the controller's answer carries no valid window scale")
             if voting_on and self.key is None:
                 raise ValueError("the controller votes on replies: this agent needs --key-file")
-            emulated = None
-            if self.config.emulate_skew:
-                isn, ts = skew.parse_skew(self.config.emulate_skew)
-                emulated = skew.Skew(isn, ts, self.config.service_port)
+            adapter = self.faults.packet_adapter() if self.faults is not None else None
             translator = active.Translator(secret, self.config.service_port, wscale)
             engine = sock = None
             if voting_on:
-                sock = self._vote_socket(int((answer.get("voting") or {}).get("port", 5557)))
-                engine = vote.VoteEngine(self.config.name, self.key, translator, sock.sendto,
-                                         fault=self.config.fault if self.config.fault in (
-                                             "false-accuse", "forge-reports") else None)
-            self.queue = nfq.ActiveQueue(
-                self.state, translator, emulated, self._replay_sender(), engine, sock,
-                self.tamper)
+                sock = self._vote_socket(answer.vote_port)
+                make_engine = (self.faults.vote_engine if self.faults is not None
+                               else vote.VoteEngine)
+                engine = make_engine(self.config.name, self.key, translator.own_output,
+                                     sock.sendto)
+            self.queue = nfq.ActiveQueue(self.state, translator, adapter,
+                                         self._replay_sender(), engine, sock)
         elif mode == "passive":
             self.queue = nfq.ReplyQueue(self.state)
         else:
@@ -268,20 +272,14 @@ class Agent:
         return self._vote
 
     def on_answer(self, answer):
-        """Every heartbeat answer: the voting configuration for the packet thread."""
-        params = answer.get("voting")
+        """Every heartbeat Answer: the voting configuration for the packet thread."""
         queue = self.queue
         engine = getattr(queue, "vote", None)
-        if not isinstance(params, dict) or engine is None:
+        if answer.voting is None or engine is None:
             return
-        engine.configure(required=params.get("required"), f=params.get("f", 1),
-                         hold_s=params.get("hold_s", 0.2), port=params.get("port", 5557),
-                         peers=params.get("peers") or {}, primary=answer.get("primary"),
-                         epoch=answer.get("epoch") or 0)
-        reset = frozenset((socket.inet_aton(client), port)
-                          for client, port in params.get("reset") or ())
-        if reset != queue.reset:
-            queue.reset = reset
+        engine.configure(answer.voting)
+        if answer.reset != queue.reset:
+            queue.reset = answer.reset
             self.runner.wake()  # the packet thread resets them now
 
     def reports(self):
@@ -292,12 +290,12 @@ class Agent:
     def _replay_sender(self):
         """A function sending an already translated packet past the agent's own queue (one
         raw socket, opened at the first replay, marked so that sbft-out accepts it as is)."""
-        def send(packet):
+        def send(payload):
             if self._raw is None:
                 self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
                 self._raw.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, iptables.REPLAY_MARK)
                 self._sockets.append(self._raw)
-            self._raw.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
+            self._raw.sendto(payload, (socket.inet_ntoa(payload[packet.DST]), 0))
         return send
 
     def _wakeup_socket(self):
@@ -317,42 +315,6 @@ def _read_key(path):
     if not 16 <= len(key) <= 64:
         raise ValueError(f"{path}: a key must be 16 to 64 bytes of hex")
     return key
-
-
-class Tamper:
-    """Tests only (--fault tamper-wire): once armed by SIGUSR1, replies on connections that
-    begin after that leave with their first two data bytes altered (checksum fixed), as a
-    compromised host would send them past its agent; connections it already served stay
-    honest, to show they continue."""
-
-    def __init__(self):
-        self.armed = False
-        self.honest = set()  # client (address, port) seen before arming
-
-    def arm(self, *_):
-        self.armed = True
-
-    def __call__(self, packet):
-        ihl = (packet[0] & 0x0F) * 4
-        client = (packet[16:20], packet[ihl + 2:ihl + 4])
-        if not self.armed:
-            self.honest.add(client)
-            return packet
-        return packet if client in self.honest else tamper(packet)
-
-
-def tamper(packet):
-    """``packet`` with its first two data bytes altered and its checksum fixed."""
-    ihl = (packet[0] & 0x0F) * 4
-    data = ihl + (packet[ihl + 12] >> 4) * 4
-    if len(packet) < data + 2:
-        return packet
-    buf = bytearray(packet)
-    old = int.from_bytes(packet[data:data + 2], "big")
-    buf[data:data + 2] = b"XX"
-    csum = int.from_bytes(packet[ihl + 16:ihl + 18], "big")
-    buf[ihl + 16:ihl + 18] = active.checksum_after(csum, 0x5858 - old).to_bytes(2, "big")
-    return bytes(buf)
 
 
 def main(argv=None):

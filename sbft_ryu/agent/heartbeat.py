@@ -16,9 +16,12 @@ import select
 import socket
 import time
 import urllib.parse
+from dataclasses import dataclass
+from typing import Optional
 
 from sbft_ryu.agent.iptables import fast_mark
-from sbft_ryu.voting import sign_body
+from sbft_ryu.agent.vote import VoteConfig
+from sbft_ryu.protocol import MAX_EVIDENCE, MAX_WIRE, sign_body
 
 PRIMARY = "primary"
 BACKUP = "backup"
@@ -42,6 +45,74 @@ class RoleState:
         self.primary = False  # the hot path's only question
         self.fast_mark = None  # mark for kernel-cached verdicts while primary (None: none)
         self.primary_name = None
+
+
+@dataclass(frozen=True)
+class ActiveParams:
+    """Active mode's parameters in an answer (checked when the mode is applied)."""
+
+    secret: bytes  # b"": missing or not hex
+    wscale: Optional[int]  # None: not an integer
+    voting: bool
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The controller's answer to a heartbeat, parsed once (with every default) by the
+    heartbeat thread; what the agent applies and reads, never the JSON itself."""
+
+    role: str
+    epoch: Optional[int] = None
+    primary: Optional[str] = None  # the primary's name
+    nonce: Optional[str] = None
+    interval: Optional[float] = None  # heartbeat_interval_s, when a finite number
+    vip: Optional[str] = None
+    mode: Optional[str] = None
+    active: Optional[ActiveParams] = None
+    mode_key: tuple = (None, "null")  # a change of mode (or of its parameters) changes it
+    voting: Optional[VoteConfig] = None  # None: the answer carries no voting configuration
+    reset: frozenset = frozenset()  # (client address, port) a primary resets
+
+    @classmethod
+    def parse(cls, body):
+        """From an answer body whose role is one of ROLES (ValueError on a malformed voting
+        configuration)."""
+        params = body.get("active")
+        active = None
+        if isinstance(params, dict) or body.get("mode") == "active":
+            params = params if isinstance(params, dict) else {}
+            try:
+                secret = bytes.fromhex(params.get("secret", ""))
+            except (TypeError, ValueError):
+                secret = b""
+            try:
+                wscale = int(params.get("wscale", 7))
+            except (TypeError, ValueError):
+                wscale = None
+            active = ActiveParams(secret, wscale, bool(params.get("voting")))
+        voting = body.get("voting")
+        config, reset = None, frozenset()
+        if isinstance(voting, dict):
+            config = VoteConfig.of(
+                required=voting.get("required"), f=voting.get("f", 1),
+                hold_s=voting.get("hold_s", 0.2), port=voting.get("port", VoteConfig.port),
+                peers=voting.get("peers") or {}, primary=body.get("primary"),
+                epoch=body.get("epoch") or 0)
+            try:
+                reset = frozenset((socket.inet_aton(client), port)
+                                  for client, port in voting.get("reset") or ())
+            except (OSError, TypeError):
+                raise ValueError("the controller's reset list is malformed") from None
+        return cls(role=body.get("role", NO_ROLE), epoch=body.get("epoch"),
+                   primary=body.get("primary"), nonce=body.get("nonce"),
+                   interval=_seconds(body.get("heartbeat_interval_s")),
+                   vip=body.get("vip"), mode=body.get("mode"), active=active,
+                   mode_key=(body.get("mode"), json.dumps(body.get("active"), sort_keys=True)),
+                   voting=config, reset=reset)
+
+    @property
+    def vote_port(self):
+        return self.voting.port if self.voting is not None else VoteConfig.port
 
 
 class ControllerUnreachable(Exception):
@@ -123,10 +194,10 @@ class Heartbeats:
         self.rules = rules
         self.connection_cache = connection_cache
         self.wakeup = wakeup  # a UDP socket: the controller's nudge after a role change
-        # called with the answer when the controller's mode (or its active parameters) change
+        # called with the Answer when the controller's mode (or its active parameters) change
         self.on_mode = on_mode
         self.on_role = on_role  # called after every change of role (e.g. to wake the queue)
-        self.on_answer = on_answer  # called with every answer (the voting configuration)
+        self.on_answer = on_answer  # called with every Answer (the voting configuration)
         self.key = key  # this replica's key: heartbeats are signed with the last nonce
         self.name = name
         self.nonce = None
@@ -139,7 +210,7 @@ class Heartbeats:
         self.interval = interval or 0.05
         self.clock = clock
         self.controller_ok = None
-        self.answer = {}
+        self.answer = None  # the last Answer
         self.sent = 0
         self.failures = 0
 
@@ -188,26 +259,29 @@ class Heartbeats:
         return False
 
     def beat(self, seq):
-        answer = self._exchange(seq)
-        if answer is None:
+        body = self._exchange(seq)
+        if body is None:
             return
         self.sent += 1
         self._controller(True, "controller reachable")
+        answer = Answer.parse(body)
         self.answer = answer
-        self.nonce = answer.get("nonce")
-        interval = _seconds(answer.get("heartbeat_interval_s"))
-        if self.fixed_interval is None and interval is not None:
-            self.interval = min(max(interval, 0.005), 10.0)
-        mode = (answer.get("mode"), json.dumps(answer.get("active"), sort_keys=True))
-        if answer.get("mode") is not None and mode != self.mode and self.on_mode is not None:
+        self.nonce = answer.nonce
+        if self.fixed_interval is None and answer.interval is not None:
+            self.interval = min(max(answer.interval, 0.005), 10.0)
+        self.apply_answer(answer)
+
+    def apply_answer(self, answer):
+        """Apply an Answer in the one fixed order: mode, voting configuration, role."""
+        if answer.mode is not None and answer.mode_key != self.mode and self.on_mode is not None:
             self.mode = None  # should on_mode fail, the next answer tries again
             self.on_mode(answer)  # before the role: a promotion must find the mode's rules
             if self.rules is not None and self.state.primary:
                 self.state.fast_mark = self.rules.mark
-        self.mode = mode
+        self.mode = answer.mode_key
         if self.on_answer is not None:
-            self.on_answer(answer)  # e.g. the voting configuration, before the role
-        self.apply(answer["role"], answer.get("epoch"), answer.get("primary"))
+            self.on_answer(answer)  # the voting configuration, before the role
+        self.apply(answer.role, answer.epoch, answer.primary)
 
     def _body(self, seq):
         body = {"seq": seq, "service_ok": self.probe.ok(self.clock()),
@@ -286,7 +360,7 @@ class Heartbeats:
         (LOG.info if ok else LOG.warning)("%s", message)
 
 
-def _share(unsent, evidence=16, wire=64):
+def _share(unsent, evidence=MAX_EVIDENCE, wire=MAX_WIRE):
     """The reports one heartbeat carries (at most ``evidence`` evidence items and ``wire``
     wire reports, the oldest first), within the controller's limits."""
     share, counts = [], {"evidence": 0, "wire": 0}

@@ -13,6 +13,8 @@ import select
 import time
 
 from sbft_ryu.agent import active, verdict
+from sbft_ryu.agent import packet as packet_
+from sbft_ryu.agent.own_output import statement_of
 
 LOG = logging.getLogger("sbft.agent")
 ERROR_LOG_S = 10.0
@@ -87,21 +89,36 @@ class RawSend:
         pass
 
 
+def _same(payload):
+    return payload
+
+
+class Identity:
+    """The packet adapter of a production agent: nothing between the stack and the translator
+    (agent/faults.py has the test one)."""
+
+    outbound = inbound = staticmethod(_same)
+    reply = None  # a primary's replies are voted on
+
+
+IDENTITY = Identity()
+
+
 class ActiveQueue:
     """Active mode: translate every packet (both directions) into the shared sequence space;
     a primary's replies leave (after the backups' votes, when voting), a backup's are dropped
     after its state advanced."""
 
-    def __init__(self, state, translator, skew=None, sender=None, vote=None, vote_socket=None,
-                 fault=None):
+    def __init__(self, state, translator, adapter=None, sender=None, vote=None,
+                 vote_socket=None):
         self.state = state
         self.translator = translator
-        self.skew = skew
+        # tests only (agent/faults.py): an emulated skew, a primary that lies past the vote
+        self.adapter = adapter if adapter is not None else IDENTITY
         self.errors = 0
         self.sender = sender  # sends a translated packet itself (the replay on promotion)
         self.vote = vote  # a VoteEngine when voting
         self.vote_socket = vote_socket
-        self.fault = fault  # tests only: a function altering a primary's translated reply
         self._error_logged = float("-inf")
         self.reset = frozenset()  # (client ip, port) to reset as primary (controller's list)
         self._reset_done = set()
@@ -122,56 +139,67 @@ class ActiveQueue:
     def callback(self, packet):
         if self.state.primary != self._primary:
             self._role_changed()
-        skew = self.skew
-        released = ()
+        adapter = self.adapter
+        effects = _NO_EFFECTS
         try:
             payload = packet.get_payload()
             arriving = packet.hook == _PRE_ROUTING
-            if skew is not None and not arriving:
-                payload = skew.outbound(payload)
+            if not arriving:
+                payload = adapter.outbound(payload)
             primary = self.state.primary
             now = time.monotonic()
-            decision, new, released = self.translator.process(payload, packet, primary, now,
-                                                              arriving)
+            effects = self.translator.process(payload, packet, primary, now, arriving)
+            decision, new = effects[0], effects[1]
             if decision == active.ACCEPT:
-                if new is not None:
-                    if skew is not None:
-                        new = skew.inbound(new)
-                    if primary and not arriving:
-                        if self.fault is not None:  # a compromised host: past the vote
-                            packet.set_payload(self.fault(new))
-                            packet.accept()
-                            self._release(released)
-                            return
-                        if self.vote is not None:
-                            statement = self.translator.statement_of(new)
-                            if statement is not None and self.vote.hold(packet, new,
-                                                                        statement, now):
-                                return  # its verdict comes with the votes
-                    packet.set_payload(new)
-                packet.accept()
+                self._accept(packet, new, primary and not arriving, now)
             elif decision == active.DROP:
                 packet.drop()
                 if self.vote is not None and self.vote.waiting and not arriving:
-                    self.vote.on_own_output((bytes(payload[16:20]), _dport(payload)), now)
+                    client = packet_.destination(payload)
+                    if client is not None:
+                        self.vote.on_own_output(client, now)
             elif decision == active.WIRE:
                 packet.drop()  # a copy: look, never deliver
                 if self.vote is not None:
-                    statement = self.translator.statement_of(payload)
+                    statement = statement_of(payload)
                     if statement is not None:
                         self.vote.on_wire(statement, now)
         except Exception as exc:  # never let a packet escape without a verdict
             self._error(exc)
             _drop(packet)
-        self._release(released)
-        if self.translator.outgoing:
-            outgoing, self.translator.outgoing = self.translator.outgoing, []
-            for extra in outgoing:
-                self._send(extra)
-        if self.translator.to_stack:
-            to_stack, self.translator.to_stack = self.translator.to_stack, []
-            for extra in to_stack:
-                self._send(skew.inbound(extra) if skew is not None else extra)
+        _, _, released, send, to_stack, drop = effects
+        if released:
+            self._release(released)
+        for extra in send:
+            self._send(extra)
+        for extra in to_stack:
+            self._send(adapter.inbound(extra))
+        for held in drop:
+            if not _drop(held):
+                self.errors += 1
+
+    def _accept(self, packet, new, reply, now):
+        """Accept a packet with its translated bytes (``new``; None: unchanged), unless it is
+        a primary's reply (``reply``) that waits for the backups' votes."""
+        if new is not None:
+            new = self.adapter.inbound(new)
+            if reply:
+                if self.adapter.reply is not None:  # a compromised host: past the vote
+                    new = self.adapter.reply(new)
+                elif self.vote is not None and self._held_for_votes(packet, new, now):
+                    return  # its verdict comes with the votes
+            packet.set_payload(new)
+        packet.accept()
+
+    def _held_for_votes(self, token, payload, now):
+        """Hold a primary's translated reply for the backups' votes: True if held."""
+        statement = statement_of(payload)
+        if statement is None:
+            return False
+        held, dropped = self.vote.hold(token, payload, statement, now)
+        for replaced in dropped:
+            _drop(replaced)
+        return held
 
     def _error(self, exc):
         """Count a failure; log one in ERROR_LOG_S at most (never per packet)."""
@@ -183,10 +211,9 @@ class ActiveQueue:
                         exc_info=self.errors == 1)
 
     def _release(self, released):
-        skew = self.skew
         for held, data in released:  # verdicts for packets kept earlier
             try:
-                held.set_payload(skew.inbound(data) if skew is not None else data)
+                held.set_payload(self.adapter.inbound(data))
                 held.accept()
             except Exception as exc:
                 self._error(exc)
@@ -244,10 +271,8 @@ class ActiveQueue:
         now = time.monotonic()
         self._apply_resets()
         for packet in self.translator.replay():
-            statement = (self.translator.statement_of(packet) if self.vote is not None
-                         else None)
-            if statement is None or not self.vote.hold(RawSend(packet, self._send), packet,
-                                                       statement, now):
+            if self.vote is None or not self._held_for_votes(RawSend(packet, self._send),
+                                                             packet, now):
                 self._send(packet)
         self.flush()
 
@@ -270,25 +295,15 @@ class ActiveQueue:
     def close(self):
         """Drop every packet still held: this handler is no longer current. The connection
         state stays, should the handler become current again."""
-        for conn in self.translator.connections.values():
-            for held, _ in conn.held or ():
-                _drop(held)
-            conn.held = None
-        for held in self.translator.discarded:
+        for held in self.translator.take_held():
             _drop(held)
-        self.translator.discarded = []
         if self.vote is not None:
-            for claim in self.vote.pending.values():
-                _drop(claim.token)
-            self.vote.pending.clear()
+            for held in self.vote.take_pending():
+                _drop(held)
 
 
 _PRE_ROUTING = 0  # NF_INET_PRE_ROUTING: the packet arrived from the network
-
-
-def _dport(payload):
-    ihl = (payload[0] & 0x0F) * 4
-    return (payload[ihl + 2] << 8) | payload[ihl + 3]
+_NO_EFFECTS = (active.DROP, None, (), (), (), ())
 
 
 def _drop(packet):

@@ -1,7 +1,8 @@
 """The agent's side of output voting (active mode): hold, claim, vote, compare the wire.
 
 Runs in the packet thread, beside the translator, so it needs no locks; the heartbeat thread
-only reads ``reports`` (a deque) and replaces the configuration with :meth:`configure`.
+only reads ``reports`` (a deque) and replaces the configuration, a frozen :class:`VoteConfig`,
+whole with :meth:`configure` (one assignment: the packet thread never sees half of one).
 
 * As **primary** it holds every reply segment that carries data or a FIN, claims its digest
   to the backups (batched, signed) and releases it once ``f`` backups voted the same digest;
@@ -14,11 +15,13 @@ only reads ``reports`` (a deque) and replaces the configuration with :meth:`conf
   the controller sees a majority) or when it expires.
 """
 
-import time
 from collections import deque
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping, Optional
 
-from sbft_ryu import voting
-from sbft_ryu.agent.active import ABSTAIN
+from sbft_ryu import protocol
+from sbft_ryu.agent.own_output import ABSTAIN
 
 REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
 RECENT_S = 2.0  # how long a released range keeps collecting late votes (for evidence)
@@ -40,6 +43,26 @@ COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "
                  "batches_rejected")
 
 
+@dataclass(frozen=True)
+class VoteConfig:
+    """The controller's voting configuration (from its heartbeat answer), with its defaults."""
+
+    required: bool = False
+    f: int = 1
+    hold_s: float = 0.2
+    port: int = protocol.VOTE_PORT
+    peers: Mapping = field(default_factory=lambda: MappingProxyType({}))  # name -> address
+    primary: Optional[str] = None
+    epoch: int = 0
+
+    @classmethod
+    def of(cls, required=False, f=1, hold_s=0.2, port=protocol.VOTE_PORT, peers=None,
+           primary=None, epoch=0):
+        """From the answer's JSON values (ValueError/TypeError on values of the wrong type)."""
+        return cls(bool(required), max(1, int(f)), float(hold_s), int(port),
+                   MappingProxyType(dict(peers or {})), primary, epoch or 0)
+
+
 class Claim:
     __slots__ = ("token", "payload", "digest", "at", "votes", "raw", "released")
 
@@ -54,20 +77,14 @@ class Claim:
 
 
 class VoteEngine:
-    def __init__(self, name, key, translator, send, clock=time.monotonic, fault=None):
-        """``fault`` (tests only): "false-accuse" reports made-up divergences to the
-        controller while voting honestly; "forge-reports" also signs statements in another
-        replica's name (with its own key, so they never verify)."""
-        self.fault = fault
+    def __init__(self, name, key, own_output, send):
         self.name = name
         self.key = key
-        self.translator = translator
+        self.own_output = own_output  # what our own stack sent (OwnOutput)
         self.send = send  # (datagram, (ip, port)) -> None
-        self.clock = clock
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.reports = deque(maxlen=REPORT_LIMIT)  # ("evidence", [raw...]) / ("wire", tuple)
-        self.configure(required=False, f=1, hold_s=0.2, port=5557, peers={}, primary=None,
-                       epoch=0)
+        self.config = VoteConfig()
         self.pending = {}  # range key -> Claim (held by the primary)
         self.recent = {}  # range key -> Claim (released, still collecting votes)
         self.claims_out = []
@@ -76,35 +93,39 @@ class VoteEngine:
         self.outvoted = {}  # (client, port) -> when the backups first agreed against us
         self.resets = []  # (client, port) the packet thread resets (outvoted too long)
 
-    def configure(self, required, f, hold_s, port, peers, primary, epoch):
-        """From the controller's answer (heartbeat thread): one assignment per field."""
-        self.required = bool(required)
-        self.f = max(1, int(f))
-        self.hold_s = float(hold_s)
-        self.port = int(port)
-        self.peers = {name: addr for name, addr in peers.items() if name != self.name}
-        self.primary = primary
-        self.epoch = epoch
+    def configure(self, config):
+        """A new :class:`VoteConfig` (heartbeat thread): swapped in whole, without this
+        replica among the peers."""
+        peers = MappingProxyType({n: a for n, a in config.peers.items() if n != self.name})
+        self.config = replace(config, peers=peers)
 
     # ---- primary ----------------------------------------------------------------------------
 
     def hold(self, token, payload, segment, now):
-        """A translated reply segment of the primary: True if held for votes."""
-        if not self.required:
+        """A translated reply segment of the primary: (held for votes, tokens to drop). A
+        segment not held goes out now; a re-sent one replaces the copy held before."""
+        if not self.config.required:
             self.counters["released_unvoted"] += 1
-            return False
+            return False, ()
         key = segment.range_key
         if key in self.recent and self.recent[key].digest == segment.digest:
-            return False  # a retransmission of a range the backups already agreed on
+            return False, ()  # a retransmission of a range the backups already agreed on
         claim = self.pending.get(key)
         if claim is not None:  # the stack re-sent it before the votes came: keep the newest
-            _drop(claim.token)
+            replaced = claim.token
             claim.token, claim.payload = token, payload
-            return True
+            return True, (replaced,)
         self.pending[key] = Claim(token, payload, segment.digest, now)
         self.claims_out.append(segment)
         self.counters["claims"] += 1
-        return True
+        return True, ()
+
+    def take_pending(self):
+        """Tokens of every held segment (the handler is no longer current): the caller drops
+        them."""
+        tokens = [claim.token for claim in self.pending.values()]
+        self.pending.clear()
+        return tokens
 
     def on_votes(self, batch, now):
         """A backup's votes: (token, payload) pairs that may now go out."""
@@ -123,7 +144,7 @@ class VoteEngine:
                         self.outvoted[conn] = now
                         self.counters["outvoted"] += 1
             elif not claim.released and sum(
-                    1 for d, _ in claim.votes.values() if d == claim.digest) >= self.f:
+                    1 for d, _ in claim.votes.values() if d == claim.digest) >= self.config.f:
                 claim.released = True
                 released.append((claim.token, claim.payload))
                 self.counters["released_voted"] += 1
@@ -138,7 +159,8 @@ class VoteEngine:
         for value, _ in claim.votes.values():
             if value != claim.digest:
                 counts[value] = counts.get(value, 0) + 1
-        return bool(counts) and max(counts.values()) >= len(self.peers) + 1 - self.f
+        config = self.config
+        return bool(counts) and max(counts.values()) >= len(config.peers) + 1 - config.f
 
     def _remember(self, key, claim):
         claim.token = claim.payload = None
@@ -151,7 +173,7 @@ class VoteEngine:
         """Report a divergent range once every backup voted (or, ``final``, when it ends)."""
         if claim.raw is None or not any(d != claim.digest for d, _ in claim.votes.values()):
             return
-        if not final and len(claim.votes) < len(self.peers):
+        if not final and len(claim.votes) < len(self.config.peers):
             return
         raws = [claim.raw] + [raw for _, raw in claim.votes.values()]
         self.reports.append(("evidence", list(dict.fromkeys(raws))))
@@ -162,15 +184,16 @@ class VoteEngine:
     def on_claims(self, batch, now):
         """The primary's claims: vote on each range this replica has produced, wait for the
         rest. Claims from anyone but the current primary are ignored."""
-        if batch.author != self.primary:
+        config = self.config
+        if batch.author != config.primary:
             return
         for statement in batch.statements:
-            self._answer(statement, batch.raw, now, self.epoch)
+            self._answer(statement, batch.raw, now, config.epoch)
 
     def on_wire(self, segment, now):
         """A copy of the primary's actual packet (from the switch): compare it with our own."""
         self.counters["wire_checked"] += 1
-        self._answer(segment, None, now, self.epoch)
+        self._answer(segment, None, now, self.config.epoch)
 
     def on_own_output(self, client_key, now):
         """Our stack sent more for this connection: answer what waited for it."""
@@ -179,7 +202,7 @@ class VoteEngine:
             self._answer(statement, raw, at, epoch)
 
     def _answer(self, statement, claim_raw, at, epoch, partial=False):
-        own = self.translator.own_range(statement.client, statement.port, statement.start,
+        own = self.own_output.own_range(statement.client, statement.port, statement.start,
                                         statement.end, partial)
         if own is None:
             if partial:  # (own_range never answers a partial question with None; be sure)
@@ -191,14 +214,14 @@ class VoteEngine:
         if own is ABSTAIN:
             self.counters["abstentions"] += 1
             return
-        mine = voting.digest(*own)
+        mine = protocol.digest(*own)
         if claim_raw is None:  # the wire check
             if mine != statement.digest:
                 self.counters["wire_divergent"] += 1
                 self.reports.append(("wire", (statement.client, statement.port, epoch,
                                               statement.start, statement.end)))
             return
-        vote = voting.Statement(statement.client, statement.port, statement.start,
+        vote = protocol.Statement(statement.client, statement.port, statement.start,
                                 statement.end, mine)
         self.votes_out.append((vote, claim_raw if mine != statement.digest else None))
         self.counters["votes_cast"] += 1
@@ -206,70 +229,63 @@ class VoteEngine:
             self.counters["partial_votes"] += 1
         if mine != statement.digest:
             self.counters["divergent_votes"] += 1
-        if self.fault is not None:
-            self._misbehave(statement, claim_raw)
+        self._voted(statement, claim_raw)
 
-    def _misbehave(self, statement, claim_raw):
-        """Tests only: accuse the primary falsely (a second, contradicting statement of ours),
-        and with "forge-reports" also in another replica's name."""
-        lie = voting.Statement(statement.client, statement.port, statement.start,
-                               statement.end, voting.digest(b"made up"))
-        raws = [claim_raw, voting.encode(voting.VOTE, self.name, [lie], self.key)]
-        others = [n for n in self.peers if n != self.primary]
-        if self.fault == "forge-reports" and others:
-            raws.append(voting.encode(voting.VOTE, others[0], [lie], self.key))
-        self.reports.append(("evidence", raws))
+    def _voted(self, statement, claim_raw):
+        """After each vote cast (a hook for test faults, see faults.LyingVoteEngine)."""
 
     # ---- I/O, driven by the queue runner ------------------------------------------------------
 
     def flush(self):
         """Send the claims and votes gathered since the last flush, in signed batches."""
+        config = self.config
         if self.claims_out:
             claims, self.claims_out = self.claims_out, []
             for chunk in _chunks(claims):
-                raw = voting.encode(voting.CLAIM, self.name, chunk, self.key)
+                raw = protocol.encode(protocol.CLAIM, self.name, chunk, self.key)
                 for statement in chunk:
                     claim = self.pending.get(statement.range_key)
                     if claim is not None:
                         claim.raw = raw
-                for address in list(self.peers.values()):
-                    self._send(raw, address)
+                for address in config.peers.values():
+                    self._send(raw, address, config.port)
         if self.votes_out:
             votes, self.votes_out = self.votes_out, []
-            primary = self.peers.get(self.primary)
+            primary = config.peers.get(config.primary)
             for chunk in _chunks(votes):
-                raw = voting.encode(voting.VOTE, self.name, [v for v, _ in chunk], self.key)
+                raw = protocol.encode(protocol.VOTE, self.name, [v for v, _ in chunk], self.key)
                 if primary is not None:
-                    self._send(raw, primary)
+                    self._send(raw, primary, config.port)
                 for claim_raw in dict.fromkeys(c for _, c in chunk if c is not None):
                     self.reports.append(("evidence", [claim_raw, raw]))
 
-    def _send(self, raw, address):
+    def _send(self, raw, address, port):
         try:
-            self.send(raw, (address, self.port))
+            self.send(raw, (address, port))
         except OSError:
             pass  # votes are best effort: a missing vote is a timeout, not an error
 
     def receive(self, data, now):
         """A datagram on the vote port: (token, payload) pairs to release."""
         try:
-            batch = voting.decode(data)
-        except voting.VotingError:
+            batch = protocol.decode(data)
+        except protocol.VotingError:
             self.counters["batches_rejected"] += 1
             return ()
-        if batch.kind == voting.CLAIM:
+        if batch.kind == protocol.CLAIM:
             self.on_claims(batch, now)
             return ()
-        if batch.author not in self.peers:
+        if batch.author not in self.config.peers:
             self.counters["batches_rejected"] += 1
             return ()
         return self.on_votes(batch, now)
 
     def expire(self, now):
         """Tokens of segments held past ``hold_s`` (dropped: TCP resends them)."""
+        config = self.config
         dropped = []
         for key, claim in list(self.pending.items()):
-            if now - claim.at > self.hold_s:
+            if now - claim.at > config.hold_s:
                 del self.pending[key]
                 dropped.append(claim.token)
                 self.counters["vote_timeouts"] += 1
@@ -285,8 +301,8 @@ class VoteEngine:
             # us lags badly).
             # Vote with what we have, so that a majority can see it; a backup that is merely
             # behind keeps sending and keeps waiting.
-            patience = max(self.hold_s, PARTIAL_QUIET_S)
-            quiet = self.translator.quiet_for(*client_key, now) >= patience
+            patience = max(config.hold_s, PARTIAL_QUIET_S)
+            quiet = self.own_output.quiet_for(*client_key, now) >= patience
             kept = []
             for entry in waiting:
                 age = now - entry[2]
@@ -294,13 +310,13 @@ class VoteEngine:
                     # a wire copy we cannot match is the primary's data we never produce,
                     # which its claim (not its copy) already shows
                     self._answer(entry[0], entry[1], entry[2], entry[3], partial=True)
-                elif age <= patience + 4 * self.hold_s:
+                elif age <= patience + 4 * config.hold_s:
                     kept.append(entry)
                 else:
                     self.counters["claims_unanswerable"] += 1
             if kept:
                 self.waiting[client_key] = kept + self.waiting.get(client_key, [])
-        primary = self.primary == self.name
+        primary = config.primary == self.name
         for conn, since in list(self.outvoted.items()):
             if now - since >= OUTVOTED_RESET_S:
                 del self.outvoted[conn]
@@ -317,12 +333,6 @@ class VoteEngine:
 
 
 def _chunks(items):
-    for at in range(0, len(items), voting.MAX_STATEMENTS):
-        yield items[at:at + voting.MAX_STATEMENTS]
+    for at in range(0, len(items), protocol.MAX_STATEMENTS):
+        yield items[at:at + protocol.MAX_STATEMENTS]
 
-
-def _drop(token):
-    try:
-        token.drop()
-    except Exception:
-        pass

@@ -1,8 +1,12 @@
-"""Shared fixtures for the unit tests: the embedded [sbft] defaults as oslo would return them."""
+"""Shared fixtures for the unit tests: the embedded [sbft] defaults as oslo would return them,
+the agent's packet-thread clock, the environment that allows the agent's test-only options."""
+
+import types
 
 import pytest
 
 from sbft_ryu import config
+from sbft_ryu.agent import nfq
 
 # The registered defaults, as oslo returns them: strings (StrOpt), a list of strings (MultiStrOpt).
 DEFAULT_RAW = {
@@ -42,3 +46,19 @@ def raw():
 def default_config(raw):
     """The SbftConfig of the embedded defaults: lb1..lb3 on ports 1..3, VIP 10.0.0.100:5555."""
     return config.build_config(raw)
+
+
+@pytest.fixture
+def test_faults_allowed(monkeypatch):
+    """The environment of the lab, the tests and the benchmarks: the agent's test-only
+    options (--emulate-skew, --fault) are allowed."""
+    monkeypatch.setenv("SBFT_TEST_FAULTS", "1")
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """nfq's monotonic clock, under the test's control (nfq.time only, not the time module):
+    a one-item list, the time now."""
+    now = [1000.0]
+    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    return now

@@ -4,6 +4,8 @@ import struct
 
 from scapy.all import IP, TCP
 
+from sbft_ryu.agent.active import EFFECTS, Translator
+
 
 def ones_sum(data):
     """The one's-complement sum of ``data`` in 16-bit words (0xFFFF over a valid header)."""
@@ -85,3 +87,23 @@ class QueuedPacket:
 
     def drop(self):
         self.calls.append(("drop",))
+
+
+class RecordedTranslator(Translator):
+    """A real Translator whose process() returns (verdict, payload, released) and records the
+    other effects of each packet in order: ``outgoing`` (send), ``to_stack`` and ``dropped``
+    (tokens to drop); ``effects`` is the last full result."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outgoing, self.to_stack, self.dropped = [], [], []
+        self.effects = None
+
+    def process(self, payload, token, primary, now, arriving=False):
+        self.effects = super().process(payload, token, primary, now, arriving)
+        assert len(self.effects) == len(EFFECTS)
+        verdict, new, released, send, to_stack, drop = self.effects
+        self.outgoing.extend(send)
+        self.to_stack.extend(to_stack)
+        self.dropped.extend(drop)
+        return verdict, new, released

@@ -13,9 +13,11 @@ import pytest
 
 from scapy.all import IP, TCP
 
-from sbft_ryu.agent import active, cli, heartbeat, iptables, nfq, skew
+from sbft_ryu.agent import active, cli, faults, heartbeat, iptables, nfq
 
 REQUIRED = ["--name", "lb1", "--controller", "http://10.254.0.254:8080"]
+# as in the lab, tests and benchmarks: --emulate-skew is allowed (test_agent_faults.py: refusal)
+pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 
 
 @pytest.fixture
@@ -294,10 +296,10 @@ def test_agent_observe_learns_the_vip_from_the_controller():
     agent._observe()  # no heartbeats yet: nothing to learn
     assert agent.probe.host is None
     agent.heartbeats = heartbeat.Heartbeats(None, agent.state, agent.probe, agent.counters)
-    agent.heartbeats.answer = {"role": "backup", "vip": "10.0.0.100"}
+    agent.heartbeats.answer = heartbeat.Answer.parse({"role": "backup", "vip": "10.0.0.100"})
     agent._observe()
     assert agent.probe.host == "10.0.0.100"
-    agent.heartbeats.answer = {"role": "backup", "vip": "10.0.0.200"}
+    agent.heartbeats.answer = heartbeat.Answer.parse({"role": "backup", "vip": "10.0.0.200"})
     agent._observe()
     assert agent.probe.host == "10.0.0.100"  # learned once
 
@@ -305,7 +307,7 @@ def test_agent_observe_learns_the_vip_from_the_controller():
 def test_agent_observe_keeps_a_configured_vip():
     agent = make_agent("--vip", "10.1.1.1")
     agent.heartbeats = heartbeat.Heartbeats(None, agent.state, agent.probe, agent.counters)
-    agent.heartbeats.answer = {"vip": "10.0.0.100"}
+    agent.heartbeats.answer = heartbeat.Answer.parse({"vip": "10.0.0.100"})
     agent._observe()
     assert agent.probe.host == "10.1.1.1"
 
@@ -547,7 +549,7 @@ def mode_agent(*extra, fail=None):
 def test_set_mode_active_swaps_the_handler_before_the_rules():
     agent, events = mode_agent("--service-port", "8080")
     passive = agent.queue
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert events == [("handler", "ActiveQueue"), ("rules", "active", "ActiveQueue")]
     assert isinstance(agent.queue, nfq.ActiveQueue)
     assert agent.runner.handler is agent.queue is not passive
@@ -555,13 +557,13 @@ def test_set_mode_active_swaps_the_handler_before_the_rules():
     translator = agent.queue.translator
     assert isinstance(translator, active.Translator)
     assert (translator.secret, translator.port, translator.shared_ws) == (SECRET, 8080, 9)
-    assert agent.queue.skew is None  # no --emulate-skew
+    assert agent.queue.adapter is nfq.IDENTITY  # no --emulate-skew
 
 
 def test_set_mode_passive_swaps_back_before_the_rules():
     agent, events = mode_agent()
-    agent.set_mode(ACTIVE)
-    agent.set_mode(PASSIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     assert events == [("handler", "ActiveQueue"), ("rules", "active", "ActiveQueue"),
                       ("handler", "ReplyQueue"), ("rules", "passive", "ReplyQueue")]
     assert isinstance(agent.queue, nfq.ReplyQueue)
@@ -571,15 +573,15 @@ def test_set_mode_passive_swaps_back_before_the_rules():
 
 def test_set_mode_active_twice_builds_a_fresh_translator():
     agent, _ = mode_agent()
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     first = agent.queue
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert agent.queue is not first and agent.queue.translator is not first.translator
 
 
 def test_set_mode_active_without_a_wscale_uses_7():
     agent, _ = mode_agent()
-    agent.set_mode({"mode": "active", "active": {"secret": "ab" * 32}})
+    agent.set_mode(heartbeat.Answer.parse({"mode": "active", "active": {"secret": "ab" * 32}}))
     assert (agent.queue.translator.secret, agent.queue.translator.shared_ws) == (b"\xab" * 32, 7)
 
 
@@ -591,13 +593,13 @@ def test_set_mode_active_without_a_wscale_uses_7():
 def test_set_mode_active_with_an_emulated_skew(value, isn, ts, caplog):
     caplog.set_level(logging.INFO, logger="sbft.agent")
     agent, _ = mode_agent("--emulate-skew", value, "--service-port", "8080")
-    agent.set_mode(ACTIVE)
-    emulated = agent.queue.skew
-    assert isinstance(emulated, skew.Skew)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    emulated = agent.queue.adapter.skew
+    assert isinstance(emulated, faults.Skew)
     assert (emulated.isn, emulated.ts, emulated.port) == (isn, ts, 8080)
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("mode")] == [
         f"mode active (emulating skew {value})"]
-    agent.set_mode(PASSIVE)  # the skew only matters in active mode
+    agent.set_mode(heartbeat.Answer.parse(PASSIVE))  # the skew only matters in active mode
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("mode")][-1] \
         == "mode passive"
 
@@ -618,7 +620,7 @@ def test_set_mode_rejects_a_bad_answer_and_changes_nothing(answer):
     agent, events = mode_agent()
     before = agent.queue
     with pytest.raises(ValueError):
-        agent.set_mode(answer)
+        agent.set_mode(heartbeat.Answer.parse(answer))
     assert events == []  # neither the handler nor the rules
     assert agent.queue is before and agent.runner.handler is before
 
@@ -626,15 +628,15 @@ def test_set_mode_rejects_a_bad_answer_and_changes_nothing(answer):
 def test_set_mode_error_messages():
     agent, _ = mode_agent()
     with pytest.raises(ValueError, match="no active-mode secret"):
-        agent.set_mode({"mode": "active", "active": {"wscale": 7}})
+        agent.set_mode(heartbeat.Answer.parse({"mode": "active", "active": {"wscale": 7}}))
     with pytest.raises(ValueError, match="unknown mode 'turbo' from the controller"):
-        agent.set_mode({"mode": "turbo"})
+        agent.set_mode(heartbeat.Answer.parse({"mode": "turbo"}))
 
 
 def test_set_mode_without_rules_only_swaps_the_handler():
     agent = make_agent("--no-iptables")
     assert agent.rules is None
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert isinstance(agent.runner.handler, nfq.ActiveQueue)
     assert agent.runner.handler is agent.queue
 
@@ -645,7 +647,7 @@ def test_set_mode_propagates_a_failure_of_the_rules():
     agent, events = mode_agent(fail={"active": RuntimeError("iptables-restore: exit 4")})
     before = agent.queue
     with pytest.raises(RuntimeError, match="exit 4"):
-        agent.set_mode(ACTIVE)
+        agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert events == [("handler", "ActiveQueue"), ("rules", "active", "ActiveQueue"),
                       ("handler", "ReplyQueue")]
     assert agent.queue is before and agent.runner.handler is before
@@ -653,10 +655,10 @@ def test_set_mode_propagates_a_failure_of_the_rules():
 
 def test_a_failed_switch_back_to_passive_keeps_the_active_handler():
     agent, events = mode_agent(fail={"passive": RuntimeError("iptables-restore: exit 4")})
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     current = agent.queue
     with pytest.raises(RuntimeError):
-        agent.set_mode(PASSIVE)
+        agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     assert events[2:] == [("handler", "ReplyQueue"), ("rules", "passive", "ReplyQueue"),
                           ("handler", "ActiveQueue")]
     assert agent.queue is current and agent.runner.handler is current
@@ -669,9 +671,9 @@ def test_set_mode_retires_the_previous_handler_through_the_runner():
     swap = agent.runner.swap
     agent.runner.swap = lambda handler: swaps.append(handler) or swap(handler)
     passive = agent.queue
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert swaps == [agent.queue]
-    agent.set_mode(PASSIVE)
+    agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     assert len(swaps) == 2 and swaps[1] is agent.queue is not passive
 
 
@@ -682,7 +684,7 @@ def test_set_mode_swaps_the_handler_back_through_the_runner_on_failure():
     agent.runner.swap = lambda handler: swaps.append(handler) or swap(handler)
     passive = agent.queue
     with pytest.raises(RuntimeError):
-        agent.set_mode(ACTIVE)
+        agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert [type(h).__name__ for h in swaps] == ["ActiveQueue", "ReplyQueue"]
     assert swaps[1] is passive
 
@@ -692,7 +694,7 @@ def test_set_mode_with_the_real_rules_restores_the_active_chains():
     restores = []
     agent.rules = iptables.Rules(agent.spec, run=lambda argv, input=None, **kw: restores.append(
         (argv, input, type(agent.runner.handler).__name__)))
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert restores == [(["iptables-restore", "--noflush"], iptables.restore_input(
         iptables.RuleSpec(8080, 2, "role", "active")), "ActiveQueue")]
     assert agent.rules.spec.mode == "active"
@@ -702,7 +704,7 @@ def test_set_mode_with_the_real_rules_restores_the_active_chains():
 def test_counters_follow_the_current_handler():
     agent, _ = mode_agent()
     agent.kernel = {"ingress_dropped": 1, "kernel_accepted": 2}
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     counters = agent.counters()
     assert counters == {**{name: 0 for name in active.COUNTER_NAMES}, "connections": 0,
                         "callback_errors": 0, "ingress_dropped": 1, "kernel_accepted": 2,
@@ -710,7 +712,7 @@ def test_counters_follow_the_current_handler():
     agent.queue.translator.counters[0] = 5
     agent.queue.errors = 3
     assert (agent.counters()["translated_in"], agent.counters()["callback_errors"]) == (5, 3)
-    agent.set_mode(PASSIVE)
+    agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     assert set(agent.counters()) == {"accepted", "dropped", "rst_dropped", "malformed",
                                      "callback_errors", "ingress_dropped", "kernel_accepted",
                                      "probe_failures", "controller_failures"}
@@ -719,7 +721,7 @@ def test_counters_follow_the_current_handler():
 def test_active_counters_are_accepted_by_the_controller_parser():
     rest = pytest.importorskip("sbft_ryu.rest")
     agent, _ = mode_agent()
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     body = {"seq": 0, "service_ok": True, "counters": agent.counters()}
     assert rest.parse_heartbeat(json.dumps(body).encode())[2] == agent.counters()
 
@@ -871,10 +873,10 @@ def test_switching_away_from_active_gives_held_packets_a_verdict(serving):
     """The retired ActiveQueue is closed by the packet thread at its next tick: what it held
     is dropped (the client retransmits) instead of staying in the kernel queue."""
     agent, _ = mode_agent()
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     ack = hold_a_packet(agent.runner.handler)
     errors = serving(agent)
-    agent.set_mode(PASSIVE)
+    agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     wait_for(lambda: ack.calls)
     assert ack.calls == ["drop"]
     assert errors == []
@@ -882,11 +884,11 @@ def test_switching_away_from_active_gives_held_packets_a_verdict(serving):
 
 def test_switching_to_a_new_secret_gives_held_packets_a_verdict(serving):
     agent, _ = mode_agent()
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     old = agent.runner.handler
     ack = hold_a_packet(old)
     errors = serving(agent)
-    agent.set_mode({**ACTIVE, "active": {"secret": "ff" * 16, "wscale": 9}})
+    agent.set_mode(heartbeat.Answer.parse({**ACTIVE, "active": {"secret": "ff" * 16, "wscale": 9}}))
     assert agent.runner.handler is not old
     wait_for(lambda: ack.calls)
     assert ack.calls == ["drop"]
@@ -898,11 +900,11 @@ def test_a_failed_switch_away_from_active_keeps_the_held_packets_of_the_current_
     """The switch fails before the packet thread ticks: the ActiveQueue is current again and
     is not closed; its held packet waits for the SYN-ACK (or HOLD_S) as before."""
     agent, _ = mode_agent(fail={"passive": RuntimeError("iptables-restore: exit 4")})
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     current = agent.runner.handler
     ack = hold_a_packet(current)
     with pytest.raises(RuntimeError):
-        agent.set_mode(PASSIVE)  # swapped out and back before any tick
+        agent.set_mode(heartbeat.Answer.parse(PASSIVE))  # swapped out and back before any tick
     assert agent.runner.handler is current
     closed = []
     current.close = lambda: closed.append(current)
@@ -930,7 +932,7 @@ class ClosedThenFailingRules(ModeRules):
 
 def test_a_failed_switch_away_from_active_after_a_tick_keeps_the_connections(serving):
     agent, events = mode_agent()
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     current = agent.runner.handler
     closed = threading.Event()
     close = current.close
@@ -941,7 +943,7 @@ def test_a_failed_switch_away_from_active_after_a_tick_keeps_the_connections(ser
     agent.rules = ClosedThenFailingRules(agent, events, "passive", closed)
     serving(agent)
     with pytest.raises(RuntimeError):
-        agent.set_mode(PASSIVE)
+        agent.set_mode(heartbeat.Answer.parse(PASSIVE))
     assert agent.runner.handler is current  # swapped back
     assert len(current.translator.connections) == 1
 

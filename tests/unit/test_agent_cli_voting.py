@@ -8,9 +8,11 @@ import socket
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import cli, nfq, vote
+from sbft_ryu.agent import cli, faults, heartbeat, nfq, vote
 
 REQUIRED = ["--name", "lb2", "--controller", "http://10.254.0.254:8080"]
+# the lab's environment: --fault is allowed (test_agent_faults.py: the refusal)
+pytestmark = pytest.mark.usefixtures("test_faults_allowed")
 KEY = bytes(range(32))
 SECRET = bytes(range(16))
 
@@ -32,10 +34,10 @@ def make_agent(*extra):
 def test_key_file_and_fault_default_to_none():
     config, _ = cli.parse_args(REQUIRED)
     assert (config.key_file, config.fault) == (None, None)
-    assert make_agent().key is None and make_agent().tamper is None
+    assert make_agent().key is None and make_agent().faults is None
 
 
-@pytest.mark.parametrize("fault", cli.FAULTS)
+@pytest.mark.parametrize("fault", faults.FAULTS)
 def test_every_fault_is_an_option(fault, key_file):
     config, _ = cli.parse_args(REQUIRED + ["--key-file", key_file, "--fault", fault])
     assert (config.key_file, config.fault) == (key_file, fault)
@@ -84,7 +86,7 @@ def checksums_valid(raw):
 
 
 def test_tamper_alters_the_first_two_data_bytes_and_fixes_the_checksum():
-    altered = cli.tamper(reply(40000))
+    altered = faults.tamper(reply(40000))
     assert IP(altered)[Raw].load == b"XXTP/1.0 200 OK\r\n"
     assert checksums_valid(altered)
 
@@ -93,11 +95,11 @@ def test_tamper_alters_the_first_two_data_bytes_and_fixes_the_checksum():
 def test_tamper_leaves_packets_without_two_data_bytes(data):
     packet = bytes(IP(src="10.0.0.100", dst="10.0.0.31") / TCP(sport=5555, dport=1) /
                    Raw(data)) if data else reply(1, b"")[:40]
-    assert cli.tamper(packet) == packet
+    assert faults.tamper(packet) == packet
 
 
 def test_the_tamperer_alters_only_connections_that_begin_after_it_is_armed():
-    tamperer = cli.Tamper()
+    tamperer = faults.Tamper()
     honest = reply(40001)
     assert tamperer(honest) == honest  # not armed: seen, kept honest
     tamperer.arm()  # (SIGUSR1)
@@ -106,8 +108,8 @@ def test_the_tamperer_alters_only_connections_that_begin_after_it_is_armed():
 
 
 def test_only_the_tamper_wire_fault_makes_a_tamperer(key_file):
-    assert isinstance(make_agent("--fault", "tamper-wire").tamper, cli.Tamper)
-    assert make_agent("--key-file", key_file, "--fault", "false-accuse").tamper is None
+    assert isinstance(make_agent("--fault", "tamper-wire").faults.tamper, faults.Tamper)
+    assert make_agent("--key-file", key_file, "--fault", "false-accuse").faults.tamper is None
 
 
 # --- set_mode with voting ------------------------------------------------------------------------
@@ -147,27 +149,28 @@ def test_voting_needs_a_key_and_changes_nothing_without_one():
     agent, _ = voting_agent()
     before = agent.queue
     with pytest.raises(ValueError, match="needs --key-file"):
-        agent.set_mode(ACTIVE)
+        agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     assert agent.queue is before and agent.rules.modes == []
 
 
 def test_set_mode_with_voting_builds_a_vote_engine_and_queues_the_wire_copies(key_file):
     agent, sock = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     queue = agent.queue
     assert isinstance(queue, nfq.ActiveQueue) and agent.runner.handler is queue
     engine = queue.vote
     assert isinstance(engine, vote.VoteEngine)
-    assert (engine.name, engine.key, engine.fault) == ("lb2", KEY, None)
-    assert engine.translator is queue.translator
+    assert (engine.name, engine.key, type(engine)) == ("lb2", KEY, vote.VoteEngine)  # honest
+    assert engine.own_output is queue.translator.own_output
     assert queue.vote_socket is sock and agent.sockets_asked == [6000]
     assert agent.rules.modes == [("active", True)]
-    assert queue.fault is None
+    assert queue.adapter is nfq.IDENTITY and queue.adapter.reply is None
 
 
 def test_set_mode_without_voting_has_no_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode({**ACTIVE, "active": {"secret": SECRET.hex(), "wscale": 7}})
+    agent.set_mode(heartbeat.Answer.parse({**ACTIVE,
+                                           "active": {"secret": SECRET.hex(), "wscale": 7}}))
     assert agent.queue.vote is None and agent.queue.vote_socket is None
     assert agent.rules.modes == [("active", False)] and agent.sockets_asked == []
 
@@ -177,9 +180,9 @@ def test_set_mode_without_voting_has_no_engine(key_file):
                                                  ("tamper-wire", None)])
 def test_the_faults_reach_the_engine_or_the_queue(key_file, fault, engine_fault):
     agent, _ = voting_agent("--fault", fault, key_file=key_file)
-    agent.set_mode(ACTIVE)
-    assert agent.queue.vote.fault == engine_fault
-    assert agent.queue.fault is agent.tamper
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    assert getattr(agent.queue.vote, "fault", None) == engine_fault
+    assert agent.queue.adapter.reply is agent.faults.tamper
 
 
 # --- on_answer and reports ----------------------------------------------------------------------
@@ -196,38 +199,39 @@ def answer(**voting):
 
 def test_on_answer_configures_the_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
-    agent.on_answer(answer())
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    agent.on_answer(heartbeat.Answer.parse(answer()))
     engine = agent.queue.vote
-    assert (engine.required, engine.f, engine.hold_s, engine.port) == (True, 1, 0.3, 6000)
-    assert (engine.primary, engine.epoch) == ("lb1", 4)
-    assert engine.peers == {"lb1": "10.254.0.11", "lb3": "10.254.0.13"}
+    config = engine.config
+    assert (config.required, config.f, config.hold_s, config.port) == (True, 1, 0.3, 6000)
+    assert (engine.config.primary, engine.config.epoch) == ("lb1", 4)
+    assert engine.config.peers == {"lb1": "10.254.0.11", "lb3": "10.254.0.13"}
 
 
 def test_on_answer_hands_new_resets_to_the_packet_thread_and_wakes_it(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.set_mode(ACTIVE)
-    agent.on_answer(answer())
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    agent.on_answer(heartbeat.Answer.parse(answer()))
     assert agent.queue.reset == frozenset() and agent.woken == []
-    agent.on_answer(answer(reset=[["10.0.0.31", 40000]]))
+    agent.on_answer(heartbeat.Answer.parse(answer(reset=[["10.0.0.31", 40000]])))
     assert agent.queue.reset == frozenset({(socket.inet_aton("10.0.0.31"), 40000)})
     assert agent.woken == [True]
-    agent.on_answer(answer(reset=[["10.0.0.31", 40000]]))
+    agent.on_answer(heartbeat.Answer.parse(answer(reset=[["10.0.0.31", 40000]])))
     assert agent.woken == [True]  # unchanged: no wake
 
 
 def test_on_answer_without_voting_or_an_engine_does_nothing(key_file):
     agent, _ = voting_agent(key_file=key_file)
-    agent.on_answer(answer())  # passive: no engine
-    agent.set_mode(ACTIVE)
-    required = agent.queue.vote.required
-    agent.on_answer({**ACTIVE, "voting": None})
-    assert agent.queue.vote.required == required and agent.woken == []
+    agent.on_answer(heartbeat.Answer.parse(answer()))  # passive: no engine
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    required = agent.queue.vote.config.required
+    agent.on_answer(heartbeat.Answer.parse({**ACTIVE, "voting": None}))
+    assert agent.queue.vote.config.required == required and agent.woken == []
 
 
 def test_reports_come_from_the_engine(key_file):
     agent, _ = voting_agent(key_file=key_file)
     assert agent.reports() == []  # passive
-    agent.set_mode(ACTIVE)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     agent.queue.vote.reports.extend([("wire", n) for n in range(70)])
     assert len(agent.reports()) == 64 and len(agent.reports()) == 6

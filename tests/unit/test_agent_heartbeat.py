@@ -397,7 +397,7 @@ class ModeRecorder:
         self.calls = []
 
     def __call__(self, answer):
-        self.calls.append({"mode": answer.get("mode"), "answer": answer,
+        self.calls.append({"mode": answer.mode, "answer": answer,
                            "role": self.state.role, "primary": self.state.primary,
                            "rules_calls": len(self.rules.calls) if self.rules else None})
         if self.fail:
@@ -443,9 +443,10 @@ def test_on_mode_only_when_the_mode_changes():
         answer("backup", epoch=6), answer("backup", epoch=7))
     for seq in range(7):
         beats.beat(seq)
-    assert [(call["mode"], call["answer"]["epoch"]) for call in on_mode.calls] == [
+    assert [(call["mode"], call["answer"].epoch) for call in on_mode.calls] == [
         ("passive", 1), ("active", 3), ("passive", 6)]
-    assert on_mode.calls[1]["answer"]["active"] == ACTIVE_PARAMS
+    assert on_mode.calls[1]["answer"].mode_key[1] == json.dumps(ACTIVE_PARAMS, sort_keys=True)
+    assert on_mode.calls[1]["answer"].active == heartbeat.ActiveParams(bytes(16), 7, False)
     assert (beats.mode, state.epoch) == (PASSIVE_MODE, 7)
 
 
@@ -504,7 +505,7 @@ def test_a_failing_on_mode_fails_the_beat_before_the_role_and_is_retried():
     assert (state.role, state.epoch, state.primary) == ("backup", 1, False)
     assert rules.calls == []
     assert beats.mode is None  # no mode is known: whatever comes next is passed on
-    assert beats.answer["mode"] == "active"  # the answer itself is kept
+    assert beats.answer.mode == "active"  # the answer itself is kept
     beats.beat(2)  # the same answer again: on_mode is retried, then the promotion
     assert [call["mode"] for call in on_mode.calls] == ["passive", "active", "active"]
     assert beats.mode == ACTIVE_MODE
@@ -559,9 +560,11 @@ def test_on_mode_again_when_only_the_active_parameters_change():
         answer("backup", epoch=5, mode="active", active=reordered))
     for seq in range(5):
         beats.beat(seq)
-    assert [(call["mode"], call["answer"]["epoch"], call["answer"]["active"])
-            for call in on_mode.calls] == [("active", 1, ACTIVE_PARAMS),
-                                           ("active", 3, new_secret), ("active", 4, new_wscale)]
+    assert [(call["mode"], call["answer"].epoch, call["answer"].mode_key[1])
+            for call in on_mode.calls] == [
+        ("active", 1, json.dumps(ACTIVE_PARAMS, sort_keys=True)),
+        ("active", 3, json.dumps(new_secret, sort_keys=True)),
+        ("active", 4, json.dumps(new_wscale, sort_keys=True))]
     assert beats.mode == ("active", '{"secret": "' + "11" * 16 + '", "wscale": 9}')
     assert state.epoch == 5
 
@@ -577,7 +580,7 @@ def test_a_failed_on_mode_for_new_active_parameters_is_retried():
         beats.beat(1)
     assert beats.mode is None
     beats.beat(2)
-    assert [call["answer"]["epoch"] for call in on_mode.calls] == [1, 2, 2]
+    assert [call["answer"].epoch for call in on_mode.calls] == [1, 2, 2]
     assert beats.mode == ("active", '{"secret": "' + "11" * 16 + '", "wscale": 7}')
 
 
@@ -602,7 +605,7 @@ def test_a_primary_takes_the_mark_of_the_rules_after_each_mode_change():
 
     def on_mode(reply):
         seen.append(state.fast_mark)  # before the rules change
-        rules.set_mode(reply["mode"])
+        rules.set_mode(reply.mode)
     client = FakeClient(answer("primary", epoch=1), active_answer("primary", epoch=1),
                         answer("primary", epoch=1))
     beats = Heartbeats(client, state, FakeProbe(), dict, rules, clock=Clock(),
@@ -623,7 +626,7 @@ def test_a_backup_keeps_no_mark_across_mode_changes():
     beats = Heartbeats(FakeClient(answer("backup", epoch=1), active_answer("backup", epoch=1),
                                   answer("backup", epoch=1)),
                        state, FakeProbe(), dict, rules, clock=Clock(), connection_cache=True,
-                       on_mode=lambda reply: rules.set_mode(reply["mode"]))
+                       on_mode=lambda reply: rules.set_mode(reply.mode))
     for seq in range(3):
         beats.beat(seq)
         assert (state.primary, state.fast_mark, rules.mark) == (False, None, None)
@@ -662,7 +665,7 @@ def test_mode_changes_with_the_real_rules():
     client = FakeClient(answer("backup", epoch=1), active_answer("primary", epoch=2),
                         answer("primary", epoch=2))
     beats = Heartbeats(client, state, FakeProbe(), dict, rules, clock=Clock(),
-                       on_mode=lambda a: rules.set_mode(a["mode"]))
+                       on_mode=lambda a: rules.set_mode(a.mode))
     active_in = ["-A sbft-in -j NFQUEUE --queue-num 1"]
     active_out = [f"-A sbft-out -m mark --mark {hex(iptables.REPLAY_MARK)} -j ACCEPT", QUEUE]
     for seq in range(3):
@@ -769,9 +772,9 @@ def test_run_sends_incrementing_seq_from_zero():
 
 def test_answer_is_kept_for_the_agent():
     beats, _, _, _ = make(answer("backup", vip="10.9.9.9"))
-    assert beats.answer == {}
+    assert beats.answer is None
     beats.beat(0)
-    assert beats.answer["vip"] == "10.9.9.9"
+    assert beats.answer.vip == "10.9.9.9"
 
 
 @pytest.mark.parametrize("given, adopted", [

@@ -3,14 +3,15 @@ nonce of the controller's last answer (one retry with the nonce of a 401), evide
 reports carried to the controller, on_answer. The "controller" is the real rest.parse_heartbeat
 and Referee behind a fake client."""
 
+import dataclasses
 import json
 import socket
 from types import SimpleNamespace
 
 import pytest
 
-from sbft_ryu import rest, voting
-from sbft_ryu.agent import heartbeat
+from sbft_ryu import protocol, rest
+from sbft_ryu.agent import heartbeat, vote
 from sbft_ryu.agent.heartbeat import (ControllerRejected, ControllerUnreachable, Heartbeats,
                                       RoleState)
 from sbft_ryu.config import build_config
@@ -84,8 +85,8 @@ def test_every_heartbeat_is_signed_with_the_nonce_of_the_last_answer():
     assert "nonce" not in first  # none known yet
     assert second["nonce"] == "n1" and beats.nonce == "n2"
     for body in client.bodies:
-        assert voting.body_signed(KEY, "lb2", body)
-        assert not voting.body_signed(KEY, "lb1", body)
+        assert protocol.body_signed(KEY, "lb2", body)
+        assert not protocol.body_signed(KEY, "lb1", body)
 
 
 def test_a_401_with_a_nonce_is_retried_at_once_with_that_nonce():
@@ -94,7 +95,7 @@ def test_a_401_with_a_nonce_is_retried_at_once_with_that_nonce():
     beats = make(client)
     beats.beat(0)
     assert [body.get("nonce") for body in client.bodies] == [None, "n7"]
-    assert voting.body_signed(KEY, "lb2", client.bodies[1])
+    assert protocol.body_signed(KEY, "lb2", client.bodies[1])
     assert (beats.failures, beats.state.role, beats.nonce) == (0, "primary", "n8")
 
 
@@ -145,7 +146,7 @@ def test_reports_travel_in_the_signed_body_and_parse_at_the_controller():
     assert body["evidence"] == [["0102", "03"]]
     assert body["wire"] == [{"client": "10.0.0.31", "port": 40000, "epoch": 3, "start": 10,
                              "end": 20}]
-    assert voting.body_signed(KEY, "lb2", body)
+    assert protocol.body_signed(KEY, "lb2", body)
     beat = rest.parse_heartbeat(json.dumps(body).encode())
     assert beat.evidence == ((b"\x01\x02", b"\x03"),)
     assert beat.wire == ((CLIENT, 40000, 3, 10, 20),)
@@ -205,7 +206,49 @@ def test_evidence_beyond_one_heartbeats_share_goes_with_the_next():
 def test_on_answer_sees_every_answer_before_the_role_is_applied():
     seen = []
     client = ScriptedClient(answer("primary", voting={"required": True}))
-    beats = make(client, on_answer=lambda a: seen.append((a.get("voting"), beats.state.role)))
+    beats = make(client, on_answer=lambda a: seen.append((a.voting, beats.state.role)))
     beats.beat(0)
     beats.beat(1)
-    assert seen == [({"required": True}, heartbeat.NO_ROLE), ({"required": True}, "primary")]
+    required = vote.VoteConfig.of(required=True, primary="lb1", epoch=1)
+    assert seen == [(required, heartbeat.NO_ROLE), (required, "primary")]
+
+
+# --- the answer, parsed once ----------------------------------------------------------------------
+
+def test_an_answer_is_parsed_once_into_a_frozen_value_with_every_default():
+    parsed = heartbeat.Answer.parse(answer("primary", mode="active", voting={},
+                                           active={"secret": "ab" * 16}))
+    assert (parsed.role, parsed.epoch, parsed.primary, parsed.interval) == ("primary", 1, "lb1",
+                                                                            0.05)
+    assert parsed.active == heartbeat.ActiveParams(b"\xab" * 16, 7, False)
+    assert parsed.voting == vote.VoteConfig(primary="lb1", epoch=1)
+    assert parsed.vote_port == protocol.VOTE_PORT == 5557 and parsed.reset == frozenset()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.role = "backup"
+    bare = heartbeat.Answer.parse(answer())
+    assert (bare.active, bare.voting, bare.vote_port) == (None, None, protocol.VOTE_PORT)
+
+
+def test_an_answer_with_a_malformed_reset_list_is_refused_whole():
+    with pytest.raises(ValueError, match="reset list"):
+        heartbeat.Answer.parse(answer(voting={"reset": [["not an address", 1]]}))
+
+
+def test_the_vote_configuration_is_swapped_as_one_frozen_object():
+    engine = vote.VoteEngine("lb2", KEY, None, None)
+    assert engine.config == vote.VoteConfig()
+    config = vote.VoteConfig.of(required=True, f=1, hold_s=0.3, port=6000,
+                                peers={"lb1": "10.0.0.1", "lb2": "10.0.0.2"}, primary="lb1",
+                                epoch=4)
+    engine.configure(config)
+    assert engine.config == dataclasses.replace(config, peers={"lb1": "10.0.0.1"})
+    with pytest.raises(TypeError):
+        engine.config.peers["lb3"] = "10.0.0.3"  # read-only: replaced whole, never changed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        engine.config.f = 2
+
+
+def test_the_report_limits_of_agent_and_controller_are_one():
+    assert heartbeat._share.__defaults__ == (protocol.MAX_EVIDENCE, protocol.MAX_WIRE)
+    assert (rest.MAX_EVIDENCE, rest.MAX_WIRE, rest.MAX_BATCHES) == (
+        protocol.MAX_EVIDENCE, protocol.MAX_WIRE, protocol.MAX_BATCHES)

@@ -8,6 +8,7 @@ import random
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, IPOption_RR, IPv6, Raw, fragment
 
+from sbft_ryu.agent import packet as pkt
 from sbft_ryu.agent import verdict
 
 SRC, DST = "10.0.0.11", "10.0.0.200"
@@ -34,28 +35,28 @@ RST_ACK = tcp("RA")
 # --- tcp_flags ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("packet, flags", [
-    (SYN_ACK, verdict.TCP_SYN | verdict.TCP_ACK),
-    (ACK, verdict.TCP_ACK),
-    (DATA, 0x08 | verdict.TCP_ACK),
-    (FIN, verdict.TCP_FIN | verdict.TCP_ACK),
-    (RST, verdict.TCP_RST),
-    (RST_ACK, verdict.TCP_RST | verdict.TCP_ACK),
+    (SYN_ACK, pkt.SYN | pkt.ACK),
+    (ACK, pkt.ACK),
+    (DATA, 0x08 | pkt.ACK),
+    (FIN, pkt.FIN | pkt.ACK),
+    (RST, pkt.RST),
+    (RST_ACK, pkt.RST | pkt.ACK),
 ], ids=["syn-ack", "ack", "psh-ack", "fin-ack", "rst", "rst-ack"])
 def test_tcp_flags_of_plain_packets(packet, flags):
     assert packet[0] == 0x45  # no IP options: the flags are at byte 33
-    assert verdict.tcp_flags(packet) == flags
+    assert pkt.tcp_flags(packet) == flags
 
 
 def test_tcp_flags_with_dont_fragment_and_without():
     # Linux sets DF on TCP; the DF bit shares byte 6 with the fragment offset
-    assert verdict.tcp_flags(tcp("SA", ip_flags="DF")) == 0x12
-    assert verdict.tcp_flags(tcp("SA", ip_flags=0)) == 0x12
+    assert pkt.tcp_flags(tcp("SA", ip_flags="DF")) == 0x12
+    assert pkt.tcp_flags(tcp("SA", ip_flags=0)) == 0x12
 
 
 def test_tcp_flags_with_ip_options_record_route():
     packet = tcp("SA", options=[IPOption_RR()])
     assert packet[0] & 0x0F > 5
-    assert verdict.tcp_flags(packet) == 0x12
+    assert pkt.tcp_flags(packet) == 0x12
 
 
 @pytest.mark.parametrize("option_bytes", [
@@ -67,13 +68,13 @@ def test_tcp_flags_with_raw_ip_options(option_bytes):
     ihl = packet[0] & 0x0F
     assert ihl == 5 + len(option_bytes) // 4
     assert packet[ihl * 4 + 13] == 0x11  # where the flags really are
-    assert verdict.tcp_flags(packet) == 0x11
+    assert pkt.tcp_flags(packet) == 0x11
 
 
 def test_tcp_flags_with_ip_options_and_truncated_tcp_header():
     packet = tcp("SA", options=b"\x01" * 40)  # 60-byte IP header, 20-byte TCP header
-    assert verdict.tcp_flags(packet) == 0x12
-    assert verdict.tcp_flags(packet[:79]) == -1  # long enough for 40, not for 60 + 20
+    assert pkt.tcp_flags(packet) == 0x12
+    assert pkt.tcp_flags(packet[:79]) == -1  # long enough for 40, not for 60 + 20
 
 
 @pytest.mark.parametrize("packet", [
@@ -84,27 +85,27 @@ def test_tcp_flags_with_ip_options_and_truncated_tcp_header():
 ], ids=["udp", "icmp", "ipv6-syn-ack", "ipv6-rst"])
 def test_tcp_flags_of_non_tcp_or_non_ipv4_is_minus_one(packet):
     assert len(packet) >= 40
-    assert verdict.tcp_flags(packet) == -1
+    assert pkt.tcp_flags(packet) == -1
 
 
 def test_tcp_flags_with_ihl_below_five_is_minus_one():
     packet = bytearray(SYN_ACK)
     for ihl in range(5):
         packet[0] = 0x40 | ihl
-        assert verdict.tcp_flags(bytes(packet)) == -1
+        assert pkt.tcp_flags(bytes(packet)) == -1
 
 
 @pytest.mark.parametrize("packet", [SYN_ACK, tcp("SA", options=[IPOption_RR()]), RST],
                          ids=["syn-ack", "syn-ack-options", "rst"])
 def test_tcp_flags_of_every_truncation_is_minus_one(packet):
     for length in range(len(packet)):
-        assert verdict.tcp_flags(packet[:length]) == -1, length
-    assert verdict.tcp_flags(packet) >= 0
+        assert pkt.tcp_flags(packet[:length]) == -1, length
+    assert pkt.tcp_flags(packet) >= 0
 
 
 def test_tcp_flags_accepts_memoryview_and_bytearray():
-    assert verdict.tcp_flags(bytearray(SYN_ACK)) == 0x12
-    assert verdict.tcp_flags(memoryview(SYN_ACK)) == 0x12
+    assert pkt.tcp_flags(bytearray(SYN_ACK)) == 0x12
+    assert pkt.tcp_flags(memoryview(SYN_ACK)) == 0x12
 
 
 def test_tcp_flags_of_non_first_fragments_is_minus_one():
@@ -112,24 +113,24 @@ def test_tcp_flags_of_non_first_fragments_is_minus_one():
     fragments = [bytes(f) for f in fragment(whole, fragsize=48)]
     assert len(fragments) > 2
     first, rest = fragments[0], fragments[1:]
-    assert verdict.tcp_flags(first) == 0x18  # the first fragment (MF set) has the header
+    assert pkt.tcp_flags(first) == 0x18  # the first fragment (MF set) has the header
     for packet in rest:
         assert len(packet) >= 40
-        assert verdict.tcp_flags(packet) == -1
+        assert pkt.tcp_flags(packet) == -1
 
 
 @pytest.mark.parametrize("frag", [1, 4, 255, 256, 0x1000, 0x1FFF])
 @pytest.mark.parametrize("ip_flags", [0, "MF", "DF"])
 def test_tcp_flags_with_fragment_offset_is_minus_one(frag, ip_flags):
     # any non-zero 13-bit offset, in either byte, whatever the flag bits: not a TCP header
-    assert verdict.tcp_flags(tcp("SA", ip_flags=ip_flags, frag=frag)) == -1
+    assert pkt.tcp_flags(tcp("SA", ip_flags=ip_flags, frag=frag)) == -1
 
 
 def test_tcp_flags_of_random_garbage_never_raises():
     rng = random.Random(20240501)
     for _ in range(2000):
         data = rng.randbytes(rng.randint(0, 200))
-        result = verdict.tcp_flags(data)
+        result = pkt.tcp_flags(data)
         assert isinstance(result, int)
         assert -1 <= result <= 255
 
@@ -147,7 +148,7 @@ def test_tcp_flags_of_random_ipv4_looking_bytes_never_raises():
             data[7] = 0
             data[9] = 6
             data = bytes(data)
-        result = verdict.tcp_flags(data)
+        result = pkt.tcp_flags(data)
         assert isinstance(result, int)
         assert -1 <= result <= 255
         found += result >= 0

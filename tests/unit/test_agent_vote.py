@@ -3,14 +3,16 @@ backup votes on claims with its own output (partially, when its stack went quiet
 the wire; disagreements become evidence the controller's Referee verifies. The translator is a
 fake answering own_range from a table; time is passed in."""
 
+import functools
+
 import pytest
 
-from sbft_ryu import voting
-from sbft_ryu.agent import vote
-from sbft_ryu.agent.active import ABSTAIN
+from sbft_ryu import protocol
+from sbft_ryu.agent import faults, vote
+from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
-from sbft_ryu.voting import CLAIM, VOTE, Statement
+from sbft_ryu.protocol import CLAIM, VOTE, Statement
 
 from fakes import FakeTranslator, Token
 
@@ -24,7 +26,7 @@ T = 10.0
 
 
 def segment(data=REPLY, start=1000, port=40000, fin=False):
-    return Statement(CLIENT, port, start, start + len(data) + fin, voting.digest(data, fin))
+    return Statement(CLIENT, port, start, start + len(data) + fin, protocol.digest(data, fin))
 
 
 SEG = segment()
@@ -32,10 +34,11 @@ SEG = segment()
 
 def engine(name, primary="lb1", required=True, translator=None, fault=None, peers=ADDRESSES):
     sent = []
-    e = vote.VoteEngine(name, KEYS[name], translator or FakeTranslator(),
-                        lambda data, address: sent.append((data, address)), fault=fault)
-    e.configure(required=required, f=1, hold_s=HOLD, port=5557, peers=peers, primary=primary,
-                epoch=3)
+    make = vote.VoteEngine if fault is None else functools.partial(faults.LyingVoteEngine, fault)
+    e = make(name, KEYS[name], translator or FakeTranslator(),
+             lambda data, address: sent.append((data, address)))
+    e.configure(vote.VoteConfig.of(required=required, f=1, hold_s=HOLD, port=5557, peers=peers,
+                                   primary=primary, epoch=3))
     e.sent = sent
     return e
 
@@ -47,14 +50,14 @@ def backup(name="lb2", data=REPLY, **kwargs):
 
 def take(e):
     """The datagrams ``e`` sent since the last call, decoded, with their destination."""
-    out = [(voting.decode(data), address) for data, address in e.sent]
+    out = [(protocol.decode(data), address) for data, address in e.sent]
     e.sent.clear()
     return out
 
 
 def claimed(p, token=None, seg=SEG, now=T):
     """``p`` holds one segment and sends its claim: the claim's raw batch."""
-    assert p.hold(token or Token(), b"payload", seg, now) is True
+    assert p.hold(token or Token(), b"payload", seg, now) == (True, ())
     p.flush()
     return take(p)[0][0].raw
 
@@ -70,23 +73,26 @@ def voted(b, claim_raw, now=T):
 
 def test_configure_keeps_peers_other_than_itself():
     e = engine("lb1")
-    assert e.peers == {"lb2": "10.254.0.2", "lb3": "10.254.0.3"}
-    assert (e.required, e.f, e.hold_s, e.port, e.primary, e.epoch) == (True, 1, HOLD, 5557,
-                                                                         "lb1", 3)
-    e.configure(required=0, f=0, hold_s="0.5", port="6000", peers={}, primary=None, epoch=4)
-    assert (e.required, e.f, e.hold_s, e.port) == (False, 1, 0.5, 6000)  # at least f = 1
+    assert e.config.peers == {"lb2": "10.254.0.2", "lb3": "10.254.0.3"}
+    c = e.config
+    assert (c.required, c.f, c.hold_s, c.port, c.primary, c.epoch) == (True, 1, HOLD, 5557, "lb1",
+                                                                       3)
+    e.configure(vote.VoteConfig.of(required=0, f=0, hold_s="0.5", port="6000", peers={},
+                                   primary=None, epoch=4))
+    c = e.config
+    assert (c.required, c.f, c.hold_s, c.port) == (False, 1, 0.5, 6000)  # at least f = 1
 
 
 def test_unvoted_replies_are_not_held():
     p = engine("lb1", required=False)
-    assert p.hold(Token(), b"payload", SEG, T) is False
+    assert p.hold(Token(), b"payload", SEG, T) == (False, ())
     p.flush()
     assert p.sent == [] and p.counters["released_unvoted"] == 1
 
 
 def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
     p = engine("lb1")
-    assert p.hold(Token(), b"payload", SEG, T) is True
+    assert p.hold(Token(), b"payload", SEG, T) == (True, ())
     assert p.sent == []  # batched until the flush
     p.flush()
     sent = take(p)
@@ -94,7 +100,7 @@ def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
                                                        ("10.254.0.3", 5557)]
     for batch, _ in sent:
         assert (batch.kind, batch.author, batch.statements) == (CLAIM, "lb1", (SEG,))
-        assert voting.verify(batch, KEYS["lb1"])
+        assert protocol.verify(batch, KEYS["lb1"])
     assert p.counters["claims"] == 1
     p.flush()
     assert p.sent == []  # nothing new
@@ -102,10 +108,10 @@ def test_a_held_segment_is_claimed_to_every_backup_in_one_signed_batch():
 
 def test_many_claims_go_in_several_batches():
     p = engine("lb1", peers={"lb2": "10.254.0.2"})
-    for n in range(voting.MAX_STATEMENTS + 2):
+    for n in range(protocol.MAX_STATEMENTS + 2):
         p.hold(Token(), b"p", segment(start=1000 + 100 * n), T)
     p.flush()
-    assert [len(batch.statements) for batch, _ in take(p)] == [voting.MAX_STATEMENTS, 2]
+    assert [len(batch.statements) for batch, _ in take(p)] == [protocol.MAX_STATEMENTS, 2]
 
 
 def test_f_agreeing_votes_release_the_segment():
@@ -121,7 +127,7 @@ def test_f_agreeing_votes_release_the_segment():
 def test_a_retransmission_of_an_agreed_range_goes_out_at_once():
     p, b2 = engine("lb1"), backup("lb2")
     p.receive(voted(b2, claimed(p)), T)
-    assert p.hold(Token(), b"again", SEG, T + 0.5) is False
+    assert p.hold(Token(), b"again", SEG, T + 0.5) == (False, ())
     assert p.counters["claims"] == 1
 
 
@@ -129,8 +135,8 @@ def test_a_retransmission_before_the_votes_replaces_the_held_packet():
     p, b2 = engine("lb1"), backup("lb2")
     first, second = Token("first"), Token("second")
     claim_raw = claimed(p, first)
-    assert p.hold(second, b"newer", SEG, T + 0.05) is True
-    assert first.dropped == 1 and p.counters["claims"] == 1
+    assert p.hold(second, b"newer", SEG, T + 0.05) == (True, (first,))  # the caller drops it
+    assert p.counters["claims"] == 1
     assert p.receive(voted(b2, claim_raw), T + 0.06) == [(second, b"newer")]
 
 
@@ -146,7 +152,7 @@ def test_a_segment_without_votes_is_dropped_after_the_hold():
 def test_votes_of_strangers_and_garbage_are_rejected():
     p = engine("lb1")
     claimed(p)
-    stranger = voting.encode(VOTE, "lb9", [SEG], b"9" * 16)
+    stranger = protocol.encode(VOTE, "lb9", [SEG], b"9" * 16)
     assert p.receive(stranger, T) == () and p.receive(b"junk", T) == ()
     assert p.counters["batches_rejected"] == 2 and len(p.pending) == 1
 
@@ -170,7 +176,7 @@ def test_a_backup_votes_with_its_own_digest_to_the_primary_only():
     [(batch, address)] = take(b2)
     assert address == ("10.254.0.1", 5557)
     assert (batch.kind, batch.author, batch.statements) == (VOTE, "lb2", (SEG,))
-    assert voting.verify(batch, KEYS["lb2"])
+    assert protocol.verify(batch, KEYS["lb2"])
     assert b2.counters["votes_cast"] == 1 and list(b2.reports) == []  # agreement: no evidence
 
 
@@ -204,7 +210,7 @@ def test_a_divergent_vote_comes_with_evidence_for_the_controller():
     b3 = backup("lb3", data=OTHER)
     claim_raw = claimed(engine("lb1"))
     vote_raw = voted(b3, claim_raw)
-    assert voting.decode(vote_raw).statements[0].digest == voting.digest(OTHER)
+    assert protocol.decode(vote_raw).statements[0].digest == protocol.digest(OTHER)
     assert b3.counters["divergent_votes"] == 1
     assert b3.take_reports(10) == [("evidence", [claim_raw, vote_raw])]
 
@@ -262,7 +268,7 @@ def test_a_quiet_backup_votes_with_what_it_has_after_its_patience():
     assert b2.counters["partial_votes"] == 1 and b2.waiting == {}
     b2.flush()
     [(batch, _)] = take(b2)
-    assert batch.statements[0].digest == voting.digest(REPLY[:5])
+    assert batch.statements[0].digest == protocol.digest(REPLY[:5])
     assert b2.take_reports(10) == [("evidence", [claim_raw, batch.raw])]
 
 
@@ -294,7 +300,7 @@ def test_a_matching_wire_copy_is_only_counted():
 
 def test_a_divergent_wire_copy_is_reported_with_its_range_and_epoch():
     b2 = backup("lb2")
-    tampered = Statement(CLIENT, 40000, SEG.start, SEG.end, voting.digest(b"XX" + REPLY[2:]))
+    tampered = Statement(CLIENT, 40000, SEG.start, SEG.end, protocol.digest(b"XX" + REPLY[2:]))
     b2.on_wire(tampered, T)
     assert b2.counters["wire_divergent"] == 1
     assert b2.take_reports(10) == [("wire", (CLIENT, 40000, 3, SEG.start, SEG.end))]
@@ -350,7 +356,7 @@ def test_a_false_accuser_votes_honestly_is_heard_but_convicts_nobody(referee):
     p, accuser, honest = engine("lb1"), backup("lb2", fault="false-accuse"), backup("lb3")
     claim_raw = claimed(p)
     accuser_vote = voted(accuser, claim_raw)
-    assert voting.decode(accuser_vote).statements == (SEG,)  # its real vote agrees
+    assert protocol.decode(accuser_vote).statements == (SEG,)  # its real vote agrees
     p.receive(accuser_vote, T)
     p.receive(voted(honest, claim_raw), T)
     items = evidence_of(accuser)
@@ -360,7 +366,7 @@ def test_a_false_accuser_votes_honestly_is_heard_but_convicts_nobody(referee):
     assert referee.judge.suspicion("lb1", T) == 0.0  # one against one: no majority
     assert evidence_of(p) == [] and evidence_of(honest) == []  # nobody else disagreed
     # should lb3's statement on the range reach the judge, the accuser is the minority
-    lb3_says = voting.encode(VOTE, "lb3", [SEG], KEYS["lb3"])
+    lb3_says = protocol.encode(VOTE, "lb3", [SEG], KEYS["lb3"])
     assert referee.evidence("lb3", [[claim_raw, lb3_says]], T) == {"lb2"}
 
 
@@ -369,8 +375,8 @@ def test_forged_reports_are_rejected_whole(referee):
     claim_raw = claimed(engine("lb1"))
     voted(forger, claim_raw)
     [raws] = evidence_of(forger)
-    forged = voting.decode(raws[-1])
-    assert forged.author == "lb3" and not voting.verify(forged, KEYS["lb3"])
+    forged = protocol.decode(raws[-1])
+    assert forged.author == "lb3" and not protocol.verify(forged, KEYS["lb3"])
     assert referee.evidence("lb2", [raws], T) == set()
     stats = referee.judge.stats
     assert (stats["lb2"].rejected, stats["lb2"].reported) == (1, 0)

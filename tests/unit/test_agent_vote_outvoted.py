@@ -9,10 +9,11 @@ import types
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
-from sbft_ryu.agent.active import ABSTAIN, Translator, shared_values
-from sbft_ryu.voting import VOTE, Statement
+from sbft_ryu.agent.active import Translator, shared_values
+from sbft_ryu.agent.own_output import ABSTAIN
+from sbft_ryu.protocol import VOTE, Statement
 
 from fakes import FakeTranslator, QueuedPacket, Token
 
@@ -22,14 +23,14 @@ ADDRESSES = {name: f"10.254.0.{n}" for n, name in enumerate(NAMES, 1)}
 THREE = {name: ADDRESSES[name] for name in NAMES[:3]}
 CLIENT = bytes([10, 0, 0, 31])
 REPLY = b"HTTP/1.0 200 OK\r\n\r\nhi"
-OTHER = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
-THIRD = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nYY")
+OTHER = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+THIRD = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nYY")
 HOLD = 0.2
 T = 10.0
 
 
 def segment(data=REPLY, start=1000, port=40000):
-    return Statement(CLIENT, port, start, start + len(data), voting.digest(data))
+    return Statement(CLIENT, port, start, start + len(data), protocol.digest(data))
 
 
 SEG = segment()
@@ -39,15 +40,15 @@ def engine(name, primary="lb1", peers=THREE, f=1, translator=None, hold_s=HOLD):
     e = vote.VoteEngine(name, KEYS[name], translator or FakeTranslator(),
                         lambda data, address: e.sent.append((data, address)))
     e.sent = []
-    e.configure(required=True, f=f, hold_s=hold_s, port=5557, peers=peers, primary=primary,
-                epoch=3)
+    e.configure(vote.VoteConfig.of(required=True, f=f, hold_s=hold_s, port=5557, peers=peers,
+                                   primary=primary, epoch=3))
     return e
 
 
 def claimed(p, seg=SEG, now=T):
-    assert p.hold(Token(), b"payload", seg, now) is True
+    assert p.hold(Token(), b"payload", seg, now) == (True, ())
     p.flush()
-    raw = voting.decode(p.sent[0][0]).raw
+    raw = protocol.decode(p.sent[0][0]).raw
     p.sent.clear()
     return raw
 
@@ -55,7 +56,7 @@ def claimed(p, seg=SEG, now=T):
 def vote_of(author, seg=SEG, value=None):
     statement = seg if value is None else Statement(seg.client, seg.port, seg.start, seg.end,
                                                     value)
-    return voting.encode(VOTE, author, [statement], KEYS[author])
+    return protocol.encode(VOTE, author, [statement], KEYS[author])
 
 
 # --- an outvoted primary ---------------------------------------------------------------------
@@ -141,13 +142,13 @@ def test_a_primary_demoted_before_the_reset_time_does_not_reset():
     claimed(p)
     for name in ("lb2", "lb3"):
         p.receive(vote_of(name, value=OTHER), T)
-    p.configure(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE, primary="lb2",
-                epoch=4)
+    p.configure(vote.VoteConfig.of(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE,
+                                   primary="lb2", epoch=4))
     p.expire(T + vote.OUTVOTED_RESET_S)
     assert p.resets == [] and p.counters["outvoted_resets"] == 0
     assert p.outvoted == {}  # forgotten: a later promotion does not reset it either
-    p.configure(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE, primary="lb1",
-                epoch=5)
+    p.configure(vote.VoteConfig.of(required=True, f=1, hold_s=HOLD, port=5557, peers=THREE,
+                                   primary="lb1", epoch=5))
     p.expire(T + 2 * vote.OUTVOTED_RESET_S)
     assert p.resets == []
 
@@ -178,17 +179,10 @@ def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
     return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def primary_queue(client_ack):
     """A primary's queue with one connection whose client acknowledged ``client_ack``."""
     translator = Translator(SECRET, PORT)
-    e = engine("lb1", translator=translator)
+    e = engine("lb1", translator=translator.own_output)
     sent = []
     queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), translator, None, sent.append,
                             e, None)
@@ -282,7 +276,7 @@ def real_backup(now):
     tr.process(packet("10.0.0.100", client, PORT, 40000, "SA", OWN_ISN, CLIENT_ISN + 1), None,
                False, now)
     stack_sends(tr, 0, REPLY[:5], now)
-    return tr, engine("lb2", translator=tr)
+    return tr, engine("lb2", translator=tr.own_output)
 
 
 def stack_sends(tr, offset, data, now):
@@ -293,9 +287,9 @@ def stack_sends(tr, offset, data, now):
 
 def real_claim(data=REPLY):
     start = (R_SHARED + 1) % M32
-    return voting.encode(voting.CLAIM, "lb1", [Statement(CLIENT, 40000, start,
+    return protocol.encode(protocol.CLAIM, "lb1", [Statement(CLIENT, 40000, start,
                                                          start + len(data),
-                                                         voting.digest(data))], KEYS["lb1"])
+                                                         protocol.digest(data))], KEYS["lb1"])
 
 
 def test_a_real_backup_votes_partially_only_once_its_stack_was_quiet_long_enough():
@@ -311,7 +305,7 @@ def test_a_real_backup_votes_partially_only_once_its_stack_was_quiet_long_enough
     b2.expire(T + 0.5 + vote.PARTIAL_QUIET_S)
     assert b2.counters["partial_votes"] == 1 and b2.waiting == {}
     [(statement, claim_raw)] = b2.votes_out
-    assert statement.digest == voting.digest(REPLY[:9])  # what its stack sent, 9 bytes
+    assert statement.digest == protocol.digest(REPLY[:9])  # what its stack sent, 9 bytes
     assert claim_raw == real_claim()  # divergent: evidence at the flush
 
 
@@ -338,11 +332,11 @@ def test_a_real_backup_that_sent_the_whole_range_before_its_rst_still_votes():
                       CLIENT_ISN + 1), None, False, T)
     b2.receive(real_claim(), T)
     [(statement, evidence)] = b2.votes_out
-    assert statement.digest == voting.digest(REPLY) and evidence is None  # agreement
+    assert statement.digest == protocol.digest(REPLY) and evidence is None  # agreement
 
 
 def test_a_real_backup_that_never_took_part_abstains_after_the_patience():
-    b2 = engine("lb2", translator=Translator(R_SECRET, PORT))  # joined after the SYN
+    b2 = engine("lb2", translator=Translator(R_SECRET, PORT).own_output)  # joined after the SYN
     b2.receive(real_claim(), T)
     assert len(b2.waiting) == 1  # its SYN may still be queued: wait
     b2.expire(T + max(HOLD, vote.PARTIAL_QUIET_S))

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from sbft_ryu import rest, voting
+from sbft_ryu import protocol, rest
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import AuthError, Referee
 
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(("lb1", "lb2", "lb3"), 1)}
 CLIENT = bytes([10, 0, 0, 31])
-TRUE, LIE = voting.digest(b"the reply"), voting.digest(b"a lie")
+TRUE, LIE = protocol.digest(b"the reply"), protocol.digest(b"a lie")
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def beat(name="lb1", nonce=None, key=None, seq=1, **extra):
     if nonce is not None:
         body["nonce"] = nonce
     if key is not None:
-        body["mac"] = voting.sign_body(key, name, body)
+        body["mac"] = protocol.sign_body(key, name, body)
     return rest.parse_heartbeat(json.dumps(body).encode())
 
 
@@ -85,7 +85,7 @@ def test_a_heartbeat_not_signed_with_the_replicas_key_is_rejected(referee, key):
 
 def test_a_forged_copy_of_a_signed_heartbeat_is_rejected(referee):
     body = {"seq": 1, "service_ok": True, "counters": {}, "nonce": "nonce-1"}
-    body["mac"] = voting.sign_body(KEYS["lb1"], "lb1", body)
+    body["mac"] = protocol.sign_body(KEYS["lb1"], "lb1", body)
     body["service_ok"] = False  # changed in flight
     with pytest.raises(AuthError):
         referee.authenticate("lb1", rest.parse_heartbeat(json.dumps(body).encode()))
@@ -110,14 +110,14 @@ def test_replicas_without_a_key_are_not_authenticated(raw):
 # --- evidence ------------------------------------------------------------------------------------
 
 def signed(kind, author, value, start=1000, key=None):
-    statement = voting.Statement(CLIENT, 40000, start, start + 9, value)
-    return voting.encode(kind, author, [statement], KEYS[author] if key is None else key)
+    statement = protocol.Statement(CLIENT, 40000, start, start + 9, value)
+    return protocol.encode(kind, author, [statement], KEYS[author] if key is None else key)
 
 
 def item(start=1000, liar="lb3"):
     """What the primary reports: its claim and both votes (``liar`` votes another digest)."""
-    return (signed(voting.CLAIM, "lb1", TRUE, start),
-            *(signed(voting.VOTE, name, LIE if name == liar else TRUE, start)
+    return (signed(protocol.CLAIM, "lb1", TRUE, start),
+            *(signed(protocol.VOTE, name, LIE if name == liar else TRUE, start)
               for name in ("lb2", "lb3")))
 
 
@@ -142,10 +142,10 @@ def test_a_backup_may_report_too(referee):
 
 
 @pytest.mark.parametrize("bad", [
-    signed(voting.VOTE, "lb2", TRUE, key=KEYS["lb3"]),  # forged in lb2's name
-    signed(voting.VOTE, "lb2", TRUE)[:-1] + b"\x00",  # MAC tampered
+    signed(protocol.VOTE, "lb2", TRUE, key=KEYS["lb3"]),  # forged in lb2's name
+    signed(protocol.VOTE, "lb2", TRUE)[:-1] + b"\x00",  # MAC tampered
     b"garbage",
-    voting.encode(voting.VOTE, "lb9", [], b"9" * 16),  # nobody's key
+    protocol.encode(protocol.VOTE, "lb9", [], b"9" * 16),  # nobody's key
 ], ids=["forged", "tampered", "garbage", "unknown-author"])
 def test_an_item_with_any_bad_batch_is_rejected_whole(referee, bad):
     claim, _, lie = item()

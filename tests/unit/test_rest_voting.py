@@ -14,7 +14,7 @@ import webob
 from ryu.app.wsgi import WSGIApplication
 
 from sbft_ryu import app as app_module
-from sbft_ryu import rest, voting
+from sbft_ryu import protocol, rest
 from sbft_ryu.cluster import ClusterState
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
@@ -62,17 +62,18 @@ def heartbeat(client, app, name="lb1", sign=True, **extra):
     body = {"seq": 1, "service_ok": True, "counters": {}, **extra}
     if sign:
         body["nonce"] = app.referee.nonces[name]
-        body["mac"] = voting.sign_body(KEYS[name], name, body)
+        body["mac"] = protocol.sign_body(KEYS[name], name, body)
     return client(f"/sbft/replicas/{name}/heartbeat", "POST", body)
 
 
 def evidence(start, liar="lb3"):
     """A primary's evidence item, as hex: its claim and both votes (``liar`` disagrees)."""
     def signed(kind, name):
-        value = voting.digest(b"wrong" if name == liar else b"right")
-        statement = voting.Statement(CLIENT, 40000, start, start + 5, value)
-        return voting.encode(kind, name, [statement], KEYS[name]).hex()
-    return [signed(voting.CLAIM, "lb1"), signed(voting.VOTE, "lb2"), signed(voting.VOTE, "lb3")]
+        value = protocol.digest(b"wrong" if name == liar else b"right")
+        statement = protocol.Statement(CLIENT, 40000, start, start + 5, value)
+        return protocol.encode(kind, name, [statement], KEYS[name]).hex()
+    return [signed(protocol.CLAIM, "lb1"), signed(protocol.VOTE, "lb2"),
+            signed(protocol.VOTE, "lb3")]
 
 
 # --- authenticated heartbeats ----------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_a_signed_heartbeat_is_answered_with_the_next_nonce_and_the_voting_block
 
 def test_a_replayed_heartbeat_is_401(client, app):
     body = {"seq": 1, "service_ok": True, "counters": {}, "nonce": "n1"}
-    body["mac"] = voting.sign_body(KEYS["lb1"], "lb1", body)
+    body["mac"] = protocol.sign_body(KEYS["lb1"], "lb1", body)
     assert client("/sbft/replicas/lb1/heartbeat", "POST", body).status_int == 200
     replay = client("/sbft/replicas/lb1/heartbeat", "POST", body)
     assert replay.status_int == 401 and replay.json["nonce"] == "n4"

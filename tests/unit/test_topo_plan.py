@@ -157,13 +157,13 @@ def test_replica_haproxy_cfg_has_one_stream_server_per_backend(count):
 # --- emulated stack skews -------------------------------------------------------------------
 
 
-def test_skews_are_valid_emulate_skew_arguments_and_distinct():
-    from sbft_ryu.agent import cli, skew
+def test_skews_are_valid_emulate_skew_arguments_and_distinct(test_faults_allowed):
+    from sbft_ryu.agent import cli, faults
     names = [f"lb{i}" for i in range(1, topo.MAX_HOSTS_PER_ROLE + 1)]
     assert topo.MAX_HOSTS_PER_ROLE == 9
     assert sorted(topo.SKEWS) == names  # one per replica the topology can have
     assert (topo.SKEWS["lb1"], topo.SKEWS["lb2"]) == ("0:-50000", "1000000007:37000")
-    parsed = {name: skew.parse_skew(value) for name, value in topo.SKEWS.items()}
+    parsed = {name: faults.parse_skew(value) for name, value in topo.SKEWS.items()}
     assert parsed["lb1"] == (0, 2 ** 32 - 50000)  # a negative offset, modulo 2**32
     assert len({isn for isn, _ in parsed.values()}) == len(names)
     assert len({ts for _, ts in parsed.values()}) == len(names)

@@ -3,7 +3,7 @@ per-replica vote statistics (votes_view) and the voting block of heartbeat answe
 
 import pytest
 
-from sbft_ryu import views, voting
+from sbft_ryu import protocol, views
 from sbft_ryu.cluster import ClusterState
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
@@ -67,8 +67,8 @@ def test_vote_statistics_without_a_referee_are_zero(default_config):
 
 
 def signed(kind, name, text):
-    statement = voting.Statement(b"\n\0\0\x1f", 40000, 0, len(text), voting.digest(text))
-    return voting.encode(kind, name, [statement], KEYS[name])
+    statement = protocol.Statement(b"\n\0\0\x1f", 40000, 0, len(text), protocol.digest(text))
+    return protocol.encode(kind, name, [statement], KEYS[name])
 
 
 def test_vote_statistics_come_from_the_judge_and_the_agents_counters(config):
@@ -77,10 +77,10 @@ def test_vote_statistics_come_from_the_judge_and_the_agents_counters(config):
     cluster = cluster_with(config)
     cluster.heartbeat("lb3", 1, True, {"claims": 4, "votes_cast": 6.0}, NOW)
     referee = Referee(config)
-    claim = signed(voting.CLAIM, "lb1", b"right")
-    referee.evidence("lb3", [[claim, signed(voting.VOTE, "lb3", b"wrong")]], NOW - 5.0)
+    claim = signed(protocol.CLAIM, "lb1", b"right")
+    referee.evidence("lb3", [[claim, signed(protocol.VOTE, "lb3", b"wrong")]], NOW - 5.0)
     referee.evidence("lb3", [[b"forged"]], NOW - 5.0)
-    referee.evidence("lb1", [[claim, signed(voting.VOTE, "lb2", b"right")]], NOW - 5.0)
+    referee.evidence("lb1", [[claim, signed(protocol.VOTE, "lb2", b"right")]], NOW - 5.0)
     referee.auth_failures["lb3"] = 7
     votes = views.replica_view(config, cluster, "lb3", NOW, referee)["votes"]
     assert votes == {"segments_compared": 10, "divergences": 1, "wire_divergences": 0,

@@ -3,12 +3,14 @@ controller's Judge (time is passed in: no clock, no sleeping)."""
 
 import pytest
 
-from sbft_ryu import voting
-from sbft_ryu.voting import CLAIM, VOTE, Judge, Statement, VotingError
+from sbft_ryu import protocol, voting
+from sbft_ryu.protocol import CLAIM, VOTE, Statement, VotingError
+from sbft_ryu.voting import Judge
 
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(("lb1", "lb2", "lb3"), 1)}
 CLIENT = bytes([10, 0, 0, 31])
-TRUE, LIE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nhi"), voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+TRUE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nhi")
+LIE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
 
 
 def stmt(start=1000, end=1022, value=TRUE, port=40000):
@@ -17,101 +19,101 @@ def stmt(start=1000, end=1022, value=TRUE, port=40000):
 
 def batch(author, *statements, kind=VOTE, key=None):
     """A decoded batch as the controller gets it (signed with ``author``'s key by default)."""
-    return voting.decode(voting.encode(kind, author, list(statements),
+    return protocol.decode(protocol.encode(kind, author, list(statements),
                                        KEYS[author] if key is None else key))
 
 
 # --- digest ----------------------------------------------------------------------------------
 
 def test_digest_is_16_deterministic_bytes():
-    assert len(voting.digest(b"abc")) == voting.DIGEST == 16
-    assert voting.digest(b"abc") == voting.digest(bytearray(b"abc")) == voting.digest(
+    assert len(protocol.digest(b"abc")) == protocol.DIGEST == 16
+    assert protocol.digest(b"abc") == protocol.digest(bytearray(b"abc")) == protocol.digest(
         memoryview(b"xabc")[1:])
 
 
 def test_digest_tells_data_and_a_final_fin_apart():
-    values = {voting.digest(b"abc"), voting.digest(b"abd"), voting.digest(b"abc", fin=True),
-              voting.digest(b""), voting.digest(b"", fin=True)}
+    values = {protocol.digest(b"abc"), protocol.digest(b"abd"), protocol.digest(b"abc", fin=True),
+              protocol.digest(b""), protocol.digest(b"", fin=True)}
     assert len(values) == 5  # truncation (a FIN early) is a divergence
 
 
 # --- signed batches --------------------------------------------------------------------------
 
 def test_a_batch_round_trips_and_verifies_with_its_authors_key():
-    statements = [stmt(), stmt(2000, 2001, voting.digest(b"", True), port=1)]
-    raw = voting.encode(CLAIM, "lb1", statements, KEYS["lb1"])
-    decoded = voting.decode(raw)
+    statements = [stmt(), stmt(2000, 2001, protocol.digest(b"", True), port=1)]
+    raw = protocol.encode(CLAIM, "lb1", statements, KEYS["lb1"])
+    decoded = protocol.decode(raw)
     assert (decoded.kind, decoded.author, decoded.statements, decoded.raw) == (
         CLAIM, "lb1", tuple(statements), raw)
-    assert voting.verify(decoded, KEYS["lb1"])
+    assert protocol.verify(decoded, KEYS["lb1"])
     assert decoded.statements[0].range_key == (CLIENT, 40000, 1000, 1022)
 
 
 def test_an_empty_batch_and_a_full_one_round_trip():
-    assert voting.decode(voting.encode(VOTE, "lb2", [], KEYS["lb2"])).statements == ()
-    full = [stmt(i, i + 1) for i in range(voting.MAX_STATEMENTS)]
-    raw = voting.encode(VOTE, "lb2", full, KEYS["lb2"])
+    assert protocol.decode(protocol.encode(VOTE, "lb2", [], KEYS["lb2"])).statements == ()
+    full = [stmt(i, i + 1) for i in range(protocol.MAX_STATEMENTS)]
+    raw = protocol.encode(VOTE, "lb2", full, KEYS["lb2"])
     assert len(raw) < 1500  # one datagram on the management network
-    assert voting.decode(raw).statements == tuple(full)
+    assert protocol.decode(raw).statements == tuple(full)
 
 
 @pytest.mark.parametrize("author", ["lb2", "lb3"])
 def test_a_batch_does_not_verify_with_another_key(author):
     decoded = batch("lb1", stmt())
-    assert not voting.verify(decoded, KEYS[author])
+    assert not protocol.verify(decoded, KEYS[author])
 
 
 def test_a_batch_signed_in_another_replicas_name_does_not_verify():
     forged = batch("lb3", stmt(), key=KEYS["lb2"])  # lb2 speaking for lb3
     assert forged.author == "lb3"
-    assert not voting.verify(forged, KEYS["lb3"])
+    assert not protocol.verify(forged, KEYS["lb3"])
 
 
 @pytest.mark.parametrize("at", [4, 5, 7, 10, 30, -20, -1])  # kind, author, statement, MAC
 def test_a_tampered_batch_does_not_verify(at):
-    raw = bytearray(voting.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]))
+    raw = bytearray(protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]))
     raw[at] ^= 0x01
     try:
-        decoded = voting.decode(bytes(raw))
+        decoded = protocol.decode(bytes(raw))
     except VotingError:
         return  # (a changed header may not even parse)
-    assert not voting.verify(decoded, KEYS["lb2"])
+    assert not protocol.verify(decoded, KEYS["lb2"])
 
 
 def test_a_statement_changed_to_another_digest_does_not_verify():
-    raw = voting.encode(VOTE, "lb2", [stmt(value=TRUE)], KEYS["lb2"])
+    raw = protocol.encode(VOTE, "lb2", [stmt(value=TRUE)], KEYS["lb2"])
     swapped = raw.replace(TRUE, LIE)
-    assert swapped != raw and voting.decode(swapped).statements[0].digest == LIE
-    assert not voting.verify(voting.decode(swapped), KEYS["lb2"])
+    assert swapped != raw and protocol.decode(swapped).statements[0].digest == LIE
+    assert not protocol.verify(protocol.decode(swapped), KEYS["lb2"])
 
 
-@pytest.mark.parametrize("cut", [0, 3, 6, 9, 20, 1, voting.TAG])
+@pytest.mark.parametrize("cut", [0, 3, 6, 9, 20, 1, protocol.TAG])
 def test_a_truncated_batch_is_rejected(cut):
-    raw = voting.encode(VOTE, "lb2", [stmt()], KEYS["lb2"])
+    raw = protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"])
     data = raw[:cut] if cut < 10 else raw[:-cut]
     with pytest.raises(VotingError):
-        voting.decode(data)
+        protocol.decode(data)
 
 
 @pytest.mark.parametrize("data", [
-    b"XXXX" + voting.encode(VOTE, "lb2", [stmt()], KEYS["lb2"])[4:],  # magic
+    b"XXXX" + protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"])[4:],  # magic
     b"SBV1\x03\x03\x01lb2" + bytes(60),  # an unknown kind
     b"SBV1\x02\x00\x00" + bytes(16),  # no author
-    voting.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]) + b"\x00",  # a byte too many
+    protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]) + b"\x00",  # a byte too many
     b"SBV1\x02\x03\x00l\xffx" + bytes(16),  # not ASCII
     b"",
 ])
 def test_garbage_is_rejected_with_a_voting_error(data):
     with pytest.raises(VotingError):
-        voting.decode(data)
+        protocol.decode(data)
     assert issubclass(VotingError, ValueError)
 
 
 @pytest.mark.parametrize("author, count", [("", 1), ("x" * 33, 1),
-                                           ("lb1", voting.MAX_STATEMENTS + 1)])
+                                           ("lb1", protocol.MAX_STATEMENTS + 1)])
 def test_encode_refuses_out_of_range_batches(author, count):
     with pytest.raises(VotingError):
-        voting.encode(VOTE, author, [stmt()] * count, KEYS["lb1"])
+        protocol.encode(VOTE, author, [stmt()] * count, KEYS["lb1"])
 
 
 # --- signed heartbeat bodies -----------------------------------------------------------------
@@ -120,42 +122,42 @@ BODY = {"seq": 4, "service_ok": True, "counters": {"b": 2, "a": 1.5}, "nonce": "
 
 
 def signed(body, name="lb1", key=None):
-    return {**body, "mac": voting.sign_body(KEYS[name] if key is None else key, name, body)}
+    return {**body, "mac": protocol.sign_body(KEYS[name] if key is None else key, name, body)}
 
 
 def test_canonical_drops_the_mac_sorts_keys_and_has_no_spaces():
-    assert voting.canonical({**BODY, "mac": "x"}) == (
+    assert protocol.canonical({**BODY, "mac": "x"}) == (
         b'{"counters":{"a":1.5,"b":2},"nonce":"n1","seq":4,"service_ok":true}')
 
 
 def test_a_signed_body_verifies_whatever_its_key_order():
     body = signed(BODY)
-    assert len(body["mac"]) == 2 * voting.TAG
-    assert voting.body_signed(KEYS["lb1"], "lb1", body)
-    assert voting.body_signed(KEYS["lb1"], "lb1", dict(reversed(list(body.items()))))
+    assert len(body["mac"]) == 2 * protocol.TAG
+    assert protocol.body_signed(KEYS["lb1"], "lb1", body)
+    assert protocol.body_signed(KEYS["lb1"], "lb1", dict(reversed(list(body.items()))))
 
 
 @pytest.mark.parametrize("change", [{"seq": 5}, {"service_ok": False}, {"nonce": "n2"},
                                     {"counters": {"a": 1.5, "b": 3}}, {"extra": 1}])
 def test_any_change_to_a_signed_body_is_detected(change):
-    assert not voting.body_signed(KEYS["lb1"], "lb1", {**signed(BODY), **change})
+    assert not protocol.body_signed(KEYS["lb1"], "lb1", {**signed(BODY), **change})
 
 
 def test_a_body_signed_by_another_key_or_for_another_name_does_not_verify():
-    assert not voting.body_signed(KEYS["lb1"], "lb1", signed(BODY, key=KEYS["lb2"]))
-    assert not voting.body_signed(KEYS["lb2"], "lb2", signed(BODY, "lb1", key=KEYS["lb2"]))
+    assert not protocol.body_signed(KEYS["lb1"], "lb1", signed(BODY, key=KEYS["lb2"]))
+    assert not protocol.body_signed(KEYS["lb2"], "lb2", signed(BODY, "lb1", key=KEYS["lb2"]))
     # the name is covered: lb1's signature never passes as lb2's, even with one key
-    assert not voting.body_signed(KEYS["lb1"], "lb2", signed(BODY))
+    assert not protocol.body_signed(KEYS["lb1"], "lb2", signed(BODY))
 
 
 @pytest.mark.parametrize("tag", [None, 7, ["00"], "", "00" * 16])
 def test_a_body_without_a_proper_mac_does_not_verify(tag):
     body = dict(BODY) if tag is None else {**BODY, "mac": tag}
-    assert voting.body_signed(KEYS["lb1"], "lb1", body) is False
+    assert protocol.body_signed(KEYS["lb1"], "lb1", body) is False
 
 
 def test_a_non_ascii_mac_does_not_verify():
-    assert voting.body_signed(KEYS["lb1"], "lb1", {**BODY, "mac": "\u00e9" * 32}) is False
+    assert protocol.body_signed(KEYS["lb1"], "lb1", {**BODY, "mac": "\u00e9" * 32}) is False
 
 
 # --- Judge: majority, suspicion, decay ---------------------------------------------------------

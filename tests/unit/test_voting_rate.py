@@ -7,18 +7,19 @@ import math
 
 import pytest
 
-from sbft_ryu import voting
-from sbft_ryu.voting import CLAIM, VOTE, Judge, Statement
+from sbft_ryu import protocol
+from sbft_ryu.protocol import CLAIM, VOTE, Statement
+from sbft_ryu.voting import Judge
 
 NAMES = ("lb1", "lb2", "lb3")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
 CLIENT = bytes([10, 0, 0, 31])
-TRUE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nhi")
-LIE = voting.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
+TRUE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nhi")
+LIE = protocol.digest(b"HTTP/1.0 200 OK\r\n\r\nXX")
 
 
 def batch(author, statement, kind=VOTE):
-    return voting.decode(voting.encode(kind, author, [statement], KEYS[author]))
+    return protocol.decode(protocol.encode(kind, author, [statement], KEYS[author]))
 
 
 def evidence(start, liar="lb3", primary="lb1"):
@@ -111,7 +112,7 @@ def test_an_accomplices_inflated_count_cannot_dilute_the_liars_record():
     guilty = set()
     for n in range(3):
         start = 1000 * (n + 1)
-        said = [voting.decode(voting.encode(VOTE, name, [  # (verified by the referee)
+        said = [protocol.decode(protocol.encode(VOTE, name, [  # (verified by the referee)
             Statement(CLIENT, 40000, start, start + 22, LIE if name == "a" else TRUE)],
             bytes([i]) * 16)) for i, name in enumerate(names, 1)]
         guilty = tier.judge.opinions("c", said, 10.0)  # 4 agree: the quorum is n - f = 3

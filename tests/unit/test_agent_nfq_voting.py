@@ -9,9 +9,11 @@ import types
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu import voting
+from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
+from sbft_ryu.agent.faults import PacketAdapter
 from sbft_ryu.agent.active import Translator, shared_values
+from sbft_ryu.agent.own_output import statement_of
 
 from fakes import QueuedPacket
 
@@ -66,23 +68,17 @@ class FakeSocket:
         self.sent.append((data, address))
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def make(name, primary, required=True, fault=None):
     """(queue, vote socket, packets the agent sent itself) of replica ``name``."""
     translator = Translator(SECRET, PORT)
     sock = FakeSocket()
-    engine = vote.VoteEngine(name, KEYS[name], translator, sock.sendto)
-    engine.configure(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
-                     primary="lb1", epoch=1)
+    engine = vote.VoteEngine(name, KEYS[name], translator.own_output, sock.sendto)
+    engine.configure(vote.VoteConfig.of(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
+                     primary="lb1", epoch=1))
     sent = []
     state = types.SimpleNamespace(primary=primary)
-    queue = nfq.ActiveQueue(state, translator, None, sent.append, engine, sock, fault)
+    queue = nfq.ActiveQueue(state, translator, PacketAdapter(reply=fault), sent.append, engine,
+                            sock)
     return queue, sock, sent
 
 
@@ -100,7 +96,7 @@ def serve_request(queue, own_isn):
 
 def claims(sock):
     """Claims the queue's engine sent, decoded, and to whom."""
-    out = [(voting.decode(data), address) for data, address in sock.sent]
+    out = [(protocol.decode(data), address) for data, address in sock.sent]
     sock.sent.clear()
     return out
 
@@ -108,9 +104,9 @@ def claims(sock):
 def vote_for(batch, author="lb2", value=None):
     statement = batch.statements[0]
     if value is not None:
-        statement = voting.Statement(statement.client, statement.port, statement.start,
+        statement = protocol.Statement(statement.client, statement.port, statement.start,
                                      statement.end, value)
-    return voting.encode(voting.VOTE, author, [statement], KEYS[author])
+    return protocol.encode(protocol.VOTE, author, [statement], KEYS[author])
 
 
 # --- the primary ---------------------------------------------------------------------------------
@@ -133,13 +129,13 @@ def test_a_primarys_reply_waits_for_a_vote(clock):
                                                        ("10.254.0.3", 5557)]
     claim = sent[0][0]
     assert claim.statements[0].start == (SHARED + 1) % M32
-    assert claim.statements[0].digest == voting.digest(BODY)
+    assert claim.statements[0].digest == protocol.digest(BODY)
     sock.incoming.append(vote_for(claim))
     queue.readable(sock, clock[0])
     assert [call[0] for call in reply.calls] == ["set_payload", "accept"]
     released = reply.calls[0][1]
     assert IP(released)[TCP].seq == (SHARED + 1) % M32
-    assert queue.translator.statement_of(released) == claim.statements[0]
+    assert statement_of(released) == claim.statements[0]
 
 
 def test_a_divergent_vote_releases_nothing_and_the_hold_expires(clock):
@@ -147,7 +143,7 @@ def test_a_divergent_vote_releases_nothing_and_the_hold_expires(clock):
     serve_request(queue, 70000)
     reply = feed(queue, response(70000), POST_ROUTING)
     queue.flush()
-    sock.incoming.append(vote_for(claims(sock)[0][0], value=voting.digest(b"other")))
+    sock.incoming.append(vote_for(claims(sock)[0][0], value=protocol.digest(b"other")))
     queue.readable(sock, clock[0])
     assert reply.calls == []
     queue.tick(clock[0] + 0.3)
@@ -214,7 +210,7 @@ def test_a_backup_checks_the_switchs_copy_and_never_delivers_it(clock, data, div
 def test_a_backup_answers_a_waiting_claim_when_its_own_reply_goes(clock):
     queue, sock, _ = make("lb2", False)
     serve_request(queue, 9000)
-    claim = voting.encode(voting.CLAIM, "lb1", [queue.translator.statement_of(primary_copy())],
+    claim = protocol.encode(protocol.CLAIM, "lb1", [statement_of(primary_copy())],
                           KEYS["lb1"])
     sock.incoming.append(claim)
     queue.readable(sock, clock[0])
@@ -223,7 +219,7 @@ def test_a_backup_answers_a_waiting_claim_when_its_own_reply_goes(clock):
     queue.flush()
     [(data, address)] = sock.sent
     assert address == ("10.254.0.1", 5557)
-    assert voting.decode(data).statements == voting.decode(claim).statements  # agreement
+    assert protocol.decode(data).statements == protocol.decode(claim).statements  # agreement
 
 
 # --- a new primary's replay goes through the vote, in RawSend tokens ----------------------------
@@ -244,8 +240,8 @@ def test_a_promoted_backup_replays_through_the_vote(clock, required):
     serve_request(queue, 9000)
     feed(queue, response(9000), POST_ROUTING)  # sent as a backup, not acknowledged
     queue.state.primary = True
-    queue.vote.configure(required=required, f=1, hold_s=0.2, port=5557, peers=PEERS,
-                         primary="lb2", epoch=2)
+    queue.vote.configure(vote.VoteConfig.of(required=required, f=1, hold_s=0.2, port=5557,
+                                            peers=PEERS, primary="lb2", epoch=2))
     queue.tick(clock[0])
     if required:
         assert sent == []  # held as a RawSend until a backup agrees
@@ -284,7 +280,7 @@ def test_an_outvoted_primary_resets_the_connection(clock):
     feed(queue, response(70000), POST_ROUTING)
     queue.flush()
     claim = claims(sock)[0][0]
-    other = voting.digest(b"what both backups sent")
+    other = protocol.digest(b"what both backups sent")
     sock.incoming += [vote_for(claim, "lb2", other), vote_for(claim, "lb3", other)]
     queue.readable(sock, clock[0])
     queue.tick(clock[0] + vote.OUTVOTED_RESET_S + 0.01)

@@ -8,7 +8,7 @@ from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent import active, nfq
 from sbft_ryu.agent.active import Translator, shared_values
-from sbft_ryu.agent.skew import Skew
+from sbft_ryu.agent.faults import PacketAdapter, Skew
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -97,17 +97,9 @@ class FakePacket:
         return [call[0] for call in self.calls if call[0] in ("accept", "drop")]
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """nfq's monotonic clock, under the test's control (nfq.time only, not the time module)."""
-    now = [1000.0]
-    monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    return now
-
-
 def make_queue(primary=True, skew=None):
     state = types.SimpleNamespace(primary=primary)
-    return nfq.ActiveQueue(state, Translator(SECRET, PORT), skew)
+    return nfq.ActiveQueue(state, Translator(SECRET, PORT), PacketAdapter(skew))
 
 
 def feed(queue, payload, **fail):
@@ -269,13 +261,13 @@ class SpyTranslator(Translator):
 def test_skew_outbound_before_and_inbound_after_the_translator(clock):
     skew = Skew(1000000000, 37000, PORT)
     spy = SpyTranslator(SECRET, PORT)
-    queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), spy, skew)
+    queue = nfq.ActiveQueue(types.SimpleNamespace(primary=True), spy, PacketAdapter(skew))
     plain = make_queue()
     for raw in (SYN, HS_ACK, SYN_ACK, REQUEST, RESPONSE):
         skewed_packet = feed(queue, raw)
         plain_packet = feed(plain, raw)
         assert spy.seen[-1] == skew.outbound(raw)  # the translator sees the skewed stack
-        verdict, new, released = spy.results[-1]
+        verdict, new, released = spy.results[-1][:3]
         if verdict == active.ACCEPT and new is not None:
             assert skewed_packet.calls[0] == ("set_payload", skew.inbound(new))
         # a skew is invisible on the wire: same calls as an unskewed replica
@@ -333,13 +325,14 @@ def test_close_drops_every_held_packet_once(clock):
 
 
 def test_close_drops_packets_of_a_replaced_connection_not_yet_handed_out(clock):
-    """Held packets of a connection replaced by a new SYN wait in the translator for the
-    next expire(): close hands them out (expire(inf)) and drops them too."""
+    """Held packets of a connection replaced by a new SYN are dropped with that SYN (an
+    effect of it); close does not drop them twice."""
     queue = make_queue()
     feed(queue, SYN)
     held = feed(queue, HS_ACK)
-    feed(queue, client_pkt("S", CLIENT_ISN + 777, 0))  # same port, new ISN
     assert held.calls == []
+    feed(queue, client_pkt("S", CLIENT_ISN + 777, 0))  # same port, new ISN
+    assert held.calls == [("drop",)]
     queue.close()
     assert held.calls == [("drop",)]
 

@@ -1,13 +1,21 @@
-"""Tests for sbft_ryu.agent.skew: the test-only emulation of another host's TCP stack, and its
-composition with the active translator (a skew must be invisible on the wire)."""
+"""Tests for sbft_ryu.agent.faults: the emulation of another host's TCP stack and its
+composition with the active translator (a skew must be invisible on the wire), and the seam
+itself: the test-only options are refused unless SBFT_TEST_FAULTS=1, and the module is loaded
+only when one is given."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from scapy.all import IP, TCP, UDP, Raw
 
-from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, Translator, shared_values
-from sbft_ryu.agent.skew import Skew, parse_skew
+from sbft_ryu.agent import cli, faults
+from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
+from sbft_ryu.agent.faults import Skew, parse_skew
+
+from fakes import RecordedTranslator
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -171,7 +179,7 @@ class Host:
     """A replica: translator, optional skew, the exact steps of nfq.ActiveQueue.callback."""
 
     def __init__(self, skew=None, primary=True):
-        self.tr = Translator(SECRET, PORT)
+        self.tr = RecordedTranslator(SECRET, PORT)
         self.skew = skew
         self.primary = primary
 
@@ -276,3 +284,57 @@ def test_skew_is_visible_without_translation():
     """Sanity check of the composition test: the skew does change what the stack sends."""
     raw = exchange()[5][1]
     assert Skew(1000000000, 37000, PORT).outbound(raw) != raw
+
+
+# ---- the seam: refused unless the environment allows it, loaded only when asked ---------------
+
+AGENT_ARGS = ["--name", "lb1", "--controller", "http://10.254.0.254:8080"]
+TEST_ONLY = [["--emulate-skew", "1000:37000"], ["--fault", "tamper-wire"],
+             ["--fault", "false-accuse"], ["--fault", "forge-reports"],
+             ["--emulate-skew", "1:2", "--fault", "tamper-wire"]]
+
+
+@pytest.mark.parametrize("option", TEST_ONLY)
+@pytest.mark.parametrize("value", [None, "", "0", "yes", "1 "])
+def test_the_test_only_options_are_refused_unless_the_environment_allows_them(
+        option, value, monkeypatch, capsys):
+    if value is None:
+        monkeypatch.delenv(faults.ENVIRONMENT, raising=False)
+    else:
+        monkeypatch.setenv(faults.ENVIRONMENT, value)
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(AGENT_ARGS + option)
+    assert info.value.code == 2
+    assert (f"sbft-agent: error: argument {option[0]}: a test-only option, refused unless "
+            "SBFT_TEST_FAULTS=1 is set in the environment") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", TEST_ONLY)
+def test_the_test_only_options_are_taken_where_the_environment_allows_them(
+        option, test_faults_allowed):
+    config, _ = cli.parse_args(AGENT_ARGS + option)
+    assert (config.emulate_skew, config.fault) != (None, None)
+
+
+def test_main_refuses_a_liar_without_the_environment(monkeypatch, capsys):
+    monkeypatch.delenv(faults.ENVIRONMENT, raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main(AGENT_ARGS + ["--fault", "false-accuse"])
+    assert info.value.code == 2 and "refused unless SBFT_TEST_FAULTS=1" in capsys.readouterr().err
+
+
+LOADED = """
+import sys
+from sbft_ryu.agent import cli
+agent = cli.Agent(cli.parse_args(sys.argv[1:])[0])
+print("sbft_ryu.agent.faults" in sys.modules, agent.faults is not None)
+"""
+
+
+@pytest.mark.parametrize("option, loaded", [([], "False False"),
+                                            (["--emulate-skew", "1:2"], "True True")])
+def test_the_faults_module_is_loaded_only_for_a_test_only_option(option, loaded):
+    env = dict(os.environ, SBFT_TEST_FAULTS="1")
+    out = subprocess.run([sys.executable, "-c", LOADED, *AGENT_ARGS, *option], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == loaded.split()

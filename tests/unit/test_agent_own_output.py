@@ -1,15 +1,19 @@
-"""Tests for the voting parts of sbft_ryu.agent.active.Translator: the statement of a reply,
-the bytes a backup's own stack sent for a range (own_range), quiet_for, the RST that resets a
-tainted connection, and the switch's copies of the primary's replies (WIRE)."""
+"""Tests for sbft_ryu.agent.own_output and the voting parts of the translator: the statement
+of a reply, the bytes a backup's own stack sent for a range (own_range), quiet_for, the RST
+that resets a tainted connection, and the switch's copies of the primary's replies (WIRE)."""
 
 import socket
 
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu import voting
-from sbft_ryu.agent import active
-from sbft_ryu.agent.active import ABSTAIN, ACCEPT, DROP, WIRE, Translator, shared_values
+from sbft_ryu import protocol
+from sbft_ryu.agent import active, unacked
+from sbft_ryu.agent.active import ACCEPT, DROP, WIRE, shared_values
+from sbft_ryu.agent.own_output import ABSTAIN
+from sbft_ryu.agent.own_output import statement_of
+
+from fakes import RecordedTranslator
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -34,7 +38,7 @@ def stack_pkt(flags, seq, data=b"", ack=CLIENT_ISN + 1):
 
 def connected(own_isn, primary=False, now=NOW):
     """A translator after the client's SYN and this replica's SYN-ACK (own ISN ``own_isn``)."""
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     assert tr.process(client_pkt("S", seq=CLIENT_ISN), None, primary, now)[0] == ACCEPT
     tr.process(stack_pkt("SA", own_isn), None, primary, now)
     return tr
@@ -52,8 +56,8 @@ def backup_sent(*segments, own_isn=5000, now=NOW):
 
 def own(tr, start, end, partial=False):
     """own_range for shared offsets from the first data byte."""
-    return tr.own_range(CLIENT_IP, CPORT, (SHARED + 1 + start) % M32, (SHARED + 1 + end) % M32,
-                        partial)
+    return tr.own_output.own_range(CLIENT_IP, CPORT, (SHARED + 1 + start) % M32,
+                                   (SHARED + 1 + end) % M32, partial)
 
 
 # --- own_range ---------------------------------------------------------------------------------
@@ -97,20 +101,21 @@ def test_a_stream_that_ended_before_the_range_end_differs():
     whose digest differs from the primary's."""
     tr = backup_sent(("FPA", b"short"))
     assert own(tr, 0, 12) == (b"short", True)
-    assert voting.digest(*own(tr, 0, 12)) != voting.digest(b"short reply!")
+    assert protocol.digest(*own(tr, 0, 12)) != protocol.digest(b"short reply!")
 
 
 def test_own_range_of_an_unknown_connection_waits_then_abstains():
-    tr = Translator(SECRET, PORT)
-    assert tr.own_range(CLIENT_IP, CPORT, 1, 2) is None  # its SYN may still be queued
-    assert tr.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN  # joined later
+    tr = RecordedTranslator(SECRET, PORT)
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2) is None  # its SYN may still be queued
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN  # joined later
 
 
 def test_own_range_before_the_handshake():
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     tr.process(client_pkt("S", seq=CLIENT_ISN), None, False, NOW)  # no SYN-ACK of ours yet
-    assert tr.own_range(CLIENT_IP, CPORT, 1, 2) is None
-    assert tr.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN  # never answered
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2) is None
+    # never answered
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN
 
 
 def test_own_range_abstains_once_the_client_acknowledged_the_range():
@@ -122,7 +127,7 @@ def test_own_range_abstains_once_the_client_acknowledged_the_range():
 
 
 def test_own_range_abstains_when_its_output_outgrew_what_a_backup_keeps(monkeypatch):
-    monkeypatch.setattr(active, "MAX_UNACKED_BYTES", 60)  # (whole packets count: 46 bytes)
+    monkeypatch.setattr(unacked, "MAX_UNACKED_BYTES", 60)  # (whole packets count: 46 bytes)
     tr = backup_sent(("PA", b"abcdef"), ("PA", b"ghijkl"))
     assert tr.snapshot()["unacked_overflow"] == 1
     assert own(tr, 0, 6) == (b"abcdef", False)
@@ -135,23 +140,23 @@ def test_statement_of_a_translated_reply_is_in_the_shared_space():
     tr = connected(7000, primary=True)
     verdict, new, _ = tr.process(stack_pkt("PA", 7001, b"hello"), None, True, NOW)
     assert verdict == ACCEPT
-    assert tr.statement_of(new) == voting.Statement(
-        CLIENT_IP, CPORT, (SHARED + 1) % M32, (SHARED + 6) % M32, voting.digest(b"hello"))
+    assert statement_of(new) == protocol.Statement(
+        CLIENT_IP, CPORT, (SHARED + 1) % M32, (SHARED + 6) % M32, protocol.digest(b"hello"))
 
 
 def test_statement_of_a_fin_covers_its_sequence_number():
     tr = connected(7000, primary=True)
     _, new, _ = tr.process(stack_pkt("FPA", 7001, b"bye"), None, True, NOW)
-    statement = tr.statement_of(new)
+    statement = statement_of(new)
     assert (statement.end - statement.start) % M32 == 4
-    assert statement.digest == voting.digest(b"bye", fin=True)
+    assert statement.digest == protocol.digest(b"bye", fin=True)
     _, bare, _ = tr.process(stack_pkt("FA", 7004), None, True, NOW)
-    assert tr.statement_of(bare).digest == voting.digest(b"", fin=True)
+    assert statement_of(bare).digest == protocol.digest(b"", fin=True)
 
 
 @pytest.mark.parametrize("flags", ["A", "SA", "R"])
 def test_statement_of_a_segment_without_data_or_fin_is_none(flags):
-    assert Translator(SECRET, PORT).statement_of(stack_pkt(flags, 7001)) is None
+    assert statement_of(stack_pkt(flags, 7001)) is None
 
 
 def test_a_backup_votes_the_primarys_digest_for_the_same_bytes():
@@ -159,21 +164,21 @@ def test_a_backup_votes_the_primarys_digest_for_the_same_bytes():
     primary = connected(7000, primary=True)
     backup = backup_sent(("PA", b"same bytes"), own_isn=123456789)
     _, new, _ = primary.process(stack_pkt("PA", 7001, b"same bytes"), None, True, NOW)
-    claim = primary.statement_of(new)
-    mine = backup.own_range(claim.client, claim.port, claim.start, claim.end)
-    assert voting.digest(*mine) == claim.digest
+    claim = statement_of(new)
+    mine = backup.own_output.own_range(claim.client, claim.port, claim.start, claim.end)
+    assert protocol.digest(*mine) == claim.digest
 
 
 # --- quiet_for -----------------------------------------------------------------------------------
 
 def test_quiet_for_counts_from_the_last_new_data_of_the_stack():
     tr = backup_sent(("PA", b"abc"), now=NOW)
-    assert tr.quiet_for(CLIENT_IP, CPORT, NOW + 0.5) == pytest.approx(0.5)
+    assert tr.own_output.quiet_for(CLIENT_IP, CPORT, NOW + 0.5) == pytest.approx(0.5)
     tr.process(stack_pkt("PA", 5004, b"def"), None, False, NOW + 2)
-    assert tr.quiet_for(CLIENT_IP, CPORT, NOW + 2.25) == pytest.approx(0.25)
+    assert tr.own_output.quiet_for(CLIENT_IP, CPORT, NOW + 2.25) == pytest.approx(0.25)
     tr.process(stack_pkt("PA", 5004, b"def"), None, False, NOW + 3)  # a retransmission
-    assert tr.quiet_for(CLIENT_IP, CPORT, NOW + 3) == pytest.approx(1.0)
-    assert tr.quiet_for(CLIENT_IP, 1, NOW) == float("inf")
+    assert tr.own_output.quiet_for(CLIENT_IP, CPORT, NOW + 3) == pytest.approx(1.0)
+    assert tr.own_output.quiet_for(CLIENT_IP, 1, NOW) == float("inf")
 
 
 # --- the switch's copies (WIRE) ------------------------------------------------------------------
@@ -218,7 +223,7 @@ def test_reset_packet_before_any_client_ack_uses_the_first_byte():
 
 
 def test_reset_packet_of_an_unknown_or_unfinished_connection_is_none():
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     assert tr.reset_packet(CLIENT_IP, CPORT) is None
     tr.process(client_pkt("S", seq=CLIENT_ISN), None, False, NOW)
     assert tr.reset_packet(CLIENT_IP, CPORT) is None

@@ -9,9 +9,9 @@ import pytest
 from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent import active
-from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, Translator, shared_values
+from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
 
-from fakes import assert_checksums_valid
+from fakes import RecordedTranslator, assert_checksums_valid
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -58,7 +58,7 @@ def connected(primary=False, timestamps=True, own_isn=OWN_ISN, request=True, win
     """A replica after the client's SYN, its own SYN-ACK and (``request``) the client's
     request (advertising ``window``), each with timestamps (``timestamps``) in Linux's usual
     NOP NOP TS layout."""
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     syn_options = [ts(11)] if timestamps else []
     assert tr.process(client_pkt("S", CLIENT_ISN, options=syn_options), None, primary,
                       now)[0] == ACCEPT
@@ -282,7 +282,7 @@ def test_client_packets_released_after_the_synack_count_for_the_catch_up():
     """The handshake race: the client's request and its ACK of the primary's reply and FIN
     were held for this backup's SYN-ACK; released, they still tell what a catch-up needs (its
     FIN would stay unacknowledged otherwise)."""
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     tr.process(client_pkt("S", CLIENT_ISN), None, False, NOW)
     request = client_pkt("PA", CLIENT_ISN + 1, SHARED + 1, REQUEST)
     fin = client_pkt("FA", AFTER_REQUEST, shared(len(BODY) + 1))  # the primary's reply + FIN
@@ -342,7 +342,7 @@ def test_not_for_a_pure_ack_of_the_stack():
 
 
 def test_not_for_an_unknown_connection_or_one_before_its_synack():
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     assert tr.process(stack_pkt("PA", own_seq(0), BODY), None, False, NOW)[0] == DROP
     tr.process(client_pkt("S", CLIENT_ISN), None, False, NOW)
     assert tr.process(stack_pkt("PA", own_seq(0), BODY), None, False, NOW)[0] == DROP

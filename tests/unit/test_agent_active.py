@@ -13,7 +13,9 @@ import pytest
 from scapy.all import ICMP, IP, TCP, UDP, IPOption_RR, IPv6, Raw
 
 from sbft_ryu.agent import active
-from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, Translator, checksum_delta, shared_values
+from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
+
+from fakes import RecordedTranslator
 
 M32 = 2**32
 CLIENT, VIP, CPORT, PORT = "10.0.0.31", "10.0.0.100", 40000, 5555
@@ -125,7 +127,7 @@ class Replica:
 
     def __init__(self, own_isn, own_ts=5000, wscale=7, primary=True, client_isn=ISN_PLAIN,
                  secret=SECRET, shared_wscale=7):
-        self.tr = Translator(secret, PORT, shared_wscale=shared_wscale)
+        self.tr = RecordedTranslator(secret, PORT, shared_wscale=shared_wscale)
         self.own_isn, self.own_ts, self.ws = own_isn % M32, own_ts % M32, wscale
         self.primary = primary
         self.client_isn = client_isn
@@ -684,64 +686,6 @@ def test_random_packets_have_correct_checksums(own_isn, own_ws):
         assert_checksums(new)
 
 
-def scratch_checksum(data):
-    return 0xFFFF - ones_sum(data)
-
-
-def test_checksum_delta_against_a_from_scratch_checksum():
-    rng = random.Random(1624)
-    for _ in range(3000):
-        size = rng.randrange(20, 120)
-        old = bytearray(rng.randrange(256) for _ in range(size))
-        if rng.random() < 0.05:
-            old = bytearray(size)  # all zero: the -0 case
-        csum = scratch_checksum(old)
-        new = bytearray(old)
-        regions = []
-        for _ in range(rng.randint(0, 3)):
-            start = rng.randrange(0, size // 2) * 2
-            end = min(size - size % 2, start + 2 * rng.randint(1, 6))
-            if end <= start:
-                continue
-            for i in range(start, end):
-                new[i] = rng.choice([0, 0xFF, rng.randrange(256)])
-            regions.append((start, end))
-        regions.sort()
-        merged = []  # checksum_delta wants disjoint regions
-        for start, end in regions:
-            if merged and start < merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-            else:
-                merged.append((start, end))
-        got = checksum_delta(csum, bytes(old), bytes(new), merged)
-        want = scratch_checksum(new)
-        assert 0 <= got <= 0xFFFF
-        assert got == want or got % 0xFFFF == want % 0xFFFF  # +0 / -0
-
-
-def test_checksum_delta_with_the_checksum_inside_the_header():
-    rng = random.Random(7)
-    for _ in range(2000):
-        size = rng.randrange(20, 80)
-        header = bytearray(rng.randrange(256) for _ in range(size))
-        header[16:18] = b"\0\0"
-        header[16:18] = scratch_checksum(header).to_bytes(2, "big")
-        assert ones_sum(header) == 0xFFFF
-        new = bytearray(header)
-        new[4:8] = rng.randrange(M32).to_bytes(4, "big")
-        new[20:size - size % 2] = bytes(rng.randrange(256) for _ in range(size - size % 2 - 20))
-        csum = checksum_delta(int.from_bytes(header[16:18], "big"), memoryview(header),
-                              memoryview(new), [(4, 8), (20, size - size % 2)])
-        new[16:18] = csum.to_bytes(2, "big")
-        assert ones_sum(new) == 0xFFFF
-
-
-def test_checksum_delta_without_regions_is_identity():
-    for csum in (1, 0x1234, 0xFFFE, 0):
-        assert checksum_delta(csum, b"ab", b"ab", []) == csum
-    assert checksum_delta(0xFFFF, b"", b"", []) == 0  # -0 becomes +0
-
-
 # ---- 7. retransmissions, reordering, FIN/RST, backup vs primary ------------------------------
 
 def test_retransmission_translates_identically():
@@ -944,7 +888,7 @@ def test_new_syn_on_same_port_replaces_connection_and_discards_held():
     # the client gives up and reuses the port with a new ISN
     assert replica.process(syn(ISN_PLAIN + 99999)) == (ACCEPT, None, ())
     assert replica.tr.connections[KEY].client_isn == ISN_PLAIN + 99999
-    assert replica.tr.expire(replica.now) == [("old", 0), ("old", 1)]  # no waiting
+    assert replica.tr.dropped == [("old", 0), ("old", 1)]  # with the SYN: no waiting
     assert replica.tr.expire(replica.now) == []
     _, new, released = replica.process(synack(10, client_isn=ISN_PLAIN + 99999))
     assert released == ()
@@ -965,7 +909,7 @@ def test_syn_retransmission_keeps_connection_and_held_packets():
 # ---- 9. unknown connections and malformed input --------------------------------------------
 
 def test_inbound_non_syn_for_unknown_connection_passes_unchanged():
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     raw = client_pkt("PA", 5, 6, data=b"hi")
     assert tr.process(raw, "t", True, 1.0) == (ACCEPT, None, ())
     assert counters(tr)["passed_unknown_in"] == 1
@@ -973,7 +917,7 @@ def test_inbound_non_syn_for_unknown_connection_passes_unchanged():
 
 
 def test_outbound_for_unknown_or_before_synack_is_dropped():
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     assert tr.process(stack_pkt("PA", 1, 2, data=b"x"), "t", True, 1.0) == (DROP, None, ())
     tr.process(syn(), "s", True, 1.0)
     for flags in ("A", "PA", "R", "RA", "FA"):
@@ -1005,7 +949,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_is_dropped_and_counted(name):
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     assert tr.process(MALFORMED[name], "t", True, 1.0) == (DROP, None, ())
     assert counters(tr)["malformed"] == 1
 
@@ -1127,7 +1071,7 @@ def test_table_full_evicts_handshakes_first_then_the_least_recently_seen(monkeyp
     """A SYN flood must not cost established connections: connections still in their
     handshake go first; only if that is not enough, the least recently seen half."""
     monkeypatch.setattr(active, "MAX_CONNECTIONS", 8)
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     fill_table(tr)  # all 8 still in their handshake
     established = (KEY[0], 41003)
     tr.process(stack_pkt("SA", seq=777, ack=ISN_PLAIN + 1, cport=41003), "sa", False, 0.85)
@@ -1142,23 +1086,23 @@ def test_table_full_evicts_handshakes_first_then_the_least_recently_seen(monkeyp
     assert (KEY[0], 43099) in tr.connections
 
 
-def test_held_tokens_of_evicted_connections_come_back_from_expire(monkeypatch):
+def test_held_tokens_of_evicted_connections_come_back_with_the_syn(monkeypatch):
     monkeypatch.setattr(active, "MAX_CONNECTIONS", 8)
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     fill_table(tr)
     tr.process(syn(cport=42000), "s", True, 0.9)  # evicts 41001 with its held packet
     assert (KEY[0], 41001) not in tr.connections
-    assert tr.expire(0.9) == ["held-1"]
+    assert tr.effects[5] == ("held-1",) and tr.expire(0.9) == []
 
 
-def test_discarded_tokens_survive_a_forced_expire(monkeypatch):
+def test_discarded_tokens_come_back_with_a_forced_expire(monkeypatch):
     monkeypatch.setattr(active, "MAX_CONNECTIONS", 2)
-    tr = Translator(SECRET, PORT)
+    tr = RecordedTranslator(SECRET, PORT)
     tr.process(syn(cport=41000), "s", True, 0.0)
     tr.process(syn(cport=41001), "s", True, 0.1)
     assert tr.process(client_pkt("A", ISN_PLAIN + 1, 5, cport=41000), "old", True, 0.2)[0] == HOLD
     tr.process(syn(ISN_PLAIN + 5, cport=41000), "s", True, 0.3)  # same port, new ISN, table full
-    assert tr.expire(0.3) == ["old"]
+    assert tr.dropped == ["old"] and tr.expire(0.3) == []
 
 
 def test_full_table_keeps_working_connections_translating(monkeypatch):

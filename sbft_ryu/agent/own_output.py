@@ -1,0 +1,86 @@
+"""The voting read side of the translator: what this replica's own stack sent.
+
+A backup answers the primary's claims with the digest of the bytes its own stack produced for
+the same shared-space range (:meth:`OwnOutput.own_range`, from the unacknowledged buffer) and
+judges whether its stack has gone quiet (:meth:`OwnOutput.quiet_for`); a reply's statement is
+read from its bytes (:func:`statement_of`). Reads only; the translator owns the state.
+"""
+
+from sbft_ryu import protocol
+from sbft_ryu.agent.packet import DST, FIN, HALF32, MASK32, TCP_HEADER, header_lengths, \
+    serial_gt
+
+ABSTAIN = "abstain"  # own_range: this replica cannot vote on the range
+RST_OUT = 16  # Connection.closed: this replica's own stack sent a RST
+
+
+def statement_of(payload):
+    """The voting statement of a reply in the shared space (translated, or copied from the
+    wire): its range and digest; None for a segment without data or FIN."""
+    ihl, thl = header_lengths(payload)
+    _, dport, seq, _, _, flags, _, _ = TCP_HEADER.unpack_from(payload, ihl)
+    data = memoryview(payload)[ihl + thl:]
+    fin = bool(flags & FIN)
+    if not data and not fin:
+        return None
+    return protocol.Statement(bytes(payload[DST]), dport, seq,
+                              (seq + len(data) + fin) & MASK32, protocol.digest(data, fin))
+
+
+class OwnOutput:
+    """own_range and quiet_for over a translator's connection table."""
+
+    def __init__(self, connections):
+        self.connections = connections
+
+    def own_range(self, client, port, start, end, partial=False):
+        """(data, fin) that this replica's own stack sent for shared-space [start, end), or
+        None while it has not sent all of it. If its own stream ended (FIN) before ``end``,
+        what it sent up to its FIN: it will never send the rest, so the range differs.
+        ``partial``: whatever it has sent of the range so far.
+
+        :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
+        range's start (the bytes were trimmed, and reached the client through f votes or on
+        a wire the backups checked), its output outgrew what a backup keeps, or (``partial``)
+        the connection is not one its stack took part in."""
+        conn = self.connections.get((client, port))
+        if conn is None or conn.seq_off is None:
+            # not (yet) a connection of ours: wait; after the patience, it never was (this
+            # replica joined later, or its stack never answered the SYN)
+            return ABSTAIN if partial else None
+        own_start = (start - conn.seq_off) & MASK32
+        length = (end - start) & MASK32
+        pieces = []
+        have = 0  # bytes of [own_start, own_start + length) collected, contiguously
+        fin = False
+        for seq, _, payload in conn.unacked or ():
+            ihl, thl = header_lengths(payload)
+            data_at = ihl + thl
+            size = len(payload) - data_at
+            offset = (own_start + have - seq) & MASK32  # where we need to start in this one
+            if offset >= HALF32:
+                break  # a hole before this segment
+            if offset < size:
+                take = min(size - offset, length - have)
+                pieces.append(payload[data_at + offset:data_at + offset + take])
+                have += take
+            if TCP_HEADER.unpack_from(payload, ihl)[5] & FIN and offset <= size \
+                    and have < length:
+                fin = True  # our stream ends here: at the range's end, or short of it
+                break
+            if have >= length:
+                break
+        if have < length and not fin:
+            if conn.lossy or (conn.own_acked is not None and
+                              serial_gt(conn.own_acked, own_start)):
+                return ABSTAIN
+            if partial and conn.closed & RST_OUT:
+                return ABSTAIN  # our own proxy aborted it: an omission, not other bytes
+            if not partial:
+                return None
+        return b"".join(pieces), fin
+
+    def quiet_for(self, client, port, now):
+        """Seconds since this replica's stack last sent new data on the connection."""
+        conn = self.connections.get((client, port))
+        return now - conn.own_at if conn is not None else float("inf")
