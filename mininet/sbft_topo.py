@@ -25,6 +25,7 @@ interface: the OVS userspace datapath does not complete offloaded checksums.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -487,6 +488,31 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
                        + (f" (last error: {last_error})" if last_error else ""))
 
 
+LAB_LOCK = "/tmp/sbft-lab.lock"
+LAB_LOCK_WAIT_S = 1800
+
+
+def take_lab_lock(path=LAB_LOCK, timeout=LAB_LOCK_WAIT_S):
+    """One lab per machine at a time: two would collide on Mininet's host and interface names
+    (h1-eth0, s1) and share two cores. Waits (bounded) for another lab to finish; the lock goes
+    with the returned file, and with the process should it die."""
+    handle = open(path, "a")
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise TimeoutError(f"another sbft lab held {path} for {timeout}s") from None
+            if not told:
+                print(f"waiting for another sbft lab to finish (lock {path})", file=sys.stderr)
+                told = True
+            time.sleep(0.5)
+
+
 class Lab:
     """A whole run: rundir, ryu-manager, the Mininet network; stops all of it on exit.
 
@@ -531,6 +557,7 @@ class Lab:
         self.net = None
         self.ofp_port = None
         self.wsapi_port = None
+        self._lock = None
 
     @property
     def api(self):
@@ -548,6 +575,8 @@ class Lab:
         self.stop()
 
     def start(self):
+        if self._lock is None:
+            self._lock = take_lab_lock()
         if self.controller:
             host, port = self.controller.rsplit(":", 1)
             ctrl_ip, self.ofp_port, self.wsapi_port = host, int(port), 8080
@@ -603,6 +632,9 @@ class Lab:
             self.net = None
         stop_process(self.ryu)
         self.ryu = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lab lock
+            self._lock = None
 
     # ---- helpers for tests, demo and benchmarks -------------------------------------------
 
