@@ -1,10 +1,11 @@
 #!/bin/sh
-# sbft_ryu's two commands, for a fresh Debian 12 / Ubuntu machine, as root:
+# sbft_ryu's two commands, for a fresh Debian 12 / Ubuntu machine, run as root (in a root
+# shell as written below; from a user account with sudo, as `sudo ./run.sh demo`):
 #
-#   sudo ./run.sh demo    set everything up, then run the Mininet demo
-#   sudo ./run.sh test    set everything up, then run the unit and integration tests
-#   sudo ./run.sh bench   set everything up, then run the benchmarks (minutes; writes docs/)
-#   sudo ./run.sh setup   set everything up only
+#   ./run.sh demo    set everything up, then run the Mininet demo
+#   ./run.sh test    set everything up, then run the unit and integration tests
+#   ./run.sh bench   set everything up, then run the benchmarks (minutes; writes docs/)
+#   ./run.sh setup   set everything up only
 #
 # "Everything": the apt packages, a virtual environment in .venv (from the system Python, so
 # Mininet's module is visible), Ryu 4.34 and the other Python packages, the compatibility hook,
@@ -24,7 +25,8 @@ say() { printf '\n=== %s\n' "$*"; }
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
-        echo "run.sh: run as root (Mininet, Open vSwitch and iptables need it): sudo $0 $*" >&2
+        echo "run.sh: run as root (Mininet, Open vSwitch and iptables need it): in a root shell," \
+            "or with sudo: sudo $0 $*" >&2
         exit 1
     fi
 }
@@ -112,7 +114,7 @@ case "${1:-}" in
         exec "$PY" mininet/bench_voting.py
         ;;
     *)
-        echo "usage: sudo $0 demo|test|bench|setup" >&2
+        echo "usage (as root): $0 demo|test|bench|setup" >&2
         exit 2
         ;;
 esac

@@ -2,8 +2,8 @@
 """Benchmarks (not tests): failover outage and throughput of sbft_ryu against baselines measured
 in the same run, on the same Mininet hosts and the same OVS userspace switch.
 
-    sudo ./run.sh bench                      # this, then bench_voting.py (about 25 minutes)
-    sudo .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
+    ./run.sh bench                           # this, then bench_voting.py (about 25 minutes)
+    .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
 
 * Failover: a client sends one GET every 20 ms, each on a new TCP connection with a 100 ms
   deadline (open loop). The outage is the time from the completion of the last success sent
@@ -569,7 +569,7 @@ def main(argv=None):
                 print(report(saved[key]) + "\n")
         return 0
     if os.geteuid() != 0:
-        parser.error("needs root (Mininet): sudo ./run.sh bench")
+        parser.error("needs root (Mininet): run ./run.sh bench as root")
     from mininet.log import setLogLevel
 
     setLogLevel("warning")

@@ -2,8 +2,8 @@
 """Benchmarks (not tests) of Byzantine output voting, against active mode without voting
 measured in the same run, on the same Mininet hosts and the same OVS userspace switch.
 
-    sudo ./run.sh bench                                   # every benchmark (bench_failover too)
-    sudo .venv/bin/python mininet/bench_voting.py --runs 5 --only exclusion
+    ./run.sh bench                                        # every benchmark (bench_failover too)
+    .venv/bin/python mininet/bench_voting.py --runs 5 --only exclusion
 
 * Exclusion: a client sends one GET every 20 ms (new connection each, 1 s deadline, response
   heads logged). A replica's HAProxy is restarted configured to alter its responses (an added
@@ -226,7 +226,7 @@ def main(argv=None):
     parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        parser.error("needs root (Mininet): sudo ./run.sh bench")
+        parser.error("needs root (Mininet): run ./run.sh bench as root")
     from mininet.log import setLogLevel
 
     setLogLevel("warning")

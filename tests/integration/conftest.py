@@ -31,7 +31,7 @@ def _load_topo_module():
 def _environment_problems():
     problems = []
     if os.geteuid() != 0:
-        problems.append("not root (Mininet, OVS and iptables need root: sudo ./run.sh test)")
+        problems.append("not root (Mininet, OVS and iptables need root: run ./run.sh test as root)")
     ovs = subprocess.run(["ovs-vsctl", "-t", "5", "show"], capture_output=True, text=True) \
         if shutil.which("ovs-vsctl") else None
     if ovs is None or ovs.returncode != 0:
