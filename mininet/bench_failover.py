@@ -545,20 +545,62 @@ def plot(failover, throughput, docs):
         fig.savefig(os.path.join(docs, "throughput.png"), dpi=110)
 
 
-def main(argv=None):
+def positive_int(text):
+    """argparse type: a count or a duration in whole units, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def prepare_docs_dir(parser, path):
+    """Check, and create if missing, the folder the plots go to: before any measuring, so a
+    bad ``--docs`` stops the benchmark at once instead of after its minutes of work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"--docs {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--docs {path}: cannot create the folder ({exc.strerror})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        parser.error(f"--docs {path}: the folder is not writable")
+    try:
+        import matplotlib  # noqa: F401  (the plots are drawn last: missing, fail first)
+    except ImportError:
+        parser.error("matplotlib is missing (the bench extra: ./run.sh setup installs it)")
+    return path
+
+
+def parse_args(argv=None):
+    """The options, every one checked (and the plots' folder created) before any work."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="failover runs per fault")
-    parser.add_argument("--wrk-seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per configuration")
-    parser.add_argument("--soak-seconds", type=int, default=60)
-    parser.add_argument("--survival-runs", type=int, default=3)
+    parser.add_argument("--runs", type=positive_int, default=5, help="failover runs per fault")
+    parser.add_argument("--wrk-seconds", type=positive_int, default=10)
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="wrk runs per configuration")
+    parser.add_argument("--soak-seconds", type=positive_int, default=60)
+    parser.add_argument("--survival-runs", type=positive_int, default=3)
     parser.add_argument("--only", choices=("failover", "survival", "throughput", "soak",
                                            "verdict"),
                         action="append", help="run only these parts (repeatable)")
-    parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    parser.add_argument("--docs", default=os.path.join(REPO, "docs"),
+                        help="folder for the plots (created if missing)")
     parser.add_argument("--replot", metavar="RESULTS_JSON",
                         help="only redraw the plots and tables from a results file")
     args = parser.parse_args(argv)
+    if args.replot and not os.path.isfile(args.replot):
+        parser.error(f"--replot {args.replot}: no such file")
+    if not args.replot and os.geteuid() != 0:
+        parser.error("needs root (Mininet): run ./run.sh bench as root")
+    prepare_docs_dir(parser, args.docs)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.replot:
         with open(args.replot, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -568,8 +610,6 @@ def main(argv=None):
             if key in saved:
                 print(report(saved[key]) + "\n")
         return 0
-    if os.geteuid() != 0:
-        parser.error("needs root (Mininet): run ./run.sh bench as root")
     from mininet.log import setLogLevel
 
     setLogLevel("warning")

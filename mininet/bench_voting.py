@@ -215,18 +215,27 @@ def plot(results, docs):
     fig.savefig(os.path.join(docs, "voting.png"), dpi=110)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The options, every one checked (and the plot's folder created) before any work."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="exclusion runs (fresh lab each)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--runs", type=bench_failover.positive_int, default=5,
+                        help="exclusion runs (fresh lab each)")
+    parser.add_argument("--rounds", type=bench_failover.positive_int, default=3,
                         help="latency and throughput rounds per configuration")
-    parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--wrk-seconds", type=bench_failover.positive_int, default=10)
     parser.add_argument("--only", choices=("exclusion", "latency", "throughput"),
                         action="append", help="run only these parts (repeatable)")
-    parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    parser.add_argument("--docs", default=os.path.join(REPO, "docs"),
+                        help="folder for the plot (created if missing)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (Mininet): run ./run.sh bench as root")
+    bench_failover.prepare_docs_dir(parser, args.docs)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
