@@ -39,13 +39,10 @@ import sys
 import textwrap
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, REPO)
+from sbft_lab import timeline
+from sbft_lab.lab import Lab, http_json, topo, wait_until
 
-import sbft_topo  # noqa: E402  (this directory, not a package: see ENVIRONMENT notes)
-from sbft_ryu.tools import timeline  # noqa: E402
+REPO = topo.REPO
 
 CLIENT = "c1"
 INTERVAL = 0.02
@@ -101,17 +98,17 @@ def recover(lab, fault, primary):
             # reported after the link is back would take the replica out of the mirror
             # group again for a moment, and the next run's connections would miss it
             time.sleep(0.5)
-            sbft_topo.wait_until(lambda: _service_ok(lab, primary), 10, 0.05,
+            wait_until(lambda: _service_ok(lab, primary), 10, 0.05,
                                  f"{primary}'s probe of its new proxy")
         lab.set_link(primary, True)
     if lab.vip_mode == "keepalived":
         host = lab.host(primary)
-        host.cmd(f"ip addr del {sbft_topo.VIP}/24 dev {primary}-eth0 2>/dev/null")
+        host.cmd(f"ip addr del {topo.VIP}/24 dev {primary}-eth0 2>/dev/null")
     lab.restart(primary)
     if lab.vip_mode == "sbft":
-        sbft_topo.wait_until(lambda: lab.health()["status"] == "ok", 20, 0.05, "recovery")
+        wait_until(lambda: lab.health()["status"] == "ok", 20, 0.05, "recovery")
     else:
-        sbft_topo.wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
+        wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
         time.sleep(3 * lab.topo_args["advert_int"] + 0.5)  # let the rejoined backup settle
 
 
@@ -122,7 +119,7 @@ def _service_ok(lab, name):
 def failover_runs(name, options, runs, rundir):
     results = {"crash": [], "link": []}
     expected = 4.5 if options.get("advert_int", 0) >= 1 else 1.0
-    with sbft_topo.Lab(rundir=rundir, **options) as lab:
+    with Lab(rundir=rundir, **options) as lab:
         for fault in ("crash", "link"):
             for run in range(runs):
                 primary = current_primary(lab)
@@ -132,7 +129,7 @@ def failover_runs(name, options, runs, rundir):
                 fault_at = time.monotonic()
                 inject(lab, fault, primary)
                 try:
-                    successor = sbft_topo.wait_until(lambda: new_primary(lab, primary), 20,
+                    successor = wait_until(lambda: new_primary(lab, primary), 20,
                                                      0.01, f"{name}: a new primary")
                 except TimeoutError as exc:  # reported as a failed run, not a crash
                     proc.wait(timeout=60)
@@ -190,7 +187,7 @@ def wrk(lab, seconds, close):
     header = "-H 'Connection: close' " if close else ""
     out = lab.host(CLIENT).cmd(
         f"wrk -t2 -c16 -d{seconds}s --latency --timeout 2s {header}"
-        f"http://{sbft_topo.VIP}:{sbft_topo.SERVICE_PORT}/bench")
+        f"http://{topo.VIP}:{topo.SERVICE_PORT}/bench")
     rps = p99 = None
     errors = 0
     for line in out.splitlines():
@@ -252,9 +249,9 @@ def throughput_runs(seconds, rounds, rundir, configs=None):
     for round_ in range(rounds):
         for name, options in configs.items():
             label = name.replace(" ", "_").replace(",", "")
-            with sbft_topo.Lab(rundir=os.path.join(rundir, f"{label}-{round_}"),
+            with Lab(rundir=os.path.join(rundir, f"{label}-{round_}"),
                                **options) as lab:
-                lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{sbft_topo.VIP}:5555/warm")
+                lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{topo.VIP}:5555/warm")
                 idle_cpu_per_s = agent_idle_cpu(lab)
                 for mode in ("keep-alive", "close"):
                     before = agent_sample(lab)
@@ -307,12 +304,12 @@ SURVIVAL_PIECE = 2048
 def survival_runs(runs, rundir):
     """Connections open at the moment of the fault: the fraction that complete intact, and
     the client's longest stall among them."""
-    from sbft_ryu.tools import stream_backend
+    from sbft_lab import stream_backend
 
     results = {}
     for i, (name, options) in enumerate(SURVIVAL.items()):
         results[name] = {"crash": [], "link": []}
-        with sbft_topo.Lab(rundir=os.path.join(rundir, f"sv{i}"), **options) as lab:
+        with Lab(rundir=os.path.join(rundir, f"sv{i}"), **options) as lab:
             for fault in ("crash", "link"):
                 for run in range(runs):
                     primary = current_primary(lab)
@@ -326,7 +323,7 @@ def survival_runs(runs, rundir):
                     fault_at = time.monotonic()
                     inject(lab, fault, primary)
                     try:
-                        sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
+                        wait_until(lambda: new_primary(lab, primary), 20, 0.01,
                                              f"{name}: a new primary")
                     except TimeoutError as exc:  # reported as a failed run, not a crash
                         proc.wait(timeout=90)
@@ -368,14 +365,14 @@ def report_survival(survival):
 
 
 def soak(seconds, rundir):
-    with sbft_topo.Lab(rundir=rundir, agents=True) as lab:
+    with Lab(rundir=rundir, agents=True) as lab:
         before = lab.health()
         start = time.monotonic()
         result = wrk(lab, seconds, close=False)
         after = lab.health()
         elapsed = time.monotonic() - start
         events = lab.api + "/sbft/events"
-        changes = [e for e in sbft_topo.http_json(events)["events"] if e["age_s"] <= elapsed]
+        changes = [e for e in http_json(events)["events"] if e["age_s"] <= elapsed]
         return {"seconds": seconds, "rps": result["rps"], "p99_ms": result["p99_ms"],
                 "epoch_before": before["epoch"], "epoch_after": after["epoch"],
                 "false_failovers": after["epoch"] - before["epoch"],

@@ -26,14 +26,15 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, REPO)
+from sbft_lab import timeline
+from sbft_lab.lab import Lab, http_json, topo, wait_until
 
+# the one sys.path shim: bench_failover is this script's sibling (a script, not a module of an
+# installed package), and this reuses its throughput runs and argument checks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_failover  # noqa: E402
-import sbft_topo  # noqa: E402
-from sbft_ryu.tools import timeline  # noqa: E402
+
+REPO = topo.REPO
 
 CLIENT = "c1"
 CONFIGS = {
@@ -78,15 +79,15 @@ def _altered(records):
 def exclusion_runs(runs, rundir):
     results = []
     for run in range(runs):
-        with sbft_topo.Lab(rundir=os.path.join(rundir, f"ex{run}"), agents=True,
+        with Lab(rundir=os.path.join(rundir, f"ex{run}"), agents=True,
                            voting=True) as lab:
             proc, path = lab.pacer(CLIENT, "liar.jsonl", interval=0.02, timeout=1.0,
                                    duration=30.0, heads=True)
             time.sleep(1.0)
             backup_s = _exclude(lab, "lb2", path)
             lab.host("lb2").set_tamper(False)
-            sbft_topo.http_json(lab.api + "/sbft/replicas/lb2/readmit", data=b"{}")
-            sbft_topo.wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05,
+            http_json(lab.api + "/sbft/replicas/lb2/readmit", data=b"{}")
+            wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05,
                                  "lb2 readmitted")
             time.sleep(1.0)
             primary_s = _exclude(lab, lab.health()["primary"], path)
@@ -109,7 +110,7 @@ def latency_runs(rounds, rundir, count=1000, interval=0.01):
     for round_ in range(rounds):
         for name, options in CONFIGS.items():
             label = name.replace(" ", "_").replace("+", "plus")
-            with sbft_topo.Lab(rundir=os.path.join(rundir, f"lat-{label}-{round_}"),
+            with Lab(rundir=os.path.join(rundir, f"lat-{label}-{round_}"),
                                **options) as lab:
                 proc, path = lab.pacer(CLIENT, "lat.jsonl", interval=interval, timeout=2.0,
                                        duration=count * interval + 5, count=count)
