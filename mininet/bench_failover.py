@@ -27,7 +27,7 @@ in the same run, on the same Mininet hosts and the same OVS userspace switch.
 * Verdict cost: the agent's per-packet parse with struct versus scapy, on crafted packets.
 
 Writes results/bench-<time>.json, docs/failover-timeline.png and docs/throughput.png, and prints
-the Markdown tables the README quotes.
+the Markdown tables docs/benchmarks.md quotes.
 """
 
 import argparse

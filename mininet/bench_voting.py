@@ -15,8 +15,8 @@ measured in the same run, on the same Mininet hosts and the same OVS userspace s
 * Throughput: wrk -t2 -c16, keep-alive and a new connection per request, interleaved rounds of
   active mode with and without voting.
 
-Writes results/bench-voting-<time>.json, docs/voting.png and prints the Markdown tables the
-README quotes.
+Writes results/bench-voting-<time>.json, docs/voting.png and prints the Markdown tables
+docs/benchmarks.md quotes.
 """
 
 import argparse
