@@ -2,7 +2,10 @@
 ryu-manager. No root, no Mininet network; the topology file is loaded as the lab loads it.
 """
 
+import configparser
 import io
+import os
+import sys
 
 import pytest
 from oslo_config import cfg
@@ -14,6 +17,7 @@ pytest.importorskip("mininet.net")
 from sbft_lab import lab as lab_module  # noqa: E402  (loads the topology: needs Mininet)
 
 topo = lab_module.topo
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_text(tmp_path, text):
@@ -86,3 +90,40 @@ def test_lab_takes_a_given_startup_grace(tmp_path, monkeypatch):
 def test_lab_baseline_config_has_no_replicas_and_no_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, vip_mode="keepalived")
     assert text == "[sbft]\nreplica =\n"
+
+
+# --- where the lab lives ------------------------------------------------------------------
+
+
+def test_the_lab_loads_the_topology_file_of_its_checkout():
+    from sbft_lab import topology
+
+    assert topology.TOPO_PATH == os.path.join(REPO, "mininet", "sbft_topo.py")
+    assert topo.__file__ == topology.TOPO_PATH
+    assert topology.load() is topo  # once per process
+
+
+def test_a_missing_topology_file_says_how_to_install_the_lab(tmp_path, monkeypatch):
+    from sbft_lab import topology
+
+    monkeypatch.delitem(sys.modules, topology.MODULE_NAME)
+    missing = tmp_path / "sbft_topo.py"
+    with pytest.raises(ImportError) as info:
+        topology.load(str(missing))
+    assert str(info.value) == (f"{missing} is missing: sbft_lab must be installed editable "
+                               "from its checkout (./run.sh setup runs pip install -e "
+                               "mininet/lab)")
+    assert topology.MODULE_NAME not in sys.modules
+
+
+def test_the_runtime_package_ships_no_lab_code_and_needs_no_scapy():
+    import importlib.util
+
+    assert importlib.util.find_spec("sbft_ryu.tools") is None
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(REPO, "setup.cfg"), encoding="utf-8")
+    runtime = setup["options"]["install_requires"]
+    extras = setup["options.extras_require"]
+    assert "scapy" not in runtime
+    assert "scapy" in extras["test"] and "scapy" in extras["bench"]
+    assert setup["options.packages.find"]["include"].split(", ") == ["sbft_ryu", "sbft_ryu.*"]
