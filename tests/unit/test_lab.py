@@ -127,3 +127,21 @@ def test_the_runtime_package_ships_no_lab_code_and_needs_no_scapy():
     assert "scapy" not in runtime
     assert "scapy" in extras["test"] and "scapy" in extras["bench"]
     assert setup["options.packages.find"]["include"].split(", ") == ["sbft_ryu", "sbft_ryu.*"]
+
+
+
+def test_a_failed_start_releases_the_lab_lock(tmp_path, monkeypatch):
+    """A lock left held by a failed start stalls every other lab (and test) on the machine
+    for the lock's whole wait, this process's next Lab included."""
+    path = str(tmp_path / "lab.lock")
+    take = lab_module.take_lab_lock
+    monkeypatch.setattr(lab_module, "take_lab_lock", lambda: take(path, timeout=1))
+
+    def start_ryu(*args, **kwargs):
+        raise ConfigWritten()
+    monkeypatch.setattr(lab_module, "start_ryu", start_ryu)
+    lab = lab_module.Lab(rundir=str(tmp_path))
+    with pytest.raises(ConfigWritten):
+        lab.start()
+    assert lab._lock is None
+    take(path, timeout=0).close()  # free: taken at once (a held lock would raise TimeoutError)

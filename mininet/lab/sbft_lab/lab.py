@@ -163,17 +163,23 @@ class Lab:
         return f"http://127.0.0.1:{self.wsapi_port}"
 
     def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        self.start()
         return self
 
     def __exit__(self, *exc):
         self.stop()
 
     def start(self):
+        """Take the lab lock, start ryu-manager and the network, wait until they are ready.
+        On any failure everything started so far is stopped and the lock released: a lock
+        left held would stall every other lab on the machine for the lock's whole wait."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         if self._lock is None:
             self._lock = take_lab_lock()
         if self.controller:
