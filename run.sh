@@ -1,13 +1,15 @@
 #!/bin/sh
-# sbft_ryu's two commands, for a fresh Debian 12 / Ubuntu machine, as root:
+# sbft_ryu's two commands, for a fresh Debian 12 / Ubuntu machine, run as root (in a root
+# shell as written below; from a user account with sudo, as `sudo ./run.sh demo`):
 #
-#   sudo ./run.sh demo    set everything up, then run the Mininet demo
-#   sudo ./run.sh test    set everything up, then run the unit and integration tests
-#   sudo ./run.sh bench   set everything up, then run the benchmarks (minutes; writes docs/)
-#   sudo ./run.sh setup   set everything up only
+#   ./run.sh demo    set everything up, then run the Mininet demo
+#   ./run.sh test    set everything up, then run the unit and integration tests
+#   ./run.sh bench   set everything up, then run the benchmarks (minutes; writes docs/)
+#   ./run.sh setup   set everything up only
 #
 # "Everything": the apt packages, a virtual environment in .venv (from the system Python, so
-# Mininet's module is visible), Ryu 4.34 and the other Python packages, the compatibility hook,
+# Mininet's module is visible), Ryu 4.34 and the other Python packages, the lab package
+# (mininet/lab), the compatibility hook,
 # and a running Open vSwitch (started directly where no systemd runs). Safe to run again.
 set -eu
 
@@ -24,7 +26,8 @@ say() { printf '\n=== %s\n' "$*"; }
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
-        echo "run.sh: run as root (Mininet, Open vSwitch and iptables need it): sudo $0 $*" >&2
+        echo "run.sh: run as root (Mininet, Open vSwitch and iptables need it): in a root shell," \
+            "or with sudo: sudo $0 $*" >&2
         exit 1
     fi
 }
@@ -63,7 +66,8 @@ install_venv() {
         /usr/bin/python3 -m venv --system-site-packages "$VENV"
     fi
     stamp="$VENV/.sbft-installed"
-    if [ -f "$stamp" ] && [ "$stamp" -nt setup.cfg ]; then
+    if [ -f "$stamp" ] && [ "$stamp" -nt setup.cfg ] && [ "$stamp" -nt mininet/lab/pyproject.toml ]
+    then
         return
     fi
     say "installing Python packages into $VENV"
@@ -74,6 +78,9 @@ install_venv() {
     echo "setuptools<60" > "$constraint"
     "$PY" -m pip install -q --build-constraint "$constraint" "ryu==4.34"
     "$PY" -m pip install -q -e ".[test,bench]"
+    # the lab (Lab, demos, traffic tools): not part of the runtime package; editable, as it
+    # drives this checkout's mininet/sbft_topo.py
+    "$PY" -m pip install -q -e mininet/lab
     "$PY" -m sbft_ryu._ryu_compat install >/dev/null
     "$VENV/bin/ryu-manager" --version >/dev/null
     touch "$stamp"
@@ -93,11 +100,11 @@ case "${1:-}" in
     demo)
         setup "$@"
         say "demo: Mininet, ryu-manager, HAProxy replicas, agents (passive mode)"
-        "$PY" mininet/sbft_topo.py --demo
+        "$PY" -m sbft_lab --demo
         say "demo: active mode (connections survive the primary)"
-        "$PY" mininet/sbft_topo.py --demo --mode active
+        "$PY" -m sbft_lab --demo --mode active
         say "demo: Byzantine output voting (lying replicas are cut off)"
-        exec "$PY" mininet/sbft_topo.py --demo --mode voting
+        exec "$PY" -m sbft_lab --demo --mode voting
         ;;
     test)
         setup "$@"
@@ -112,7 +119,7 @@ case "${1:-}" in
         exec "$PY" mininet/bench_voting.py
         ;;
     *)
-        echo "usage: sudo $0 demo|test|bench|setup" >&2
+        echo "usage (as root): $0 demo|test|bench|setup" >&2
         exit 2
         ;;
 esac

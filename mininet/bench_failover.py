@@ -2,8 +2,8 @@
 """Benchmarks (not tests): failover outage and throughput of sbft_ryu against baselines measured
 in the same run, on the same Mininet hosts and the same OVS userspace switch.
 
-    sudo ./run.sh bench                      # this, then bench_voting.py (about 25 minutes)
-    sudo .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
+    ./run.sh bench                           # this, then bench_voting.py (about 25 minutes)
+    .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
 
 * Failover: a client sends one GET every 20 ms, each on a new TCP connection with a 100 ms
   deadline (open loop). The outage is the time from the completion of the last success sent
@@ -27,7 +27,7 @@ in the same run, on the same Mininet hosts and the same OVS userspace switch.
 * Verdict cost: the agent's per-packet parse with struct versus scapy, on crafted packets.
 
 Writes results/bench-<time>.json, docs/failover-timeline.png and docs/throughput.png, and prints
-the Markdown tables the README quotes.
+the Markdown tables docs/benchmarks.md quotes.
 """
 
 import argparse
@@ -39,13 +39,10 @@ import sys
 import textwrap
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, REPO)
+from sbft_lab import timeline
+from sbft_lab.lab import Lab, http_json, topo, wait_until
 
-import sbft_topo  # noqa: E402  (this directory, not a package: see ENVIRONMENT notes)
-from sbft_ryu.tools import timeline  # noqa: E402
+REPO = topo.REPO
 
 CLIENT = "c1"
 INTERVAL = 0.02
@@ -101,17 +98,17 @@ def recover(lab, fault, primary):
             # reported after the link is back would take the replica out of the mirror
             # group again for a moment, and the next run's connections would miss it
             time.sleep(0.5)
-            sbft_topo.wait_until(lambda: _service_ok(lab, primary), 10, 0.05,
+            wait_until(lambda: _service_ok(lab, primary), 10, 0.05,
                                  f"{primary}'s probe of its new proxy")
         lab.set_link(primary, True)
     if lab.vip_mode == "keepalived":
         host = lab.host(primary)
-        host.cmd(f"ip addr del {sbft_topo.VIP}/24 dev {primary}-eth0 2>/dev/null")
+        host.cmd(f"ip addr del {topo.VIP}/24 dev {primary}-eth0 2>/dev/null")
     lab.restart(primary)
     if lab.vip_mode == "sbft":
-        sbft_topo.wait_until(lambda: lab.health()["status"] == "ok", 20, 0.05, "recovery")
+        wait_until(lambda: lab.health()["status"] == "ok", 20, 0.05, "recovery")
     else:
-        sbft_topo.wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
+        wait_until(lambda: len(lab.vip_holders()) == 1, 20, 0.05, "one VRRP master")
         time.sleep(3 * lab.topo_args["advert_int"] + 0.5)  # let the rejoined backup settle
 
 
@@ -122,7 +119,7 @@ def _service_ok(lab, name):
 def failover_runs(name, options, runs, rundir):
     results = {"crash": [], "link": []}
     expected = 4.5 if options.get("advert_int", 0) >= 1 else 1.0
-    with sbft_topo.Lab(rundir=rundir, **options) as lab:
+    with Lab(rundir=rundir, **options) as lab:
         for fault in ("crash", "link"):
             for run in range(runs):
                 primary = current_primary(lab)
@@ -132,7 +129,7 @@ def failover_runs(name, options, runs, rundir):
                 fault_at = time.monotonic()
                 inject(lab, fault, primary)
                 try:
-                    successor = sbft_topo.wait_until(lambda: new_primary(lab, primary), 20,
+                    successor = wait_until(lambda: new_primary(lab, primary), 20,
                                                      0.01, f"{name}: a new primary")
                 except TimeoutError as exc:  # reported as a failed run, not a crash
                     proc.wait(timeout=60)
@@ -190,7 +187,7 @@ def wrk(lab, seconds, close):
     header = "-H 'Connection: close' " if close else ""
     out = lab.host(CLIENT).cmd(
         f"wrk -t2 -c16 -d{seconds}s --latency --timeout 2s {header}"
-        f"http://{sbft_topo.VIP}:{sbft_topo.SERVICE_PORT}/bench")
+        f"http://{topo.VIP}:{topo.SERVICE_PORT}/bench")
     rps = p99 = None
     errors = 0
     for line in out.splitlines():
@@ -252,9 +249,9 @@ def throughput_runs(seconds, rounds, rundir, configs=None):
     for round_ in range(rounds):
         for name, options in configs.items():
             label = name.replace(" ", "_").replace(",", "")
-            with sbft_topo.Lab(rundir=os.path.join(rundir, f"{label}-{round_}"),
+            with Lab(rundir=os.path.join(rundir, f"{label}-{round_}"),
                                **options) as lab:
-                lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{sbft_topo.VIP}:5555/warm")
+                lab.host(CLIENT).cmd(f"wrk -t1 -c2 -d1s http://{topo.VIP}:5555/warm")
                 idle_cpu_per_s = agent_idle_cpu(lab)
                 for mode in ("keep-alive", "close"):
                     before = agent_sample(lab)
@@ -307,12 +304,12 @@ SURVIVAL_PIECE = 2048
 def survival_runs(runs, rundir):
     """Connections open at the moment of the fault: the fraction that complete intact, and
     the client's longest stall among them."""
-    from sbft_ryu.tools import stream_backend
+    from sbft_lab import stream_backend
 
     results = {}
     for i, (name, options) in enumerate(SURVIVAL.items()):
         results[name] = {"crash": [], "link": []}
-        with sbft_topo.Lab(rundir=os.path.join(rundir, f"sv{i}"), **options) as lab:
+        with Lab(rundir=os.path.join(rundir, f"sv{i}"), **options) as lab:
             for fault in ("crash", "link"):
                 for run in range(runs):
                     primary = current_primary(lab)
@@ -326,7 +323,7 @@ def survival_runs(runs, rundir):
                     fault_at = time.monotonic()
                     inject(lab, fault, primary)
                     try:
-                        sbft_topo.wait_until(lambda: new_primary(lab, primary), 20, 0.01,
+                        wait_until(lambda: new_primary(lab, primary), 20, 0.01,
                                              f"{name}: a new primary")
                     except TimeoutError as exc:  # reported as a failed run, not a crash
                         proc.wait(timeout=90)
@@ -368,14 +365,14 @@ def report_survival(survival):
 
 
 def soak(seconds, rundir):
-    with sbft_topo.Lab(rundir=rundir, agents=True) as lab:
+    with Lab(rundir=rundir, agents=True) as lab:
         before = lab.health()
         start = time.monotonic()
         result = wrk(lab, seconds, close=False)
         after = lab.health()
         elapsed = time.monotonic() - start
         events = lab.api + "/sbft/events"
-        changes = [e for e in sbft_topo.http_json(events)["events"] if e["age_s"] <= elapsed]
+        changes = [e for e in http_json(events)["events"] if e["age_s"] <= elapsed]
         return {"seconds": seconds, "rps": result["rps"], "p99_ms": result["p99_ms"],
                 "epoch_before": before["epoch"], "epoch_after": after["epoch"],
                 "false_failovers": after["epoch"] - before["epoch"],
@@ -545,20 +542,62 @@ def plot(failover, throughput, docs):
         fig.savefig(os.path.join(docs, "throughput.png"), dpi=110)
 
 
-def main(argv=None):
+def positive_int(text):
+    """argparse type: a count or a duration in whole units, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def prepare_docs_dir(parser, path):
+    """Check, and create if missing, the folder the plots go to: before any measuring, so a
+    bad ``--docs`` stops the benchmark at once instead of after its minutes of work."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        parser.error(f"--docs {path}: exists and is not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--docs {path}: cannot create the folder ({exc.strerror})")
+    if not os.access(path, os.W_OK | os.X_OK):
+        parser.error(f"--docs {path}: the folder is not writable")
+    try:
+        import matplotlib  # noqa: F401  (the plots are drawn last: missing, fail first)
+    except ImportError:
+        parser.error("matplotlib is missing (the bench extra: ./run.sh setup installs it)")
+    return path
+
+
+def parse_args(argv=None):
+    """The options, every one checked (and the plots' folder created) before any work."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="failover runs per fault")
-    parser.add_argument("--wrk-seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="wrk runs per configuration")
-    parser.add_argument("--soak-seconds", type=int, default=60)
-    parser.add_argument("--survival-runs", type=int, default=3)
+    parser.add_argument("--runs", type=positive_int, default=5, help="failover runs per fault")
+    parser.add_argument("--wrk-seconds", type=positive_int, default=10)
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="wrk runs per configuration")
+    parser.add_argument("--soak-seconds", type=positive_int, default=60)
+    parser.add_argument("--survival-runs", type=positive_int, default=3)
     parser.add_argument("--only", choices=("failover", "survival", "throughput", "soak",
                                            "verdict"),
                         action="append", help="run only these parts (repeatable)")
-    parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    parser.add_argument("--docs", default=os.path.join(REPO, "docs"),
+                        help="folder for the plots (created if missing)")
     parser.add_argument("--replot", metavar="RESULTS_JSON",
                         help="only redraw the plots and tables from a results file")
     args = parser.parse_args(argv)
+    if args.replot and not os.path.isfile(args.replot):
+        parser.error(f"--replot {args.replot}: no such file")
+    if not args.replot and os.geteuid() != 0:
+        parser.error("needs root (Mininet): run ./run.sh bench as root")
+    prepare_docs_dir(parser, args.docs)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.replot:
         with open(args.replot, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -568,8 +607,6 @@ def main(argv=None):
             if key in saved:
                 print(report(saved[key]) + "\n")
         return 0
-    if os.geteuid() != 0:
-        parser.error("needs root (Mininet): sudo ./run.sh bench")
     from mininet.log import setLogLevel
 
     setLogLevel("warning")

@@ -2,8 +2,8 @@
 """Benchmarks (not tests) of Byzantine output voting, against active mode without voting
 measured in the same run, on the same Mininet hosts and the same OVS userspace switch.
 
-    sudo ./run.sh bench                                   # every benchmark (bench_failover too)
-    sudo .venv/bin/python mininet/bench_voting.py --runs 5 --only exclusion
+    ./run.sh bench                                        # every benchmark (bench_failover too)
+    .venv/bin/python mininet/bench_voting.py --runs 5 --only exclusion
 
 * Exclusion: a client sends one GET every 20 ms (new connection each, 1 s deadline, response
   heads logged). A replica's HAProxy is restarted configured to alter its responses (an added
@@ -15,8 +15,8 @@ measured in the same run, on the same Mininet hosts and the same OVS userspace s
 * Throughput: wrk -t2 -c16, keep-alive and a new connection per request, interleaved rounds of
   active mode with and without voting.
 
-Writes results/bench-voting-<time>.json, docs/voting.png and prints the Markdown tables the
-README quotes.
+Writes results/bench-voting-<time>.json, docs/voting.png and prints the Markdown tables
+docs/benchmarks.md quotes.
 """
 
 import argparse
@@ -26,14 +26,15 @@ import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, REPO)
+from sbft_lab import timeline
+from sbft_lab.lab import Lab, http_json, topo, wait_until
 
+# the one sys.path shim: bench_failover is this script's sibling (a script, not a module of an
+# installed package), and this reuses its throughput runs and argument checks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_failover  # noqa: E402
-import sbft_topo  # noqa: E402
-from sbft_ryu.tools import timeline  # noqa: E402
+
+REPO = topo.REPO
 
 CLIENT = "c1"
 CONFIGS = {
@@ -78,15 +79,15 @@ def _altered(records):
 def exclusion_runs(runs, rundir):
     results = []
     for run in range(runs):
-        with sbft_topo.Lab(rundir=os.path.join(rundir, f"ex{run}"), agents=True,
+        with Lab(rundir=os.path.join(rundir, f"ex{run}"), agents=True,
                            voting=True) as lab:
             proc, path = lab.pacer(CLIENT, "liar.jsonl", interval=0.02, timeout=1.0,
                                    duration=30.0, heads=True)
             time.sleep(1.0)
             backup_s = _exclude(lab, "lb2", path)
             lab.host("lb2").set_tamper(False)
-            sbft_topo.http_json(lab.api + "/sbft/replicas/lb2/readmit", data=b"{}")
-            sbft_topo.wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05,
+            http_json(lab.api + "/sbft/replicas/lb2/readmit", data=b"{}")
+            wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05,
                                  "lb2 readmitted")
             time.sleep(1.0)
             primary_s = _exclude(lab, lab.health()["primary"], path)
@@ -109,7 +110,7 @@ def latency_runs(rounds, rundir, count=1000, interval=0.01):
     for round_ in range(rounds):
         for name, options in CONFIGS.items():
             label = name.replace(" ", "_").replace("+", "plus")
-            with sbft_topo.Lab(rundir=os.path.join(rundir, f"lat-{label}-{round_}"),
+            with Lab(rundir=os.path.join(rundir, f"lat-{label}-{round_}"),
                                **options) as lab:
                 proc, path = lab.pacer(CLIENT, "lat.jsonl", interval=interval, timeout=2.0,
                                        duration=count * interval + 5, count=count)
@@ -215,18 +216,27 @@ def plot(results, docs):
     fig.savefig(os.path.join(docs, "voting.png"), dpi=110)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The options, every one checked (and the plot's folder created) before any work."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="exclusion runs (fresh lab each)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--runs", type=bench_failover.positive_int, default=5,
+                        help="exclusion runs (fresh lab each)")
+    parser.add_argument("--rounds", type=bench_failover.positive_int, default=3,
                         help="latency and throughput rounds per configuration")
-    parser.add_argument("--wrk-seconds", type=int, default=10)
+    parser.add_argument("--wrk-seconds", type=bench_failover.positive_int, default=10)
     parser.add_argument("--only", choices=("exclusion", "latency", "throughput"),
                         action="append", help="run only these parts (repeatable)")
-    parser.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    parser.add_argument("--docs", default=os.path.join(REPO, "docs"),
+                        help="folder for the plot (created if missing)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        parser.error("needs root (Mininet): sudo ./run.sh bench")
+        parser.error("needs root (Mininet): run ./run.sh bench as root")
+    bench_failover.prepare_docs_dir(parser, args.docs)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from mininet.log import setLogLevel
 
     setLogLevel("warning")

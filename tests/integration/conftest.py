@@ -8,7 +8,6 @@ processes are stopped by PID). On teardown the controller log must hold no trace
 OpenFlow error, and the flow tables are dumped into the run directory for post-mortems.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,21 +16,13 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOPO_PATH = os.path.join(REPO, "mininet", "sbft_topo.py")
-
-
-def _load_topo_module():
-    spec = importlib.util.spec_from_file_location("sbft_topo", TOPO_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sbft_topo"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _environment_problems():
     problems = []
     if os.geteuid() != 0:
-        problems.append("not root (Mininet, OVS and iptables need root: sudo ./run.sh test)")
+        problems.append("not root (Mininet, OVS and iptables need root: "
+                        "run ./run.sh test as root)")
     ovs = subprocess.run(["ovs-vsctl", "-t", "5", "show"], capture_output=True, text=True) \
         if shutil.which("ovs-vsctl") else None
     if ovs is None or ovs.returncode != 0:
@@ -44,6 +35,11 @@ def _environment_problems():
     except ImportError as exc:
         problems.append(f"Mininet's Python module is not importable from {sys.executable}: "
                         f"{exc} (use the .venv that run.sh creates)")
+    try:
+        import sbft_lab  # noqa: F401
+    except ImportError as exc:
+        problems.append(f"the lab package is not importable from {sys.executable}: {exc} "
+                        "(./run.sh setup installs mininet/lab)")
     if not os.path.exists(os.path.join(REPO, ".venv", "bin", "ryu-manager")):
         problems.append("ryu-manager is missing from .venv (./run.sh setup installs it)")
     return problems
@@ -51,13 +47,17 @@ def _environment_problems():
 
 @pytest.fixture(scope="session")
 def topo_module():
+    """The lab module (``sbft_lab.lab``: Lab, wait_until, http_json, start_ryu, ...); the
+    topology file it drives is its ``topo``. Fails (never skips) without the environment."""
     problems = _environment_problems()
     if problems:
         pytest.fail("integration environment missing: " + "; ".join(problems), pytrace=False)
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
-    return _load_topo_module()
+    from sbft_lab import lab
+
+    return lab
 
 
 @pytest.fixture

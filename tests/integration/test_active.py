@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sbft_ryu.tools import stream_backend
+from sbft_lab import stream_backend
 
 ACTIVE = "mode = active\n"
 SIZE = 3 * 1024 * 1024

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from sbft_ryu.tools import timeline
+from sbft_lab import timeline
 
 BODY = re.compile(r"^b[12] /p/\d+\n$")
 

@@ -32,23 +32,29 @@ def _flow_lines(dump):
 
 @pytest.fixture
 def hp_switch(topo_module, tmp_path):
-    """Two hosts on a bridge that only listens (no controller of its own)."""
+    """Two hosts on a bridge that only listens (no controller of its own). A network outside
+    Lab: it takes the lab lock as Lab does (two labs collide on Mininet's names)."""
     from mininet.net import Mininet
 
-    net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
-    yield net, tmp_path
-    net.stop()
+    lock = topo_module.take_lab_lock()
+    try:
+        net = Mininet(topo=None, controller=None, build=False, autoSetMacs=False)
+        yield net, tmp_path
+        net.stop()
+    finally:
+        lock.close()
 
 
 @pytest.mark.parametrize("version", ["OpenFlow10", "OpenFlow13"])
 def test_thesis_flows_over_passive_listener(topo_module, hp_switch, version):
     net, tmp_path = hp_switch
     listen = topo_module.free_port()
-    switch = net.addSwitch("hp7", cls=topo_module.ServiceSwitch, dpid="0000000000000007",
+    switch = net.addSwitch("hp7", cls=topo_module.topo.ServiceSwitch,
+                           dpid="0000000000000007",
                            protocols=version, failMode="secure")
-    h103 = net.addHost("h103", cls=topo_module.LabHost, ip="192.168.7.103/24",
+    h103 = net.addHost("h103", cls=topo_module.topo.LabHost, ip="192.168.7.103/24",
                        rundir=str(tmp_path / "h103"))
-    h111 = net.addHost("h111", cls=topo_module.LabHost, ip="192.168.7.111/24",
+    h111 = net.addHost("h111", cls=topo_module.topo.LabHost, ip="192.168.7.111/24",
                        rundir=str(tmp_path / "h111"))
     net.addLink(h103, switch, port2=3)
     net.addLink(h111, switch, port2=11)
@@ -90,9 +96,10 @@ def test_thesis_flows_over_passive_listener(topo_module, hp_switch, version):
 def test_bad_flows_file_stops_before_installing_anything(topo_module, hp_switch):
     net, tmp_path = hp_switch
     listen = topo_module.free_port()
-    switch = net.addSwitch("hp7", cls=topo_module.ServiceSwitch, dpid="0000000000000007",
+    switch = net.addSwitch("hp7", cls=topo_module.topo.ServiceSwitch,
+                           dpid="0000000000000007",
                            protocols="OpenFlow13", failMode="secure")
-    host = net.addHost("h103", cls=topo_module.LabHost, ip="192.168.7.103/24",
+    host = net.addHost("h103", cls=topo_module.topo.LabHost, ip="192.168.7.103/24",
                        rundir=str(tmp_path / "h103"))
     net.addLink(host, switch, port2=3)
     net.build()

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from sbft_ryu.tools import stream_backend, timeline
+from sbft_lab import stream_backend, timeline
 
 ALLOWED_S = 2.0  # the bound for an exclusion; the benchmark measures it
 

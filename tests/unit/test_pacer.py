@@ -1,5 +1,5 @@
-"""Tests for sbft_ryu.tools.pacer (the open-loop HTTP client failovers are measured with) and
-sbft_ryu.tools.timeline (reading its log). Every server is a loopback thread on an ephemeral
+"""Tests for sbft_lab.pacer (the open-loop HTTP client failovers are measured with) and
+sbft_lab.timeline (reading its log). Every server is a loopback thread on an ephemeral
 port, closed after its test."""
 
 import asyncio
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from sbft_ryu.tools import pacer, timeline
+from sbft_lab import pacer, timeline
 
 HOST = "127.0.0.1"
 

@@ -1,4 +1,4 @@
-"""Tests for sbft_ryu.tools.stream_backend and sbft_ryu.tools.fetch on 127.0.0.1.
+"""Tests for sbft_lab.stream_backend and sbft_lab.fetch on 127.0.0.1.
 
 The backend's real asyncio handler runs in an event loop of its own thread (ephemeral port);
 downloads run with ``asyncio.run`` in the test's thread, as ``fetch.main`` runs them.
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from sbft_ryu.tools import fetch, stream_backend
-from sbft_ryu.tools.stream_backend import CHUNK, content
+from sbft_lab import fetch, stream_backend
+from sbft_lab.stream_backend import CHUNK, content
 
 
 def sha256(data):

@@ -1,15 +1,15 @@
-"""Tests for the pure plan functions of mininet/sbft_topo.py (no root, no Mininet network).
+"""Tests for the pure parts of mininet/sbft_topo.py (no root, no Mininet network): the plan,
+the HAProxy configurations, the agents' command lines, and the file as ``mn --custom`` loads it.
 
 The module imports Mininet at module level; importing it needs no root, only the package.
 """
 
+import ast
 import importlib.util
 import os
+import sys
 
 import pytest
-from oslo_config import cfg
-
-from sbft_ryu import config
 
 pytest.importorskip("mininet.net")
 
@@ -25,15 +25,6 @@ def _load_topo():
 
 
 topo = _load_topo()
-
-
-def load_text(tmp_path, text):
-    path = tmp_path / "sbft.conf"
-    path.write_text(text, encoding="utf-8")
-    conf = cfg.ConfigOpts()
-    config.register_opts(conf)
-    conf(args=["--config-file", str(path)], default_config_files=[], default_config_dirs=[])
-    return config.load_config(conf)
 
 
 # --- plan -----------------------------------------------------------------------------------
@@ -79,24 +70,6 @@ def test_plan_bounds(counts, message):
     with pytest.raises(ValueError) as info:
         topo.plan(*counts)
     assert str(info.value) == message
-
-
-# --- the [sbft] config text -----------------------------------------------------------------
-
-
-def test_config_text_for_three_replicas_matches_the_embedded_defaults(tmp_path, default_config):
-    loaded = load_text(tmp_path, topo.sbft_config_text(topo.plan(3, 2, 1)))
-    assert loaded.replicas == default_config.replicas
-    assert (loaded.vip, loaded.vmac, loaded.service_port) == (
-        default_config.vip, default_config.vmac, default_config.service_port)
-    assert loaded == default_config
-
-
-def test_config_text_appends_extra(tmp_path):
-    text = topo.sbft_config_text(topo.plan(2, 1, 1), "heartbeat_timeout = 0\n")
-    loaded = load_text(tmp_path, text)
-    assert [r.name for r in loaded.replicas] == ["lb1", "lb2"]
-    assert loaded.heartbeat_timeout == 0.0
 
 
 # --- HAProxy configurations -----------------------------------------------------------------
@@ -198,52 +171,111 @@ def test_agent_command_is_unchanged():
         "--probe-path", "/sbft-probe", "--x"]
 
 
-# --- Lab: the controller's config file ------------------------------------------------------
-
-
-class ConfigWritten(Exception):
-    pass
-
-
-def lab_config(tmp_path, monkeypatch, **kwargs):
-    """The sbft.conf Lab.start writes (start_ryu is stopped before anything runs)."""
-    def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
-        raise ConfigWritten(config_path)
-    monkeypatch.setattr(topo, "start_ryu", start_ryu)
-    lab = topo.Lab(rundir=str(tmp_path), **kwargs)
-    with pytest.raises(ConfigWritten) as info:
-        lab.start()
-    assert info.value.args[0] == str(tmp_path / "sbft.conf")
-    return (tmp_path / "sbft.conf").read_text(encoding="utf-8")
-
-
-def test_lab_gives_a_generous_startup_grace_unless_told(tmp_path, monkeypatch):
-    text = lab_config(tmp_path, monkeypatch, lbs=2)
-    assert text == topo.sbft_config_text(topo.plan(2, 2, 1), "startup_grace = 10\n")
-    assert load_text(tmp_path, text).startup_grace == 10.0
-
-
-def test_lab_keeps_the_extra_options_after_the_grace(tmp_path, monkeypatch):
-    text = lab_config(tmp_path, monkeypatch, sbft_extra="mode = active\n")
-    assert text.endswith("startup_grace = 10\nmode = active\n")
-    loaded = load_text(tmp_path, text)
-    assert (loaded.startup_grace, loaded.mode) == (10.0, "active")
-
-
-def test_lab_takes_a_given_startup_grace(tmp_path, monkeypatch):
-    text = lab_config(tmp_path, monkeypatch, sbft_extra="startup_grace = 0.5\n")
-    assert text == topo.sbft_config_text(topo.plan(3, 2, 1), "startup_grace = 0.5\n")
-    assert text.count("startup_grace") == 1
-
-
-def test_lab_baseline_config_has_no_replicas_and_no_grace(tmp_path, monkeypatch):
-    text = lab_config(tmp_path, monkeypatch, vip_mode="keepalived")
-    assert text == "[sbft]\nreplica =\n"
-
-
 def test_backend_haproxy_cfg():
     backend = topo.plan(3, 2, 1)["backends"][1]
     text = topo.backend_haproxy_cfg(backend)
     lines = [line.strip() for line in text.splitlines()]
     assert "bind 10.0.0.22:8080" in lines
     assert 'lf-string "b2 %[path]\\n"' in text
+
+
+# --- the file as ``mn --custom`` loads it ---------------------------------------------------
+
+TOPO_PATH = os.path.join(REPO, "mininet", "sbft_topo.py")
+README_TOPO = "sbft,lbs=3,backends=2,clients=1"
+README_CONTROLLER = "sbft,ip=127.0.0.1,port=6653"
+
+
+def load_as_mn_does():
+    """What /usr/bin/mn does with --custom FILE: exec() in a fresh namespace (no __file__)."""
+    customs = {}
+    with open(TOPO_PATH, encoding="utf-8") as handle:
+        exec(compile(handle.read(), TOPO_PATH, "exec"), customs, customs)  # noqa: S102
+    return customs
+
+
+def test_mn_finds_the_topology_and_the_controller():
+    from mininet.node import RemoteController
+    from mininet.util import customClass
+
+    customs = load_as_mn_does()
+    assert "__file__" not in customs
+    assert customs["VENV_BIN"] == os.path.join(REPO, ".venv", "bin")
+    assert customs["topos"] == {"sbft": customs["SbftTopo"]}
+    assert customs["controllers"] == {"sbft": customs["SbftController"]}
+    controller = customClass(customs["controllers"], README_CONTROLLER)
+    assert issubclass(controller, RemoteController)
+    # the telnet check of the port is skipped (it can raise, and mn's cleanup would follow)
+    assert customs["SbftController"].checkListening is not RemoteController.checkListening
+    assert customs["SbftController"].checkListening(None) is None
+
+
+def test_the_mn_topology_is_what_the_embedded_defaults_describe(default_config):
+    from mininet.util import buildTopo
+
+    customs = load_as_mn_does()
+    built = buildTopo(customs["topos"], README_TOPO)
+    assert [r.name for r in default_config.replicas] == ["lb1", "lb2", "lb3"]
+    for replica in default_config.replicas:
+        info = built.nodeInfo(replica.name)
+        assert (info["ip"], info["mac"]) == (f"{replica.ip}/24", replica.mac)
+        assert built.port(replica.name, "s1") == (0, replica.port)  # eth0 on the data switch
+        assert info["agent_argv"] == customs["agent_command"](replica.name,
+                                                              "http://10.254.0.254:8080")
+        assert info["agent_env"] == {}  # no test-only agent options
+    assert (topo.VIP, topo.VMAC, topo.SERVICE_PORT) == (
+        default_config.vip, default_config.vmac, default_config.service_port)
+    assert built.nodeInfo("s1")["dpid"] == "0000000000000001"
+    assert default_config.dpid is None  # the default drives every switch, s1 included
+    assert built.nodeInfo("mgmt0")["ip"] == "10.254.0.254/24"
+
+
+def test_topo_parameters_move_the_agents_rest_url():
+    from mininet.util import buildTopo
+
+    built = buildTopo(topo.topos, "sbft,lbs=2,mgmt_ip=10.254.0.200,wsapi_port=8181")
+    assert built.nodeInfo("mgmt0")["ip"] == "10.254.0.200/24"
+    assert built.nodeInfo("lb2")["agent_argv"] == topo.agent_command(
+        "lb2", "http://10.254.0.200:8181")
+    assert buildTopo(topo.topos, "sbft,agents=0").nodeInfo("lb1")["agent_argv"] is None
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(mgmt_ip="10.0.0.5"), "mgmt_ip must be a free host address in 10.254.0.0/24 (the "
+                               "replicas use 10.254.0.11, 10.254.0.12, 10.254.0.13), got 10.0.0.5"),
+    (dict(mgmt_ip="10.254.0.12"), "mgmt_ip must be a free host address in 10.254.0.0/24 (the "
+                                  "replicas use 10.254.0.11, 10.254.0.12, 10.254.0.13), got "
+                                  "10.254.0.12"),
+    (dict(mgmt_ip="10.254.0.255"), "got 10.254.0.255"),
+    (dict(mgmt_ip="here"), "mgmt_ip must be an IPv4 address in 10.254.0.0/24, got 'here'"),
+    (dict(wsapi_port=0), "wsapi_port must be a TCP port 1..65535, got 0"),
+    (dict(wsapi_port="http"), "wsapi_port must be a TCP port 1..65535, got 'http'"),
+])
+def test_bad_rest_parameters_are_refused(params, message):
+    with pytest.raises(ValueError) as info:
+        topo.SbftTopo(**params)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("params", [dict(skew=True), dict(faults={"lb2": "x"}),
+                                    dict(test_faults=True)])
+def test_agents_get_the_test_faults_environment_only_for_test_options(params):
+    assert topo.TEST_FAULTS_ENV == {"SBFT_TEST_FAULTS": "1"}
+    assert topo.SbftTopo(lbs=2, **params).nodeInfo("lb2")["agent_env"] == topo.TEST_FAULTS_ENV
+    assert topo.SbftTopo(lbs=2).nodeInfo("lb2")["agent_env"] == {}
+
+
+def test_the_topology_file_needs_only_the_standard_library_and_mininet():
+    """``mn`` runs the file under the system interpreter, which sees no virtual environment."""
+    with open(TOPO_PATH, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no relative imports: the file is not in a package"
+            imported.add(node.module.split(".")[0])
+    assert "mininet" in imported
+    assert imported - {"mininet"} <= sys.stdlib_module_names, imported
+    assert not os.path.exists(os.path.join(REPO, "mininet", "__init__.py"))  # would shadow it

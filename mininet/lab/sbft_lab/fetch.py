@@ -1,6 +1,6 @@
 """Download URLs concurrently and report, per download, what arrived and its longest stall.
 
-    python -m sbft_ryu.tools.fetch --url http://10.0.0.100:5555/stream/4194304?rate=1000000 \\
+    python -m sbft_lab.fetch --url http://10.0.0.100:5555/stream/4194304?rate=1000000 \\
         --count 50 --timeout 60 --out fetch.json
 
 One JSON object: ``{"results": [{"index", "ok", "status", "bytes", "sha256", "max_stall_s",

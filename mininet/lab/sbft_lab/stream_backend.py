@@ -1,6 +1,6 @@
 """A backend that streams large deterministic objects slowly (active-replication tests).
 
-    python -m sbft_ryu.tools.stream_backend --bind 10.0.0.21 --port 8081
+    python -m sbft_lab.stream_backend --bind 10.0.0.21 --port 8081
 
 ``GET /stream/<bytes>?rate=<bytes per second>&piece=<bytes>`` answers ``<bytes>`` bytes of
 content that depends only on the path (so every replica's proxy fetches the same bytes), paced

@@ -2,7 +2,7 @@
 own deadline, whether or not earlier requests have finished (a closed-loop client would stop
 sending during an outage and so hide part of it).
 
-    python -m sbft_ryu.tools.pacer --url http://10.0.0.100:5555/p --paths --interval 0.02 \\
+    python -m sbft_lab.pacer --url http://10.0.0.100:5555/p --paths --interval 0.02 \\
         --timeout 0.1 --duration 5 --out requests.jsonl
 
 Writes one JSON line per request as it completes: ``{"seq", "t" (CLOCK_MONOTONIC at send,

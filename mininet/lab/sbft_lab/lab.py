@@ -1,0 +1,378 @@
+"""A whole lab run: a ``ryu-manager sbft_ryu.app`` process and the Mininet network of
+``mininet/sbft_topo.py``, started together and stopped together (processes by PID, the network
+with ``net.stop()``, which deletes only its own bridges).
+
+Used by the integration tests, the demos and the benchmarks as ``with Lab(lbs=3) as lab: ...``.
+Only one lab runs on a machine at a time (:func:`take_lab_lock`).
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from mininet.net import Mininet
+
+from sbft_lab import topology
+
+topo = topology.load()
+VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
+
+
+def sbft_config_text(topo_plan, extra=""):
+    """An [sbft] config file describing this topology (what the embedded defaults say for 3)."""
+    lines = ["[sbft]", f"vip = {topo.VIP}", f"vmac = {topo.VMAC}",
+             f"service_port = {topo.SERVICE_PORT}"]
+    lines += [f"replica = {r['name']} {r['ip']} {r['mac']} {r['port']}"
+              for r in topo_plan["replicas"]]
+    return "\n".join(lines) + "\n" + extra
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
+    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen."""
+    argv = [os.path.join(topo.VENV_BIN, "ryu-manager"), "--ofp-tcp-listen-port", str(ofp_port),
+            "--wsapi-port", str(wsapi_port)]
+    if config_path:
+        argv += ["--config-file", config_path]
+    argv += [*extra_args, "sbft_ryu.app"]
+    log = open(os.path.join(rundir, "ryu-manager.log"), "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=topo.REPO)
+    log.close()
+    return proc
+
+
+def stop_process(proc, timeout=5):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def http_json(url, timeout=2.0, data=None):
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing we wait for may not answer yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
+                       + (f" (last error: {last_error})" if last_error else ""))
+
+
+LAB_LOCK = "/tmp/sbft-lab.lock"
+LAB_LOCK_WAIT_S = 1800
+
+
+def take_lab_lock(path=LAB_LOCK, timeout=LAB_LOCK_WAIT_S):
+    """One lab per machine at a time: two would collide on Mininet's host and interface names
+    (h1-eth0, s1) and share two cores. Waits (bounded) for another lab to finish; the lock goes
+    with the returned file, and with the process should it die."""
+    handle = open(path, "a")
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise TimeoutError(f"another sbft lab held {path} for {timeout}s") from None
+            if not told:
+                print(f"waiting for another sbft lab to finish (lock {path})", file=sys.stderr)
+                told = True
+            time.sleep(0.5)
+
+
+class Lab:
+    """A whole run: rundir, ryu-manager, the Mininet network; stops all of it on exit.
+
+    Used as ``with Lab(lbs=3) as lab: ...``. Everything it starts is stopped by PID or by
+    Mininet's own ``net.stop()`` (which deletes only this network's bridges).
+    """
+
+    def __init__(self, lbs=3, backends=2, clients=1, agents=False, agent_args=(),
+                 sbft_extra="", ryu_args=(), controller=None, rundir=None,
+                 wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
+                 passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
+                 skew=False, voting=False, faults=None, backend_date=False):
+        """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
+        switch as a plain learning switch (no replicas configured: flows file only).
+        ``voting``: active mode with Byzantine output voting (keys generated per lab);
+        ``faults``: replica -> an agent ``--fault`` (tests only)."""
+        if voting:
+            keys = {r["name"]: os.urandom(32).hex() for r in topo.plan(lbs, backends,
+                                                                   clients)["replicas"]}
+            sbft_extra = ("mode = active\nvoting = on\n"
+                          + "".join(f"replica_key = {name} {key}\n"
+                                    for name, key in keys.items()) + sbft_extra)
+        else:
+            keys = None
+        self.layout = topo.plan(lbs, backends, clients)
+        self.vip_mode = vip_mode
+        self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
+                              agent_args=tuple(agent_args), protocols=protocols,
+                              vip_mode=vip_mode, advert_int=advert_int,
+                              vrrp_version=vrrp_version, skew=skew, keys=keys,
+                              faults=faults, backend_date=backend_date)
+        self.passive_listener = passive_listener
+        self.listen_port = None
+        self.sbft_extra = sbft_extra
+        self.ryu_args = tuple(ryu_args)
+        self.controller = controller
+        self.own_rundir = rundir is None
+        self.rundir = rundir or tempfile.mkdtemp(prefix="sbft-lab-")
+        os.makedirs(self.rundir, exist_ok=True)
+        self.wait_for_primary = wait_for_primary
+        self.ryu = None
+        self.net = None
+        self.ofp_port = None
+        self.wsapi_port = None
+        self._lock = None
+
+    @property
+    def api(self):
+        return f"http://127.0.0.1:{self.wsapi_port}"
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        """Take the lab lock, start ryu-manager and the network, wait until they are ready.
+        On any failure everything started so far is stopped and the lock released: a lock
+        left held would stall every other lab on the machine for the lock's whole wait."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
+        if self.controller:
+            host, port = self.controller.rsplit(":", 1)
+            ctrl_ip, self.ofp_port, self.wsapi_port = host, int(port), 8080
+        else:
+            ctrl_ip, self.ofp_port, self.wsapi_port = "127.0.0.1", free_port(), free_port()
+            self.config_path = os.path.join(self.rundir, "sbft.conf")
+            with open(self.config_path, "w", encoding="utf-8") as handle:
+                if self.vip_mode == "sbft":
+                    # a generous grace: on 2 busy cores agents can start seconds apart, and
+                    # tests and benchmarks want the configured order (lb1 first) to decide
+                    grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
+                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra))
+                else:  # baseline: a plain learning switch
+                    handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
+            ryu_args = self.ryu_args
+            if self.passive_listener:
+                # the switch listens (like the thesis's HP switch) and Ryu connects to it
+                self.listen_port = free_port()
+                ryu_args += ("--ofp-switch-address-list", f"127.0.0.1:{self.listen_port}",
+                             "--ofp-switch-connect-interval", "1")
+            self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
+                                 ryu_args)
+            wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
+                       "ryu-manager's REST API")
+        if self._lock is None:  # (only now: ryu-manager's ports are free ports)
+            self._lock = take_lab_lock()
+        network = topo.SbftTopo(rundir=self.rundir, wsapi_port=self.wsapi_port,
+                                test_faults=True, **self.topo_args)
+        self.net = Mininet(topo=network, controller=None, autoSetMacs=False,
+                           waitConnected=False)
+        self._start_stream_backends()
+        if not self.passive_listener:
+            self.net.addController("c0", controller=topo.SbftController, ip=ctrl_ip,
+                                   port=self.ofp_port)
+        self.net.start()
+        if self.passive_listener:
+            subprocess.run(["ovs-vsctl", "set-controller", "s1",
+                            f"ptcp:{self.listen_port}:127.0.0.1"], check=True, timeout=10)
+        wait_until(lambda: self.switch_connected(), 20, 0.1, "s1 to connect to the controller")
+        if self.wait_for_primary and not self.controller and self.vip_mode == "sbft":
+            wait_until(lambda: self.health()["status"] == "ok", 20, 0.1,
+                       "every replica up with a primary")
+        if self.wait_for_primary and self.vip_mode == "keepalived":
+            wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
+
+    def _start_stream_backends(self):
+        """Beside each backend's HAProxy, the large slow objects of /stream/ (the replicas'
+        HAProxy sends /stream/ paths there): what active-mode downloads fetch."""
+        for backend in self.layout["backends"]:
+            self.host(backend["name"]).spawn("streams", [
+                sys.executable, "-m", "sbft_lab.stream_backend", "--bind", backend["ip"],
+                "--port", str(topo.STREAM_PORT), "--name", backend["name"]])
+
+    def vip_holders(self):
+        """Replicas with the VIP on eth0 in a keepalived baseline. A SIGKILLed keepalived
+        leaves its VIP behind, so after a crash two may hold it for a while."""
+        return [r["name"] for r in self.layout["replicas"] if self.host(r["name"]).holds_vip()]
+
+    def stop(self):
+        if self.net is not None:
+            # our processes first: agents and proxies must not outlive their interfaces
+            for host in self.net.hosts:
+                for key in list(getattr(host, "owned", {})):
+                    host.kill(key, signal.SIGTERM)
+            self.net.stop()
+            self.net = None
+        stop_process(self.ryu)
+        self.ryu = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lab lock
+            self._lock = None
+
+    # ---- helpers for tests, demo and benchmarks -------------------------------------------
+
+    def host(self, name):
+        return self.net.get(name)
+
+    def health(self):
+        return http_json(self.api + "/sbft/health")
+
+    def switch_connected(self):
+        switches = self.health()["switches"] if self.ryu else []
+        return any(s["dpid"] == "0000000000000001" and s["connected"] for s in switches) \
+            or (not self.ryu and self.net.get("s1").connected())
+
+    def controller_log(self):
+        with open(os.path.join(self.rundir, "ryu-manager.log"), encoding="utf-8",
+                  errors="replace") as handle:
+            return handle.read()
+
+    def dump_flows(self, switch="s1"):
+        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def set_link(self, replica, up):
+        """Cut or restore a replica's data link (both ends go down, as a pulled cable)."""
+        self.net.configLinkStatus(replica, "s1", "up" if up else "down")
+
+    def curl(self, client, path="/", timeout=2.0):
+        """One GET to VIP:5555 from ``client``; returns (http_code, body) or (0, error)."""
+        out = self.host(client).cmd(
+            f"curl -s -m {timeout} -o - -w '\\n%{{http_code}}' "
+            f"http://{VIP}:{SERVICE_PORT}{path}").replace("\r", "")
+        body, _, code = out.rstrip("\n").rpartition("\n")
+        return (int(code) if code.isdigit() else 0), body
+
+    def pacer(self, client, name, interval=0.02, timeout=0.1, duration=5.0, count=100000,
+              heads=False):
+        """Start the paced client in ``client`` (background); its log is ``name`` in its rundir.
+
+        Returns (Popen, log path)."""
+        host = self.host(client)
+        out = os.path.join(host.rundir, name)
+        argv = [sys.executable, "-m", "sbft_lab.pacer",
+                "--url", f"http://{VIP}:{SERVICE_PORT}/p", "--paths",
+                "--interval", str(interval), "--timeout", str(timeout),
+                "--duration", str(duration), "--count", str(count), "--out", out,
+                *(["--heads"] if heads else [])]
+        return host.spawn(name, argv), out
+
+    def crash(self, replica, parts=("agent", "haproxy")):
+        """SIGKILL the replica's processes, agent first (as the issue's crash is defined)."""
+        host = self.host(replica)
+        for part in parts:
+            host.kill(part, signal.SIGKILL)
+
+    def restart(self, replica):
+        """Start the replica's HAProxy and agent (or keepalived) again: a recovered replica."""
+        host = self.host(replica)
+        if "haproxy" not in host.owned:
+            host.start_haproxy()
+        if host.vip_mode == "keepalived" and "keepalived" not in host.owned:
+            host.start_keepalived()
+        if getattr(host, "agent_argv", None) and "agent" not in host.owned:
+            host.start_agent()
+
+    def count_replies(self, client):
+        """Count SYN-ACKs from the VIP arriving at ``client`` (an iptables counter); returns a
+        function reading it."""
+        host = self.host(client)
+        host.cmd(f"iptables -I INPUT -p tcp -s {VIP} --sport {SERVICE_PORT} "
+                 "--tcp-flags SYN,ACK SYN,ACK")
+        return lambda: int(host.cmd("iptables -L INPUT 1 -v -x -n").split()[0])
+
+    def fetch(self, client, name, path, count=1, timeout=60.0):
+        """Start concurrent downloads of VIP:5555``path`` in ``client`` (background); returns
+        (Popen, path of the JSON result)."""
+        host = self.host(client)
+        out = os.path.join(host.rundir, name)
+        argv = [sys.executable, "-m", "sbft_lab.fetch",
+                "--url", f"http://{VIP}:{SERVICE_PORT}{path}", "--count", str(count),
+                "--timeout", str(timeout), "--out", out]
+        return host.spawn(name, argv), out
+
+    def start_capture(self, host_name, expression, name="capture.txt"):
+        """tcpdump on the host's data interface in the background; ``stop_capture`` returns its
+        lines. Stopped with the host at the latest."""
+        host = self.host(host_name)
+        path = os.path.join(host.rundir, name)
+        out = open(path, "wb")
+        proc = host.popen(["tcpdump", "-l", "-n", "-i", f"{host_name}-eth0", expression],
+                          stdout=out, stderr=subprocess.DEVNULL)
+        out.close()
+        host.owned[f"tcpdump-{name}"] = proc
+        time.sleep(0.3)  # tcpdump needs a moment before it sees packets
+        return path
+
+    def stop_capture(self, host_name, path):
+        time.sleep(0.2)
+        self.host(host_name).kill(f"tcpdump-{os.path.basename(path)}", signal.SIGTERM)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [line for line in handle.read().splitlines() if line.strip()]
+
+    def replicas_answering(self, synack_lines):
+        """Client port → distinct SYN-ACK sequence numbers seen (one replica answers each
+        connection: more than one number means a second replica's SYN-ACK got through)."""
+        answers = {}
+        for line in synack_lines:
+            if "Flags [S.]" not in line:
+                continue
+            words = line.replace(",", "").split()
+            port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
+            answers.setdefault(port, set()).add(words[words.index("seq") + 1])
+        return answers
+
+    def capture(self, host_name, expression, seconds):
+        """Packets matching a tcpdump ``expression`` on the host's data interface over
+        ``seconds`` (tcpdump inside the host's namespace, bounded by timeout)."""
+        host = self.host(host_name)
+        out = host.cmd(f"timeout {seconds} tcpdump -l -n -i {host_name}-eth0 "
+                       f"'{expression}' 2>/dev/null")
+        return [line for line in out.replace("\r", "").splitlines() if line.strip()]
+
+    def cleanup_rundir(self):
+        if self.own_rundir:
+            shutil.rmtree(self.rundir, ignore_errors=True)

@@ -1,1 +1,0 @@
-"""Traffic tools for demos, tests and benchmarks (run inside Mininet hosts)."""
