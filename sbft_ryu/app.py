@@ -79,7 +79,7 @@ class SbftApp(app_manager.RyuApp):
         except (sbft_config.ConfigError, FlowSyntaxError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
-        quorum = 2 * self.config.f + 1
+        quorum = self.config.f + 1  # a reply byte needs f + 1 matching outputs
         self.cluster = ClusterState(
             self.config.replicas, self.config.heartbeat_timeout, self.config.startup_grace,
             serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None,

@@ -64,7 +64,7 @@ class ClusterState:
 
     def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0, serve_below=None,
                  by_seniority=False):
-        """``serve_below``: with fewer members than this (2f + 1 when voting), elect no primary
+        """``serve_below``: with fewer members than this (f + 1 when voting), elect no primary
         (the operator chose to stop serving rather than serve unvoted replies); None: serve.
 
         ``by_seniority`` (active mode): a failed primary's successor is the member that has

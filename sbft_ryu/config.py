@@ -137,7 +137,7 @@ def _opts():
                    help="fraction of the ranges a replica took part in (same decaying window) "
                         "that its suspicion must also reach to make it byzantine"),
         cfg.StrOpt("unvoted", default="serve",
-                   help="with fewer than 2f+1 replicas up: serve (unvoted) or stop"),
+                   help="with fewer than f+1 members up (too few to vote): serve (unvoted) or stop"),
     ]
 
 

@@ -67,7 +67,7 @@ VOTE_COUNTERS = (
 
 def _voting(health):
     voting, replicas = health["voting"], health["replicas"]
-    yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, 2f + 1 up)",
+    yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, f + 1 members up)",
                  [((), int(voting["voted"]))])
     yield _gauge("sbft_replica_byzantine", "1 while the replica is marked byzantine",
                  [((r["name"],), int(r["state"] == "byzantine")) for r in replicas], ["replica"])

@@ -235,9 +235,9 @@ def ryu_conf():
         conf.clear_override(name, group="sbft")
 
 
-@pytest.mark.parametrize("unvoted, serve_below", [("stop", 3), ("serve", None)])
-def test_unvoted_stop_makes_the_cluster_serve_only_with_a_majority(ryu_conf, unvoted,
-                                                                  serve_below):
+@pytest.mark.parametrize("unvoted, serve_below", [("stop", 2), ("serve", None)])
+def test_unvoted_stop_makes_the_cluster_serve_only_with_f_plus_1_members(ryu_conf, unvoted,
+                                                                         serve_below):
     ryu_conf(mode="active", voting="on", unvoted=unvoted,
              replica_key=[f"{n} {k.hex()}" for n, k in KEYS.items()])
     sbft = app_module.SbftApp(wsgi=WSGIApplication())
