@@ -83,6 +83,9 @@ def replica_view(config, cluster, name, now, referee=None):
         "last_heartbeat_age_s": _age(cluster.heartbeat_age(name, now)),
         "service_ok": health.service_ok,
         "epoch": health.acked_epoch,
+        "spare": cluster.is_spare(name),
+        "generation": cluster.generation[name],
+        "promotions": cluster.promoted[name],
         "heartbeats": health.heartbeats,
         "agent_restarts": health.agent_restarts,
         "counters": dict(health.counters),
@@ -92,7 +95,7 @@ def replica_view(config, cluster, name, now, referee=None):
 
 def replicas_view(config, cluster, now, referee=None):
     return [replica_view(config, cluster, replica.name, now, referee)
-            for replica in config.replicas]
+            for replica in config.nodes]
 
 
 def switches_view(switches):
@@ -111,11 +114,19 @@ def health_view(config, cluster, switches, now, referee=None):
         "vip": config.vip,
         "service_port": config.service_port,
         "members": list(view.members),
+        "spares": cluster.spare_names(),
+        "promotions": promotions_view(cluster, now),
         "heartbeat_timeout_s": config.heartbeat_timeout,
         "voting": voting_view(config, cluster),
         "switches": switches_view(switches),
         "replicas": replicas_view(config, cluster, now, referee),
     }
+
+
+def promotions_view(cluster, now):
+    """Every promotion of a spare into the voting set (the last ones kept), newest first."""
+    return [{"age_s": _age(now - p.at), "replica": p.replica, "replacing": p.replacing,
+             "reason": p.reason, "epoch": p.epoch} for p in reversed(cluster.promotions)]
 
 
 def events_view(cluster, now):
@@ -144,11 +155,14 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
         reply["nonce"] = nonce
     if config.voting:
         voting = voting_view(config, cluster)
+        peers = {peer: address for peer, address in sorted((addresses or {}).items())
+                 if peer in cluster.view.members}
         reply["voting"] = {
             "required": voting["voted"], "f": config.f, "hold_s": config.vote_hold,
             "port": config.vote_port,
-            "peers": {peer: address for peer, address in sorted((addresses or {}).items())
-                      if peer in cluster.view.members},  # up voting members only
+            "generation": cluster.generation[name],  # bumped at every entry into the members
+            "peers": peers,  # the up voting members only
+            "generations": {peer: cluster.generation[peer] for peer in peers},
             "reset": list(reset),
         }
     return reply
