@@ -150,7 +150,8 @@ def _opts():
         cfg.StrOpt("spare_after", default="5",
                    help="seconds a member may be down before an up spare replaces it"),
         cfg.StrOpt("unvoted", default="serve",
-                   help="with fewer than f+1 members up (too few to vote): serve (unvoted) or stop"),
+                   help="with fewer than f+1 members up (too few to vote): serve (unvoted) "
+                        "or stop"),
     ]
 
 
