@@ -42,7 +42,7 @@ def voting_view(config, cluster):
     if not config.voting:
         return {"enabled": False, "voted": False, "f": config.f, "reason": "voting is off"}
     f, n, up = config.f, len(config.replicas), len(cluster.view.members)
-    needed, convict_from, wire_from = f + 1, n - f + 1, f + 2
+    needed, convict_from, wire_from = _members_needed(n, f)
     voted = up >= needed and cluster.view.primary is not None
     return {"enabled": True, "voted": voted, "f": f, "up": up, "needed": needed,
             "convicts": voted and up >= convict_from,
@@ -51,8 +51,13 @@ def voting_view(config, cluster):
             "unvoted_policy": config.unvoted}
 
 
+def _members_needed(n, f):
+    """Members up needed to vote, to convict a liar, and for the wire check."""
+    return f + 1, n - f + 1, f + 2
+
+
 def _voting_reason(up, n, f, voted, serving):
-    needed, convict_from, wire_from = f + 1, n - f + 1, f + 2
+    needed, convict_from, wire_from = _members_needed(n, f)
     head = f"{up} of {n} replicas up, {needed} needed to vote"
     if not voted:
         return head + (": replies are NOT voted" if serving else ": service stopped")
