@@ -579,8 +579,16 @@ class Lab:
         self.stop()
 
     def start(self):
-        if self._lock is None:
-            self._lock = take_lab_lock()
+        """Take the lab lock, start ryu-manager and the network, wait until they are ready.
+        On any failure everything started so far is stopped and the lock released: a lock
+        left held would stall every other lab on the machine (this process's next one too)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         if self.controller:
             host, port = self.controller.rsplit(":", 1)
             ctrl_ip, self.ofp_port, self.wsapi_port = host, int(port), 8080
@@ -606,6 +614,8 @@ class Lab:
                                  ryu_args)
             wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
                        "ryu-manager's REST API")
+        if self._lock is None:  # (taken only now: ryu-manager's ports are free ports)
+            self._lock = take_lab_lock()
         topo = SbftTopo(rundir=self.rundir, wsapi_port=self.wsapi_port, **self.topo_args)
         self.net = Mininet(topo=topo, controller=None, autoSetMacs=False, waitConnected=False)
         if not self.passive_listener:
