@@ -79,11 +79,12 @@ class SbftApp(app_manager.RyuApp):
         except (sbft_config.ConfigError, FlowSyntaxError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
-        quorum = 2 * self.config.f + 1
+        quorum = self.config.f + 1  # a reply byte needs f + 1 matching outputs
         self.cluster = ClusterState(
             self.config.replicas, self.config.heartbeat_timeout, self.config.startup_grace,
             serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None,
-            by_seniority=self.config.mode == "active")
+            by_seniority=self.config.mode == "active", spares=self.config.spares,
+            spare_after=self.config.spare_after)
         self.referee = Referee(self.config)
         self.switches = {}  # dpid -> Switch
         self.seen = {}  # dpid -> (connected, OpenFlow version) for REST
@@ -94,11 +95,11 @@ class SbftApp(app_manager.RyuApp):
         self._lock = hub.Semaphore(1)  # one batch at a time: sends may yield
         self.registry = metrics.make_registry(self._metrics_source)
         rest.register(kwargs["wsgi"], self)
-        self.logger.info("sbft: vip %s:%d (vmac %s), %d replicas %s, mode %s, flows from %s "
-                         "(%d entries), heartbeat timeout %gs",
+        self.logger.info("sbft: vip %s:%d (vmac %s), %d replicas %s, spares %s, mode %s, "
+                         "flows from %s (%d entries), heartbeat timeout %gs",
                          self.config.vip, self.config.service_port, self.config.vmac,
-                         len(self.config.replicas),
-                         [r.name for r in self.config.replicas], self.config.mode,
+                         len(self.config.replicas), [r.name for r in self.config.replicas],
+                         [r.name for r in self.config.spares], self.config.mode,
                          self.config.flows_source, len(self.config.flows),
                          self.config.heartbeat_timeout)
 
@@ -265,6 +266,8 @@ class SbftApp(app_manager.RyuApp):
 
     def _changed(self, view):
         self._log_transitions()
+        self.referee.sync(self.cluster.voters, self.cluster.generation,
+                          self.cluster.generation_epoch, time.monotonic())
         if view is None:
             return
         self.logger.info("sbft: epoch %d, primary %s, members %s", view.epoch, view.primary,

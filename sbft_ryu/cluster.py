@@ -1,5 +1,12 @@
-"""Runtime state of the replica cluster: liveness, the sticky primary, its successor and the
-epoch.
+"""Runtime state of the replica cluster: liveness, the voting set and its spares, the sticky
+primary, its successor, the epoch and each replica's generation.
+
+The *voting set* holds at most n (the configured members) names; the up ones are the view's
+``members``. A spare (configured with ``spare`` lines, or a member that lost its place) stays
+outside it with no role until it is promoted: at once when a member is convicted, or when a
+member has been down for ``spare_after`` seconds. Every entry of a replica into ``members``
+(first start, return after a crash or a link flap, readmission, promotion) starts a new
+*generation* of it, so evidence from before can be told apart.
 
 One :class:`ClusterState` is owned by the Ryu app and passed to whoever needs it. Every input
 (a port status, a heartbeat, the passage of time) takes ``now`` from the caller (a monotonic
@@ -27,6 +34,15 @@ class ClusterView:
 
     members: Tuple[str, ...]  # replicas that get mirrored traffic, in configured order
     primary: Optional[str]
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Promotion:
+    at: float  # monotonic seconds
+    replica: str
+    replacing: Optional[str]  # the member whose place it took (None: a free place)
+    reason: str
     epoch: int
 
 
@@ -63,30 +79,44 @@ class ClusterState:
     first does not keep the primary role (it is sticky) ahead of the configured order."""
 
     def __init__(self, replicas, heartbeat_timeout, startup_grace=0.0, serve_below=None,
-                 by_seniority=False):
-        """``serve_below``: with fewer members than this (2f + 1 when voting), elect no primary
+                 by_seniority=False, spares=(), spare_after=5.0):
+        """``serve_below``: with fewer members than this (f + 1 when voting), elect no primary
         (the operator chose to stop serving rather than serve unvoted replies); None: serve.
 
         ``by_seniority`` (active mode): a failed primary's successor is the member that has
-        been up the longest, the configured order breaking ties (every replica up at the
-        first election ties). A replica that (re)joined holds only the connections that began
-        after it; promoting it while an older backup is up would lose all the others."""
+        been in the voting set the longest, the configured order breaking ties (every replica
+        up at the first election ties). A replica that (re)joined or was promoted holds only
+        the connections that began after it; promoting it while an older backup is up would
+        lose all the others.
+
+        ``spares``: replicas outside the voting set; ``spare_after``: seconds a member may be
+        down before an up spare takes its place (n stays ``len(replicas)``)."""
         self.replicas = tuple(replicas)
+        self.spares = tuple(spares)
+        self.nodes = self.replicas + self.spares
+        self.n = len(self.replicas)
+        self.spare_after = spare_after
         self.by_seniority = by_seniority
-        self._up_since = {}  # name -> when it last came up (members only)
+        self._member_since = {}  # name -> when it last entered the members (seniority)
         self._first_elected_at = None
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_grace = startup_grace
         self.serve_below = serve_below
         self.epoch_primary = {}  # epoch -> its primary (wire reports name an epoch)
         self._first_up_at = None
-        self.health = {replica.name: ReplicaHealth() for replica in self.replicas}
+        self.health = {replica.name: ReplicaHealth() for replica in self.nodes}
         self._ports = {}  # dpid -> {port_no: up}
-        self._by_port = {replica.port: replica.name for replica in self.replicas}
         self.view = ClusterView(members=(), primary=None, epoch=0)
         self.history = deque(maxlen=_HISTORY)
         self.recorded = 0  # transitions ever recorded (history keeps the last _HISTORY)
-        self._up = {replica.name: False for replica in self.replicas}
+        self._up = {replica.name: False for replica in self.nodes}
+        self.voters = {replica.name for replica in self.replicas}  # the voting set
+        self._down_since = {}  # voter -> when it was last seen go (or stay) down
+        self._vacated = []  # members convicted whose place no spare took yet
+        self.generation = {replica.name: 0 for replica in self.nodes}
+        self.generation_epoch = {}  # name -> the epoch its current generation began in
+        self.promotions = deque(maxlen=_HISTORY)
+        self.promoted = {replica.name: 0 for replica in self.nodes}  # promotions per replica
 
     # ---- inputs -------------------------------------------------------------------------------
 
@@ -120,22 +150,19 @@ class ClusterState:
     def evaluate(self, now):
         """Re-derive liveness and the primary at ``now``; the new view if it changed."""
         changed = False
-        for replica in self.replicas:
+        for replica in self.nodes:
             up, reason = self._liveness(replica.name, now)
             health = self.health[replica.name]
             if up != self._up[replica.name]:
                 self._up[replica.name] = up
-                if up:
-                    self._up_since[replica.name] = now
-                else:
-                    self._up_since.pop(replica.name, None)
-                if up and self._first_up_at is None:
+                if up and self._first_up_at is None and replica.name in self.voters:
                     self._first_up_at = now
                 health.down_reason = None if up else reason
                 self._record(now, replica.name, UP if up else f"{DOWN}: {reason}")
                 changed = True
             elif not up:
                 health.down_reason = reason
+        changed = self._rebalance(now) or changed
         if not changed and not self._first_election_due(now):
             return None
         return self._elect(now)
@@ -148,9 +175,15 @@ class ClusterState:
         health.down_reason = f"{BYZANTINE}: {reason}"
         self._record(now, name, f"{BYZANTINE}: {reason}")
         self._up[name] = False
+        if name in self.voters:  # its place goes to a spare at once
+            self.voters.discard(name)
+            self._vacated.append(name)
+        self._rebalance(now)
         return self._elect(now)
 
     def readmit(self, name, now):
+        """The operator's word that ``name`` is repaired: it rejoins the voting set if a place
+        is free, else it is a spare."""
         health = self.health[name]
         if not health.byzantine:
             return None
@@ -170,6 +203,9 @@ class ClusterState:
                           if self._up[name] and health.last_heartbeat is not None]
         if self._starting(now):
             deadlines.append(self._first_up_at + self.startup_grace)
+        if self._may_replace(now) and self._candidates():
+            deadlines += [since + self.spare_after for name, since in self._down_since.items()
+                          if name in self.voters]
         return min(deadlines) if deadlines else None
 
     def is_up(self, name):
@@ -181,15 +217,22 @@ class ClusterState:
         return UP if self._up[name] else DOWN
 
     def role(self, name):
+        """Spares have no role: only members are mirrored to and vote."""
         if name == self.view.primary:
             return PRIMARY
-        return BACKUP if self._up[name] else NO_ROLE
+        return BACKUP if name in self.view.members else NO_ROLE
+
+    def is_spare(self, name):
+        return name not in self.voters and not self.health[name].byzantine
+
+    def spare_names(self):
+        return [r.name for r in self.nodes if self.is_spare(r.name)]
 
     def status(self):
-        """ok: a primary and every replica up; degraded: a primary, some replica not; down."""
+        """ok: a primary and n members up; degraded: a primary, fewer members; down."""
         if self.view.primary is None:
             return "down"
-        return "ok" if all(self._up.values()) else "degraded"
+        return "ok" if len(self.view.members) >= self.n else "degraded"
 
     def transitions_since(self, count):
         """Transitions recorded after the first ``count`` (as many as history still holds)."""
@@ -203,7 +246,7 @@ class ClusterState:
     # ---- internals ----------------------------------------------------------------------------
 
     def _refresh_links(self, now):
-        for replica in self.replicas:
+        for replica in self.nodes:
             self.health[replica.name].link_up = any(
                 ports.get(replica.port, False) for ports in self._ports.values())
         return self.evaluate(now)
@@ -228,14 +271,68 @@ class ClusterState:
         """Before the first election, while some replica is missing and the grace runs."""
         return (self.view.epoch == 0 and self._first_up_at is not None
                 and now < self._first_up_at + self.startup_grace
-                and not all(self._up.values()))
+                and not all(self._up[name] for name in self.voters))
 
     def _first_election_due(self, now):
         return (self.view.epoch == 0 and self.view.primary is None
-                and any(self._up.values()) and not self._starting(now))
+                and any(self._up[name] for name in self.voters) and not self._starting(now))
+
+    def _candidates(self):
+        """Up replicas outside the voting set, in configured order: who can be promoted."""
+        return [r.name for r in self.nodes if self._up[r.name] and r.name not in self.voters]
+
+    def _rebalance(self, now):
+        """Give up spares the places of convicted members and of members down for
+        ``spare_after``; members come back into free places. True if the set changed."""
+        for name in self.voters:
+            if self._up[name]:
+                self._down_since.pop(name, None)
+            else:
+                self._down_since.setdefault(name, now)
+        changed = False
+        candidates = self._candidates()
+        while candidates and len(self.voters) < self.n:
+            name = candidates.pop(0)
+            if name in self._vacated:  # readmitted, and its own place is still free
+                self._vacated.remove(name)
+                self.voters.add(name)
+            else:
+                replacing = self._vacated.pop(0) if self._vacated else None
+                self._promote(name, replacing, f"replacing {replacing} (convicted)"
+                              if replacing else "a place in the voting set is free", now)
+            changed = True
+        if not self._may_replace(now):
+            return changed
+        for name in [r.name for r in self.nodes if r.name in self.voters]:
+            since = self._down_since.get(name)
+            if not candidates or since is None or now - since < self.spare_after:
+                continue
+            self.voters.discard(name)
+            del self._down_since[name]
+            self._record(now, name, f"spare: down for {self.spare_after:g} s, its place "
+                                    f"goes to {candidates[0]}")
+            self._promote(candidates.pop(0), name,
+                          f"replacing {name} (down for {self.spare_after:g} s)", now)
+            changed = True
+        return changed
+
+    def _may_replace(self, now):
+        """Down members are replaced once the tier has started (not for being slow to boot)."""
+        return (self.spare_after is not None and not self._starting(now)
+                and (self.view.epoch > 0 or self._first_election_due(now)))
+
+    def _promote(self, name, replacing, reason, now):
+        self.voters.add(name)
+        self.promoted[name] += 1
+        self.promotions.append(Promotion(now, name, replacing, reason, self.view.epoch))
+        self._record(now, name, f"promoted: {reason}")
 
     def _elect(self, now):
-        members = tuple(r.name for r in self.replicas if self._up[r.name])
+        members = tuple(r.name for r in self.nodes if self._up[r.name] and r.name in self.voters)
+        for name in members:
+            if name not in self.view.members:  # a new generation: seniority starts now
+                self._member_since[name] = now
+                self.generation[name] += 1
         primary = self.view.primary
         if primary not in members:  # sticky: a healthy primary keeps its role
             primary = self._successor(members)
@@ -244,6 +341,9 @@ class ClusterState:
         if self.serve_below and len(members) < self.serve_below:
             primary = None  # too few replicas to vote, and unvoted replies are not wanted
         epoch = self.view.epoch + (primary != self.view.primary)
+        for name in members:
+            if name not in self.view.members:
+                self.generation_epoch[name] = epoch
         new = ClusterView(members=members, primary=primary, epoch=epoch)
         if new == self.view:
             return None
@@ -264,7 +364,7 @@ class ClusterState:
             return members[0]
         start = self._first_elected_at
         order = {name: i for i, name in enumerate(members)}
-        return min(members, key=lambda name: (max(self._up_since.get(name, start), start),
+        return min(members, key=lambda name: (max(self._member_since.get(name, start), start),
                                               order[name]))
 
     def _record(self, now, name, change, epoch=None):

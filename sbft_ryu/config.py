@@ -74,14 +74,22 @@ class SbftConfig:
     suspicion_half_life: float = 5.0
     suspicion_rate: float = 0.01
     unvoted: str = "serve"
+    spares: Tuple[Replica, ...] = ()  # run like members, outside the voting set until promoted
+    spare_after: float = 5.0
 
     @property
     def f(self):
-        """Byzantine replicas tolerated: n = 2f + 1 (or more) replicas."""
+        """Byzantine replicas tolerated: n = 2f + 1 (or more) configured members; spares do
+        not count (n and f are those of the ``replica`` lines)."""
         return max(0, (len(self.replicas) - 1) // 2)
 
+    @property
+    def nodes(self):
+        """Members then spares, in configured order: every replica the controller knows."""
+        return self.replicas + self.spares
+
     def replica(self, name):
-        for replica in self.replicas:
+        for replica in self.nodes:
             if replica.name == name:
                 return replica
         return None
@@ -136,12 +144,19 @@ def _opts():
         cfg.StrOpt("suspicion_rate", default="0.01",
                    help="fraction of the ranges a replica took part in (same decaying window) "
                         "that its suspicion must also reach to make it byzantine"),
+        cfg.MultiStrOpt("spare", default=[],
+                        help="NAME IP MAC PORT, once per spare: a replica outside the voting "
+                             "set, promoted into it when a member is convicted or down"),
+        cfg.StrOpt("spare_after", default="5",
+                   help="seconds a member may be down before an up spare replaces it"),
         cfg.StrOpt("unvoted", default="serve",
-                   help="with fewer than 2f+1 replicas up: serve (unvoted) or stop"),
+                   help="with fewer than f+1 members up (too few to vote): serve (unvoted) "
+                        "or stop"),
     ]
 
 
-OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
+OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "spare", "spare_after",
+                "dpid",
                 "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
                 "service_priority", "mode", "active_secret", "active_wscale", "replica_key",
                 "voting", "vote_port", "vote_hold", "suspicion_threshold",
@@ -178,6 +193,9 @@ def build_config(raw):
     vmac = _mac("vmac", raw["vmac"])
     service_port = _int("service_port", raw["service_port"], 1, 65535)
     replicas = _replicas(raw["replica"], vip)
+    spares = _replicas(raw.get("spare", []), vip, option="spare")
+    _distinct(replicas + spares)
+    spare_after = _float("spare_after", raw.get("spare_after", "5"), 0.0, 3600.0)
     dpid = _dpid(raw["dpid"])
     timeout = _float("heartbeat_timeout", raw["heartbeat_timeout"], 0.0, 60.0)
     interval = _float("heartbeat_interval", raw["heartbeat_interval"], 0.005, 10.0)
@@ -192,7 +210,7 @@ def build_config(raw):
         raise ConfigError("mode", raw["mode"], " or ".join(MODES))
     secret = _secret(raw.get("active_secret", ""))
     wscale = _int("active_wscale", raw.get("active_wscale", "7"), 0, 14)
-    keys = _replica_keys(raw.get("replica_key", []), replicas)
+    keys = _replica_keys(raw.get("replica_key", []), replicas + spares)
     voting = str(raw.get("voting", "off")).strip().lower()
     if voting not in ("on", "off"):
         raise ConfigError("voting", raw.get("voting"), "on or off")
@@ -202,7 +220,7 @@ def build_config(raw):
                           "output in one sequence space)")
     if voting and len(replicas) < 3:
         raise ConfigError("voting", "on", "at least 3 replicas (n = 2f + 1, f >= 1)")
-    missing = [r.name for r in replicas if r.name not in keys]
+    missing = [r.name for r in replicas + spares if r.name not in keys]
     if voting and missing:
         raise ConfigError("replica_key", "<hidden>", f"a key for every replica when voting "
                           f"(missing: {', '.join(missing)})")
@@ -226,7 +244,8 @@ def build_config(raw):
                       service_priority=priority, mode=mode, active_secret=secret,
                       active_wscale=wscale, replica_keys=keys, voting=voting,
                       vote_port=vote_port, vote_hold=vote_hold, suspicion_threshold=threshold,
-                      suspicion_half_life=half_life, suspicion_rate=rate, unvoted=unvoted)
+                      suspicion_half_life=half_life, suspicion_rate=rate, unvoted=unvoted,
+                      spares=spares, spare_after=spare_after)
 
 
 def check_unknown_options(path):
@@ -340,7 +359,8 @@ def _dpid(value):
     return dpid
 
 
-def _replicas(values, vip):
+def _replicas(values, vip, option="replica"):
+    """``replica`` (or ``spare``) lines → Replicas, each line checked on its own."""
     values = [str(v) for v in (values or [])]
     if values == [""] or not values:
         return ()
@@ -349,30 +369,35 @@ def _replicas(values, vip):
         expected = "NAME IP MAC PORT (space-separated, PORT the switch's OpenFlow port)"
         parts = value.split()
         if len(parts) != 4:
-            raise ConfigError("replica", value, expected)
+            raise ConfigError(option, value, expected)
         name, ip, mac, port = parts
         if not _NAME.match(name):
-            raise ConfigError("replica", value, "a NAME of letters, digits, '_.-' "
+            raise ConfigError(option, value, "a NAME of letters, digits, '_.-' "
                               "starting with a letter (at most 32)")
         try:
-            ip = _ipv4("replica", ip)
-            mac = _mac("replica", mac)
+            ip = _ipv4(option, ip)
+            mac = _mac(option, mac)
         except ConfigError as exc:
-            raise ConfigError("replica", value, exc.expected + f" in {expected}") from None
+            raise ConfigError(option, value, exc.expected + f" in {expected}") from None
         port = int(port) if _DIGITS.match(port) else 0
         if not 1 <= port <= MAX_PORT:
-            raise ConfigError("replica", value, f"PORT an integer 1..{MAX_PORT} in {expected}")
+            raise ConfigError(option, value, f"PORT an integer 1..{MAX_PORT} in {expected}")
+        if ip == vip:
+            raise ConfigError(option, name, f"a replica IP different from the vip {vip}")
         replicas.append(Replica(name=name, ip=ip, mac=mac, port=port))
+    _distinct(replicas, option)
+    return tuple(replicas)
+
+
+def _distinct(replicas, option=None):
+    """No two replicas (members or spares: ``option`` None) share a name, IP, MAC or port."""
     for attr in ("name", "ip", "mac", "port"):
         seen = {}
         for replica in replicas:
             key = getattr(replica, attr)
             if key in seen:
-                raise ConfigError("replica", f"{seen[key].name} / {replica.name}",
-                                  f"replicas with distinct {attr.upper()}s (both use {key})")
+                raise ConfigError(option or "spare", f"{seen[key].name} / {replica.name}",
+                                  f"replicas with distinct {attr.upper()}s (both use {key})"
+                                  if option else f"replicas and spares with distinct "
+                                  f"{attr.upper()}s (both use {key})")
             seen[key] = replica
-    for replica in replicas:
-        if replica.ip == vip:
-            raise ConfigError("replica", replica.name,
-                              f"a replica IP different from the vip {vip}")
-    return tuple(replicas)

@@ -44,7 +44,7 @@ def service_flows(config, view):
         return ()
     base = config.service_priority
     vip = _exact(config.vip)
-    by_name = {replica.name: replica for replica in config.replicas}
+    by_name = {replica.name: replica for replica in config.nodes}  # members may be spares
     members = tuple(by_name[name] for name in view.members)
     flows = [
         FlowSpec(Match(dl_type=ETH_TYPE_ARP, arp_spa=vip), (), base + 31),

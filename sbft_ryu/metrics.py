@@ -44,6 +44,15 @@ class SbftCollector:
         yield _gauge("sbft_replica_heartbeat_age_seconds", "Seconds since the last heartbeat",
                      [((r["name"],), r["last_heartbeat_age_s"]) for r in replicas
                       if r["last_heartbeat_age_s"] is not None], ["replica"])
+        yield _gauge("sbft_replica_spare", "1 while the replica is a spare (outside the voting "
+                     "set, no role)", [((r["name"],), int(r["spare"])) for r in replicas],
+                     ["replica"])
+        yield _gauge("sbft_replica_generation", "Entries of the replica into the members "
+                     "(start, return, readmission, promotion)",
+                     [((r["name"],), r["generation"]) for r in replicas], ["replica"])
+        yield _counter("sbft_replica_promotions", "Promotions of the replica from spare into "
+                       "the voting set", [((r["name"],), r["promotions"]) for r in replicas],
+                       ["replica"])
         yield _counter("sbft_replica_heartbeats", "Heartbeats received",
                        [((r["name"],), r["heartbeats"]) for r in replicas], ["replica"])
         yield _counter("sbft_agent_counter", "Counters an agent reports in its heartbeats",
@@ -67,7 +76,7 @@ VOTE_COUNTERS = (
 
 def _voting(health):
     voting, replicas = health["voting"], health["replicas"]
-    yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, 2f + 1 up)",
+    yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, f + 1 members up)",
                  [((), int(voting["voted"]))])
     yield _gauge("sbft_replica_byzantine", "1 while the replica is marked byzantine",
                  [((r["name"],), int(r["state"] == "byzantine")) for r in replicas], ["replica"])

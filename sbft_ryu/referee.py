@@ -28,11 +28,13 @@ class Referee:
         self.keys = dict(config.replica_keys)
         self._new_nonce = new_nonce
         self.nonces = {name: new_nonce() for name in self.keys}
-        self.judge = (voting.Judge([r.name for r in config.replicas], config.f,
+        self.judge = (voting.Judge([r.name for r in config.nodes], config.f,
                                    config.suspicion_threshold, config.suspicion_half_life,
-                                   rate=config.suspicion_rate)
+                                   rate=config.suspicion_rate,
+                                   voters=[r.name for r in config.replicas])
                       if config.voting else None)
-        self.auth_failures = {r.name: 0 for r in config.replicas}
+        self.auth_failures = {r.name: 0 for r in config.nodes}
+        self._generations = {}  # name -> the generation the judge was last told of
 
     def authenticate(self, name, beat):
         """Raise AuthError unless ``beat`` is signed by ``name``'s key with its current nonce
@@ -101,6 +103,17 @@ class Referee:
             return []
         return [[str(ipaddress.IPv4Address(client)), port]
                 for client, port in self.judge.tainted(epoch - 1)]
+
+    def sync(self, voters, generations, generation_epochs, now):
+        """Tell the judge the current voting set and every generation that began since the
+        last call (a replica entering the members: its older evidence stops counting)."""
+        if self.judge is None:
+            return
+        self.judge.voters = set(voters)
+        for name, generation in generations.items():
+            if generation and generation != self._generations.get(name):
+                self._generations[name] = generation
+                self.judge.new_generation(name, generation_epochs.get(name, 0), now)
 
     def readmit(self, name):
         if self.judge is not None:

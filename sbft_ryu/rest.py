@@ -220,7 +220,7 @@ class SbftRestController(ControllerBase):
 
     def _known(self, name):
         if self.app.config.replica(name) is None:
-            names = [replica.name for replica in self.app.config.replicas]
+            names = [replica.name for replica in self.app.config.nodes]
             raise ApiError(404, f"no replica named {name!r}; configured: {names}")
         return name
 

@@ -33,16 +33,44 @@ def votes_view(name, health, referee, now):
 
 
 def voting_view(config, cluster):
-    """Whether replies are voted now: voting on and at least 2f + 1 replicas up."""
+    """Whether replies are voted now and what the members up can still do.
+
+    n (configured members) and f stay fixed. A reply byte needs f + 1 matching outputs (then
+    at least one is honest): the primary's plus f backups' votes, so replies are voted while
+    f + 1 members are up. Convicting a liar needs n - f replicas agreeing against it (one
+    more member up than that), and the wire check needs f + 1 backups reporting (f + 2 up)."""
     if not config.voting:
         return {"enabled": False, "voted": False, "f": config.f, "reason": "voting is off"}
-    up, needed = len(cluster.view.members), 2 * config.f + 1
+    f, n, up = config.f, len(config.replicas), len(cluster.view.members)
+    needed, convict_from, wire_from = _members_needed(n, f)
     voted = up >= needed and cluster.view.primary is not None
-    reason = (f"{up} of {len(config.replicas)} replicas up, {needed} needed for a majority: "
-              + ("replies are voted" if voted else
-                 "replies are NOT voted" if cluster.view.primary else "service stopped"))
-    return {"enabled": True, "voted": voted, "f": config.f, "reason": reason,
+    return {"enabled": True, "voted": voted, "f": f, "up": up, "needed": needed,
+            "convicts": voted and up >= convict_from,
+            "wire_checked": voted and up >= wire_from,
+            "reason": _voting_reason(up, n, f, voted, cluster.view.primary is not None),
             "unvoted_policy": config.unvoted}
+
+
+def _members_needed(n, f):
+    """Members up needed to vote, to convict a liar, and for the wire check."""
+    return f + 1, n - f + 1, f + 2
+
+
+def _voting_reason(up, n, f, voted, serving):
+    needed, convict_from, wire_from = _members_needed(n, f)
+    head = f"{up} of {n} replicas up, {needed} needed to vote"
+    if not voted:
+        return head + (": replies are NOT voted" if serving else ": service stopped")
+    limits = []
+    if up < convict_from:
+        limits.append(f"a liar's bytes are withheld but it cannot be convicted (that needs "
+                      f"{n - f} replicas agreeing against it: {convict_from} up)")
+    if up < wire_from:
+        limits.append(f"the wire check needs {f + 1} backup reporters ({wire_from} up), so a "
+                      f"host bypassing its agent is not detected")
+    if not limits:
+        return head + ": replies are voted, liars are convicted and the wire is checked"
+    return head + ": replies are voted; " + "; ".join(limits)
 
 
 def replica_view(config, cluster, name, now, referee=None):
@@ -60,6 +88,9 @@ def replica_view(config, cluster, name, now, referee=None):
         "last_heartbeat_age_s": _age(cluster.heartbeat_age(name, now)),
         "service_ok": health.service_ok,
         "epoch": health.acked_epoch,
+        "spare": cluster.is_spare(name),
+        "generation": cluster.generation[name],
+        "promotions": cluster.promoted[name],
         "heartbeats": health.heartbeats,
         "agent_restarts": health.agent_restarts,
         "counters": dict(health.counters),
@@ -69,7 +100,7 @@ def replica_view(config, cluster, name, now, referee=None):
 
 def replicas_view(config, cluster, now, referee=None):
     return [replica_view(config, cluster, replica.name, now, referee)
-            for replica in config.replicas]
+            for replica in config.nodes]
 
 
 def switches_view(switches):
@@ -88,11 +119,19 @@ def health_view(config, cluster, switches, now, referee=None):
         "vip": config.vip,
         "service_port": config.service_port,
         "members": list(view.members),
+        "spares": cluster.spare_names(),
+        "promotions": promotions_view(cluster, now),
         "heartbeat_timeout_s": config.heartbeat_timeout,
         "voting": voting_view(config, cluster),
         "switches": switches_view(switches),
         "replicas": replicas_view(config, cluster, now, referee),
     }
+
+
+def promotions_view(cluster, now):
+    """Every promotion of a spare into the voting set (the last ones kept), newest first."""
+    return [{"age_s": _age(now - p.at), "replica": p.replica, "replacing": p.replacing,
+             "reason": p.reason, "epoch": p.epoch} for p in reversed(cluster.promotions)]
 
 
 def events_view(cluster, now):
@@ -121,11 +160,14 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
         reply["nonce"] = nonce
     if config.voting:
         voting = voting_view(config, cluster)
+        peers = {peer: address for peer, address in sorted((addresses or {}).items())
+                 if peer in cluster.view.members}
         reply["voting"] = {
             "required": voting["voted"], "f": config.f, "hold_s": config.vote_hold,
             "port": config.vote_port,
-            "peers": {peer: address for peer, address in sorted((addresses or {}).items())
-                      if cluster.state(peer) != "byzantine"},
+            "generation": cluster.generation[name],  # bumped at every entry into the members
+            "peers": peers,  # the up voting members only
+            "generations": {peer: cluster.generation[peer] for peer in peers},
             "reset": list(reset),
         }
     return reply

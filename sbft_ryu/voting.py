@@ -46,12 +46,24 @@ class ReplicaVotes:
 
 
 class Judge:
-    """Decides by majority who lied, from verified statements; never from a reporter's say-so."""
+    """Decides by majority who lied, from verified statements; never from a reporter's say-so.
 
-    def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0, rate=0.01):
+    Only the *voters* (the current voting set: n configured places, spares promoted into them)
+    count, as authors of statements and as reporters; ``names`` are every replica that may
+    become one. Each entry of a replica into the members starts a new generation
+    (:meth:`new_generation`); what the judge can attribute to an older one is dropped: a wire
+    report about an epoch before the reporter's or the accused primary's generation began,
+    and a statement about a connection the judge had heard of before its author's generation
+    began. Vote batches carry no generation, so a statement made before a re-entry about a
+    connection the judge never heard of then still counts, as does a wire report about the
+    epoch in which the reporter re-entered (a backup's re-entry changes no epoch)."""
+
+    def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0, rate=0.01,
+                 voters=None):
         self.names = tuple(names)
         self.f = f
-        self.quorum = len(self.names) - f  # agreeing replicas that make a digest the truth
+        self.voters = set(self.names if voters is None else voters)
+        self.quorum = len(self.voters) - f  # agreeing replicas that make a digest the truth
         self.threshold = threshold
         self.half_life = half_life
         self.rate = rate
@@ -60,6 +72,9 @@ class Judge:
         self._opinions = {}  # range key -> ({author: digest}, first seen, decided)
         self._wire = {}  # (epoch, client, port, start, end) -> (reporters, first seen, counted)
         self._compared = {name: [0.0, 0.0, None] for name in self.names}  # mass, at, last total
+        self.generations = {}  # name -> (epoch, at): when its current generation began
+        self._connections = {}  # (client, port) -> when evidence first named it
+        self.stale = 0  # statements and wire reports dropped as from an older generation
 
     def _decayed(self, value, since, now):
         return value * math.pow(0.5, max(0.0, now - since) / self.half_life)
@@ -98,17 +113,28 @@ class Judge:
 
         ``batches`` holds only batches whose MAC verified with their author's key."""
         self.expire(now)
+        if reporter not in self.voters:
+            return set()  # a spare's or an excluded replica's word counts for nothing
         self.stats[reporter].reported += 1
         guilty = set()
+        keys = set()
         for batch in batches:
+            if batch.author not in self.voters:
+                continue
             for statement in batch.statements:
+                if self._predates(batch.author, (statement.client, statement.port)):
+                    self.stale += 1
+                    continue
                 key = statement.range_key
                 entry = self._opinions.setdefault(key, [{}, now, False])
                 entry[0].setdefault(batch.author, statement.digest)
-        for key in {s.range_key for b in batches for s in b.statements}:
+                keys.add(key)
+        for key in keys:
+            self._connections.setdefault(key[:2], now)
+        for key in keys:
             entry = self._opinions[key]
-            said, _, decided = entry
-            if decided:
+            said = {a: d for a, d in entry[0].items() if a in self.voters}
+            if entry[2]:
                 continue
             counts = {}
             for value in said.values():
@@ -132,23 +158,52 @@ class Judge:
         [start, end): f + 1 backups saying so of the same range convict the primary (one alone
         may be an honest minority, e.g. a Date header its own backend request got)."""
         self.expire(now)
-        if reporter == primary:
+        if reporter == primary or reporter not in self.voters:
             return False  # a primary's word about its own wire counts for nothing
+        if self._before_generation(reporter, epoch) or self._before_generation(primary, epoch):
+            self.stale += 1
+            return False
         key = (epoch, client, port, start, end)
         entry = self._wire.setdefault(key, [set(), now, False])
         entry[0].add(reporter)
-        if entry[2] or len(entry[0]) < self.f + 1:
-            return False
+        self._connections.setdefault((client, port), now)
+        reporters = entry[0] & self.voters
+        if entry[2] or len(reporters) < self.f + 1 or epoch in self._convicted_epochs():
+            return False  # (once per epoch: later ranges only taint their connections)
         entry[2] = True
         self.stats[primary].wire_divergences += 1
         return True
+
+    def _convicted_epochs(self):
+        return {key[0] for key, v in self._wire.items() if v[2]}
+
+    def new_generation(self, name, epoch, now):
+        """``name`` entered the members anew (in ``epoch``, at ``now``): forget what it said in
+        ranges not decided yet and its unconfirmed wire reports; drop later evidence the judge
+        can attribute to its older generation."""
+        self.generations[name] = (epoch, now)
+        for said, _, decided in self._opinions.values():
+            if not decided:
+                said.pop(name, None)
+        for reporters, _, counted in self._wire.values():
+            if not counted:
+                reporters.discard(name)
+
+    def _before_generation(self, name, epoch):
+        began = self.generations.get(name)
+        return began is not None and epoch < began[0]
+
+    def _predates(self, author, connection):
+        began = self.generations.get(author)
+        first = self._connections.get(connection)
+        return began is not None and first is not None and first < began[1]
 
     def tainted(self, epoch):
         """Connections whose wire bytes diverged in ``epoch`` or before (to be reset, never
         spliced; epochs without a primary may lie between): in an epoch where f + 1 backups
         convicted the primary on one range, a single backup's report suffices for the other
         connections."""
-        convicted = {key[0] for key, v in self._wire.items() if v[2] and key[0] <= epoch}
+        convicted = {ep for ep in self._convicted_epochs() if ep <= epoch}
         return sorted({(client, port) for (ep, client, port, _, _) in self._wire
                        if ep in convicted})
 
@@ -157,10 +212,12 @@ class Judge:
         new primary resets) after TAINT_S."""
         for key in [k for k, v in self._opinions.items() if now - v[1] > self.window]:
             del self._opinions[key]
-        convicted = {key[0] for key, v in self._wire.items() if v[2]}
+        convicted = self._convicted_epochs()
         for key in [k for k, v in self._wire.items()
                     if now - v[1] > (TAINT_S if k[0] in convicted else self.window)]:
             del self._wire[key]
+        for key in [k for k, at in self._connections.items() if now - at > TAINT_S]:
+            del self._connections[key]
 
     def readmit(self, name):
         self.stats[name].suspicion = 0.0

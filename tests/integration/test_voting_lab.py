@@ -173,19 +173,35 @@ def test_ten_thousand_requests_with_honest_nondeterminism_exclude_nobody(voting_
               f"{votes['compared_recently']} ranges")
 
 
-def test_with_one_replica_down_replies_are_unvoted_and_service_continues(voting_lab,
-                                                                       topo_module):
+def test_with_one_replica_down_replies_are_still_voted_and_service_continues(voting_lab,
+                                                                           topo_module):
+    """f + 1 of 2f + 1 members up still vote: the primary releases on the one backup's vote."""
     lab = voting_lab()
     lab.crash("lb3")
-    topo_module.wait_until(lambda: not lab.health()["voting"]["voted"], 5, 0.05, "unvoted")
-    voting = lab.health()["voting"]
-    assert "NOT voted" in voting["reason"] and lab.health()["primary"] == "lb1"
+    topo_module.wait_until(lambda: _replica(lab, "lb3")["state"] == "down", 5, 0.05,
+                           "lb3 down")
+    health = lab.health()
+    voting = health["voting"]
+    assert voting["voted"] and not voting["convicts"], voting
+    assert "cannot be convicted" in voting["reason"] and health["primary"] == "lb1"
+    before = _replica(lab, "lb1")["counters"]
     assert all(lab.curl("c1", f"/p/{n}")[0] == 200 for n in range(10))
+    after = {}
+
+    def counted():
+        after.update(_replica(lab, "lb1")["counters"])
+        return after.get("released_voted", 0) > before.get("released_voted", 0)
+    topo_module.wait_until(counted, 5, 0.05, "voted releases counted in a heartbeat")
+    assert after.get("released_unvoted", 0) == before.get("released_unvoted", 0) == 0, after
 
 
-def test_unvoted_stop_policy_stops_serving_below_a_majority(voting_lab, topo_module):
+def test_unvoted_stop_policy_stops_serving_below_f_plus_1(voting_lab, topo_module):
     lab = voting_lab(sbft_extra="unvoted = stop\n")
     lab.crash("lb3")
+    topo_module.wait_until(lambda: _replica(lab, "lb3")["state"] == "down", 5, 0.05,
+                           "lb3 down")
+    assert lab.health()["primary"] == "lb1"  # f + 1 up: still voted, still serving
+    lab.crash("lb2")
     topo_module.wait_until(lambda: lab.health()["primary"] is None, 5, 0.05, "stopped")
     assert lab.health()["status"] == "down"
     assert lab.curl("c1", "/p/1", timeout=1.0)[0] == 0

@@ -15,6 +15,8 @@ DEFAULT_RAW = {
     "vmac": "02:00:0a:00:00:64",
     "service_port": "5555",
     "replica": list(config.DEFAULT_REPLICAS),
+    "spare": [],
+    "spare_after": "5",
     "dpid": "",
     "heartbeat_timeout": "0.15",
     "heartbeat_interval": "0.05",

@@ -415,7 +415,8 @@ def test_load_config_reads_the_notify_port_and_startup_grace(tmp_path):
 
 
 def test_option_names_list_the_new_options_in_order():
-    assert config.OPTION_NAMES == ("flows_file", "vip", "vmac", "service_port", "replica", "dpid",
+    assert config.OPTION_NAMES == ("flows_file", "vip", "vmac", "service_port", "replica",
+                                   "spare", "spare_after", "dpid",
                                    "heartbeat_timeout", "heartbeat_interval",
                                    "agent_notify_port", "startup_grace", "service_priority",
                                    "mode", "active_secret", "active_wscale", "replica_key",
@@ -430,7 +431,8 @@ def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
     assert info.value.option == "vipp"
     assert str(info.value) == (
         "[sbft] vipp = 'vipp = 1.2.3.4': expected one of the [sbft] options (flows_file, vip, "
-        "vmac, service_port, replica, dpid, heartbeat_timeout, heartbeat_interval, "
+        "vmac, service_port, replica, spare, spare_after, dpid, heartbeat_timeout, "
+        "heartbeat_interval, "
         f"agent_notify_port, startup_grace, service_priority, mode, active_secret, "
         f"active_wscale, replica_key, voting, vote_port, vote_hold, suspicion_threshold, "
         f"suspicion_half_life, suspicion_rate, unvoted) at {path}:3")

@@ -40,6 +40,12 @@ def test_config_text_for_three_replicas_matches_the_embedded_defaults(tmp_path, 
     assert loaded == default_config
 
 
+def test_config_text_configures_the_last_replicas_as_spares(tmp_path):
+    loaded = load_text(tmp_path, lab_module.sbft_config_text(topo.plan(4, 1, 1), spares=1))
+    assert [r.name for r in loaded.replicas] == ["lb1", "lb2", "lb3"]
+    assert [r.name for r in loaded.spares] == ["lb4"] and loaded.f == 1
+
+
 def test_config_text_appends_extra(tmp_path):
     text = lab_module.sbft_config_text(topo.plan(2, 1, 1), "heartbeat_timeout = 0\n")
     loaded = load_text(tmp_path, text)

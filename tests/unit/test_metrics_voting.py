@@ -47,8 +47,9 @@ def per_replica(family):
 @pytest.fixture
 def health(config):
     """lb3 diverged (judged, decaying), lied on the wire once, reported and forged; lb1 and lb2
-    counted the ranges they compared; lb2's heartbeats failed authentication twice."""
-    cluster = cluster_with(config)
+    counted the ranges they compared; lb2's heartbeats failed authentication twice; lb2's
+    port is down, so with lb3 byzantine fewer than f + 1 members are up (unvoted)."""
+    cluster = cluster_with(config, ports=(1, 3))
     cluster.heartbeat("lb1", 1, True, {"claims": 120, "votes_cast": 3}, NOW)
     cluster.heartbeat("lb2", 1, True, {"votes_cast": 250}, NOW)
     cluster.heartbeat("lb3", 1, True, {"claims": 1, "votes_cast": 9.0}, NOW)
@@ -76,7 +77,7 @@ def test_the_voting_families_and_their_types(health):
 
 def test_replies_voted_follows_the_voting_view(config, health):
     assert families_of(exposition(health))["sbft_replies_voted"].samples[0].value == 0.0
-    # lb3 is byzantine: 2 of 3 up, no majority; with all three up, voted
+    # lb3 is byzantine and lb2 down: 1 of 3 up, below f + 1; with all three up, voted
     fresh = views.health_view(config, cluster_with(config), {}, NOW, Referee(config))
     assert fresh["voting"]["voted"] is True
     [sample] = families_of(exposition(fresh))["sbft_replies_voted"].samples

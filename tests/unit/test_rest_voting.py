@@ -97,7 +97,8 @@ def test_a_signed_heartbeat_is_answered_with_the_next_nonce_and_the_voting_block
     assert body["nonce"] == "n4" == app.referee.nonces["lb1"]
     assert body["active"]["voting"] is True
     assert body["voting"] == {"required": True, "f": 1, "hold_s": 0.2, "port": 5557,
-                              "peers": {"lb1": "10.254.0.11"}, "reset": []}
+                              "peers": {"lb1": "10.254.0.11"}, "reset": [],
+                              "generation": 1, "generations": {"lb1": 1}}
     assert app.cluster.health["lb1"].heartbeats == 1
     assert heartbeat(client, app).json["nonce"] == "n5"  # rotates every time
 
@@ -236,9 +237,9 @@ def ryu_conf():
         conf.clear_override(name, group="sbft")
 
 
-@pytest.mark.parametrize("unvoted, serve_below", [("stop", 3), ("serve", None)])
-def test_unvoted_stop_makes_the_cluster_serve_only_with_a_majority(ryu_conf, unvoted,
-                                                                  serve_below):
+@pytest.mark.parametrize("unvoted, serve_below", [("stop", 2), ("serve", None)])
+def test_unvoted_stop_makes_the_cluster_serve_only_with_f_plus_1_members(ryu_conf, unvoted,
+                                                                         serve_below):
     ryu_conf(mode="active", voting="on", unvoted=unvoted,
              replica_key=[f"{n} {k.hex()}" for n, k in KEYS.items()])
     sbft = app_module.SbftApp(wsgi=WSGIApplication())

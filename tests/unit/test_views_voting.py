@@ -35,18 +35,45 @@ def test_voting_off(default_config):
 
 def test_replies_are_voted_with_2f_plus_1_replicas_up(config):
     assert views.voting_view(config, cluster_with(config)) == {
-        "enabled": True, "voted": True, "f": 1, "unvoted_policy": "serve",
-        "reason": "3 of 3 replicas up, 3 needed for a majority: replies are voted"}
+        "enabled": True, "voted": True, "f": 1, "unvoted_policy": "serve", "up": 3,
+        "needed": 2, "convicts": True, "wire_checked": True,
+        "reason": "3 of 3 replicas up, 2 needed to vote: replies are voted, liars are "
+                  "convicted and the wire is checked"}
 
 
-def test_below_a_majority_replies_are_not_voted(config):
+def test_with_f_plus_1_up_replies_are_voted_but_a_liar_cannot_be_convicted(config):
     view = views.voting_view(config, cluster_with(config, ports=(1, 2)))
-    assert view["voted"] is False
-    assert view["reason"] == "2 of 3 replicas up, 3 needed for a majority: replies are NOT voted"
+    assert (view["voted"], view["convicts"], view["wire_checked"]) == (True, False, False)
+    assert view["reason"] == (
+        "2 of 3 replicas up, 2 needed to vote: replies are voted; a liar's bytes are withheld "
+        "but it cannot be convicted (that needs 2 replicas agreeing against it: 3 up); the "
+        "wire check needs 2 backup reporters (3 up), so a host bypassing its agent is not "
+        "detected")
 
 
-def test_with_the_stop_policy_the_service_stops_below_a_majority(config):
-    cluster = cluster_with(config, ports=(1, 2), serve_below=3)
+def test_below_f_plus_1_replies_are_not_voted(config):
+    view = views.voting_view(config, cluster_with(config, ports=(1,)))
+    assert view["voted"] is False and view["convicts"] is False
+    assert view["reason"] == "1 of 3 replicas up, 2 needed to vote: replies are NOT voted"
+
+
+@pytest.mark.parametrize("up, voted, convicts", [(5, True, True), (4, True, True),
+                                                 (3, True, False), (2, False, False)])
+def test_five_replicas_vote_with_three_up_and_convict_with_four(raw, up, voted, convicts):
+    names = [f"lb{i}" for i in range(1, 6)]
+    raw.update(mode="active", voting="on",
+               replica=[f"{n} 10.0.0.{10 + i} 00:00:00:00:01:0{i} {i}"
+                        for i, n in enumerate(names, 1)],
+               replica_key=[f"{n} {(bytes([i]) * 16).hex()}" for i, n in enumerate(names, 1)])
+    config = build_config(raw)
+    view = views.voting_view(config, cluster_with(config, ports=range(1, up + 1)))
+    assert (view["f"], view["needed"], view["up"]) == (2, 3, up)
+    assert (view["voted"], view["convicts"], view["wire_checked"]) == (voted, convicts,
+                                                                        convicts)
+
+
+def test_with_the_stop_policy_the_service_stops_below_f_plus_1(config):
+    cluster = cluster_with(config, ports=(1,), serve_below=2)
     view = views.voting_view(config, cluster)
     assert cluster.view.primary is None and view["voted"] is False
     assert view["reason"].endswith("service stopped")
@@ -102,17 +129,32 @@ def test_the_voting_block_of_a_heartbeat_answer(config):
     assert reply["active"]["voting"] is True
     assert reply["voting"] == {"required": True, "f": 1, "hold_s": 0.3, "port": 6000,
                                "peers": dict(sorted(ADDRESSES.items())),
-                               "reset": [["10.0.0.31", 40000]]}
+                               "reset": [["10.0.0.31", 40000]], "generation": 1,
+                               "generations": {"lb1": 1, "lb2": 1, "lb3": 1}}
     assert list(reply["voting"]["peers"]) == ["lb1", "lb2", "lb3"]
 
 
-def test_voting_is_not_required_below_a_majority_and_byzantine_peers_are_left_out(config):
+def test_voting_is_not_required_below_f_plus_1_and_byzantine_peers_are_left_out(config):
     cluster = cluster_with(config)
     cluster.mark_byzantine("lb3", NOW, "test")
     block = views.heartbeat_reply(config, cluster, "lb1", None, ADDRESSES)["voting"]
-    assert block["required"] is False
+    assert block["required"] is True  # 2 of 3 up: f + 1, still voted
     assert block["peers"] == {"lb1": "10.254.0.11", "lb2": "10.254.0.12"}
     assert block["reset"] == []
+    cluster.mark_byzantine("lb2", NOW, "test")
+    block = views.heartbeat_reply(config, cluster, "lb1", None, ADDRESSES)["voting"]
+    assert block["required"] is False
+    assert block["peers"] == {"lb1": "10.254.0.11"}
+
+
+def test_peers_are_the_up_members_a_crashed_replica_is_forgotten(config):
+    cluster = cluster_with(config, ports=(1, 2))  # lb3's port is down, its address known
+    block = views.heartbeat_reply(config, cluster, "lb1", None, ADDRESSES)["voting"]
+    assert block["required"] is True
+    assert block["peers"] == {"lb1": "10.254.0.11", "lb2": "10.254.0.12"}
+    cluster.set_ports(1, {1: True, 2: True, 3: True}, NOW)
+    block = views.heartbeat_reply(config, cluster, "lb1", None, ADDRESSES)["voting"]
+    assert list(block["peers"]) == ["lb1", "lb2", "lb3"]
 
 
 def test_without_voting_or_a_nonce_the_answer_has_neither(default_config):

@@ -26,12 +26,14 @@ topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
 
 
-def sbft_config_text(topo_plan, extra=""):
-    """An [sbft] config file describing this topology (what the embedded defaults say for 3)."""
+def sbft_config_text(topo_plan, extra="", spares=0):
+    """An [sbft] config file describing this topology (what the embedded defaults say for 3);
+    the last ``spares`` replicas are configured as spares."""
     lines = ["[sbft]", f"vip = {topo.VIP}", f"vmac = {topo.VMAC}",
              f"service_port = {topo.SERVICE_PORT}"]
-    lines += [f"replica = {r['name']} {r['ip']} {r['mac']} {r['port']}"
-              for r in topo_plan["replicas"]]
+    replicas = topo_plan["replicas"]
+    lines += [f"{'spare' if i >= len(replicas) - spares else 'replica'} = "
+              f"{r['name']} {r['ip']} {r['mac']} {r['port']}" for i, r in enumerate(replicas)]
     return "\n".join(lines) + "\n" + extra
 
 
@@ -123,11 +125,12 @@ class Lab:
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
                  passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
-                 skew=False, voting=False, faults=None, backend_date=False):
+                 skew=False, voting=False, faults=None, backend_date=False, spares=0):
         """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
         switch as a plain learning switch (no replicas configured: flows file only).
         ``voting``: active mode with Byzantine output voting (keys generated per lab);
-        ``faults``: replica -> an agent ``--fault`` (tests only)."""
+        ``faults``: replica -> an agent ``--fault`` (tests only); ``spares``: the last
+        replicas are configured as spares (they run like the others)."""
         if voting:
             keys = {r["name"]: os.urandom(32).hex() for r in topo.plan(lbs, backends,
                                                                    clients)["replicas"]}
@@ -146,6 +149,7 @@ class Lab:
         self.passive_listener = passive_listener
         self.listen_port = None
         self.sbft_extra = sbft_extra
+        self.spares = spares
         self.ryu_args = tuple(ryu_args)
         self.controller = controller
         self.own_rundir = rundir is None
@@ -191,7 +195,8 @@ class Lab:
                     # a generous grace: on 2 busy cores agents can start seconds apart, and
                     # tests and benchmarks want the configured order (lb1 first) to decide
                     grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
-                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra))
+                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra,
+                                                  self.spares))
                 else:  # baseline: a plain learning switch
                     handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
             ryu_args = self.ryu_args
