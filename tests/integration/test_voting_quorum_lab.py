@@ -4,7 +4,7 @@ until the backup returns; with 5 replicas and one crashed, a lying backup is con
 
 import time
 
-from sbft_ryu.tools import timeline
+from sbft_lab import timeline
 
 
 def _replica(lab, name):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sbft_ryu.tools import timeline
+from sbft_lab import timeline
 
 SPARE_AFTER_S = 2.0
 
