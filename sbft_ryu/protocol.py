@@ -3,7 +3,10 @@ limits, shared by both sides (the controller's judge is :mod:`sbft_ryu.voting`).
 
 A *statement* says "for connection C, the bytes [start, end) of the reply stream have digest D";
 replicas exchange them in signed batches over UDP on the management network (a primary's
-**claims**, the backups' **votes**). Every batch carries a MAC with its author's key (one key
+**claims**, the backups' **votes**, and a backup's **abstentions**: ranges of connections it
+cannot vote on, with a zero digest). Every batch is signed with its author's *generation* (the
+controller bumps it at each entry of the replica into the voting set), so evidence from before
+a readmission or promotion can be told from evidence after it. Every batch carries a MAC with its author's key (one key
 per replica, known to that replica and to the controller only), so a replica can neither speak
 nor vote for another, and anyone can forward a batch as evidence: the controller verifies it.
 Heartbeats are signed the same way (:func:`sign_body`), and carry at most ``MAX_EVIDENCE``
@@ -19,15 +22,17 @@ import json
 import struct
 from dataclasses import dataclass
 
-MAGIC = b"SBV1"
+MAGIC = b"SBV2"  # SBV1 batches (no generation) are rejected: a tier's agents run one version
+OLD_MAGICS = (b"SBV1",)
 TAG = 16
 DIGEST = 16
-CLAIM, VOTE = 1, 2
-KINDS = {CLAIM: "claim", VOTE: "vote"}
+CLAIM, VOTE, ABSTAIN = 1, 2, 3
+KINDS = {CLAIM: "claim", VOTE: "vote", ABSTAIN: "abstain"}
+NO_DIGEST = bytes(DIGEST)  # an abstention's digest
 MAX_AUTHOR = 32
 MAX_STATEMENTS = 48  # one batch stays well under 1500 bytes
 
-_HEAD = struct.Struct("!4sBBB")  # magic, kind, author length, statement count
+_HEAD = struct.Struct("!4sBIBB")  # magic, kind, generation, author length, statement count
 _STATEMENT = struct.Struct("!4sHII16s")  # client ip, client port, start, end, digest
 
 
@@ -54,6 +59,7 @@ class Batch:
     author: str
     statements: tuple
     raw: bytes  # the signed datagram, as evidence
+    generation: int = 0  # the author's generation when it signed the batch
 
 
 def digest(data, fin=False):
@@ -67,20 +73,25 @@ def mac(key, data):
     return hashlib.blake2b(data, key=key, digest_size=TAG).digest()
 
 
-def encode(kind, author, statements, key):
-    """A signed datagram: header, author, statements, MAC."""
+def encode(kind, author, statements, key, generation=0):
+    """A signed datagram: header (with the author's generation), author, statements, MAC."""
     name = author.encode("ascii")
     if not name or len(name) > MAX_AUTHOR or len(statements) > MAX_STATEMENTS:
         raise VotingError("author or batch size out of range")
-    body = _HEAD.pack(MAGIC, kind, len(name), len(statements)) + name + b"".join(
+    if not 0 <= generation <= 0xFFFFFFFF:
+        raise VotingError("generation out of range")
+    body = _HEAD.pack(MAGIC, kind, generation, len(name), len(statements)) + name + b"".join(
         _STATEMENT.pack(s.client, s.port, s.start, s.end, s.digest) for s in statements)
     return body + mac(key, body)
 
 
 def decode(data):
-    """A Batch from a datagram, without checking its MAC (see :func:`verify`)."""
+    """A Batch from a datagram, without checking its MAC (see :func:`verify`). A batch of an
+    older format is a VotingError like any garbled one."""
+    if bytes(data[:4]) in OLD_MAGICS:
+        raise VotingError("a batch of an older format (an agent of another version)")
     try:
-        magic, kind, length, count = _HEAD.unpack_from(data)
+        magic, kind, generation, length, count = _HEAD.unpack_from(data)
         if magic != MAGIC or kind not in KINDS or not 0 < length <= MAX_AUTHOR:
             raise VotingError("not a vote batch")
         at = _HEAD.size
@@ -92,7 +103,7 @@ def decode(data):
                            for i in range(count))
     except (struct.error, UnicodeDecodeError):
         raise VotingError("truncated or garbled batch") from None
-    return Batch(kind, author, statements, bytes(data))
+    return Batch(kind, author, statements, bytes(data), generation)
 
 
 def verify(batch, key):

@@ -113,7 +113,8 @@ class Referee:
         for name, generation in generations.items():
             if generation and generation != self._generations.get(name):
                 self._generations[name] = generation
-                self.judge.new_generation(name, generation_epochs.get(name, 0), now)
+                self.judge.new_generation(name, generation_epochs.get(name, 0), now,
+                                          generation)
 
     def readmit(self, name):
         if self.judge is not None:

@@ -164,7 +164,7 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
                  if peer in cluster.view.members}
         reply["voting"] = {
             "required": voting["voted"], "f": config.f, "hold_s": config.vote_hold,
-            "port": config.vote_port,
+            "port": config.vote_port, "unvoted": config.unvoted,
             "generation": cluster.generation[name],  # bumped at every entry into the members
             "peers": peers,  # the up voting members only
             "generations": {peer: cluster.generation[peer] for peer in peers},

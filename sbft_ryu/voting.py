@@ -30,6 +30,8 @@ Everything here is pure: plain values in, values out; time is passed in.
 import math
 from dataclasses import dataclass
 
+from sbft_ryu import protocol
+
 TAINT_S = 60.0
 
 
@@ -51,12 +53,20 @@ class Judge:
     Only the *voters* (the current voting set: n configured places, spares promoted into them)
     count, as authors of statements and as reporters; ``names`` are every replica that may
     become one. Each entry of a replica into the members starts a new generation
-    (:meth:`new_generation`); what the judge can attribute to an older one is dropped: a wire
-    report about an epoch before the reporter's or the accused primary's generation began,
-    and a statement about a connection the judge had heard of before its author's generation
-    began. Vote batches carry no generation, so a statement made before a re-entry about a
-    connection the judge never heard of then still counts, as does a wire report about the
-    epoch in which the reporter re-entered (a backup's re-entry changes no epoch)."""
+    (:meth:`new_generation`); what belongs to an older one is dropped:
+
+    * a statement signed with an older generation than its author's current one (every batch
+      carries its author's generation, :mod:`sbft_ryu.protocol`): exact. An honest agent
+      signs with a new generation only once it has learnt it, and from then on abstains on
+      connections that began before (so its new-generation statements are all about later
+      connections);
+    * a wire report about an epoch before the reporter's or the accused primary's generation
+      began. For the primary this is exact (a replica becomes primary only in an epoch after
+      its entry); for a backup reporter it is not, since a backup's entry changes no epoch:
+      its unconfirmed reports are forgotten at the entry (:meth:`new_generation`), but a
+      report made before the entry and arriving after it, about the same epoch, still
+      counts (wire reports come in the reporter's signed heartbeat, not in a batch, and carry
+      no generation)."""
 
     def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0, rate=0.01,
                  voters=None):
@@ -73,7 +83,7 @@ class Judge:
         self._wire = {}  # (epoch, client, port, start, end) -> (reporters, first seen, counted)
         self._compared = {name: [0.0, 0.0, None] for name in self.names}  # mass, at, last total
         self.generations = {}  # name -> (epoch, at): when its current generation began
-        self._connections = {}  # (client, port) -> when evidence first named it
+        self.generation = {}  # name -> its current generation (0 until the first entry)
         self.stale = 0  # statements and wire reports dropped as from an older generation
 
     def _decayed(self, value, since, now):
@@ -119,18 +129,16 @@ class Judge:
         guilty = set()
         keys = set()
         for batch in batches:
-            if batch.author not in self.voters:
+            if batch.author not in self.voters or batch.kind == protocol.ABSTAIN:
+                continue  # (an abstention states no digest)
+            if batch.generation < self.generation.get(batch.author, 0):
+                self.stale += len(batch.statements)
                 continue
             for statement in batch.statements:
-                if self._predates(batch.author, (statement.client, statement.port)):
-                    self.stale += 1
-                    continue
                 key = statement.range_key
                 entry = self._opinions.setdefault(key, [{}, now, False])
                 entry[0].setdefault(batch.author, statement.digest)
                 keys.add(key)
-        for key in keys:
-            self._connections.setdefault(key[:2], now)
         for key in keys:
             entry = self._opinions[key]
             said = {a: d for a, d in entry[0].items() if a in self.voters}
@@ -166,7 +174,6 @@ class Judge:
         key = (epoch, client, port, start, end)
         entry = self._wire.setdefault(key, [set(), now, False])
         entry[0].add(reporter)
-        self._connections.setdefault((client, port), now)
         reporters = entry[0] & self.voters
         if entry[2] or len(reporters) < self.f + 1 or epoch in self._convicted_epochs():
             return False  # (once per epoch: later ranges only taint their connections)
@@ -177,11 +184,13 @@ class Judge:
     def _convicted_epochs(self):
         return {key[0] for key, v in self._wire.items() if v[2]}
 
-    def new_generation(self, name, epoch, now):
-        """``name`` entered the members anew (in ``epoch``, at ``now``): forget what it said in
-        ranges not decided yet and its unconfirmed wire reports; drop later evidence the judge
-        can attribute to its older generation."""
+    def new_generation(self, name, epoch, now, generation=None):
+        """``name`` entered the members anew (in ``epoch``, at ``now``) with ``generation``
+        (default: the next one): forget what it said in ranges not decided yet and its
+        unconfirmed wire reports; drop later evidence of its older generations."""
         self.generations[name] = (epoch, now)
+        self.generation[name] = (self.generation.get(name, 0) + 1 if generation is None
+                                 else generation)
         for said, _, decided in self._opinions.values():
             if not decided:
                 said.pop(name, None)
@@ -192,11 +201,6 @@ class Judge:
     def _before_generation(self, name, epoch):
         began = self.generations.get(name)
         return began is not None and epoch < began[0]
-
-    def _predates(self, author, connection):
-        began = self.generations.get(author)
-        first = self._connections.get(connection)
-        return began is not None and first is not None and first < began[1]
 
     def tainted(self, epoch):
         """Connections whose wire bytes diverged in ``epoch`` or before (to be reset, never
@@ -216,8 +220,6 @@ class Judge:
         for key in [k for k, v in self._wire.items()
                     if now - v[1] > (TAINT_S if k[0] in convicted else self.window)]:
             del self._wire[key]
-        for key in [k for k, at in self._connections.items() if now - at > TAINT_S]:
-            del self._connections[key]
 
     def readmit(self, name):
         self.stats[name].suspicion = 0.0

@@ -184,8 +184,9 @@ class LyingVoteEngine(vote.VoteEngine):
     def _voted(self, statement, claim_raw):
         lie = protocol.Statement(statement.client, statement.port, statement.start,
                                statement.end, protocol.digest(b"made up"))
-        raws = [claim_raw, protocol.encode(protocol.VOTE, self.name, [lie], self.key)]
+        generation = self.config.generation
+        raws = [claim_raw, protocol.encode(protocol.VOTE, self.name, [lie], self.key, generation)]
         others = [n for n in self.config.peers if n != self.config.primary]
         if self.fault == "forge-reports" and others:
-            raws.append(protocol.encode(protocol.VOTE, others[0], [lie], self.key))
+            raws.append(protocol.encode(protocol.VOTE, others[0], [lie], self.key, generation))
         self.reports.append(("evidence", raws))

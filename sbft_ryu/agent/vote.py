@@ -54,13 +54,19 @@ class VoteConfig:
     peers: Mapping = field(default_factory=lambda: MappingProxyType({}))  # name -> address
     primary: Optional[str] = None
     epoch: int = 0
+    generation: int = 0  # this replica's, signed into its batches (0: not a member yet)
+    unvoted: str = "serve"  # too few possible voters on a connection: serve it unvoted, or stop
 
     @classmethod
     def of(cls, required=False, f=1, hold_s=0.2, port=protocol.VOTE_PORT, peers=None,
-           primary=None, epoch=0):
+           primary=None, epoch=0, generation=0, unvoted="serve"):
         """From the answer's JSON values (ValueError/TypeError on values of the wrong type)."""
+        generation = int(generation or 0)
+        if not 0 <= generation <= 0xFFFFFFFF:
+            raise ValueError("generation out of range")
         return cls(bool(required), max(1, int(f)), float(hold_s), int(port),
-                   MappingProxyType(dict(peers or {})), primary, epoch or 0)
+                   MappingProxyType(dict(peers or {})), primary, epoch or 0, generation,
+                   "stop" if unvoted == "stop" else "serve")
 
 
 class Claim:
@@ -242,7 +248,8 @@ class VoteEngine:
         if self.claims_out:
             claims, self.claims_out = self.claims_out, []
             for chunk in _chunks(claims):
-                raw = protocol.encode(protocol.CLAIM, self.name, chunk, self.key)
+                raw = protocol.encode(protocol.CLAIM, self.name, chunk, self.key,
+                                      config.generation)
                 for statement in chunk:
                     claim = self.pending.get(statement.range_key)
                     if claim is not None:
@@ -253,7 +260,8 @@ class VoteEngine:
             votes, self.votes_out = self.votes_out, []
             primary = config.peers.get(config.primary)
             for chunk in _chunks(votes):
-                raw = protocol.encode(protocol.VOTE, self.name, [v for v, _ in chunk], self.key)
+                raw = protocol.encode(protocol.VOTE, self.name, [v for v, _ in chunk], self.key,
+                                      config.generation)
                 if primary is not None:
                     self._send(raw, primary, config.port)
                 for claim_raw in dict.fromkeys(c for _, c in chunk if c is not None):

@@ -4,6 +4,8 @@ the wire; disagreements become evidence the controller's Referee verifies. The t
 fake answering own_range from a table; time is passed in."""
 
 import functools
+import struct
+from dataclasses import replace
 
 import pytest
 
@@ -381,3 +383,34 @@ def test_forged_reports_are_rejected_whole(referee):
     stats = referee.judge.stats
     assert (stats["lb2"].rejected, stats["lb2"].reported) == (1, 0)
     assert all(referee.judge.suspicion(name, T) == 0.0 for name in KEYS)
+
+
+# --- generations on the wire ---------------------------------------------------------------------
+
+def _old_format_vote(author, statement):
+    """A vote as an agent of the previous version signed it (SBV1: no generation)."""
+    name = author.encode("ascii")
+    body = struct.pack("!4sBBB", b"SBV1", VOTE, len(name), 1) + name + struct.pack(
+        "!4sHII16s", statement.client, statement.port, statement.start, statement.end,
+        statement.digest)
+    return body + protocol.mac(KEYS[author], body)
+
+
+def test_claims_and_votes_carry_the_replicas_generation():
+    p = engine("lb1")
+    p.configure(replace(p.config, generation=4))
+    claim = claimed(p)
+    assert protocol.decode(claim).generation == 4
+    b = backup()
+    b.configure(replace(b.config, generation=2))
+    assert protocol.decode(voted(b, claim)).generation == 2
+
+
+def test_an_old_format_batch_is_rejected_and_counted_never_raised():
+    p = engine("lb1")
+    claimed(p)
+    assert p.receive(_old_format_vote("lb2", SEG), T) == ()
+    assert p.counters["batches_rejected"] == 1 and len(p.pending) == 1
+    b = backup()
+    b.receive(_old_format_vote("lb1", SEG), T)  # (as a claim, to a backup)
+    assert b.counters["batches_rejected"] == 1 and b.counters["votes_cast"] == 0

@@ -45,9 +45,10 @@ def app(raw, monkeypatch):
     return sbft
 
 
-def signed(kind, name, start, text, port=40000):
+def signed(kind, name, start, text, port=40000, generation=1):
+    """A batch signed in ``generation`` (every member's first is 1)."""
     statement = protocol.Statement(CLIENT, port, start, start + 5, protocol.digest(text))
-    return protocol.encode(kind, name, [statement], KEYS[name])
+    return protocol.encode(kind, name, [statement], KEYS[name], generation)
 
 
 def beat(app, name, evidence=(), wire=()):

@@ -97,7 +97,7 @@ def test_a_signed_heartbeat_is_answered_with_the_next_nonce_and_the_voting_block
     assert body["nonce"] == "n4" == app.referee.nonces["lb1"]
     assert body["active"]["voting"] is True
     assert body["voting"] == {"required": True, "f": 1, "hold_s": 0.2, "port": 5557,
-                              "peers": {"lb1": "10.254.0.11"}, "reset": [],
+                              "unvoted": "serve", "peers": {"lb1": "10.254.0.11"}, "reset": [],
                               "generation": 1, "generations": {"lb1": 1}}
     assert app.cluster.health["lb1"].heartbeats == 1
     assert heartbeat(client, app).json["nonce"] == "n5"  # rotates every time

@@ -128,7 +128,7 @@ def test_the_voting_block_of_a_heartbeat_answer(config):
     assert reply["nonce"] == "nonce-7"
     assert reply["active"]["voting"] is True
     assert reply["voting"] == {"required": True, "f": 1, "hold_s": 0.3, "port": 6000,
-                               "peers": dict(sorted(ADDRESSES.items())),
+                               "unvoted": "serve", "peers": dict(sorted(ADDRESSES.items())),
                                "reset": [["10.0.0.31", 40000]], "generation": 1,
                                "generations": {"lb1": 1, "lb2": 1, "lb3": 1}}
     assert list(reply["voting"]["peers"]) == ["lb1", "lb2", "lb3"]

@@ -1,6 +1,8 @@
 """Tests for sbft_ryu.voting: digests, signed vote batches, signed heartbeat bodies and the
 controller's Judge (time is passed in: no clock, no sleeping)."""
 
+import struct
+
 import pytest
 
 from sbft_ryu import protocol, voting
@@ -69,7 +71,8 @@ def test_a_batch_signed_in_another_replicas_name_does_not_verify():
     assert not protocol.verify(forged, KEYS["lb3"])
 
 
-@pytest.mark.parametrize("at", [4, 5, 7, 10, 30, -20, -1])  # kind, author, statement, MAC
+# kind, generation, author, statement, MAC
+@pytest.mark.parametrize("at", [4, 5, 8, 12, 30, -20, -1])
 def test_a_tampered_batch_does_not_verify(at):
     raw = bytearray(protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]))
     raw[at] ^= 0x01
@@ -97,16 +100,47 @@ def test_a_truncated_batch_is_rejected(cut):
 
 @pytest.mark.parametrize("data", [
     b"XXXX" + protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"])[4:],  # magic
-    b"SBV1\x03\x03\x01lb2" + bytes(60),  # an unknown kind
-    b"SBV1\x02\x00\x00" + bytes(16),  # no author
+    b"SBV2\x04\x00\x00\x00\x01\x03\x01lb2" + bytes(60),  # an unknown kind
+    b"SBV2\x02\x00\x00\x00\x01\x00\x00" + bytes(16),  # no author
     protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"]) + b"\x00",  # a byte too many
-    b"SBV1\x02\x03\x00l\xffx" + bytes(16),  # not ASCII
+    b"SBV2\x02\x00\x00\x00\x01\x03\x00l\xffx" + bytes(16),  # not ASCII
     b"",
 ])
 def test_garbage_is_rejected_with_a_voting_error(data):
     with pytest.raises(VotingError):
         protocol.decode(data)
     assert issubclass(VotingError, ValueError)
+
+
+def _old_format(kind, author, statements, key):
+    """A batch as agents of the previous version (SBV1, no generation) signed it."""
+    name = author.encode("ascii")
+    body = struct.pack("!4sBBB", b"SBV1", kind, len(name), len(statements)) + name + b"".join(
+        struct.pack("!4sHII16s", s.client, s.port, s.start, s.end, s.digest)
+        for s in statements)
+    return body + protocol.mac(key, body)
+
+
+@pytest.mark.parametrize("data", [
+    _old_format(VOTE, "lb2", [stmt()], KEYS["lb2"]),
+    _old_format(CLAIM, "lb1", [], KEYS["lb1"]),
+    b"SBV1",
+])
+def test_a_batch_of_the_old_format_is_rejected_with_a_voting_error(data):
+    with pytest.raises(VotingError, match="older format"):
+        protocol.decode(data)
+
+
+def test_the_generation_is_signed_into_the_batch():
+    raw = protocol.encode(VOTE, "lb2", [stmt()], KEYS["lb2"], generation=7)
+    assert protocol.decode(raw).generation == 7
+    assert protocol.decode(protocol.encode(VOTE, "lb2", [], KEYS["lb2"])).generation == 0
+    moved = bytearray(raw)
+    moved[8] = 8  # generation 7 -> 8, as a replayed old batch would need
+    assert protocol.decode(bytes(moved)).generation == 8
+    assert not protocol.verify(protocol.decode(bytes(moved)), KEYS["lb2"])
+    with pytest.raises(VotingError):
+        protocol.encode(VOTE, "lb2", [], KEYS["lb2"], generation=-1)
 
 
 @pytest.mark.parametrize("author, count", [("", 1), ("x" * 33, 1),

@@ -15,9 +15,9 @@ NAMES = ("lb1", "lb2", "lb3", "lb4")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
 
 
-def batch(author, start, value, kind=VOTE, port=40000):
+def batch(author, start, value, kind=VOTE, port=40000, generation=0):
     statement = Statement(CLIENT, port, start, start + 22, value)
-    return protocol.decode(protocol.encode(kind, author, [statement], KEYS[author]))
+    return protocol.decode(protocol.encode(kind, author, [statement], KEYS[author], generation))
 
 
 def judge():
@@ -25,10 +25,14 @@ def judge():
     return Judge(NAMES, 1, threshold=3.0, half_life=5.0, voters=("lb1", "lb2", "lb3"))
 
 
-def report(j, now, start, liar, port=40000, members=("lb1", "lb2", "lb3"), reporter="lb1"):
-    """lb1's report of one range: its claim and the others' votes, ``liar`` lying."""
+def report(j, now, start, liar, port=40000, members=("lb1", "lb2", "lb3"), reporter="lb1",
+           generations=None):
+    """lb1's report of one range: its claim and the others' votes, ``liar`` lying; each batch
+    signed in its author's ``generations`` entry (default 0)."""
+    generations = generations or {}
     batches = [batch(name, start, LIE if name == liar else TRUE,
-                     CLAIM if name == members[0] else VOTE, port) for name in members]
+                     CLAIM if name == members[0] else VOTE, port, generations.get(name, 0))
+               for name in members]
     return j.opinions(reporter, batches, now)
 
 
@@ -94,26 +98,40 @@ def test_without_a_new_generation_the_same_late_votes_convict():
     assert guilty == {"lb3"}
 
 
-def test_late_statements_on_connections_known_before_the_generation_score_nothing():
+def test_late_statements_of_an_older_generation_score_nothing_by_their_batch():
+    """lb3's lies signed before its readmission (generation 1), forwarded after it (the judge
+    now knows generation 2): dropped by the batch's generation, whether or not the judge had
+    heard of the connection before; its statements signed in generation 2 count as ever."""
     j = judge()
     report(j, 10.0, 1000, None, port=40001)  # connection 40001 seen, all agreed
-    j.new_generation("lb3", 2, 11.0)
-    for start in (2000, 3000, 4000):  # lb3's pre-readmission lies, forwarded late
-        assert report(j, 11.5, start, "lb3", port=40001) == set()
-    assert j.stats["lb3"].divergences == 0 and j.stale == 3
-    # a connection first heard of after the readmission counts as ever
+    j.new_generation("lb3", 2, 11.0, generation=2)
+    for port in (40001, 40002):  # a connection the judge knew, and one it never heard of
+        for start in (2000, 3000, 4000):
+            assert report(j, 11.5, start, "lb3", port=port, generations={"lb3": 1}) == set()
+    assert j.stats["lb3"].divergences == 0 and j.stale == 6
     for start in (2000, 3000, 4000):
-        report(j, 12.0, start, "lb3", port=40002)
+        report(j, 12.0, start, "lb3", port=40003, generations={"lb3": 2})
     assert j.stats["lb3"].divergences == 3
 
 
-def test_what_the_judge_cannot_tell_old_statements_on_unknown_connections_count():
-    """Without a generation in the batch, a statement made before the readmission about a
-    connection the judge never heard of is indistinguishable from a new one."""
+def test_an_older_generations_late_lies_would_convict_without_it():
+    """The control: the same late lies, signed in the generation the judge knows, convict."""
     j = judge()
-    j.new_generation("lb3", 2, 11.0)
-    report(j, 11.5, 1000, "lb3", port=40003)
-    assert j.stats["lb3"].divergences == 1
+    j.new_generation("lb3", 2, 11.0, generation=2)
+    guilty = set()
+    for start in (2000, 3000, 4000):
+        guilty |= report(j, 11.5, start, "lb3", port=40002, generations={"lb3": 2})
+    assert guilty == {"lb3"} and j.stale == 0
+
+
+def test_an_abstention_states_no_digest():
+    j = judge()
+    abstain = protocol.decode(protocol.encode(
+        protocol.ABSTAIN, "lb3", [Statement(CLIENT, 40000, 1000, 1022, protocol.NO_DIGEST)],
+        KEYS["lb3"]))
+    j.opinions("lb1", [batch("lb1", 1000, TRUE, CLAIM), abstain, batch("lb2", 1000, TRUE)],
+               10.0)
+    assert j.stats["lb3"].divergences == 0 and j.stats["lb1"].divergences == 0
 
 
 def test_wire_reports_about_epochs_before_a_generation_are_dropped():
