@@ -90,10 +90,11 @@ class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
-                 "client_next", "client_window", "client_ts")
+                 "client_next", "client_window", "client_ts", "generation")
 
-    def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0"):
+    def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
+        self.generation = generation  # the replica's generation when the connection began
         self.client_isn = client_isn
         self.shared_isn = shared_isn
         self.ts_base = ts_base
@@ -130,6 +131,9 @@ class Translator:
         self.connections = {}
         self.counters = counters if counters is not None else [0] * len(COUNTER_NAMES)
         self.own_output = OwnOutput(self.connections)  # the voting read side
+        # this replica's generation (voting; set by the heartbeat thread, one int assignment):
+        # each connection remembers the one it began in
+        self.generation = 0
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
 
@@ -174,7 +178,7 @@ class Translator:
                 shared_isn, ts_base = shared_values(self.secret, payload[SRC], sport,
                                                     payload[DST], self.port, seq)
                 self.connections[key] = Connection(seq, shared_isn, ts_base, now,
-                                                   bytes(payload[DST]))
+                                                   bytes(payload[DST]), self.generation)
                 if drop:
                     return ACCEPT, None, (), (), (), tuple(drop)
             else:

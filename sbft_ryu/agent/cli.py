@@ -277,6 +277,7 @@ class Agent:
         engine = getattr(queue, "vote", None)
         if answer.voting is None or engine is None:
             return
+        queue.translator.generation = answer.voting.generation  # for connections from now on
         engine.configure(answer.voting)
         if answer.reset != queue.reset:
             queue.reset = answer.reset

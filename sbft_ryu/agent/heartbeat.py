@@ -97,7 +97,8 @@ class Answer:
                 required=voting.get("required"), f=voting.get("f", 1),
                 hold_s=voting.get("hold_s", 0.2), port=voting.get("port", VoteConfig.port),
                 peers=voting.get("peers") or {}, primary=body.get("primary"),
-                epoch=body.get("epoch") or 0)
+                epoch=body.get("epoch") or 0, generation=voting.get("generation", 0),
+                unvoted=voting.get("unvoted"))
             try:
                 reset = frozenset((socket.inet_aton(client), port)
                                   for client, port in voting.get("reset") or ())

@@ -1,4 +1,5 @@
-"""The voting read side of the translator: what this replica's own stack sent.
+"""The voting read side of the translator: what this replica's own stack sent, and in which of
+its generations a connection began (:meth:`OwnOutput.began_in`).
 
 A backup answers the primary's claims with the digest of the bytes its own stack produced for
 the same shared-space range (:meth:`OwnOutput.own_range`, from the unacknowledged buffer) and
@@ -28,7 +29,7 @@ def statement_of(payload):
 
 
 class OwnOutput:
-    """own_range and quiet_for over a translator's connection table."""
+    """own_range, began_in and quiet_for over a translator's connection table."""
 
     def __init__(self, connections):
         self.connections = connections
@@ -79,6 +80,11 @@ class OwnOutput:
             if not partial:
                 return None
         return b"".join(pieces), fin
+
+    def began_in(self, client, port):
+        """The generation this replica was in when the connection began (None: unknown)."""
+        conn = self.connections.get((client, port))
+        return conn.generation if conn is not None else None
 
     def quiet_for(self, client, port, now):
         """Seconds since this replica's stack last sent new data on the connection."""

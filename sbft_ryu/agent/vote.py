@@ -10,6 +10,15 @@ whole with :meth:`configure` (one assignment: the packet thread never sees half 
 * As **backup** it answers each claim of the current primary with a vote about its own output
   for the same range, as soon as its own stack has produced those bytes, and compares the
   primary's packets that the switch copies to it (the wire check).
+* A backup that cannot vote on a claim **abstains**, explicitly (a signed abstention to the
+  primary): on every connection that began before its current generation (it entered the
+  voting set anew after the connection began, so what its stack did there is not evidence of
+  the replica it is now) and wherever its own output cannot answer (own_range's ABSTAIN). A
+  primary counts the voters still possible on a connection (its peers, the up members, that
+  have not abstained there); below ``f`` the connection can never be voted: it is reset (or,
+  under ``unvoted = serve``, served unvoted and counted) instead of hanging.
+* As primary, a connection that began before its own current generation is reset rather than
+  continued (its first reply segment there is dropped and the client gets a RST).
 * Disagreements become evidence for the controller: the signed batches that show them, sent
   with the next heartbeat. A divergent range is reported once every expected vote is in (so
   the controller sees a majority) or when it expires.
@@ -36,11 +45,16 @@ OUTVOTED_RESET_S = 1.0
 # primary's must not look like a dissenter (the common case under load), while a primary
 # that claims bytes nobody else produces is still outvoted.
 PARTIAL_QUIET_S = 1.0
+# How long a primary remembers who abstained on a connection (refreshed by every abstention,
+# and a backup abstains on every claim of it), and at most on how many connections.
+ABSTAINED_S = 30.0
+ABSTAINED_MAX = 4096
 
 COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "vote_timeouts",
                  "divergent_votes", "wire_checked", "wire_divergent", "claims_unanswerable",
                  "partial_votes", "abstentions", "outvoted", "outvoted_resets",
-                 "batches_rejected")
+                 "batches_rejected", "abstentions_received", "unvotable_resets",
+                 "stale_generation_resets")
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,11 @@ class VoteEngine:
         self.votes_out = []
         self.waiting = {}  # (client, port) -> [(statement, claim raw or None, at, epoch)]
         self.outvoted = {}  # (client, port) -> when the backups first agreed against us
-        self.resets = []  # (client, port) the packet thread resets (outvoted too long)
+        self.resets = []  # (client, port) the packet thread resets (outvoted, unvotable, old)
+        self.abstains_out = []
+        self.abstained = {}  # (client, port) -> [peers that abstained there, last at]
+        self.unvotable = {}  # (client, port) -> when it was found unvotable (served or reset)
+        self.dropped = []  # tokens of held segments to drop at the next expire
 
     def configure(self, config):
         """A new :class:`VoteConfig` (heartbeat thread): swapped in whole, without this
@@ -110,6 +128,9 @@ class VoteEngine:
     def hold(self, token, payload, segment, now):
         """A translated reply segment of the primary: (held for votes, tokens to drop). A
         segment not held goes out now; a re-sent one replaces the copy held before."""
+        conn = (segment.client, segment.port)
+        if conn in self.unvotable or self._predates(conn):
+            return self._hold_unvotable(token, conn, now)
         if not self.config.required:
             self.counters["released_unvoted"] += 1
             return False, ()
@@ -125,6 +146,68 @@ class VoteEngine:
         self.claims_out.append(segment)
         self.counters["claims"] += 1
         return True, ()
+
+    def _hold_unvotable(self, token, conn, now):
+        """A segment of a connection that cannot be voted on: one that began before this
+        replica's generation (reset), or that too few possible voters are left on (reset, or
+        sent unvoted under ``unvoted = serve``)."""
+        if conn not in self.unvotable:  # it began before our generation
+            self._mark_unvotable(conn, now)
+            self.resets.append(conn)
+            self.counters["stale_generation_resets"] += 1
+            return True, (token,)
+        if self.config.unvoted == "serve" and not self._predates(conn):
+            self.counters["released_unvoted"] += 1
+            return False, ()
+        return True, (token,)  # being reset
+
+    def _mark_unvotable(self, conn, now):
+        if len(self.unvotable) >= ABSTAINED_MAX:
+            del self.unvotable[next(iter(self.unvotable))]
+        self.unvotable[conn] = now
+
+    def _predates(self, conn):
+        """Whether the connection began before this replica's current generation."""
+        began = self.own_output.began_in(*conn)
+        return began is not None and began < self.config.generation
+
+    def possible_voters(self, conn):
+        """The peers (up members) that may still vote on a connection: not abstained there."""
+        entry = self.abstained.get(conn)
+        return [peer for peer in self.config.peers if entry is None or peer not in entry[0]]
+
+    def on_abstain(self, batch, now):
+        """A backup's abstentions: (token, payload) pairs that may now go out (unvoted, under
+        ``unvoted = serve``, on a connection too few possible voters are left on)."""
+        released = []
+        for statement in batch.statements:
+            conn = (statement.client, statement.port)
+            self.counters["abstentions_received"] += 1
+            entry = self.abstained.get(conn)
+            if entry is None:
+                if len(self.abstained) >= ABSTAINED_MAX:
+                    del self.abstained[next(iter(self.abstained))]
+                entry = self.abstained[conn] = [set(), now]
+            entry[0].add(batch.author)
+            entry[1] = now
+            if conn not in self.unvotable and \
+                    len(self.possible_voters(conn)) < self.config.f:
+                released.extend(self._give_up(conn, now))
+        return released
+
+    def _give_up(self, conn, now):
+        """A connection that can never get ``f`` votes: release its held segments unvoted
+        (``unvoted = serve``) or drop them and reset it (``stop``)."""
+        self._mark_unvotable(conn, now)
+        keys = [key for key in self.pending if key[:2] == conn]
+        claims = [self.pending.pop(key) for key in keys]
+        if self.config.unvoted == "serve":
+            self.counters["released_unvoted"] += len(claims)
+            return [(claim.token, claim.payload) for claim in claims]
+        self.dropped.extend(claim.token for claim in claims)
+        self.resets.append(conn)
+        self.counters["unvotable_resets"] += 1
+        return []
 
     def take_pending(self):
         """Tokens of every held segment (the handler is no longer current): the caller drops
@@ -208,8 +291,11 @@ class VoteEngine:
             self._answer(statement, raw, at, epoch)
 
     def _answer(self, statement, claim_raw, at, epoch, partial=False):
-        own = self.own_output.own_range(statement.client, statement.port, statement.start,
-                                        statement.end, partial)
+        if self._predates((statement.client, statement.port)):
+            own = ABSTAIN  # we entered the voting set after it began: not our evidence
+        else:
+            own = self.own_output.own_range(statement.client, statement.port,
+                                            statement.start, statement.end, partial)
         if own is None:
             if partial:  # (own_range never answers a partial question with None; be sure)
                 self.counters["claims_unanswerable"] += 1
@@ -219,6 +305,10 @@ class VoteEngine:
             return
         if own is ABSTAIN:
             self.counters["abstentions"] += 1
+            if claim_raw is not None:  # tell the primary (a wire copy needs no answer)
+                self.abstains_out.append(protocol.Statement(
+                    statement.client, statement.port, statement.start, statement.end,
+                    protocol.NO_DIGEST))
             return
         mine = protocol.digest(*own)
         if claim_raw is None:  # the wire check
@@ -266,6 +356,13 @@ class VoteEngine:
                     self._send(raw, primary, config.port)
                 for claim_raw in dict.fromkeys(c for _, c in chunk if c is not None):
                     self.reports.append(("evidence", [claim_raw, raw]))
+        if self.abstains_out:
+            abstains, self.abstains_out = self.abstains_out, []
+            primary = config.peers.get(config.primary)
+            for chunk in _chunks(abstains):
+                if primary is not None:
+                    self._send(protocol.encode(protocol.ABSTAIN, self.name, chunk, self.key,
+                                               config.generation), primary, config.port)
 
     def _send(self, raw, address, port):
         try:
@@ -286,12 +383,15 @@ class VoteEngine:
         if batch.author not in self.config.peers:
             self.counters["batches_rejected"] += 1
             return ()
+        if batch.kind == protocol.ABSTAIN:
+            return self.on_abstain(batch, now)
         return self.on_votes(batch, now)
 
     def expire(self, now):
-        """Tokens of segments held past ``hold_s`` (dropped: TCP resends them)."""
+        """Tokens of segments held past ``hold_s`` (dropped: TCP resends them) or of connections
+        given up on."""
         config = self.config
-        dropped = []
+        dropped, self.dropped = self.dropped, []
         for key, claim in list(self.pending.items()):
             if now - claim.at > config.hold_s:
                 del self.pending[key]
@@ -324,6 +424,10 @@ class VoteEngine:
                     self.counters["claims_unanswerable"] += 1
             if kept:
                 self.waiting[client_key] = kept + self.waiting.get(client_key, [])
+        for table in (self.abstained, self.unvotable):
+            for conn in [c for c, v in table.items()
+                         if now - (v[1] if isinstance(v, list) else v) > ABSTAINED_S]:
+                del table[conn]
         primary = config.primary == self.name
         for conn, since in list(self.outvoted.items()):
             if now - since >= OUTVOTED_RESET_S:

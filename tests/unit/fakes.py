@@ -33,12 +33,13 @@ def assert_checksums_valid(raw):
 class FakeTranslator:
     """What VoteEngine asks a translator: own_range from ``own`` (range key -> (data, fin),
     ABSTAIN or None), or from ``partial`` when asked for a partial answer and it has one;
-    quiet_for from ``quiet``. Records every question; fails if asked in a loop."""
+    quiet_for from ``quiet``; began_in from ``began``. Records every question; fails if asked in a loop."""
 
     def __init__(self, own=None, partial=None, quiet=0.0):
         self.own = dict(own or {})
         self.partial = dict(partial or {})
         self.quiet = quiet
+        self.began = {}  # (client, port) -> the generation it began in (default: unknown)
         self.asked = []
 
     def own_range(self, client, port, start, end, partial=False):
@@ -52,6 +53,9 @@ class FakeTranslator:
 
     def quiet_for(self, client, port, now):
         return self.quiet
+
+    def began_in(self, client, port):
+        return self.began.get((client, port))
 
 
 class Token:
@@ -107,3 +111,19 @@ class RecordedTranslator(Translator):
         self.to_stack.extend(to_stack)
         self.dropped.extend(drop)
         return verdict, new, released
+
+
+def abstentions_sent(engine):
+    """The statements of the signed abstentions a backup's engine sent (to its primary only),
+    or fails if it sent anything else (a vote)."""
+    from sbft_ryu import protocol
+
+    primary = engine.config.peers.get(engine.config.primary)
+    statements = []
+    for data, (address, _) in engine.sent:
+        batch = protocol.decode(data)
+        assert batch.kind == protocol.ABSTAIN and address == primary, (batch.kind, address)
+        assert protocol.verify(batch, engine.key) and batch.author == engine.name
+        assert all(s.digest == protocol.NO_DIGEST for s in batch.statements)
+        statements.extend(batch.statements)
+    return statements

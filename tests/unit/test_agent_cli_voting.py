@@ -208,6 +208,15 @@ def test_on_answer_configures_the_engine(key_file):
     assert engine.config.peers == {"lb1": "10.254.0.11", "lb3": "10.254.0.13"}
 
 
+def test_on_answer_gives_the_generation_to_the_engine_and_to_new_connections(key_file):
+    agent, _ = voting_agent(key_file=key_file)
+    agent.set_mode(heartbeat.Answer.parse(ACTIVE))
+    assert agent.queue.translator.generation == 0
+    agent.on_answer(heartbeat.Answer.parse(answer(generation=3, unvoted="stop")))
+    assert agent.queue.vote.config.generation == 3 == agent.queue.translator.generation
+    assert agent.queue.vote.config.unvoted == "stop"
+
+
 def test_on_answer_hands_new_resets_to_the_packet_thread_and_wakes_it(key_file):
     agent, _ = voting_agent(key_file=key_file)
     agent.set_mode(heartbeat.Answer.parse(ACTIVE))
