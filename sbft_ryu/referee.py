@@ -89,10 +89,10 @@ class Referee:
         guilty = set()
         if self.judge is None:
             return guilty
-        for client, port, epoch, start, end in reports:
+        for client, port, epoch, start, end, *generation in reports:
             primary = epoch_primary.get(epoch)
             if primary and self.judge.wire(reporter, primary, epoch, client, port, start, end,
-                                           now):
+                                           now, generation[0] if generation else None):
                 guilty.add(primary)
         return guilty
 

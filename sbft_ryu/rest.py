@@ -138,9 +138,10 @@ def _wire(items):
         raise ApiError(400, f"wire must be a list of at most {MAX_WIRE} items")
     out = []
     for item in items:
-        if not isinstance(item, dict) or set(item) != {"client", "port", "epoch", "start",
-                                                       "end"}:
-            raise ApiError(400, "each wire report must be {client, port, epoch, start, end}")
+        if not isinstance(item, dict) or set(item) - {"generation"} != {
+                "client", "port", "epoch", "start", "end"}:
+            raise ApiError(400, "each wire report must be {client, port, epoch, start, end} "
+                                "and optionally generation")
         try:
             client = ipaddress.IPv4Address(item["client"]).packed
         except (ValueError, TypeError):
@@ -150,7 +151,12 @@ def _wire(items):
             raise ApiError(400, "wire port must be 1..65535 and epoch a non-negative integer")
         if not all(_is_int(item[k]) and 0 <= item[k] <= 0xFFFFFFFF for k in ("start", "end")):
             raise ApiError(400, "wire start and end must be 32-bit sequence numbers")
-        out.append((client, item["port"], item["epoch"], item["start"], item["end"]))
+        generation = item.get("generation")
+        if generation is not None and not (_is_int(generation) and
+                                           0 <= generation <= 0xFFFFFFFF):
+            raise ApiError(400, "wire generation must be a 32-bit non-negative integer")
+        out.append((client, item["port"], item["epoch"], item["start"], item["end"],
+                    generation))
     return tuple(out)
 
 

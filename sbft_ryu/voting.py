@@ -60,13 +60,14 @@ class Judge:
       signs with a new generation only once it has learnt it, and from then on abstains on
       connections that began before (so its new-generation statements are all about later
       connections);
-    * a wire report about an epoch before the reporter's or the accused primary's generation
-      began. For the primary this is exact (a replica becomes primary only in an epoch after
-      its entry); for a backup reporter it is not, since a backup's entry changes no epoch:
-      its unconfirmed reports are forgotten at the entry (:meth:`new_generation`), but a
-      report made before the entry and arriving after it, about the same epoch, still
-      counts (wire reports come in the reporter's signed heartbeat, not in a batch, and carry
-      no generation)."""
+    * a wire report made in an older generation of its reporter (agents put their generation
+      into each report of their signed heartbeat): exact; and one about an epoch before the
+      reporter's or the accused primary's generation began. The epoch rule is exact for the
+      primary (a replica becomes primary only in an epoch after its entry) and is all there
+      is for a report that names no generation (the field is optional on the REST API); for
+      a backup it adds nothing once reports carry generations (a backup's entry changes no
+      epoch). A reporter's unconfirmed reports are also forgotten at its entry
+      (:meth:`new_generation`)."""
 
     def __init__(self, names, f, threshold=3.0, half_life=5.0, window=2.0, rate=0.01,
                  voters=None):
@@ -161,14 +162,16 @@ class Judge:
     def rejected(self, reporter):
         self.stats[reporter].rejected += 1
 
-    def wire(self, reporter, primary, epoch, client, port, start, end, now):
+    def wire(self, reporter, primary, epoch, client, port, start, end, now, generation=None):
         """A backup saw the primary's packet on the wire differ from its own output for
         [start, end): f + 1 backups saying so of the same range convict the primary (one alone
-        may be an honest minority, e.g. a Date header its own backend request got)."""
+        may be an honest minority, e.g. a Date header its own backend request got).
+        ``generation``: the reporter's when it saw it (None: not said)."""
         self.expire(now)
         if reporter == primary or reporter not in self.voters:
             return False  # a primary's word about its own wire counts for nothing
-        if self._before_generation(reporter, epoch) or self._before_generation(primary, epoch):
+        if self._before_generation(reporter, epoch) or self._before_generation(primary, epoch) \
+                or (generation is not None and generation < self.generation.get(reporter, 0)):
             self.stale += 1
             return False
         key = (epoch, client, port, start, end)

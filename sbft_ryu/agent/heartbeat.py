@@ -293,9 +293,7 @@ class Heartbeats:
             if evidence:
                 body["evidence"] = [[raw.hex() for raw in raws] for raws in evidence]
             if wire:
-                body["wire"] = [{"client": socket.inet_ntoa(client), "port": port,
-                                 "epoch": epoch, "start": start, "end": end}
-                                for client, port, epoch, start, end in wire]
+                body["wire"] = [_wire_report(*report) for report in wire]
         if self.key is not None:
             if self.nonce is not None:
                 body["nonce"] = self.nonce
@@ -359,6 +357,14 @@ class Heartbeats:
             return
         self.controller_ok = ok
         (LOG.info if ok else LOG.warning)("%s", message)
+
+
+def _wire_report(client, port, epoch, start, end, generation=None):
+    report = {"client": socket.inet_ntoa(client), "port": port, "epoch": epoch,
+              "start": start, "end": end}
+    if generation is not None:
+        report["generation"] = generation  # the agent's when it saw it
+    return report
 
 
 def _share(unsent, evidence=MAX_EVIDENCE, wire=MAX_WIRE):

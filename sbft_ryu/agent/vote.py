@@ -315,7 +315,8 @@ class VoteEngine:
             if mine != statement.digest:
                 self.counters["wire_divergent"] += 1
                 self.reports.append(("wire", (statement.client, statement.port, epoch,
-                                              statement.start, statement.end)))
+                                              statement.start, statement.end,
+                                              self.config.generation)))
             return
         vote = protocol.Statement(statement.client, statement.port, statement.start,
                                 statement.end, mine)

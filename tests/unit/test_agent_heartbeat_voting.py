@@ -136,7 +136,7 @@ def test_a_wrong_key_never_gets_through(raw):
 # --- reports ------------------------------------------------------------------------------------
 
 EVIDENCE = ("evidence", [b"\x01\x02", b"\x03"])
-WIRE = ("wire", (CLIENT, 40000, 3, 10, 20))
+WIRE = ("wire", (CLIENT, 40000, 3, 10, 20, 2))  # ..., the agent's generation
 
 
 def test_reports_travel_in_the_signed_body_and_parse_at_the_controller():
@@ -145,11 +145,11 @@ def test_reports_travel_in_the_signed_body_and_parse_at_the_controller():
     [body] = client.bodies
     assert body["evidence"] == [["0102", "03"]]
     assert body["wire"] == [{"client": "10.0.0.31", "port": 40000, "epoch": 3, "start": 10,
-                             "end": 20}]
+                             "end": 20, "generation": 2}]
     assert protocol.body_signed(KEY, "lb2", body)
     beat = rest.parse_heartbeat(json.dumps(body).encode())
     assert beat.evidence == ((b"\x01\x02", b"\x03"),)
-    assert beat.wire == ((CLIENT, 40000, 3, 10, 20),)
+    assert beat.wire == ((CLIENT, 40000, 3, 10, 20, 2),)
 
 
 def test_reports_are_sent_once():

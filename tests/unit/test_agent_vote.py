@@ -307,7 +307,10 @@ def test_a_divergent_wire_copy_is_reported_with_its_range_and_epoch():
     tampered = Statement(CLIENT, 40000, SEG.start, SEG.end, protocol.digest(b"XX" + REPLY[2:]))
     b2.on_wire(tampered, T)
     assert b2.counters["wire_divergent"] == 1
-    assert b2.take_reports(10) == [("wire", (CLIENT, 40000, 3, SEG.start, SEG.end))]
+    assert b2.take_reports(10) == [("wire", (CLIENT, 40000, 3, SEG.start, SEG.end, 0))]
+    b2.configure(replace(b2.config, generation=4))
+    b2.on_wire(tampered, T)
+    assert b2.take_reports(10) == [("wire", (CLIENT, 40000, 3, SEG.start, SEG.end, 4))]
 
 
 def test_a_wire_copy_waits_for_the_backups_own_output():

@@ -155,6 +155,10 @@ def test_wire_reports_of_two_backups_convict_the_primary_and_name_the_taint(clie
     ({"evidence": [["00"] * (rest.MAX_BATCHES + 1)]}, "each evidence item"),
     ({"wire": {}}, "wire must be a list"),
     ({"wire": [{"client": "10.0.0.31", "port": 1}]}, "each wire report"),
+    ({"wire": [{"client": "10.0.0.31", "port": 1, "epoch": 1, "start": 0, "end": 1,
+                "generation": -1}]}, "wire generation"),
+    ({"wire": [{"client": "10.0.0.31", "port": 1, "epoch": 1, "start": 0, "end": 1,
+                "generation": 1, "more": 2}]}, "each wire report"),
     ({"wire": [{"client": "host", "port": 1, "epoch": 1, "start": 0, "end": 1}]},
      "wire client must be an IPv4 address"),
     ({"wire": [{"client": "10.0.0.31", "port": 0, "epoch": 1, "start": 0, "end": 1}]},
@@ -178,7 +182,12 @@ def test_parse_heartbeat_decodes_evidence_and_wire_reports():
                   "end": 0xFFFFFFFF}]}).encode())
     assert (beat.nonce, beat.mac) == ("n", "ab")
     assert beat.evidence == ((b"\x00\xff", b"\x01"),)
-    assert beat.wire == ((CLIENT, 40000, 2, 0, 0xFFFFFFFF),)
+    assert beat.wire == ((CLIENT, 40000, 2, 0, 0xFFFFFFFF, None),)  # no generation said
+    beat = rest.parse_heartbeat(json.dumps({
+        "seq": 1, "service_ok": True, "wire": [{"client": "10.0.0.31", "port": 40000,
+                                                "epoch": 2, "start": 0, "end": 1,
+                                                "generation": 3}]}).encode())
+    assert beat.wire == ((CLIENT, 40000, 2, 0, 1, 3),)
 
 
 # --- readmit -------------------------------------------------------------------------------------

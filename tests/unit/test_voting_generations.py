@@ -145,6 +145,17 @@ def test_wire_reports_about_epochs_before_a_generation_are_dropped():
     assert wire(j, "lb3", epoch=3, now=21.5) is False  # alone, lb3 is one backup
 
 
+def test_a_wire_report_of_the_reporters_older_generation_is_dropped_in_the_same_epoch():
+    """A backup's entry changes no epoch: only the generation in its report tells a report
+    made before its readmission (arriving late) from one made after."""
+    j = judge()
+    j.new_generation("lb2", 2, 10.5, generation=2)
+    assert j.wire("lb2", "lb1", 2, CLIENT, 40000, 1000, 1022, 10.6, generation=1) is False
+    assert j.wire("lb3", "lb1", 2, CLIENT, 40000, 1000, 1022, 10.7, generation=1) is False
+    assert j.stale == 1 and j.stats["lb1"].wire_divergences == 0  # lb3 alone: one backup
+    assert j.wire("lb2", "lb1", 2, CLIENT, 40000, 1000, 1022, 10.8, generation=2) is True
+
+
 def test_a_new_generation_forgets_the_reporters_unconfirmed_wire_reports():
     j = judge()
     assert wire(j, "lb2", epoch=2, now=10.0) is False
