@@ -112,31 +112,52 @@ def demo_active(lab, out=print):
             f"{c.get('dropped_backup')}, ACKs clamped {c.get('ack_clamped')}")
 
 
+def replica_state(lab, name):
+    return next(r for r in lab.health()["replicas"] if r["name"] == name)
+
+
+def lie_until_readmitted(lab, liar, out=print, watch=lambda: None):
+    """One liar of the voting demo: ``liar``'s proxy alters its responses until the vote
+    convicts it; the operator repairs it (the tampering HAProxy process gone, waited for by
+    PID) and readmits it; returns once it is a member again: the monotonic time of the
+    readmission. ``watch`` is called at every poll (a test's check of the other replicas)."""
+    def polled(predicate):
+        def check():
+            watch()
+            return predicate()
+        return check
+
+    out(f"    {liar} ({replica_state(lab, liar)['role']}) now alters its responses")
+    lab.set_tamper(liar, True)
+    started = time.monotonic()
+    wait_until(polled(lambda: replica_state(lab, liar)["state"] == "byzantine"), 10, 0.01,
+               f"{liar} byzantine")
+    votes = replica_state(lab, liar)["votes"]
+    health = lab.health()
+    out(f"    {liar} byzantine after {time.monotonic() - started:.3f} s (divergences "
+        f"{votes['divergences']}, divergence rate {votes['divergence_rate']}); primary "
+        f"{health['primary']}, members {health['members']}")
+    time.sleep(1.0)
+    waited = lab.repair(liar)
+    readmitted_at = time.monotonic()
+    answer = http_json(f"{lab.api}/sbft/replicas/{liar}/readmit", data=b"{}")
+    out(f"    operator repaired {liar} (its tampering HAProxy gone after {waited:.3f} s) and "
+        f"readmitted it: state {answer['state']}")
+    wait_until(polled(lambda: liar in lab.health()["members"]), 10, 0.05,
+               f"{liar} a member again")
+    return readmitted_at
+
+
 def demo_voting(lab, out=print):
     """Voting: a backup's proxy, then the primary's, starts altering its responses; each is
-    marked byzantine and cut off, and the client never sees an altered byte."""
-    def state(name):
-        return next(r for r in lab.health()["replicas"] if r["name"] == name)
-
+    marked byzantine and cut off, and the client never sees an altered byte. Returns the
+    number of responses with an altered byte the client received."""
     out("\n=== voting: one GET every 20 ms; replicas' proxies start to lie (an added header)")
     proc, log = lab.pacer("c1", "demo-voting.jsonl", interval=0.02, timeout=1.0,
-                          duration=12.0, heads=True)
+                          duration=30.0, heads=True)
     time.sleep(1.0)
     for liar in ("lb2", lab.health()["primary"]):
-        role = state(liar)["role"]
-        out(f"    {liar} ({role}) now alters its responses")
-        lab.host(liar).set_tamper(True)
-        started = time.monotonic()
-        wait_until(lambda: state(liar)["state"] == "byzantine", 10, 0.01, f"{liar} byzantine")
-        votes = state(liar)["votes"]
-        out(f"    {liar} byzantine after {time.monotonic() - started:.3f} s (divergences "
-            f"{votes['divergences']}, divergence rate {votes['divergence_rate']}); primary "
-            f"{lab.health()['primary']}, members {lab.health()['members']}")
-        time.sleep(1.0)
-        lab.host(liar).set_tamper(False)
-        answer = http_json(f"{lab.api}/sbft/replicas/{liar}/readmit", data=b"{}")
-        out(f"    operator repaired and readmitted {liar}: state {answer['state']}")
-        wait_until(lambda: lab.health()["voting"]["voted"], 10, 0.05, "voted again")
+        lie_until_readmitted(lab, liar, out)
         time.sleep(1.0)
     proc.terminate()
     proc.wait(timeout=10)
@@ -145,6 +166,7 @@ def demo_voting(lab, out=print):
     out(f"    client: {len(records)} requests, {sum(r['ok'] for r in records)} answered, "
         f"{len(altered)} with an altered byte")
     out(f"    voting: {lab.health()['voting']['reason']}")
+    return len(altered)
 
 
 def main(argv=None):

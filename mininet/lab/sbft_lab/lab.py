@@ -24,6 +24,7 @@ from sbft_lab import topology
 
 topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
+REPAIR_WAIT_S = 10.0  # how long a repair waits for the tampering HAProxy to finish its work
 
 
 def sbft_config_text(topo_plan, extra="", spares=0):
@@ -320,6 +321,35 @@ class Lab:
             host.start_keepalived()
         if getattr(host, "agent_argv", None) and "agent" not in host.owned:
             host.start_agent()
+
+    def set_tamper(self, replica, on):
+        """Tests and demos only: reload the replica's HAProxy configured to alter its responses
+        (an added header), or not; returns the process that served before the reload."""
+        host = self.host(replica)
+        before = host.owned.get("haproxy")
+        host.set_tamper(on)
+        return before
+
+    def repair(self, replica, timeout=REPAIR_WAIT_S):
+        """The operator's repair of a replica whose proxy lied: HAProxy reloaded honest, and
+        only once the tampering process is gone (waited for by its PID; SIGKILLed after
+        ``timeout``, as an operator would) does this return: no altered byte can come from
+        the replica after it. Returns the seconds waited for the old process."""
+        started = time.monotonic()
+        tampering = self.set_tamper(replica, False)
+        if tampering is not None and tampering.poll() is None:
+            try:
+                tampering.wait(timeout=max(0.0, timeout - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(tampering.pid, signal.SIGKILL)  # (mnexec -d: its own group)
+                except ProcessLookupError:
+                    pass
+                tampering.wait(timeout=5)
+        host = self.host(replica)
+        for key in [k for k, proc in host.owned.items() if proc is tampering]:
+            del host.owned[key]  # (a reload may have kept it as a retired process)
+        return time.monotonic() - started
 
     def count_replies(self, client):
         """Count SYN-ACKs from the VIP arriving at ``client`` (an iptables counter); returns a
