@@ -425,10 +425,10 @@ class VoteEngine:
                     self.counters["claims_unanswerable"] += 1
             if kept:
                 self.waiting[client_key] = kept + self.waiting.get(client_key, [])
-        for table in (self.abstained, self.unvotable):
-            for conn in [c for c, v in table.items()
-                         if now - (v[1] if isinstance(v, list) else v) > ABSTAINED_S]:
-                del table[conn]
+        for conn in [c for c, (_, at) in self.abstained.items() if now - at > ABSTAINED_S]:
+            del self.abstained[conn]
+        for conn in [c for c, at in self.unvotable.items() if now - at > ABSTAINED_S]:
+            del self.unvotable[conn]
         primary = config.primary == self.name
         for conn, since in list(self.outvoted.items()):
             if now - since >= OUTVOTED_RESET_S:
