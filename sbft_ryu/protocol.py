@@ -6,9 +6,10 @@ replicas exchange them in signed batches over UDP on the management network (a p
 **claims**, the backups' **votes**, and a backup's **abstentions**: ranges of connections it
 cannot vote on, with a zero digest). Every batch is signed with its author's *generation* (the
 controller bumps it at each entry of the replica into the voting set), so evidence from before
-a readmission or promotion can be told from evidence after it. Every batch carries a MAC with its author's key (one key
-per replica, known to that replica and to the controller only), so a replica can neither speak
-nor vote for another, and anyone can forward a batch as evidence: the controller verifies it.
+a readmission or promotion can be told from evidence after it. Every batch carries a MAC with
+its author's key (one key per replica, known to that replica and to the controller only), so a
+replica can neither speak nor vote for another, and anyone can forward a batch as evidence: the
+controller verifies it.
 Heartbeats are signed the same way (:func:`sign_body`), and carry at most ``MAX_EVIDENCE``
 evidence items of at most ``MAX_BATCHES`` batches and ``MAX_WIRE`` wire reports.
 

@@ -33,7 +33,8 @@ def assert_checksums_valid(raw):
 class FakeTranslator:
     """What VoteEngine asks a translator: own_range from ``own`` (range key -> (data, fin),
     ABSTAIN or None), or from ``partial`` when asked for a partial answer and it has one;
-    quiet_for from ``quiet``; began_in from ``began``. Records every question; fails if asked in a loop."""
+    quiet_for from ``quiet``; began_in from ``began``. Records every question; fails if asked
+    in a loop."""
 
     def __init__(self, own=None, partial=None, quiet=0.0):
         self.own = dict(own or {})
