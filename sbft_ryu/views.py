@@ -7,6 +7,8 @@ README. Nothing here mutates state.
 
 from ryu.lib import dpid as dpid_lib
 
+from sbft_ryu.config import ACTIVE
+
 _ROUND = 3
 
 
@@ -153,7 +155,7 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
         "vip": config.vip,
         "service_port": config.service_port,
     }
-    if config.mode == "active":  # what every replica needs to share one sequence space
+    if config.mode == ACTIVE:  # what every replica needs to share one sequence space
         reply["active"] = {"secret": config.active_secret.hex(),
                            "wscale": config.active_wscale, "voting": config.voting}
     if nonce is not None:
