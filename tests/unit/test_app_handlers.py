@@ -2,6 +2,8 @@
 through Ryu's own CONF, no ryu-manager) with fake datapaths that record what is sent, for both
 OpenFlow versions; every handler's error is logged with its switch and counted."""
 
+import dataclasses
+import socket
 from collections import Counter
 from types import SimpleNamespace
 
@@ -152,3 +154,39 @@ def test_a_handler_error_of_an_event_without_a_switch_is_logged_with_a_question_
 @pytest.mark.parametrize("handler", HANDLERS)
 def test_every_openflow_handler_is_still_registered_with_ryu(handler):
     assert getattr(app_module.SbftApp, handler).callers  # set_ev_cls's mark, on the wrapper
+
+
+def test_a_batch_that_cannot_be_translated_sends_nothing(app, caplog):
+    datapath = Datapath(ofp13, parser13)
+    app._switch_features(features(datapath))
+    sent = len(datapath.sent)
+    assert app._send(1, [object()]) is False
+    assert len(datapath.sent) == sent and app.counters["translation_error"] == 1
+    assert "dpid=0000000000000001: cannot express for this switch, nothing sent" in caplog.text
+    assert app._send(1, []) is True and len(datapath.sent) == sent
+
+
+def test_rest_bodies_come_from_the_cores_state(app):
+    app._switch_features(features(Datapath(ofp10, parser10), [port(1, ofp10)]))
+    health = app.api_health()
+    assert health["switches"] == [{"dpid": "0000000000000001", "connected": True,
+                                   "ofp_version": "1.0"}]
+    assert (health["primary"], [r["name"] for r in app.api_replicas()]) == (
+        "lb1", ["lb1", "lb2", "lb3"])
+    assert app.api_events()["events"][0]["change"] == "primary"
+    body, _ = app.api_metrics_text()
+    assert b'sbft_controller_total{event="of_messages_sent"}' in body
+
+
+def test_agents_are_nudged_on_loopback_and_a_failed_nudge_is_counted(app):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as agent:
+        agent.bind(("127.0.0.1", 0))
+        agent.settimeout(2.0)
+        app.config = dataclasses.replace(app.config, agent_notify_port=agent.getsockname()[1])
+        app._nudge_agents(["127.0.0.1"])
+        assert agent.recvfrom(64)[0] == b"sbft-nudge"
+    app._nudge_agents(["255.255.255.255"])  # refused locally: no SO_BROADCAST
+    assert app.counters["nudge_error"] == 1
+    app.config = dataclasses.replace(app.config, agent_notify_port=0)
+    app._nudge_agents(["127.0.0.1"])  # 0: agents are not nudged
+    assert app.counters["nudge_error"] == 1
