@@ -57,7 +57,7 @@ def view(members, primary, epoch):
     return ClusterView(members=tuple(members), primary=primary, epoch=epoch)
 
 
-# --- the voting policy -------------------------------------------------------------------------
+# --- the voting policy ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, f, needed", [(3, 1, (2, 3, 3)), (5, 2, (3, 4, 4)),
                                           (4, 1, (2, 4, 3)), (1, 0, (1, 2, 2))])
@@ -81,7 +81,7 @@ def test_active_mode_elects_successors_by_seniority(config):
     assert Core(dataclasses.replace(config, mode="active"), Recorder()).cluster.by_seniority
 
 
-# --- switches ----------------------------------------------------------------------------------
+# --- switches ------------------------------------------------------------------------------------
 
 def test_a_service_switch_gets_packet_ins_a_port_request_and_the_connect_batch(core, config,
                                                                                send):
@@ -205,7 +205,7 @@ def test_readmitting_a_replica_that_is_not_byzantine_is_refused(core):
     assert core.cluster.state("lb3") == "up"
 
 
-# --- time ------------------------------------------------------------------------------------------
+# --- time ----------------------------------------------------------------------------------------
 
 def test_tick_expires_a_silent_replica(default_config, send):
     core = Core(dataclasses.replace(default_config, startup_grace=0.0), send)
