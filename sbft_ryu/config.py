@@ -55,7 +55,7 @@ class ConfigError(ValueError):
         super().__init__(f"[{GROUP}] {option} = {value!r}: expected {expected}")
 
 
-# ---- parsers: (option name, raw value, the options parsed before it) → value --------------------
+# ---- parsers: (option name, raw value, the options parsed before it) → value ---------------
 
 def _int(low, high):
     def parse(option, value, _parsed):
