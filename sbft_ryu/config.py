@@ -205,7 +205,7 @@ def _distinct(replicas, option=None):
             seen[key] = replica
 
 
-# ---- the table ----------------------------------------------------------------------------------
+# ---- the table ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Option:
