@@ -1,18 +1,19 @@
 """The Ryu app: a thin adapter between OpenFlow events, the cluster state and the decisions.
 
-``ryu-manager [--config-file FILE] sbft_ryu.app``. Each handler finds the switch, feeds the
-event to :class:`~sbft_ryu.cluster.ClusterState` with the current monotonic time, and sends
-whatever :mod:`sbft_ryu.decide` derives, translated for the switch's OpenFlow version. Failure
-policy: a bad configuration or flows file stops the process before any switch is touched; a
-handler error is logged with its switch and counted; an OpenFlow error from a switch is logged
-and counted.
+``ryu-manager [--config-file FILE] sbft_ryu.app``. Each handler finds the switch, reads the
+event with the switch's translator (:mod:`sbft_ryu.ofp`), and hands it with the current
+monotonic time to the :class:`~sbft_ryu.core.Core`, which decides; what the Core sends comes
+back through :meth:`SbftApp._send`, translated for the switch's OpenFlow version. Failure
+policy: a bad configuration or flows file stops the process before any switch is touched; an
+OpenFlow handler's error (:func:`of_handler`) or a failed liveness round is logged with its
+switch and counted; an OpenFlow error from a switch is logged and counted.
 """
 
+import functools
 import logging
 import socket
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ryu import cfg
 from ryu.app.wsgi import WSGIApplication
@@ -22,15 +23,13 @@ from ryu.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DIS
                                     set_ev_cls)
 from ryu.lib import dpid as dpid_lib
 from ryu.lib import hub
-from ryu.ofproto import ofproto_v1_0, ofproto_v1_3
 
 from sbft_ryu import config as sbft_config
-from sbft_ryu import decide, metrics, rest, views
-from sbft_ryu.cluster import ClusterState
-from sbft_ryu.referee import AuthError, Referee
+from sbft_ryu import metrics, ofp, rest, views
+from sbft_ryu.core import Core, NotByzantine
 from sbft_ryu.flowfile import FlowSyntaxError
-from sbft_ryu.model import EnablePacketIn, RequestPorts
 from sbft_ryu.ofp import TranslationError, make_translator
+from sbft_ryu.referee import AuthError
 
 CONF = cfg.CONF
 sbft_config.register_opts(CONF)
@@ -42,8 +41,6 @@ MAX_TICK_S = 0.05
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
 ACCESS_LOGGER = "ryu.lib.hub"
-OFP_NAMES = {ofproto_v1_0.OFP_VERSION: "1.0", ofproto_v1_3.OFP_VERSION: "1.3"}
-_PORT_DOWN = 1  # OFPPC_PORT_DOWN and OFPPS_LINK_DOWN are bit 0 in both 1.0 and 1.3
 
 
 class SwitchLog(logging.LoggerAdapter):
@@ -55,20 +52,38 @@ class SwitchLog(logging.LoggerAdapter):
 
 @dataclass
 class Switch:
+    """A connected switch as Ryu knows it: where to send, and how to speak its version."""
+
     datapath: object
     translator: object
-    service: bool
     log: logging.LoggerAdapter
-    installed: tuple = ()  # service flows currently on the switch
-    ports: dict = field(default_factory=dict)
 
 
-def port_usable(port):
-    return not (port.config & _PORT_DOWN) and not (port.state & _PORT_DOWN)
+def _event_dpid(ev):
+    """The datapath id an OpenFlow event concerns, as a string for the log (or "?")."""
+    datapath = getattr(ev, "datapath", None) or getattr(getattr(ev, "msg", None), "datapath",
+                                                        None)
+    dpid = getattr(datapath, "id", None)
+    return "?" if dpid is None else dpid_lib.dpid_to_str(dpid)
+
+
+def of_handler(handler):
+    """An OpenFlow event handler whose error is logged with its switch and counted
+    (``handler_error``); Ryu's event loop then goes on with the next event."""
+    @functools.wraps(handler)
+    def wrapper(self, ev):
+        try:
+            return handler(self, ev)
+        except Exception:
+            self.counters["handler_error"] += 1
+            self.logger.exception("dpid=%s: %s failed on %s", _event_dpid(ev),
+                                  handler.__name__, type(ev).__name__)
+            return None
+    return wrapper
 
 
 class SbftApp(app_manager.RyuApp):
-    OFP_VERSIONS = [ofproto_v1_0.OFP_VERSION, ofproto_v1_3.OFP_VERSION]
+    OFP_VERSIONS = list(ofp.SUPPORTED_VERSIONS)
     _CONTEXTS = {"wsgi": WSGIApplication}
 
     def __init__(self, *args, **kwargs):
@@ -79,20 +94,10 @@ class SbftApp(app_manager.RyuApp):
         except (sbft_config.ConfigError, FlowSyntaxError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
-        quorum = self.config.f + 1  # a reply byte needs f + 1 matching outputs
-        self.cluster = ClusterState(
-            self.config.replicas, self.config.heartbeat_timeout, self.config.startup_grace,
-            serve_below=quorum if self.config.voting and self.config.unvoted == "stop" else None,
-            by_seniority=self.config.mode == "active", spares=self.config.spares,
-            spare_after=self.config.spare_after)
-        self.referee = Referee(self.config)
         self.switches = {}  # dpid -> Switch
-        self.seen = {}  # dpid -> (connected, OpenFlow version) for REST
-        self.counters = Counter()
-        self._logged = 0  # cluster transitions already logged
-        self.agent_addresses = {}  # replica -> address its last heartbeat came from
         self._nudge_socket = None
-        self._lock = hub.Semaphore(1)  # one batch at a time: sends may yield
+        self.core = Core(self.config, send=self._send, nudge=self._nudge_agents,
+                         logger=self.logger, lock=hub.Semaphore(1))
         self.registry = metrics.make_registry(self._metrics_source)
         rest.register(kwargs["wsgi"], self)
         self.logger.info("sbft: vip %s:%d (vmac %s), %d replicas %s, spares %s, mode %s, "
@@ -103,6 +108,12 @@ class SbftApp(app_manager.RyuApp):
                          self.config.flows_source, len(self.config.flows),
                          self.config.heartbeat_timeout)
 
+    # the core's state, for REST and metrics (and tests)
+    cluster = property(lambda self: self.core.cluster)
+    referee = property(lambda self: self.core.referee)
+    counters = property(lambda self: self.core.counters)
+    agent_addresses = property(lambda self: self.core.agent_addresses)
+
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._ticker))
@@ -111,75 +122,57 @@ class SbftApp(app_manager.RyuApp):
     # ---- OpenFlow events -------------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    @of_handler
     def _switch_features(self, ev):
         datapath = ev.msg.datapath
         dpid = datapath.id
         log = SwitchLog(self.logger, {"dpid": dpid_lib.dpid_to_str(dpid)})
-        version = OFP_NAMES.get(datapath.ofproto.OFP_VERSION)
-        service = self.config.dpid is None or self.config.dpid == dpid
-        switch = Switch(datapath, make_translator(datapath.ofproto.OFP_VERSION), service, log)
+        switch = Switch(datapath, make_translator(datapath.ofproto.OFP_VERSION), log)
         self.switches[dpid] = switch
-        self.seen[dpid] = (True, version)
-        log.info("connected (OpenFlow %s, %s)", version,
-                 "service switch" if service else "flows file only")
-        with self._lock:
-            batch = decide.connect_batch(self.config, self.cluster.view, service)
-            if not self._send(switch, [EnablePacketIn(), RequestPorts(), *batch]):
-                return
-            switch.installed = decide.service_flows(self.config, self.cluster.view) \
-                if service else ()
-        if datapath.ofproto.OFP_VERSION == ofproto_v1_0.OFP_VERSION:
-            self._ports(switch, ev.msg.ports.values())
+        log.info("connected (OpenFlow %s, %s)", switch.translator.name,
+                 "service switch" if self.core.is_service(dpid) else "flows file only")
+        if not self.core.switch_connected(dpid, switch.translator.name, log, time.monotonic()):
+            return
+        ports = switch.translator.ports_in_features(ev.msg)
+        if ports is not None:
+            self._ports(switch, ports)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    @of_handler
     def _port_desc(self, ev):
         switch = self.switches.get(ev.msg.datapath.id)
         if switch is not None:
             self._ports(switch, ev.msg.body)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    @of_handler
     def _port_status(self, ev):
         switch = self.switches.get(ev.msg.datapath.id)
-        if switch is None:
-            return
-        desc = ev.msg.desc
-        ofp = ev.msg.datapath.ofproto
-        up = ev.msg.reason != ofp.OFPPR_DELETE and port_usable(desc)
-        if switch.ports.get(desc.port_no) != up:
-            switch.log.info("port %d %s", desc.port_no, "up" if up else "down")
-        switch.ports[desc.port_no] = up
-        self.counters["port_status"] += 1
-        if switch.service:
-            self._changed(self.cluster.port_status(ev.msg.datapath.id, desc.port_no, up,
-                                                   time.monotonic()))
+        if switch is not None:
+            port, up = switch.translator.port_status(ev.msg)
+            self.core.port_status(ev.msg.datapath.id, port, up, time.monotonic())
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @of_handler
     def _packet_in(self, ev):
         msg = ev.msg
         switch = self.switches.get(msg.datapath.id)
-        if switch is None or not switch.service:
-            return
-        self.counters["packet_in"] += 1
-        in_port = (msg.in_port if msg.datapath.ofproto.OFP_VERSION == ofproto_v1_0.OFP_VERSION
-                   else msg.match.get("in_port"))
-        reply = decide.arp_reply(self.config, msg.data, in_port)
-        if reply is not None:
-            self.counters["arp_reply"] += 1
-            self._send(switch, [reply])
+        if switch is not None:
+            self.core.packet_in(msg.datapath.id, msg.data,
+                                switch.translator.packet_in_port(msg))
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    @of_handler
     def _switch_gone(self, ev):
         dpid = ev.datapath.id
         switch = self.switches.get(dpid)
         if dpid is None or switch is None or switch.datapath is not ev.datapath:
-            return
+            return  # never connected, or an older connection of a switch that is back
         del self.switches[dpid]
-        self.seen[dpid] = (False, self.seen.get(dpid, (False, None))[1])
-        switch.log.warning("disconnected")
-        if switch.service:
-            self._changed(self.cluster.switch_gone(dpid, time.monotonic()))
+        self.core.switch_gone(dpid, time.monotonic())
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    @of_handler
     def _of_error(self, ev):
         msg = ev.msg
         self.counters["of_error"] += 1
@@ -190,7 +183,7 @@ class SbftApp(app_manager.RyuApp):
     # ---- REST entry points (called by rest.SbftRestController; RyuApp owns .events) -------
 
     def api_health(self):
-        return views.health_view(self.config, self.cluster, self.seen, time.monotonic(),
+        return views.health_view(self.config, self.cluster, self.core.seen, time.monotonic(),
                                  self.referee)
 
     def api_replicas(self):
@@ -204,38 +197,18 @@ class SbftApp(app_manager.RyuApp):
         return views.events_view(self.cluster, time.monotonic())
 
     def api_heartbeat(self, name, beat, address=None):
-        """An agent's report (validated by rest.parse_heartbeat). Authentication first: a
-        rejected heartbeat changes nothing."""
         try:
-            nonce = self.referee.authenticate(name, beat)
+            nonce, reset = self.core.heartbeat(name, beat, address, time.monotonic())
         except AuthError as exc:
-            self.counters["heartbeat_unauthenticated"] += 1
             raise rest.ApiError(401, str(exc), extra={"nonce": exc.nonce}) from None
-        self.counters["heartbeat"] += 1
-        now = time.monotonic()
-        if address:
-            self.agent_addresses[name] = address
-        self._changed(self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters,
-                                             now))
-        self.referee.compared(name, beat.counters, now)
-        guilty = (self.referee.evidence(name, beat.evidence, now)
-                  | self.referee.wire(name, beat.wire, self.cluster.epoch_primary, now))
-        for culprit in sorted(guilty):
-            self.logger.warning("sbft: replica=%s is byzantine (reported by %s)", culprit,
-                                name)
-            self._changed(self.cluster.mark_byzantine(
-                culprit, now, "its output disagreed with the majority"))
         return views.heartbeat_reply(self.config, self.cluster, name, nonce,
-                                     self.agent_addresses,
-                                     self.referee.tainted(self.cluster.view.epoch))
+                                     self.agent_addresses, reset)
 
     def api_readmit(self, name):
-        """The operator readmits a replica marked byzantine (it rejoins as a backup)."""
-        if self.cluster.state(name) != "byzantine":
-            raise rest.ApiError(409, f"{name} is not byzantine (state {self.cluster.state(name)})")
-        self.referee.readmit(name)
-        self.logger.warning("sbft: replica=%s readmitted by the operator", name)
-        self._changed(self.cluster.readmit(name, time.monotonic()))
+        try:
+            self.core.readmit(name, time.monotonic())
+        except NotByzantine as exc:
+            raise rest.ApiError(409, str(exc)) from None
         return self.api_replica(name)
 
     def api_metrics_text(self):
@@ -249,65 +222,40 @@ class SbftApp(app_manager.RyuApp):
     def _ticker(self):
         while True:
             now = time.monotonic()
-            deadline = self.cluster.next_deadline(now)
+            deadline = self.core.next_deadline(now)
             delay = MAX_TICK_S if deadline is None else deadline - now + TICK_SLACK_S
             hub.sleep(min(max(delay, TICK_SLACK_S), MAX_TICK_S))
             try:
-                self._changed(self.cluster.evaluate(time.monotonic()))
+                self.core.tick(time.monotonic())
             except Exception:  # keep expiring heartbeats whatever one round did
                 self.counters["handler_error"] += 1
                 self.logger.exception("sbft: liveness check failed")
 
     def _ports(self, switch, ports):
-        switch.ports = {port.port_no: port_usable(port) for port in ports}
-        if switch.service:
-            self._changed(self.cluster.set_ports(switch.datapath.id, switch.ports,
-                                                 time.monotonic()))
+        self.core.set_ports(switch.datapath.id,
+                            {port.port_no: switch.translator.port_usable(port) for port in ports},
+                            time.monotonic())
 
-    def _changed(self, view):
-        self._log_transitions()
-        self.referee.sync(self.cluster.voters, self.cluster.generation,
-                          self.cluster.generation_epoch, time.monotonic())
-        if view is None:
-            return
-        self.logger.info("sbft: epoch %d, primary %s, members %s", view.epoch, view.primary,
-                         list(view.members))
-        wanted = decide.service_flows(self.config, view)
-        for switch in list(self.switches.values()):
-            if switch.service:
-                self._converge(switch, wanted)
-        self._nudge_agents()
-
-    def _nudge_agents(self):
+    def _nudge_agents(self, addresses):
         """Tell every agent to ask for its role now (a UDP datagram carrying nothing: the role
         itself only travels in heartbeat answers), instead of at its next heartbeat."""
         port = self.config.agent_notify_port
-        if not port or not self.agent_addresses:
+        if not port or not addresses:
             return
         if self._nudge_socket is None:
             self._nudge_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self._nudge_socket.setblocking(False)
-        for address in self.agent_addresses.values():
+        for address in addresses:
             try:
                 self._nudge_socket.sendto(b"sbft-nudge", (address, port))
             except OSError:  # best effort: the next heartbeat brings the role anyway
                 self.counters["nudge_error"] += 1
 
-    def _converge(self, switch, wanted):
-        with self._lock:
-            if self._send(switch, decide.update_batch(switch.installed, wanted)):
-                switch.installed = wanted
-
-    def _log_transitions(self):
-        for transition in self.cluster.transitions_since(self._logged):
-            self.logger.info("sbft: replica=%s %s (epoch %d)", transition.replica,
-                             transition.change, transition.epoch)
-        self._logged = self.cluster.recorded
-
-    def _send(self, switch, messages):
+    def _send(self, dpid, messages):
         """Translate the whole batch first, so a translation error sends nothing."""
         if not messages:
             return True
+        switch = self.switches[dpid]
         try:
             encoded = switch.translator.translate(messages)
         except TranslationError as exc:

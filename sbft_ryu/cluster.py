@@ -208,9 +208,6 @@ class ClusterState:
                           if name in self.voters]
         return min(deadlines) if deadlines else None
 
-    def is_up(self, name):
-        return self._up[name]
-
     def state(self, name):
         if self.health[name].byzantine:
             return BYZANTINE

@@ -1,19 +1,22 @@
-"""The ``[sbft]`` options: registered once with oslo.config, validated once, then frozen.
+"""The ``[sbft]`` options: each declared once, validated once, then frozen.
 
 Ryu reads its configuration through oslo.config (``ryu-manager --config-file FILE``); the app
 calls :func:`register_opts` and then :func:`load_config`, which checks every value and every rule
 that spans options and returns a frozen :class:`SbftConfig`. Every problem is one
 :class:`ConfigError` naming the option, the value and what was expected. The embedded defaults
 describe the default Mininet topology (``mininet/sbft_topo.py``), so no file is needed there.
+
+:data:`OPTIONS` is the one declaration of each option (name, parser, default, help): the oslo
+options, :data:`OPTION_NAMES` and :data:`DEFAULTS` are derived from it.
 """
 
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-from sbft_ryu import flowfile
+from sbft_ryu import flowfile, protocol
 from sbft_ryu.model import FlowSpec, Replica
 
 GROUP = "sbft"
@@ -29,7 +32,11 @@ DEFAULT_REPLICAS = (
     "lb3 10.0.0.13 00:00:00:00:01:03 3",
 )
 
-MODES = ("passive", "active")
+PASSIVE, ACTIVE = "passive", "active"
+MODES = (PASSIVE, ACTIVE)
+SERVE, STOP = "serve", "stop"  # what to do with too few members up to vote (``unvoted``)
+UNVOTED_POLICIES = (SERVE, STOP)
+ON, OFF = "on", "off"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,31}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _DIGITS = re.compile(r"^[0-9]{1,12}$")
@@ -48,256 +55,50 @@ class ConfigError(ValueError):
         super().__init__(f"[{GROUP}] {option} = {value!r}: expected {expected}")
 
 
-@dataclass(frozen=True)
-class SbftConfig:
-    vip: str
-    vmac: str
-    service_port: int
-    replicas: Tuple[Replica, ...]
-    flows: Tuple[FlowSpec, ...]
-    flows_source: str
-    dpid: Optional[int]
-    heartbeat_timeout: float
-    heartbeat_interval: float
-    agent_notify_port: int
-    startup_grace: float
-    service_priority: int
-    mode: str
-    # random per start unless configured: not part of a config's identity, never printed
-    active_secret: bytes = field(default=b"", compare=False, repr=False)
-    active_wscale: int = 7
-    replica_keys: dict = field(default_factory=dict, compare=False, repr=False)
-    voting: bool = False
-    vote_port: int = 5557
-    vote_hold: float = 0.2
-    suspicion_threshold: float = 3.0
-    suspicion_half_life: float = 5.0
-    suspicion_rate: float = 0.01
-    unvoted: str = "serve"
-    spares: Tuple[Replica, ...] = ()  # run like members, outside the voting set until promoted
-    spare_after: float = 5.0
+# ---- parsers: (option name, raw value, the options parsed before it) → value ---------------
 
-    @property
-    def f(self):
-        """Byzantine replicas tolerated: n = 2f + 1 (or more) configured members; spares do
-        not count (n and f are those of the ``replica`` lines)."""
-        return max(0, (len(self.replicas) - 1) // 2)
-
-    @property
-    def nodes(self):
-        """Members then spares, in configured order: every replica the controller knows."""
-        return self.replicas + self.spares
-
-    def replica(self, name):
-        for replica in self.nodes:
-            if replica.name == name:
-                return replica
-        return None
+def _int(low, high):
+    def parse(option, value, _parsed):
+        text = str(value).strip().lower()
+        if _DIGITS.match(text):
+            number = int(text, 10)
+        elif text.startswith("0x") and _HEX.match(text):
+            number = int(text, 16)
+        else:
+            number = None
+        if number is None or not low <= number <= high:
+            raise ConfigError(option, value, f"an integer {low}..{high}")
+        return number
+    return parse
 
 
-def _opts():
-    from oslo_config import cfg
-
-    return [
-        cfg.StrOpt("flows_file", default="",
-                   help="ovs-ofctl-style flows installed on every switch (empty: built-in "
-                        "'priority=0,actions=NORMAL')"),
-        cfg.StrOpt("vip", default="10.0.0.100", help="service virtual IPv4 address"),
-        cfg.StrOpt("vmac", default="02:00:0a:00:00:64",
-                   help="MAC address the controller answers ARP for the VIP with"),
-        cfg.StrOpt("service_port", default="5555", help="service TCP port"),
-        cfg.MultiStrOpt("replica", default=list(DEFAULT_REPLICAS),
-                        help="NAME IP MAC PORT, once per replica in priority order; "
-                             "a single empty value means no replicas"),
-        cfg.StrOpt("dpid", default="",
-                   help="datapath id of the service switch (empty: every switch)"),
-        cfg.StrOpt("heartbeat_timeout", default="0.15",
-                   help="seconds of agent silence before a replica is down (0: port state only)"),
-        cfg.StrOpt("heartbeat_interval", default="0.05",
-                   help="seconds between agent heartbeats, told to agents in every reply"),
-        cfg.StrOpt("agent_notify_port", default="5556",
-                   help="UDP port agents listen on for role-change nudges (0: none)"),
-        cfg.StrOpt("startup_grace", default="1.0",
-                   help="seconds the first election waits for every replica to come up"),
-        cfg.StrOpt("service_priority", default="40000",
-                   help="lowest priority of the service flows (they use this .. +99)"),
-        cfg.StrOpt("mode", default="passive",
-                   help="passive | active (replicas share one TCP sequence space)"),
-        cfg.StrOpt("active_secret", default="",
-                   help="hex key from which replicas derive shared ISNs in active mode "
-                        "(empty: a random one per controller start)"),
-        cfg.StrOpt("active_wscale", default="7",
-                   help="the window scale every replica announces in active mode"),
-        cfg.MultiStrOpt("replica_key", default=[],
-                        help="NAME HEXKEY, once per replica: authenticates that replica's "
-                             "heartbeats, reports and vote batches"),
-        cfg.StrOpt("voting", default="off",
-                   help="on: Byzantine output voting (needs mode = active and every "
-                        "replica_key)"),
-        cfg.StrOpt("vote_port", default="5557", help="UDP port agents exchange votes on"),
-        cfg.StrOpt("vote_hold", default="0.2",
-                   help="seconds a primary holds a reply segment waiting for votes"),
-        cfg.StrOpt("suspicion_threshold", default="3",
-                   help="suspicion points that make a replica byzantine"),
-        cfg.StrOpt("suspicion_half_life", default="5",
-                   help="seconds in which a replica's suspicion halves"),
-        cfg.StrOpt("suspicion_rate", default="0.01",
-                   help="fraction of the ranges a replica took part in (same decaying window) "
-                        "that its suspicion must also reach to make it byzantine"),
-        cfg.MultiStrOpt("spare", default=[],
-                        help="NAME IP MAC PORT, once per spare: a replica outside the voting "
-                             "set, promoted into it when a member is convicted or down"),
-        cfg.StrOpt("spare_after", default="5",
-                   help="seconds a member may be down before an up spare replaces it"),
-        cfg.StrOpt("unvoted", default="serve",
-                   help="with fewer than f+1 members up (too few to vote): serve (unvoted) "
-                        "or stop"),
-    ]
+def _float(low, high):
+    def parse(option, value, _parsed):
+        text = str(value).strip()
+        number = float(text) if _DECIMAL.match(text) else None
+        if number is None or not low <= number <= high:
+            raise ConfigError(option, value, f"a number of seconds {low:g}..{high:g}")
+        return number
+    return parse
 
 
-OPTION_NAMES = ("flows_file", "vip", "vmac", "service_port", "replica", "spare", "spare_after",
-                "dpid",
-                "heartbeat_timeout", "heartbeat_interval", "agent_notify_port", "startup_grace",
-                "service_priority", "mode", "active_secret", "active_wscale", "replica_key",
-                "voting", "vote_port", "vote_hold", "suspicion_threshold",
-                "suspicion_half_life", "suspicion_rate", "unvoted")
+def _choice(*choices, any_case=False):
+    """One of ``choices`` (compared after stripping, and lower-casing if ``any_case``)."""
+    def parse(option, value, _parsed):
+        text = str(value).strip()
+        if any_case:
+            text = text.lower()
+        if text not in choices:
+            raise ConfigError(option, value, " or ".join(choices))
+        return text
+    return parse
 
 
-def register_opts(conf):
-    """Register the [sbft] group on ``conf`` (idempotent, as Ryu apps may be loaded twice)."""
-    try:
-        conf.register_opts(_opts(), group=GROUP)
-    except Exception as exc:  # oslo raises DuplicateOptError only if a definition differs
-        if type(exc).__name__ != "DuplicateOptError":
-            raise
+def _path(_option, value, _parsed):
+    return str(value or "").strip()
 
 
-def load_config(conf):
-    """Validate the [sbft] group of an oslo ConfigOpts and return a frozen SbftConfig."""
-    group = getattr(conf, GROUP)
-    raw = {name: getattr(group, name) for name in OPTION_NAMES}
-    base_dir = None
-    for path in getattr(conf, "config_file", None) or ():
-        if "flows_file" in check_unknown_options(path):
-            base_dir = os.path.dirname(os.path.abspath(path))
-    flows_file = str(raw["flows_file"] or "").strip()
-    if flows_file and base_dir and not os.path.isabs(flows_file):
-        # relative to the config file that names it, so the command works from any directory
-        raw["flows_file"] = os.path.join(base_dir, flows_file)
-    return build_config(raw)
-
-
-def build_config(raw):
-    """Validate a plain dict of option → value (strings, as oslo returns them) into SbftConfig."""
-    vip = _ipv4("vip", raw["vip"])
-    vmac = _mac("vmac", raw["vmac"])
-    service_port = _int("service_port", raw["service_port"], 1, 65535)
-    replicas = _replicas(raw["replica"], vip)
-    spares = _replicas(raw.get("spare", []), vip, option="spare")
-    _distinct(replicas + spares)
-    spare_after = _float("spare_after", raw.get("spare_after", "5"), 0.0, 3600.0)
-    dpid = _dpid(raw["dpid"])
-    timeout = _float("heartbeat_timeout", raw["heartbeat_timeout"], 0.0, 60.0)
-    interval = _float("heartbeat_interval", raw["heartbeat_interval"], 0.005, 10.0)
-    if timeout and interval >= timeout:
-        raise ConfigError("heartbeat_interval", raw["heartbeat_interval"],
-                          f"a value below heartbeat_timeout ({timeout})")
-    grace = _float("startup_grace", raw.get("startup_grace", "1.0"), 0.0, 60.0)
-    notify_port = _int("agent_notify_port", raw.get("agent_notify_port", "5556"), 0, 65535)
-    priority = _int("service_priority", raw["service_priority"], 1, 65535 - 99)
-    mode = str(raw["mode"]).strip()
-    if mode not in MODES:
-        raise ConfigError("mode", raw["mode"], " or ".join(MODES))
-    secret = _secret(raw.get("active_secret", ""))
-    wscale = _int("active_wscale", raw.get("active_wscale", "7"), 0, 14)
-    keys = _replica_keys(raw.get("replica_key", []), replicas + spares)
-    voting = str(raw.get("voting", "off")).strip().lower()
-    if voting not in ("on", "off"):
-        raise ConfigError("voting", raw.get("voting"), "on or off")
-    voting = voting == "on"
-    if voting and mode != "active":
-        raise ConfigError("voting", "on", "mode = active (votes compare the replicas' "
-                          "output in one sequence space)")
-    if voting and len(replicas) < 3:
-        raise ConfigError("voting", "on", "at least 3 replicas (n = 2f + 1, f >= 1)")
-    missing = [r.name for r in replicas + spares if r.name not in keys]
-    if voting and missing:
-        raise ConfigError("replica_key", "<hidden>", f"a key for every replica when voting "
-                          f"(missing: {', '.join(missing)})")
-    vote_port = _int("vote_port", raw.get("vote_port", "5557"), 1, 65535)
-    vote_hold = _float("vote_hold", raw.get("vote_hold", "0.2"), 0.001, 10.0)
-    threshold = _float("suspicion_threshold", raw.get("suspicion_threshold", "3"), 1.0, 1000.0)
-    half_life = _float("suspicion_half_life", raw.get("suspicion_half_life", "5"), 0.1, 3600.0)
-    rate = _float("suspicion_rate", raw.get("suspicion_rate", "0.01"), 0.0, 1.0)
-    unvoted = str(raw.get("unvoted", "serve")).strip()
-    if unvoted not in ("serve", "stop"):
-        raise ConfigError("unvoted", raw.get("unvoted"), "serve or stop")
-    flows_file = str(raw["flows_file"] or "").strip()
-    if flows_file:
-        flows = flowfile.load_flows_file(flows_file)
-    else:
-        flows, flows_file = flowfile.parse_flows(BUILTIN_FLOWS, BUILTIN_FLOWS_NAME), BUILTIN_FLOWS_NAME
-    return SbftConfig(vip=vip, vmac=vmac, service_port=service_port, replicas=replicas,
-                      flows=flows, flows_source=flows_file, dpid=dpid,
-                      heartbeat_timeout=timeout, heartbeat_interval=interval,
-                      startup_grace=grace, agent_notify_port=notify_port,
-                      service_priority=priority, mode=mode, active_secret=secret,
-                      active_wscale=wscale, replica_keys=keys, voting=voting,
-                      vote_port=vote_port, vote_hold=vote_hold, suspicion_threshold=threshold,
-                      suspicion_half_life=half_life, suspicion_rate=rate, unvoted=unvoted,
-                      spares=spares, spare_after=spare_after)
-
-
-def check_unknown_options(path):
-    """oslo.config ignores unknown keys; a typo in [sbft] should not be silently dropped.
-
-    Returns the [sbft] keys the file sets.
-    """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return set()  # oslo already reported unreadable files
-    keys = set()
-    section = None
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text[0] in "#;":
-            continue
-        if text.startswith("[") and text.endswith("]"):
-            section = text[1:-1].strip()
-            continue
-        if section == GROUP and not line[:1].isspace():
-            key = re.split(r"[=:]", text, maxsplit=1)[0].strip()
-            if key not in OPTION_NAMES:
-                raise ConfigError(key, text, f"one of the [{GROUP}] options "
-                                  f"({', '.join(OPTION_NAMES)}) at {path}:{number}")
-            keys.add(key)
-    return keys
-
-
-def _int(option, value, low, high):
-    text = str(value).strip().lower()
-    if _DIGITS.match(text):
-        number = int(text, 10)
-    elif text.startswith("0x") and _HEX.match(text):
-        number = int(text, 16)
-    else:
-        number = None
-    if number is None or not low <= number <= high:
-        raise ConfigError(option, value, f"an integer {low}..{high}")
-    return number
-
-
-def _float(option, value, low, high):
-    text = str(value).strip()
-    number = float(text) if _DECIMAL.match(text) else None
-    if number is None or not low <= number <= high:
-        raise ConfigError(option, value, f"a number of seconds {low:g}..{high:g}")
-    return number
-
-
-def _secret(value):
+def _secret(_option, value, _parsed):
     text = str(value or "").strip()
     if not text:
         return os.urandom(16)  # every agent gets it from this controller
@@ -311,9 +112,9 @@ def _secret(value):
     return secret
 
 
-def _replica_keys(values, replicas):
+def _replica_keys(_option, values, parsed):
     """``NAME HEXKEY`` lines → {name: key bytes} (16..64 bytes each)."""
-    names = {replica.name for replica in replicas}
+    names = {replica.name for replica in parsed["replica"] + parsed["spare"]}
     keys = {}
     for value in [str(v) for v in values or [] if str(v).strip()]:
         parts = value.split()
@@ -333,14 +134,14 @@ def _replica_keys(values, replicas):
     return keys
 
 
-def _ipv4(option, value):
+def _ipv4(option, value, _parsed=None):
     try:
         return str(ipaddress.IPv4Address(str(value).strip()))
     except ValueError:
         raise ConfigError(option, value, "an IPv4 address like 10.0.0.100") from None
 
 
-def _mac(option, value):
+def _mac(option, value, _parsed=None):
     text = str(value).strip().lower()
     if not _MAC.match(text):
         raise ConfigError(option, value, "a MAC address like 02:00:0a:00:00:64")
@@ -349,7 +150,7 @@ def _mac(option, value):
     return text
 
 
-def _dpid(value):
+def _dpid(_option, value, _parsed):
     text = str(value or "").strip()
     if not text:
         return None
@@ -359,8 +160,9 @@ def _dpid(value):
     return dpid
 
 
-def _replicas(values, vip, option="replica"):
+def _replicas(option, values, parsed):
     """``replica`` (or ``spare``) lines → Replicas, each line checked on its own."""
+    vip = parsed["vip"]
     values = [str(v) for v in (values or [])]
     if values == [""] or not values:
         return ()
@@ -401,3 +203,242 @@ def _distinct(replicas, option=None):
                                   if option else f"replicas and spares with distinct "
                                   f"{attr.upper()}s (both use {key})")
             seen[key] = replica
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    """One ``[sbft]`` option. ``default`` is what oslo returns when the option is unset (a
+    string, or a list of strings for a ``multi`` option); ``parse`` turns such a value into
+    the SbftConfig field and may read the options declared before it."""
+
+    name: str
+    parse: Callable
+    default: object
+    help: str
+    multi: bool = False
+
+
+# In this order: the order of the known-name list in error messages, and the order of parsing
+# (an option's parser may read the ones above it).
+OPTIONS = (
+    Option("flows_file", _path, "",
+           "ovs-ofctl-style flows installed on every switch (empty: built-in "
+           "'priority=0,actions=NORMAL')"),
+    Option("vip", _ipv4, "10.0.0.100", "service virtual IPv4 address"),
+    Option("vmac", _mac, "02:00:0a:00:00:64",
+           "MAC address the controller answers ARP for the VIP with"),
+    Option("service_port", _int(1, 65535), "5555", "service TCP port"),
+    Option("replica", _replicas, list(DEFAULT_REPLICAS),
+           "NAME IP MAC PORT, once per replica in priority order; "
+           "a single empty value means no replicas", multi=True),
+    Option("spare", _replicas, [],
+           "NAME IP MAC PORT, once per spare: a replica outside the voting "
+           "set, promoted into it when a member is convicted or down", multi=True),
+    Option("spare_after", _float(0.0, 3600.0), "5",
+           "seconds a member may be down before an up spare replaces it"),
+    Option("dpid", _dpid, "", "datapath id of the service switch (empty: every switch)"),
+    Option("heartbeat_timeout", _float(0.0, 60.0), "0.15",
+           "seconds of agent silence before a replica is down (0: port state only)"),
+    Option("heartbeat_interval", _float(0.005, 10.0), "0.05",
+           "seconds between agent heartbeats, told to agents in every reply"),
+    Option("agent_notify_port", _int(0, 65535), "5556",
+           "UDP port agents listen on for role-change nudges (0: none)"),
+    Option("startup_grace", _float(0.0, 60.0), "1.0",
+           "seconds the first election waits for every replica to come up"),
+    Option("service_priority", _int(1, 65535 - 99), "40000",
+           "lowest priority of the service flows (they use this .. +99)"),
+    Option("mode", _choice(*MODES), PASSIVE,
+           f"{PASSIVE} | {ACTIVE} (replicas share one TCP sequence space)"),
+    Option("active_secret", _secret, "",
+           "hex key from which replicas derive shared ISNs in active mode "
+           "(empty: a random one per controller start)"),
+    Option("active_wscale", _int(0, 14), "7",
+           "the window scale every replica announces in active mode"),
+    Option("replica_key", _replica_keys, [],
+           "NAME HEXKEY, once per replica: authenticates that replica's "
+           "heartbeats, reports and vote batches", multi=True),
+    Option("voting", _choice(ON, OFF, any_case=True), OFF,
+           "on: Byzantine output voting (needs mode = active and every replica_key)"),
+    Option("vote_port", _int(1, 65535), str(protocol.VOTE_PORT),
+           "UDP port agents exchange votes on"),
+    Option("vote_hold", _float(0.001, 10.0), "0.2",
+           "seconds a primary holds a reply segment waiting for votes"),
+    Option("suspicion_threshold", _float(1.0, 1000.0), "3",
+           "suspicion points that make a replica byzantine"),
+    Option("suspicion_half_life", _float(0.1, 3600.0), "5",
+           "seconds in which a replica's suspicion halves"),
+    Option("suspicion_rate", _float(0.0, 1.0), "0.01",
+           "fraction of the ranges a replica took part in (same decaying window) "
+           "that its suspicion must also reach to make it byzantine"),
+    Option("unvoted", _choice(*UNVOTED_POLICIES), SERVE,
+           "with fewer than f+1 members up (too few to vote): serve (unvoted) or stop"),
+)
+
+OPTION_NAMES = tuple(option.name for option in OPTIONS)
+DEFAULTS = {option.name: option.default for option in OPTIONS}  # as oslo returns them
+
+
+def _parsed_default(name):
+    option = next(o for o in OPTIONS if o.name == name)
+    return option.parse(name, option.default, {})
+
+
+@dataclass(frozen=True)
+class SbftConfig:
+    vip: str
+    vmac: str
+    service_port: int
+    replicas: Tuple[Replica, ...]
+    flows: Tuple[FlowSpec, ...]
+    flows_source: str
+    dpid: Optional[int]
+    heartbeat_timeout: float
+    heartbeat_interval: float
+    agent_notify_port: int
+    startup_grace: float
+    service_priority: int
+    mode: str
+    # random per start unless configured: not part of a config's identity, never printed
+    active_secret: bytes = field(default=b"", compare=False, repr=False)
+    active_wscale: int = _parsed_default("active_wscale")
+    replica_keys: dict = field(default_factory=dict, compare=False, repr=False)
+    voting: bool = False
+    vote_port: int = _parsed_default("vote_port")
+    vote_hold: float = _parsed_default("vote_hold")
+    suspicion_threshold: float = _parsed_default("suspicion_threshold")
+    suspicion_half_life: float = _parsed_default("suspicion_half_life")
+    suspicion_rate: float = _parsed_default("suspicion_rate")
+    unvoted: str = _parsed_default("unvoted")
+    spares: Tuple[Replica, ...] = ()  # run like members, outside the voting set until promoted
+    spare_after: float = _parsed_default("spare_after")
+
+    @property
+    def f(self):
+        """Byzantine replicas tolerated: n = 2f + 1 (or more) configured members; spares do
+        not count (n and f are those of the ``replica`` lines)."""
+        return max(0, (len(self.replicas) - 1) // 2)
+
+    @property
+    def nodes(self):
+        """Members then spares, in configured order: every replica the controller knows."""
+        return self.replicas + self.spares
+
+    def replica(self, name):
+        for replica in self.nodes:
+            if replica.name == name:
+                return replica
+        return None
+
+
+def _opts():
+    from oslo_config import cfg
+
+    return [(cfg.MultiStrOpt if option.multi else cfg.StrOpt)(
+                option.name, default=option.default, help=option.help)
+            for option in OPTIONS]
+
+
+def register_opts(conf):
+    """Register the [sbft] group on ``conf`` (idempotent, as Ryu apps may be loaded twice)."""
+    try:
+        conf.register_opts(_opts(), group=GROUP)
+    except Exception as exc:  # oslo raises DuplicateOptError only if a definition differs
+        if type(exc).__name__ != "DuplicateOptError":
+            raise
+
+
+def load_config(conf):
+    """Validate the [sbft] group of an oslo ConfigOpts and return a frozen SbftConfig."""
+    group = getattr(conf, GROUP)
+    raw = {name: getattr(group, name) for name in OPTION_NAMES}
+    base_dir = None
+    for path in getattr(conf, "config_file", None) or ():
+        if "flows_file" in check_unknown_options(path):
+            base_dir = os.path.dirname(os.path.abspath(path))
+    flows_file = str(raw["flows_file"] or "").strip()
+    if flows_file and base_dir and not os.path.isabs(flows_file):
+        # relative to the config file that names it, so the command works from any directory
+        raw["flows_file"] = os.path.join(base_dir, flows_file)
+    return build_config(raw)
+
+
+def build_config(raw):
+    """Validate a plain dict of option → value (strings, as oslo returns them; an absent
+    option takes its default) into SbftConfig."""
+    parsed = {}
+    for option in OPTIONS:
+        parsed[option.name] = option.parse(option.name, raw.get(option.name, option.default),
+                                           parsed)
+    _check(parsed, raw)
+    if parsed["flows_file"]:
+        flows, flows_source = flowfile.load_flows_file(parsed["flows_file"]), parsed["flows_file"]
+    else:
+        flows = flowfile.parse_flows(BUILTIN_FLOWS, BUILTIN_FLOWS_NAME)
+        flows_source = BUILTIN_FLOWS_NAME
+    return SbftConfig(vip=parsed["vip"], vmac=parsed["vmac"],
+                      service_port=parsed["service_port"], replicas=parsed["replica"],
+                      flows=flows, flows_source=flows_source, dpid=parsed["dpid"],
+                      heartbeat_timeout=parsed["heartbeat_timeout"],
+                      heartbeat_interval=parsed["heartbeat_interval"],
+                      startup_grace=parsed["startup_grace"],
+                      agent_notify_port=parsed["agent_notify_port"],
+                      service_priority=parsed["service_priority"], mode=parsed["mode"],
+                      active_secret=parsed["active_secret"],
+                      active_wscale=parsed["active_wscale"],
+                      replica_keys=parsed["replica_key"], voting=parsed["voting"] == ON,
+                      vote_port=parsed["vote_port"], vote_hold=parsed["vote_hold"],
+                      suspicion_threshold=parsed["suspicion_threshold"],
+                      suspicion_half_life=parsed["suspicion_half_life"],
+                      suspicion_rate=parsed["suspicion_rate"], unvoted=parsed["unvoted"],
+                      spares=parsed["spare"], spare_after=parsed["spare_after"])
+
+
+def _check(parsed, raw):
+    """The rules that span options."""
+    replicas, spares = parsed["replica"], parsed["spare"]
+    _distinct(replicas + spares)
+    timeout, interval = parsed["heartbeat_timeout"], parsed["heartbeat_interval"]
+    if timeout and interval >= timeout:
+        raise ConfigError("heartbeat_interval", raw["heartbeat_interval"],
+                          f"a value below heartbeat_timeout ({timeout})")
+    if parsed["voting"] != ON:
+        return
+    if parsed["mode"] != ACTIVE:
+        raise ConfigError("voting", ON, f"mode = {ACTIVE} (votes compare the replicas' "
+                          "output in one sequence space)")
+    if len(replicas) < 3:
+        raise ConfigError("voting", ON, "at least 3 replicas (n = 2f + 1, f >= 1)")
+    missing = [r.name for r in replicas + spares if r.name not in parsed["replica_key"]]
+    if missing:
+        raise ConfigError("replica_key", "<hidden>", f"a key for every replica when voting "
+                          f"(missing: {', '.join(missing)})")
+
+
+def check_unknown_options(path):
+    """oslo.config ignores unknown keys; a typo in [sbft] should not be silently dropped.
+
+    Returns the [sbft] keys the file sets.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return set()  # oslo already reported unreadable files
+    keys = set()
+    section = None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        if text.startswith("[") and text.endswith("]"):
+            section = text[1:-1].strip()
+            continue
+        if section == GROUP and not line[:1].isspace():
+            key = re.split(r"[=:]", text, maxsplit=1)[0].strip()
+            if key not in OPTION_NAMES:
+                raise ConfigError(key, text, f"one of the [{GROUP}] options "
+                                  f"({', '.join(OPTION_NAMES)}) at {path}:{number}")
+            keys.add(key)
+    return keys

@@ -8,8 +8,10 @@ fresh one.
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sbft_ryu.cluster import BACKUP, BYZANTINE, NO_ROLE, PRIMARY, UP
+
 STATUSES = ("ok", "degraded", "down")
-ROLES = ("primary", "backup", "none")
+ROLES = (PRIMARY, BACKUP, NO_ROLE)
 
 
 class SbftCollector:
@@ -33,7 +35,7 @@ class SbftCollector:
                      ["dpid"])
         replicas = health["replicas"]
         yield _gauge("sbft_replica_up", "1 while the replica is up (link, heartbeat, probe)",
-                     [((r["name"],), int(r["state"] == "up")) for r in replicas], ["replica"])
+                     [((r["name"],), int(r["state"] == UP)) for r in replicas], ["replica"])
         yield _gauge("sbft_replica_role", "1 for the replica's current role",
                      [((r["name"], role), int(r["role"] == role))
                       for r in replicas for role in ROLES], ["replica", "role"])
@@ -79,7 +81,7 @@ def _voting(health):
     yield _gauge("sbft_replies_voted", "1 while replies are voted (voting on, f + 1 members up)",
                  [((), int(voting["voted"]))])
     yield _gauge("sbft_replica_byzantine", "1 while the replica is marked byzantine",
-                 [((r["name"],), int(r["state"] == "byzantine")) for r in replicas], ["replica"])
+                 [((r["name"],), int(r["state"] == BYZANTINE)) for r in replicas], ["replica"])
     for key, doc in VOTE_COUNTERS:
         yield _counter(f"sbft_replica_{key}", doc,
                        [((r["name"],), r["votes"][key]) for r in replicas], ["replica"])

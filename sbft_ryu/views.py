@@ -7,6 +7,9 @@ README. Nothing here mutates state.
 
 from ryu.lib import dpid as dpid_lib
 
+from sbft_ryu.config import ACTIVE
+from sbft_ryu.core import members_needed
+
 _ROUND = 3
 
 
@@ -33,16 +36,12 @@ def votes_view(name, health, referee, now):
 
 
 def voting_view(config, cluster):
-    """Whether replies are voted now and what the members up can still do.
-
-    n (configured members) and f stay fixed. A reply byte needs f + 1 matching outputs (then
-    at least one is honest): the primary's plus f backups' votes, so replies are voted while
-    f + 1 members are up. Convicting a liar needs n - f replicas agreeing against it (one
-    more member up than that), and the wire check needs f + 1 backups reporting (f + 2 up)."""
+    """Whether replies are voted now and what the members up can still do (n, the configured
+    members, and f stay fixed; the numbers needed come from core.members_needed)."""
     if not config.voting:
         return {"enabled": False, "voted": False, "f": config.f, "reason": "voting is off"}
     f, n, up = config.f, len(config.replicas), len(cluster.view.members)
-    needed, convict_from, wire_from = _members_needed(n, f)
+    needed, convict_from, wire_from = members_needed(n, f)
     voted = up >= needed and cluster.view.primary is not None
     return {"enabled": True, "voted": voted, "f": f, "up": up, "needed": needed,
             "convicts": voted and up >= convict_from,
@@ -51,13 +50,8 @@ def voting_view(config, cluster):
             "unvoted_policy": config.unvoted}
 
 
-def _members_needed(n, f):
-    """Members up needed to vote, to convict a liar, and for the wire check."""
-    return f + 1, n - f + 1, f + 2
-
-
 def _voting_reason(up, n, f, voted, serving):
-    needed, convict_from, wire_from = _members_needed(n, f)
+    needed, convict_from, wire_from = members_needed(n, f)
     head = f"{up} of {n} replicas up, {needed} needed to vote"
     if not voted:
         return head + (": replies are NOT voted" if serving else ": service stopped")
@@ -153,7 +147,7 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
         "vip": config.vip,
         "service_port": config.service_port,
     }
-    if config.mode == "active":  # what every replica needs to share one sequence space
+    if config.mode == ACTIVE:  # what every replica needs to share one sequence space
         reply["active"] = {"secret": config.active_secret.hex(),
                            "wscale": config.active_wscale, "voting": config.voting}
     if nonce is not None:

@@ -9,7 +9,7 @@ from ryu.ofproto import ofproto_v1_0 as ofp
 from ryu.ofproto import ofproto_v1_0_parser as parser
 
 from sbft_ryu import model
-from sbft_ryu.ofp.common import TranslationError, prefix_len
+from sbft_ryu.ofp.common import PortReader, TranslationError, prefix_len
 
 OFP_VERSION = ofp.OFP_VERSION
 
@@ -61,8 +61,23 @@ def match(spec):
     return parser.OFPMatch(**fields)
 
 
-class Translator:
+class Translator(PortReader):
+    ofp = ofp
     version = OFP_VERSION
+    name = "1.0"
+
+    # ---- what the switch says (messages in) ------------------------------------------------
+
+    @staticmethod
+    def ports_in_features(features):
+        """OpenFlow 1.0's features reply lists the switch's ports (no port-description request)."""
+        return list(features.ports.values())
+
+    @staticmethod
+    def packet_in_port(packet_in):
+        return packet_in.in_port
+
+    # ---- what the controller says (descriptions out) -----------------------------------------
 
     def translate(self, messages):
         out = []

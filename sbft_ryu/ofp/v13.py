@@ -8,7 +8,7 @@ from ryu.ofproto import ofproto_v1_3 as ofp
 from ryu.ofproto import ofproto_v1_3_parser as parser
 
 from sbft_ryu import model
-from sbft_ryu.ofp.common import TranslationError
+from sbft_ryu.ofp.common import PortReader, TranslationError
 
 OFP_VERSION = ofp.OFP_VERSION
 
@@ -62,11 +62,26 @@ def match(spec):
     return parser.OFPMatch(**fields)
 
 
-class Translator:
+class Translator(PortReader):
+    ofp = ofp
     version = OFP_VERSION
+    name = "1.3"
 
     def __init__(self):
         self._groups = set()  # group ids known to exist on this switch
+
+    # ---- what the switch says (messages in) ------------------------------------------------
+
+    @staticmethod
+    def ports_in_features(features):
+        """None: OpenFlow 1.3 lists the ports in a port-description reply (RequestPorts)."""
+        return None
+
+    @staticmethod
+    def packet_in_port(packet_in):
+        return packet_in.match.get("in_port")
+
+    # ---- what the controller says (descriptions out) -----------------------------------------
 
     def translate(self, messages):
         """All messages or none: group bookkeeping is kept only if the whole batch translates

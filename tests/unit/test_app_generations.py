@@ -1,11 +1,10 @@
-"""The app's wiring of generations and the voting set (SbftApp._changed tells the referee), on
+"""The app's wiring of generations and the voting set (Core._changed tells the referee), on
 the real entry points with a fixed clock and no switch: evidence from before a readmission
 scores nothing after it, so a repaired replica is not convicted again for its old lies; a
 spare's reports count for nothing until it is promoted."""
 
 import itertools
 import logging
-from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from sbft_ryu import app as app_module
 from sbft_ryu import protocol
 from sbft_ryu.cluster import ClusterState
+from sbft_ryu.core import Core
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
 from sbft_ryu.rest import Heartbeat
@@ -34,13 +34,14 @@ def app(raw, monkeypatch):
     monkeypatch.setattr(app_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
     sbft = object.__new__(app_module.SbftApp)  # the entry points without Ryu's machinery
     sbft.config, sbft.clock = config, clock
-    sbft.cluster = ClusterState(config.replicas, 0.0, spares=config.spares)
-    counter = itertools.count(1)
-    sbft.referee = Referee(config, new_nonce=lambda: f"n{next(counter)}")
-    sbft.referee.authenticate = lambda name, beat: None  # the rest tests cover the MACs
-    sbft.seen, sbft.agent_addresses, sbft.counters = {}, {}, Counter()
-    sbft.switches, sbft._logged, sbft._nudge_socket = {}, 0, None
+    sbft.switches, sbft._nudge_socket = {}, None
     sbft.logger = logging.getLogger("test.sbft.generations")
+    sbft.core = Core(config, send=sbft._send, nudge=sbft._nudge_agents, logger=sbft.logger)
+    sbft.core.cluster = ClusterState(config.replicas, 0.0, spares=config.spares)
+    counter = itertools.count(1)
+    sbft.core.referee = Referee(config, new_nonce=lambda: f"n{next(counter)}")
+    sbft.referee.authenticate = lambda name, beat: None  # the rest tests cover the MACs
+    sbft._changed = lambda view: sbft.core._changed(view, clock.now)
     sbft._changed(sbft.cluster.set_ports(1, {1: True, 2: True, 3: True}, clock.now))
     return sbft
 

@@ -1,13 +1,13 @@
 """Tests for SbftApp._ticker: it sleeps until the cluster's next deadline (plus slack), at most
-MAX_TICK_S, then re-evaluates liveness. Run on a fake clock with hub.sleep replaced."""
+MAX_TICK_S, then has the core re-evaluate liveness. Run on a fake clock with hub.sleep replaced."""
 
 import logging
-from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
 from sbft_ryu import app as app_module
+from sbft_ryu.core import Core
 
 
 class Stop(Exception):
@@ -38,7 +38,7 @@ class FakeCluster:
         return self.views[len(self.evaluated) - 1]
 
 
-def run_ticker(monkeypatch, cluster, start=100.0):
+def run_ticker(monkeypatch, cluster, default_config, start=100.0):
     """Runs _ticker for as many rounds as ``cluster`` has deadlines; returns (sleeps, changed,
     app)."""
     clock = SimpleNamespace(now=start)
@@ -52,10 +52,10 @@ def run_ticker(monkeypatch, cluster, start=100.0):
     monkeypatch.setattr(app_module.hub, "sleep", sleep)
     app = object.__new__(app_module.SbftApp)
     changed = []
-    app.cluster = cluster
-    app.counters = Counter()
     app.logger = logging.getLogger("test.sbft.ticker")
-    app._changed = changed.append
+    app.core = Core(default_config, send=None, logger=app.logger)
+    app.core.cluster = cluster
+    app.core._changed = lambda view, now: changed.append(view)
     with pytest.raises(Stop):
         app._ticker()
     return sleeps, changed, app
@@ -73,26 +73,26 @@ def test_constants():
     (100.048, 0.05),  # the slack would overshoot the longest tick
     (110.0, 0.05),  # far away: at most MAX_TICK_S
 ])
-def test_ticker_sleeps_until_the_next_deadline(monkeypatch, deadline, slept):
+def test_ticker_sleeps_until_the_next_deadline(monkeypatch, default_config, deadline, slept):
     cluster = FakeCluster([deadline])
-    sleeps, _, _ = run_ticker(monkeypatch, cluster)
+    sleeps, _, _ = run_ticker(monkeypatch, cluster, default_config)
     assert cluster.asked == [100.0]
     assert sleeps == [pytest.approx(slept)]
     assert cluster.evaluated == [pytest.approx(100.0 + slept)]  # evaluated after the sleep
 
 
-def test_ticker_hands_every_evaluation_to_changed(monkeypatch):
+def test_ticker_hands_every_evaluation_to_changed(monkeypatch, default_config):
     view = object()
     cluster = FakeCluster([None, 100.06, None], views=[None, view, None])
-    sleeps, changed, _ = run_ticker(monkeypatch, cluster)
+    sleeps, changed, _ = run_ticker(monkeypatch, cluster, default_config)
     assert changed == [None, view, None]  # _changed also logs transitions: always called
     assert sleeps == [pytest.approx(0.05), pytest.approx(0.012), pytest.approx(0.05)]
     assert cluster.asked == [100.0, pytest.approx(100.05), pytest.approx(100.062)]
 
 
-def test_ticker_survives_a_failing_evaluation(monkeypatch, caplog):
+def test_ticker_survives_a_failing_evaluation(monkeypatch, default_config, caplog):
     cluster = FakeCluster([None, None, None], fail={0})
-    _, changed, app = run_ticker(monkeypatch, cluster)
+    _, changed, app = run_ticker(monkeypatch, cluster, default_config)
     assert len(cluster.evaluated) == 3
     assert changed == [None, None]
     assert app.counters["handler_error"] == 1

@@ -57,7 +57,7 @@ def test_set_ports_brings_replicas_up_and_elects_the_first_with_epoch_1():
     view = state.set_ports(DPID, ALL_UP, 0.0)
     assert view == ClusterView(members=("lb1", "lb2", "lb3"), primary="lb1", epoch=1)
     assert state.view == view
-    assert all(state.is_up(r.name) for r in REPLICAS)
+    assert all(state.state(r.name) == "up" for r in REPLICAS)
     assert changes(state) == [("lb1", "up", 0), ("lb2", "up", 0), ("lb3", "up", 0),
                               ("lb1", "primary", 1)]
 
@@ -564,10 +564,10 @@ def test_next_deadline_ignores_down_replicas():
     state.heartbeat("lb2", 1, True, {}, 1.1)
     state.heartbeat("lb3", 1, True, {}, 1.12)
     state.evaluate(1.16)  # lb1 silent: down
-    assert not state.is_up("lb1")
+    assert state.state("lb1") == "down"
     assert state.next_deadline(1.16) == 1.1 + TIMEOUT
     state.heartbeat("lb2", 2, False, {}, 1.2)  # lb2's service probe failed: down
-    assert not state.is_up("lb2")
+    assert state.state("lb2") == "down"
     assert state.next_deadline(1.2) == 1.12 + TIMEOUT
 
 
@@ -648,7 +648,7 @@ def test_next_deadline_changes_nothing():
     view, recorded = state.view, state.recorded
     for now in (0.0, 0.5, 2.0, 100.0):
         state.next_deadline(now)
-    assert (state.view, state.recorded, state.is_up("lb3")) == (view, recorded, True)
+    assert (state.view, state.recorded, state.state("lb3")) == (view, recorded, "up")
 
 
 # --- succession by seniority (active mode) ---------------------------------------------------

@@ -6,7 +6,6 @@ app's time is fixed), no network."""
 import itertools
 import json
 import logging
-from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +15,7 @@ from ryu.app.wsgi import WSGIApplication
 from sbft_ryu import app as app_module
 from sbft_ryu import protocol, rest
 from sbft_ryu.cluster import ClusterState
+from sbft_ryu.core import Core
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
 
@@ -32,14 +32,14 @@ def app(raw, monkeypatch):
     monkeypatch.setattr(app_module, "time", SimpleNamespace(monotonic=lambda: NOW))
     sbft = object.__new__(app_module.SbftApp)  # the entry points without Ryu's machinery
     sbft.config = config
-    sbft.cluster = ClusterState(config.replicas, 0.0)
+    sbft.logger = logging.getLogger("test.sbft.voting")
+    sbft.core = Core(config, send=None, logger=sbft.logger)
+    sbft.core.cluster = ClusterState(config.replicas, 0.0)
     sbft.cluster.set_ports(1, {1: True, 2: True, 3: True}, NOW)  # lb1 primary, epoch 1
     counter = itertools.count(1)
-    sbft.referee = Referee(config, new_nonce=lambda: f"n{next(counter)}")
-    sbft.seen, sbft.agent_addresses, sbft.counters = {}, {}, Counter()
-    sbft.logger = logging.getLogger("test.sbft.voting")
+    sbft.core.referee = Referee(config, new_nonce=lambda: f"n{next(counter)}")
     sbft.changed = []
-    sbft._changed = sbft.changed.append
+    sbft.core._changed = lambda view, now: sbft.changed.append(view)
     return sbft
 
 

@@ -351,13 +351,14 @@ class Lab:
             del host.owned[key]  # (a reload may have kept it as a retired process)
         return time.monotonic() - started
 
-    def count_replies(self, client):
-        """Count SYN-ACKs from the VIP arriving at ``client`` (an iptables counter); returns a
-        function reading it."""
+    def count_replies(self, client, syn_ack_only=True):
+        """Count packets from the VIP's service port arriving at ``client`` (an iptables
+        counter): SYN-ACKs only, or every reply packet; returns a function reading it."""
         host = self.host(client)
-        host.cmd(f"iptables -I INPUT -p tcp -s {VIP} --sport {SERVICE_PORT} "
-                 "--tcp-flags SYN,ACK SYN,ACK")
-        return lambda: int(host.cmd("iptables -L INPUT 1 -v -x -n").split()[0])
+        match = " --tcp-flags SYN,ACK SYN,ACK" if syn_ack_only else ""
+        host.cmd(f"iptables -A INPUT -p tcp -s {VIP} --sport {SERVICE_PORT}{match}")
+        rule = len(host.cmd("iptables -S INPUT").splitlines()) - 1  # (line 1 is the policy)
+        return lambda: int(host.cmd(f"iptables -L INPUT {rule} -v -x -n").split()[0])
 
     def fetch(self, client, name, path, count=1, timeout=60.0):
         """Start concurrent downloads of VIP:5555``path`` in ``client`` (background); returns
