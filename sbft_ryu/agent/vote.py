@@ -15,8 +15,9 @@ whole with :meth:`configure` (one assignment: the packet thread never sees half 
   voting set anew after the connection began, so what its stack did there is not evidence of
   the replica it is now) and wherever its own output cannot answer (own_range's ABSTAIN). A
   primary counts the voters still possible on a connection (its peers, the up members, that
-  have not abstained there); below ``f`` the connection can never be voted: it is reset (or,
-  under ``unvoted = serve``, served unvoted and counted) instead of hanging.
+  have not abstained there); below ``f`` the connection can never be voted: it is reset
+  instead of hanging (served unvoted only under ``unvoted = serve`` while the tier is not
+  voting anyway: see :meth:`VoteEngine._serves_unvoted`).
 * As primary, a connection that began before its own current generation is reset rather than
   continued (its first reply segment there is dropped and the client gets a RST).
 * Disagreements become evidence for the controller: the signed batches that show them, sent
@@ -156,10 +157,18 @@ class VoteEngine:
             self.resets.append(conn)
             self.counters["stale_generation_resets"] += 1
             return True, (token,)
-        if self.config.unvoted == "serve" and not self._predates(conn):
+        if self._serves_unvoted() and not self._predates(conn):
             self.counters["released_unvoted"] += 1
             return False, ()
         return True, (token,)  # being reset
+
+    def _serves_unvoted(self):
+        """Whether a connection too few voters are left on goes out unvoted: only under
+        ``unvoted = serve`` while the tier is not voting anyway. While replies are voted it is
+        reset: backups abstain where the client already acknowledged bytes they never voted
+        on (e.g. sent past the vote by a host bypassing its agent), and continuing such a
+        connection would splice honest bytes onto unchecked ones."""
+        return self.config.unvoted == "serve" and not self.config.required
 
     def _mark_unvotable(self, conn, now):
         if len(self.unvotable) >= ABSTAINED_MAX:
@@ -177,8 +186,8 @@ class VoteEngine:
         return [peer for peer in self.config.peers if entry is None or peer not in entry[0]]
 
     def on_abstain(self, batch, now):
-        """A backup's abstentions: (token, payload) pairs that may now go out (unvoted, under
-        ``unvoted = serve``, on a connection too few possible voters are left on)."""
+        """A backup's abstentions: (token, payload) pairs that may now go out (unvoted, on a
+        connection too few possible voters are left on, see :meth:`_serves_unvoted`)."""
         released = []
         for statement in batch.statements:
             conn = (statement.client, statement.port)
@@ -196,12 +205,12 @@ class VoteEngine:
         return released
 
     def _give_up(self, conn, now):
-        """A connection that can never get ``f`` votes: release its held segments unvoted
-        (``unvoted = serve``) or drop them and reset it (``stop``)."""
+        """A connection that can never get ``f`` votes: drop its held segments and reset it
+        (or release them unvoted, see :meth:`_serves_unvoted`)."""
         self._mark_unvotable(conn, now)
         keys = [key for key in self.pending if key[:2] == conn]
         claims = [self.pending.pop(key) for key in keys]
-        if self.config.unvoted == "serve":
+        if self._serves_unvoted():
             self.counters["released_unvoted"] += len(claims)
             return [(claim.token, claim.payload) for claim in claims]
         self.dropped.extend(claim.token for claim in claims)

@@ -6,6 +6,7 @@ where the connection's generation matters; time is passed in."""
 
 import socket
 import types
+from dataclasses import replace
 
 import pytest
 from scapy.all import IP, TCP, Raw
@@ -171,16 +172,27 @@ def test_too_few_possible_voters_reset_the_connection_under_unvoted_stop():
     assert p.counters["claims"] == 1
 
 
-def test_too_few_possible_voters_serve_the_connection_unvoted_under_unvoted_serve():
+def test_while_replies_are_voted_unvoted_serve_still_resets_a_connection_without_voters():
+    """The backups abstain where the client acknowledged bytes they never voted on (sent past
+    the vote): serving the rest unvoted would splice honest bytes onto unchecked ones."""
     p = engine("lb1", FakeTranslator(), unvoted="serve")
     token = Token()
     p.hold(token, b"payload", SEG, T)
     p.receive(abstention("lb2", SEG), T)
-    assert p.receive(abstention("lb3", SEG), T) == [(token, b"payload")]
-    assert p.resets == [] and p.counters["released_unvoted"] == 1
+    assert p.receive(abstention("lb3", SEG), T) == []
+    assert p.resets == [(CLIENT, 40000)] and p.counters["released_unvoted"] == 0
+    assert p.expire(T + 0.01) == [token]
+
+
+def test_when_the_tier_stops_voting_unvoted_serve_serves_such_a_connection_unvoted():
+    p = engine("lb1", FakeTranslator(), unvoted="serve")
+    p.hold(Token(), b"payload", SEG, T)
+    p.receive(abstention("lb2", SEG), T)
+    p.receive(abstention("lb3", SEG), T)
+    p.configure(replace(p.config, required=False))  # below f + 1 members now
     assert p.hold(Token(), b"more", Statement(CLIENT, 40000, 1022, 1030, SEG.digest),
-                  T) == (False, ())  # later segments go out at once, counted
-    assert p.counters["released_unvoted"] == 2 and p.counters["claims"] == 1
+                  T + 0.5) == (False, ())
+    assert p.counters["released_unvoted"] == 1
 
 
 def test_abstentions_from_strangers_or_of_the_old_format_change_nothing():
