@@ -33,6 +33,12 @@ from dataclasses import dataclass
 from sbft_ryu import protocol
 
 TAINT_S = 60.0
+# How long after a replica's entry statements signed in its older generation are still taken
+# for old evidence (dropped). Honest old statements reach the judge within the agents' vote
+# window (2 s) plus a heartbeat; an honest agent signs with its new generation from its next
+# heartbeat answer on. Later, an old generation is a liar's attempt to have its statements
+# dropped, and they are judged like any other.
+GENERATION_GRACE_S = 3.0
 
 
 # ---- the controller's judge ---------------------------------------------------------------------
@@ -56,10 +62,11 @@ class Judge:
     (:meth:`new_generation`); what belongs to an older one is dropped:
 
     * a statement signed with an older generation than its author's current one (every batch
-      carries its author's generation, :mod:`sbft_ryu.protocol`): exact. An honest agent
-      signs with a new generation only once it has learnt it, and from then on abstains on
-      connections that began before (so its new-generation statements are all about later
-      connections);
+      carries its author's generation, :mod:`sbft_ryu.protocol`), within GENERATION_GRACE_S
+      of the author's entry. An honest agent signs with a new generation once it has learnt
+      it, and from then on abstains on connections that began before (so its new-generation
+      statements are all about later connections); after the grace an old generation can
+      only be a liar hiding its statements, which are then judged as any others;
     * a wire report made in an older generation of its reporter (agents put their generation
       into each report of their signed heartbeat): exact; and one about an epoch before the
       reporter's or the accused primary's generation began. The epoch rule is exact for the
@@ -132,7 +139,8 @@ class Judge:
         for batch in batches:
             if batch.author not in self.voters or batch.kind == protocol.ABSTAIN:
                 continue  # (an abstention states no digest)
-            if batch.generation < self.generation.get(batch.author, 0):
+            if batch.generation < self.generation.get(batch.author, 0) and \
+                    now - self.generations[batch.author][1] <= GENERATION_GRACE_S:
                 self.stale += len(batch.statements)
                 continue
             for statement in batch.statements:

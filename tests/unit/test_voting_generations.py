@@ -3,7 +3,7 @@ current voting-set members' statements and wire reports count; evidence the cont
 attribute to a replica's older generation (before its readmission, return or promotion)
 scores nothing; a primary is convicted on the wire once per epoch."""
 
-from sbft_ryu import protocol
+from sbft_ryu import protocol, voting
 from sbft_ryu.config import build_config
 from sbft_ryu.referee import Referee
 from sbft_ryu.protocol import CLAIM, VOTE, Statement
@@ -112,6 +112,19 @@ def test_late_statements_of_an_older_generation_score_nothing_by_their_batch():
     for start in (2000, 3000, 4000):
         report(j, 12.0, start, "lb3", port=40003, generations={"lb3": 2})
     assert j.stats["lb3"].divergences == 3
+
+
+def test_a_liar_cannot_hide_behind_an_old_generation_after_the_grace():
+    """A member that keeps signing with a generation it left long ago (an honest agent signs
+    with the new one from its next heartbeat answer on) is judged like any other: dropping its
+    statements would let it lie with no conviction."""
+    j = judge()
+    j.new_generation("lb3", 2, 11.0, generation=2)
+    later = 11.0 + voting.GENERATION_GRACE_S + 0.5
+    guilty = set()
+    for start in (2000, 3000, 4000):
+        guilty |= report(j, later, start, "lb3", port=40002, generations={"lb3": 1})
+    assert guilty == {"lb3"} and j.stale == 0
 
 
 def test_an_older_generations_late_lies_would_convict_without_it():
