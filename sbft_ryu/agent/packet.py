@@ -77,12 +77,6 @@ def header_lengths(payload):
     return ihl, (payload[ihl + OFFSET] >> 4) * 4
 
 
-def data_offset(payload):
-    """Where the TCP payload starts in a datagram known to be well formed."""
-    ihl, thl = header_lengths(payload)
-    return ihl + thl
-
-
 def tcp_flags(payload):
     """TCP flags of an IPv4 packet, or -1 if it is not a whole, first-fragment TCP header."""
     if len(payload) < 40:
