@@ -74,6 +74,11 @@ def http_json(url, timeout=2.0, data=None):
         return json.loads(response.read().decode("utf-8"))
 
 
+def _read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
     """Poll ``predicate`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -376,11 +381,17 @@ class Lab:
         host = self.host(host_name)
         path = os.path.join(host.rundir, name)
         out = open(path, "wb")
+        err_path = path + ".stderr"
+        err = open(err_path, "wb")
         proc = host.popen(["tcpdump", "-l", "-n", "-i", f"{host_name}-eth0", expression],
-                          stdout=out, stderr=subprocess.DEVNULL)
+                          stdout=out, stderr=err)
         out.close()
+        err.close()
         host.owned[f"tcpdump-{name}"] = proc
-        time.sleep(0.3)  # tcpdump needs a moment before it sees packets
+        # it sees packets only once it says it listens: on two loaded cores that took longer
+        # than a fixed 0.3 s, and the first SYN-ACKs of a test went uncounted
+        wait_until(lambda: b"listening on" in _read_bytes(err_path), 10, 0.02,
+                   f"tcpdump to listen in {host_name}")
         return path
 
     def stop_capture(self, host_name, path):
