@@ -15,6 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from eventlet.green import socket as green_socket
 from ryu import cfg
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -25,11 +26,11 @@ from ryu.lib import dpid as dpid_lib
 from ryu.lib import hub
 
 from sbft_ryu import config as sbft_config
-from sbft_ryu import metrics, ofp, rest, views
+from sbft_ryu import beatwire, metrics, ofp, rest, views
 from sbft_ryu.core import Core, NotByzantine
 from sbft_ryu.flowfile import FlowSyntaxError
 from sbft_ryu.ofp import TranslationError, make_translator
-from sbft_ryu.referee import AuthError
+from sbft_ryu.referee import AuthError, SourceError
 
 CONF = cfg.CONF
 sbft_config.register_opts(CONF)
@@ -107,6 +108,7 @@ class SbftApp(app_manager.RyuApp):
                          [r.name for r in self.config.spares], self.config.mode,
                          self.config.flows_source, len(self.config.flows),
                          self.config.heartbeat_timeout)
+        self._warn_unauthenticated()
 
     # the core's state, for REST and metrics (and tests)
     cluster = property(lambda self: self.core.cluster)
@@ -117,7 +119,24 @@ class SbftApp(app_manager.RyuApp):
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._ticker))
+        if self.config.heartbeat_port and self.config.replica_keys:
+            self.threads.append(hub.spawn(self._udp_heartbeats))
         return thread
+
+    def _warn_unauthenticated(self):
+        security = views.security_view(self.config, self.referee)
+        if security["unauthenticated_replicas"]:
+            self.logger.warning(
+                "sbft: heartbeats of %s are not authenticated (no replica_key, no "
+                "replica_source): whoever reaches the API can speak for them%s",
+                ", ".join(security["unauthenticated_replicas"]),
+                "; they get no active-mode secret" if self.config.mode == sbft_config.ACTIVE
+                else "")
+        if self.config.mode == sbft_config.ACTIVE and not self.config.replica_keys:
+            self.logger.warning(
+                "sbft: active mode without replica keys: the secret travels in clear to the "
+                "pinned sources, exposed to whoever can reach the API from such an address or "
+                "listen on the management network")
 
     # ---- OpenFlow events -------------------------------------------------------------------
 
@@ -199,10 +218,27 @@ class SbftApp(app_manager.RyuApp):
     def api_heartbeat(self, name, beat, address=None):
         try:
             nonce, reset = self.core.heartbeat(name, beat, address, time.monotonic())
+        except SourceError as exc:
+            raise rest.ApiError(403, str(exc)) from None
         except AuthError as exc:
             raise rest.ApiError(401, str(exc), extra={"nonce": exc.nonce}) from None
+        return self._heartbeat_reply(name, nonce, reset)
+
+    def udp_heartbeat(self, datagram, address):
+        """A UDP heartbeat datagram → the signed answer to send back, or None (no answer)."""
+        heard = self.core.udp_heartbeat(datagram, address, time.monotonic())
+        if heard is None:
+            return None
+        name, seq, nonce, reset = heard
+        return beatwire.answer_datagram(self.referee.keys[name], name, seq,
+                                        self._heartbeat_reply(name, nonce, reset))
+
+    def _heartbeat_reply(self, name, nonce, reset):
+        keyed = name in self.referee.keys
         return views.heartbeat_reply(self.config, self.cluster, name, nonce,
-                                     self.agent_addresses, reset)
+                                     self.agent_addresses, reset,
+                                     self.referee.secret_field(name),
+                                     self.config.heartbeat_port if keyed else None)
 
     def api_readmit(self, name):
         try:
@@ -230,6 +266,26 @@ class SbftApp(app_manager.RyuApp):
             except Exception:  # keep expiring heartbeats whatever one round did
                 self.counters["handler_error"] += 1
                 self.logger.exception("sbft: liveness check failed")
+
+    def _udp_heartbeats(self):
+        """Serve UDP heartbeats on heartbeat_port, bound to the REST API's address
+        (``--wsapi-host``): a datagram that does not verify gets no answer."""
+        sock = green_socket.socket(green_socket.AF_INET, green_socket.SOCK_DGRAM)
+        try:
+            sock.bind((CONF.wsapi_host or "0.0.0.0", self.config.heartbeat_port))
+        except OSError as exc:
+            self.logger.error("sbft: cannot listen for UDP heartbeats on port %d (%s): "
+                              "agents stay on HTTP", self.config.heartbeat_port, exc)
+            return
+        while True:
+            data, address = sock.recvfrom(beatwire.MAX_DATAGRAM + 1)
+            try:
+                reply = self.udp_heartbeat(data, address[0])
+                if reply is not None:
+                    sock.sendto(reply, address)
+            except Exception:  # one bad datagram must not end the channel
+                self.counters["handler_error"] += 1
+                self.logger.exception("sbft: UDP heartbeat from %s failed", address[0])
 
     def _ports(self, switch, ports):
         self.core.set_ports(switch.datapath.id,

@@ -134,6 +134,42 @@ def _replica_keys(_option, values, parsed):
     return keys
 
 
+def _replica_sources(_option, values, parsed):
+    """``NAME IP`` lines → {name: management address its HTTP heartbeats must come from}."""
+    names = {replica.name for replica in parsed["replica"] + parsed["spare"]}
+    sources = {}
+    for value in [str(v) for v in values or [] if str(v).strip()]:
+        parts = value.split()
+        if len(parts) != 2 or parts[0] not in names:
+            raise ConfigError("replica_source", value,
+                              f"NAME IP with NAME one of {sorted(names)}")
+        if parts[0] in sources:
+            raise ConfigError("replica_source", value, "one source per replica")
+        address = _ipv4("replica_source", parts[1])
+        if address in sources.values():
+            # two replicas behind one address could each speak for the other
+            raise ConfigError("replica_source", value, "a distinct address per replica")
+        sources[parts[0]] = address
+    return sources
+
+
+def _token_file(_option, value, _parsed):
+    """The operator's bearer token, read once at start (never printed); None: no file."""
+    path = str(value or "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("api_token_file", path,
+                          f"a readable file holding the token ({exc})") from None
+    if len(token) < 16 or not token.isascii() or any(c.isspace() for c in token):
+        raise ConfigError("api_token_file", path, "a file holding one token of at least 16 "
+                          "printable ASCII characters without spaces")
+    return token.encode("ascii")
+
+
 def _ipv4(option, value, _parsed=None):
     try:
         return str(ipaddress.IPv4Address(str(value).strip()))
@@ -259,6 +295,14 @@ OPTIONS = (
     Option("replica_key", _replica_keys, [],
            "NAME HEXKEY, once per replica: authenticates that replica's "
            "heartbeats, reports and vote batches", multi=True),
+    Option("replica_source", _replica_sources, [],
+           "NAME IP, once per replica (or spare) to pin: its HTTP heartbeats are accepted "
+           "only from this management address", multi=True),
+    Option("heartbeat_port", _int(0, 65535), str(protocol.HEARTBEAT_PORT),
+           "UDP port for the heartbeats of replicas with a replica_key (0: HTTP only)"),
+    Option("api_token_file", _token_file, "",
+           "file holding the bearer token operator actions (readmit) require "
+           "(empty: they are accepted from loopback only)"),
     Option("voting", _choice(ON, OFF, any_case=True), OFF,
            "on: Byzantine output voting (needs mode = active and every replica_key)"),
     Option("vote_port", _int(1, 65535), str(protocol.VOTE_PORT),
@@ -313,6 +357,9 @@ class SbftConfig:
     unvoted: str = _parsed_default("unvoted")
     spares: Tuple[Replica, ...] = ()  # run like members, outside the voting set until promoted
     spare_after: float = _parsed_default("spare_after")
+    replica_sources: dict = field(default_factory=dict, compare=False)
+    heartbeat_port: int = _parsed_default("heartbeat_port")
+    api_token: Optional[bytes] = field(default=None, compare=False, repr=False)
 
     @property
     def f(self):
@@ -392,7 +439,10 @@ def build_config(raw):
                       suspicion_threshold=parsed["suspicion_threshold"],
                       suspicion_half_life=parsed["suspicion_half_life"],
                       suspicion_rate=parsed["suspicion_rate"], unvoted=parsed["unvoted"],
-                      spares=parsed["spare"], spare_after=parsed["spare_after"])
+                      spares=parsed["spare"], spare_after=parsed["spare_after"],
+                      replica_sources=parsed["replica_source"],
+                      heartbeat_port=parsed["heartbeat_port"],
+                      api_token=parsed["api_token_file"])
 
 
 def _check(parsed, raw):
@@ -403,6 +453,10 @@ def _check(parsed, raw):
     if timeout and interval >= timeout:
         raise ConfigError("heartbeat_interval", raw["heartbeat_interval"],
                           f"a value below heartbeat_timeout ({timeout})")
+    if parsed["heartbeat_port"] and parsed["heartbeat_port"] in (
+            parsed["vote_port"], parsed["agent_notify_port"]):
+        raise ConfigError("heartbeat_port", raw["heartbeat_port"],
+                          "a port other than vote_port and agent_notify_port")
     if parsed["voting"] != ON:
         return
     if parsed["mode"] != ACTIVE:

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sbft_ryu import decide
+from sbft_ryu import beatwire, decide
 from sbft_ryu.cluster import BYZANTINE, ClusterState
 from sbft_ryu.config import ACTIVE, STOP
 from sbft_ryu.model import EnablePacketIn, RequestPorts
@@ -152,16 +152,41 @@ class Core:
         lying. Returns (the nonce the next heartbeat must sign, the connections a new primary
         resets)."""
         try:
-            nonce = self.referee.authenticate(name, beat)
+            nonce = self.referee.authenticate(name, beat, address)
         except AuthError:
             self.counters["heartbeat_unauthenticated"] += 1
             raise
+        return nonce, self._heard(name, beat, address, now)
+
+    def udp_heartbeat(self, datagram, address, now):
+        """A UDP heartbeat (:mod:`sbft_ryu.beatwire`) from ``address``: (name, seq, nonce, the
+        connections a new primary resets) when it verifies and moves its session forward;
+        None otherwise (nothing changed: no answer is sent)."""
+        try:
+            name, beat = beatwire.open_beat(self.referee.keys, datagram)
+        except beatwire.BeatWireError:
+            self.counters["heartbeat_udp_rejected"] += 1
+            return None
+        source = self.referee.sources.get(name)
+        if (source is not None and address != source) or not self.referee.accept_datagram(
+                name, beat.nonce, beat.seq):
+            self.counters["heartbeat_udp_rejected"] += 1
+            return None
+        self.counters["heartbeat_udp"] += 1
+        return name, beat.seq, beat.nonce, self._heard(name, beat, address, now)
+
+    def _heard(self, name, beat, address, now):
+        """An authenticated heartbeat's effects; returns the connections a new primary
+        resets."""
         self.counters["heartbeat"] += 1
         if address:
             self.agent_addresses[name] = address
-        self._changed(self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters,
+        counters = beat.counters  # None (a UDP beat they did not fit in): the last ones stand
+        if counters is None:
+            counters = self.cluster.health[name].counters
+        self._changed(self.cluster.heartbeat(name, beat.seq, beat.service_ok, counters,
                                              now), now)
-        self.referee.compared(name, beat.counters, now)
+        self.referee.compared(name, counters, now)
         guilty = (self.referee.evidence(name, beat.evidence, now)
                   | self.referee.wire(name, beat.wire, self.cluster.epoch_primary, now))
         for culprit in sorted(guilty):
@@ -169,7 +194,7 @@ class Core:
                                 name)
             self._changed(self.cluster.mark_byzantine(
                 culprit, now, "its output disagreed with the majority"), now)
-        return nonce, self.referee.tainted(self.cluster.view.epoch)
+        return self.referee.tainted(self.cluster.view.epoch)
 
     def readmit(self, name, now):
         """The operator readmits a replica marked byzantine (it rejoins as a backup, or as a

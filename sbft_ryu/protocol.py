@@ -143,3 +143,4 @@ MAX_BATCHES = 6  # signed batches per evidence item
 MAX_BATCH_HEX = 4096  # characters of one batch in hex
 MAX_WIRE = 64  # wire reports per heartbeat
 VOTE_PORT = 5557  # the UDP port agents exchange votes on, unless configured otherwise
+HEARTBEAT_PORT = 5558  # the controller's UDP heartbeat port, unless configured otherwise

@@ -1,10 +1,16 @@
 """The controller's side of authentication and voting: one owned object, time passed in.
 
-* **Authentication.** A replica with a key (``replica_key``) must sign every heartbeat
-  (:func:`sbft_ryu.protocol.sign_body`) and include the nonce of the controller's last answer to
-  it. Each accepted heartbeat rotates the nonce, so a replayed heartbeat never verifies, and
-  without the key nobody can speak for that replica. A rejected heartbeat changes no state; its
-  401 answer carries the current nonce (a restarted agent learns it that way).
+* **Authentication.** A replica with a key (``replica_key``) signs every heartbeat
+  (:func:`sbft_ryu.protocol.sign_body`, or a UDP datagram: :mod:`sbft_ryu.beatwire`) with the
+  nonce of its *session* and a sequence number. A session starts when a heartbeat signed with
+  a nonce the controller offered (in a 401 answer) verifies; from then on a heartbeat counts
+  only with that nonce and a sequence number above the last accepted one, by at most
+  SEQ_WINDOW. So a replayed heartbeat never counts, a lost answer costs nothing (the nonce
+  does not change), and without the key nobody can speak for that replica. A rejected
+  heartbeat changes no session and no cluster state; its 401 answer carries a fresh offer
+  (the last OFFERS_KEPT are honoured: a restarted agent starts a session that way).
+* **Pinned sources.** A replica with a ``replica_source`` is heard over HTTP only from that
+  address (:class:`SourceError`, a 403, otherwise).
 * **Evidence.** Reports of disagreement arrive as signed vote batches. A batch counts only if
   its MAC verifies with its author's key and the reporter signed at least one of the batches
   itself; the :class:`~sbft_ryu.voting.Judge` then decides by majority.
@@ -12,8 +18,13 @@
 
 import ipaddress
 import os
+from collections import deque
 
-from sbft_ryu import protocol, voting
+from sbft_ryu import protocol, seal, voting
+
+OFFERS_KEPT = 8  # offered nonces still honoured (a flood of bad heartbeats pushes out old ones)
+SEQ_WINDOW = 1 << 16  # how far a session's sequence numbers may jump (about 55 min at 20/s)
+KEY, SOURCE = "key", "source"  # how a replica's heartbeats are authenticated
 
 
 class AuthError(Exception):
@@ -22,12 +33,25 @@ class AuthError(Exception):
         self.nonce = nonce
 
 
+class SourceError(AuthError):
+    """A pinned replica's heartbeat from another address (403: no nonce helps)."""
+
+    def __init__(self, message):
+        super().__init__(message, None)
+
+
 class Referee:
     def __init__(self, config, new_nonce=lambda: os.urandom(12).hex()):
         self.config = config
         self.keys = dict(config.replica_keys)
+        self.sources = dict(config.replica_sources)
         self._new_nonce = new_nonce
-        self.nonces = {name: new_nonce() for name in self.keys}
+        self.nonces = {name: new_nonce() for name in self.keys}  # each session's nonce
+        self.last_seq = {name: None for name in self.keys}  # None: no heartbeat in it yet
+        self.offers = {name: deque(maxlen=OFFERS_KEPT) for name in self.keys}
+        # sealed once per start: the same bytes in every answer (agents compare answers)
+        self.sealed = ({name: seal.seal(key, name, config.active_secret)
+                        for name, key in self.keys.items()} if config.active_secret else {})
         self.judge = (voting.Judge([r.name for r in config.nodes], config.f,
                                    config.suspicion_threshold, config.suspicion_half_life,
                                    rate=config.suspicion_rate,
@@ -36,21 +60,66 @@ class Referee:
         self.auth_failures = {r.name: 0 for r in config.nodes}
         self._generations = {}  # name -> the generation the judge was last told of
 
-    def authenticate(self, name, beat):
-        """Raise AuthError unless ``beat`` is signed by ``name``'s key with its current nonce
-        (replicas without a key are not authenticated); rotate the nonce when it is."""
+    def how(self, name):
+        """How ``name``'s heartbeats are authenticated: KEY, SOURCE, or None (not at all)."""
+        return KEY if name in self.keys else SOURCE if name in self.sources else None
+
+    def authenticate(self, name, beat, address=None):
+        """Raise AuthError unless ``beat`` (over HTTP, from ``address``) may speak for
+        ``name``: from its pinned source, if any; signed by its key in its session (or with an
+        offered nonce: a new session). Returns the session's nonce (None without a key)."""
+        source = self.sources.get(name)
+        if source is not None and address != source:
+            self.auth_failures[name] += 1
+            raise SourceError(f"heartbeats of {name} are accepted only from its pinned "
+                              f"source address, not from {address}")
         key = self.keys.get(name)
         if key is None:
             return None
-        if beat.nonce != self.nonces[name] or not protocol.body_signed(key, name, beat.body):
+        if beat.nonce is None:
+            return self._reject(name, "no nonce (sign with the nonce of this answer)")
+        if not protocol.body_signed(key, name, beat.body):
+            return self._reject(name, "MAC does not verify")
+        if beat.nonce in self.offers[name]:  # a new session (an agent started or resyncs)
+            self.nonces[name], self.last_seq[name] = beat.nonce, beat.seq
+            self.offers[name].clear()
+            return beat.nonce
+        if beat.nonce != self.nonces[name]:
+            return self._reject(name, "stale or replayed nonce")
+        if not self.in_window(name, beat.seq):
+            return self._reject(name, "sequence number not above the last one (replayed) "
+                                      "or too far beyond it")
+        self.last_seq[name] = beat.seq
+        return beat.nonce
+
+    def in_window(self, name, seq):
+        last = self.last_seq[name]
+        return last is None or last < seq <= last + SEQ_WINDOW
+
+    def accept_datagram(self, name, nonce, seq):
+        """A UDP heartbeat whose MAC verified with ``name``'s key: True (and its sequence
+        number recorded) if it belongs to the current session and moves it forward."""
+        if nonce != self.nonces[name] or not self.in_window(name, seq):
             self.auth_failures[name] += 1
-            reason = ("no nonce (sign with the nonce of this answer)" if beat.nonce is None
-                      else "stale or replayed nonce" if beat.nonce != self.nonces[name]
-                      else "MAC does not verify")
-            raise AuthError(f"heartbeat of {name} not authenticated: {reason}",
-                            self.nonces[name])
-        self.nonces[name] = self._new_nonce()
-        return self.nonces[name]
+            return False
+        self.last_seq[name] = seq
+        return True
+
+    def secret_field(self, name):
+        """What an answer to ``name`` carries of the active-mode secret: sealed under its key,
+        in clear to a pinned source, nothing to a replica nobody authenticated."""
+        how = self.how(name)
+        if how == KEY and name in self.sealed:
+            return {"sealed": self.sealed[name].hex()}
+        if how == SOURCE:
+            return {"secret": self.config.active_secret.hex()}
+        return {}
+
+    def _reject(self, name, reason):
+        self.auth_failures[name] += 1
+        offer = self._new_nonce()
+        self.offers[name].append(offer)
+        raise AuthError(f"heartbeat of {name} not authenticated: {reason}", offer)
 
     def compared(self, reporter, counters, now):
         """An authenticated heartbeat's count of ranges its replica compared (the judge's

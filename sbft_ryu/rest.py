@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 from ryu.app.wsgi import ControllerBase, Response, route
 
-from sbft_ryu import views
+from sbft_ryu import api_token, views
 from sbft_ryu.protocol import MAX_BATCH_HEX, MAX_BATCHES, MAX_EVIDENCE, MAX_WIRE
 
 APP_KEY = "sbft_app"
@@ -81,6 +81,21 @@ def api(*methods):
                                      500)
         return wrapper
     return decorate
+
+
+def operator_action(handler):
+    """A state-changing request that is not a heartbeat: the caller's credential is checked
+    (api_token.check) before anything else, so a denied request learns nothing (not even
+    whether the replica exists) and changes nothing."""
+    @functools.wraps(handler)
+    def wrapper(self, req, **kwargs):
+        try:
+            api_token.check(self.app.config.api_token, req.headers.get("Authorization"),
+                            req.remote_addr)
+        except api_token.Denied as exc:
+            raise ApiError(exc.code, exc.message, exc.headers) from None
+        return handler(self, req, **kwargs)
+    return wrapper
 
 
 def parse_heartbeat(body):
@@ -208,6 +223,7 @@ class SbftRestController(ControllerBase):
 
     @route("sbft_readmit", "/sbft/replicas/{name}/readmit", requirements={"name": NAME_PATTERN})
     @api("POST")
+    @operator_action
     def readmit(self, req, name, **_):
         return json_response(self.app.api_readmit(self._known(name)))
 

@@ -89,7 +89,25 @@ def replica_view(config, cluster, name, now, referee=None):
         "agent_restarts": health.agent_restarts,
         "counters": dict(health.counters),
         "votes": votes_view(name, health, referee, now),
+        **authenticated_view(name, referee),
     }
+
+
+def authenticated_view(name, referee):
+    """Whether the controller can tell this replica's heartbeats from a forger's, and how: by
+    its key ("key") or its pinned management address ("source")."""
+    how = referee.how(name) if referee is not None else None
+    return {"authenticated": how is not None, "authenticated_by": how}
+
+
+def security_view(config, referee):
+    """Who may change what: replicas nobody authenticates, how operator actions are checked,
+    and the UDP heartbeat port."""
+    unauthenticated = [r.name for r in config.nodes
+                       if referee is None or referee.how(r.name) is None]
+    return {"unauthenticated_replicas": unauthenticated,
+            "operator_actions": "bearer token" if config.api_token else "loopback only",
+            "heartbeat_port": config.heartbeat_port or None}
 
 
 def replicas_view(config, cluster, now, referee=None):
@@ -116,6 +134,7 @@ def health_view(config, cluster, switches, now, referee=None):
         "spares": cluster.spare_names(),
         "promotions": promotions_view(cluster, now),
         "heartbeat_timeout_s": config.heartbeat_timeout,
+        "security": security_view(config, referee),
         "voting": voting_view(config, cluster),
         "switches": switches_view(switches),
         "replicas": replicas_view(config, cluster, now, referee),
@@ -134,9 +153,12 @@ def events_view(cluster, now):
                        for event in reversed(cluster.history)]}
 
 
-def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=()):
+def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=(), secret=None,
+                    heartbeat_port=None):
     """The answer to a heartbeat: role, epoch, the parameters agents need; with a key, the
-    nonce the next heartbeat must sign; with voting, the peers and connections to reset."""
+    nonce the next heartbeat must sign; with voting, the peers and connections to reset.
+    ``secret``: what it carries of the active-mode secret (Referee.secret_field: sealed,
+    clear, or nothing); ``heartbeat_port``: the UDP port a keyed agent may use instead."""
     reply = {
         "role": cluster.role(name),
         "epoch": cluster.view.epoch,
@@ -148,10 +170,12 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=())
         "service_port": config.service_port,
     }
     if config.mode == ACTIVE:  # what every replica needs to share one sequence space
-        reply["active"] = {"secret": config.active_secret.hex(),
-                           "wscale": config.active_wscale, "voting": config.voting}
+        reply["active"] = {**(secret or {}), "wscale": config.active_wscale,
+                           "voting": config.voting}
     if nonce is not None:
         reply["nonce"] = nonce
+    if heartbeat_port:
+        reply["heartbeat_port"] = heartbeat_port
     if config.voting:
         voting = voting_view(config, cluster)
         peers = {peer: address for peer, address in sorted((addresses or {}).items())

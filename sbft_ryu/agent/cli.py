@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, vote
+from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, udp, vote
 
 LOG = logging.getLogger("sbft.agent")
 THREAD_JOIN_S = 2.0
@@ -45,6 +45,7 @@ class AgentConfig:
     emulate_skew: Optional[str] = None  # tests only: "ISN:TS_MS", see agent/faults.py
     key_file: Optional[str] = None  # this replica's key (hex): signs heartbeats and votes
     fault: Optional[str] = None  # tests only: behave as a faulty replica, see --fault
+    heartbeat_port: Optional[int] = None  # UDP heartbeats (keyed): None learns it, 0: HTTP
     log_level: str = "INFO"
 
 
@@ -98,6 +99,9 @@ def parse_args(argv=None):
     parser.add_argument("--key-file", default=None,
                         help="file holding this replica's key in hex (the controller's "
                         "replica_key): signs heartbeats, reports and votes")
+    parser.add_argument("--heartbeat-port", type=int, default=None, choices=range(0, 65536),
+                        metavar="PORT", help="the controller's UDP heartbeat port, used with "
+                        "--key-file (default: the port the controller names; 0: HTTP only)")
     parser.add_argument("--fault", default=None, metavar="FAULT",
                         help="tests only (needs SBFT_TEST_FAULTS=1): tamper-wire (armed by "
                         "SIGUSR1) sends altered replies past the vote, as a compromised host; "
@@ -197,7 +201,8 @@ class Agent:
                                                    on_role=self.runner.wake,
                                                    key=self.key, name=config.name,
                                                    reports=self.reports,
-                                                   on_answer=self.on_answer)
+                                                   on_answer=self.on_answer,
+                                                   udp=self._udp_channel(client))
             threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
                                         name="heartbeat", daemon=True),
                        threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
@@ -308,6 +313,14 @@ class Agent:
         sock.setblocking(False)
         sock.bind(("0.0.0.0", self.config.notify_port))
         return sock
+
+
+    def _udp_channel(self, client):
+        """UDP heartbeats for a keyed agent, unless --heartbeat-port 0."""
+        port = self.config.heartbeat_port
+        if self.key is None or port == 0:
+            return None
+        return udp.UdpChannel(client.host, self.key, self.config.name, port)
 
 
 def _read_key(path):

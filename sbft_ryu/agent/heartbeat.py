@@ -19,7 +19,9 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Optional
 
+from sbft_ryu import seal
 from sbft_ryu.agent.iptables import fast_mark
+from sbft_ryu.agent.udp import UdpMiss
 from sbft_ryu.agent.vote import VoteConfig
 from sbft_ryu.protocol import MAX_EVIDENCE, MAX_WIRE, sign_body
 
@@ -32,6 +34,8 @@ LOG = logging.getLogger("sbft.agent")
 MIN_NUDGE_GAP_S = 0.005
 REPORTS_KEPT = 64  # evidence waiting to reach the controller (the newest kept)
 STOP_CHECK_S = 0.1
+UDP_MISSES = 3  # UDP beats in a row without an answer before one goes over HTTP
+COUNTERS_EVERY_S = 1.0  # counters too large for a datagram travel over HTTP this often
 
 
 class RoleState:
@@ -72,19 +76,17 @@ class Answer:
     mode_key: tuple = (None, "null")  # a change of mode (or of its parameters) changes it
     voting: Optional[VoteConfig] = None  # None: the answer carries no voting configuration
     reset: frozenset = frozenset()  # (client address, port) a primary resets
+    heartbeat_port: Optional[int] = None  # the controller's UDP heartbeat port (keyed agents)
 
     @classmethod
-    def parse(cls, body):
+    def parse(cls, body, key=None, name=None):
         """From an answer body whose role is one of ROLES (ValueError on a malformed voting
-        configuration)."""
+        configuration); ``key`` and ``name`` open a sealed active-mode secret."""
         params = body.get("active")
         active = None
         if isinstance(params, dict) or body.get("mode") == "active":
             params = params if isinstance(params, dict) else {}
-            try:
-                secret = bytes.fromhex(params.get("secret", ""))
-            except (TypeError, ValueError):
-                secret = b""
+            secret = _secret(params, key, name)
             try:
                 wscale = int(params.get("wscale", 7))
             except (TypeError, ValueError):
@@ -109,7 +111,8 @@ class Answer:
                    interval=_seconds(body.get("heartbeat_interval_s")),
                    vip=body.get("vip"), mode=body.get("mode"), active=active,
                    mode_key=(body.get("mode"), json.dumps(body.get("active"), sort_keys=True)),
-                   voting=config, reset=reset)
+                   voting=config, reset=reset,
+                   heartbeat_port=_port(body.get("heartbeat_port")))
 
     @property
     def vote_port(self):
@@ -171,6 +174,24 @@ class ControllerClient:
             self._conn = None
 
 
+def _secret(params, key, name):
+    """The active-mode secret of an answer: sealed for this agent (opened with its key), or
+    in clear (a pinned agent); b"" when absent or not this agent's."""
+    try:
+        if "sealed" in params:
+            if key is None:
+                return b""
+            return seal.unseal(key, name, bytes.fromhex(params["sealed"]))
+        return bytes.fromhex(params.get("secret", ""))
+    except (TypeError, ValueError):
+        return b""
+
+
+def _port(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) and \
+        0 < value < 65536 else None
+
+
 def _seconds(value):
     """A finite float from a JSON number, or None (bools, NaN, inf and huge ints are not)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -187,7 +208,7 @@ class Heartbeats:
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
                  clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None,
-                 on_role=None, key=None, name=None, reports=None, on_answer=None):
+                 on_role=None, key=None, name=None, reports=None, on_answer=None, udp=None):
         self.client = client
         self.state = state
         self.probe = probe
@@ -214,6 +235,12 @@ class Heartbeats:
         self.answer = None  # the last Answer
         self.sent = 0
         self.failures = 0
+        # keyed agents: heartbeats over UDP (agent.udp.UdpChannel) once a session exists
+        self.udp = udp
+        self.udp_sent = 0
+        self.udp_misses = 0  # in a row; UDP_MISSES of them: the next beat goes over HTTP
+        self._http_at = float("-inf")  # the last heartbeat answered over HTTP
+        self._http_next = False  # the controller asked for HTTP (its answer did not fit)
 
     def run(self, stop):
         seq = 0
@@ -265,9 +292,11 @@ class Heartbeats:
             return
         self.sent += 1
         self._controller(True, "controller reachable")
-        answer = Answer.parse(body)
+        answer = Answer.parse(body, self.key, self.name)
         self.answer = answer
         self.nonce = answer.nonce
+        if self.udp is not None and self.udp.port is None and answer.heartbeat_port:
+            self.udp.port = answer.heartbeat_port  # learned from the controller
         if self.fixed_interval is None and answer.interval is not None:
             self.interval = min(max(answer.interval, 0.005), 10.0)
         self.apply_answer(answer)
@@ -307,11 +336,14 @@ class Heartbeats:
             self._unsent.extend(self.reports())
             del self._unsent[:-REPORTS_KEPT]
         self._sending = _share(self._unsent)
+        if self._udp_turn():
+            return self._udp_exchange(seq)
         for attempt in range(2):
             try:
                 answer = self.client.heartbeat(self._body(seq))
                 sent = set(map(id, self._sending))  # the rest goes with the next heartbeat
                 self._unsent = [item for item in self._unsent if id(item) not in sent]
+                self._http_at, self._http_next, self.udp_misses = self.clock(), False, 0
                 return answer
             except ControllerRejected as exc:
                 nonce = exc.answer.get("nonce")
@@ -328,6 +360,32 @@ class Heartbeats:
                                         f"{self.state.role} (fail-static)")
                 return None
         return None
+
+    def _udp_turn(self):
+        """Whether this beat goes over UDP: a keyed agent with a session (its nonce) and the
+        controller's port, nothing for HTTP only (evidence, wire reports, counters that did
+        not fit for a second), and answers coming back."""
+        udp = self.udp
+        return (udp is not None and udp.port is not None and self.nonce is not None
+                and not self._unsent and not self._http_next and self.udp_misses < UDP_MISSES
+                and (udp.carried_counters or self.clock() - self._http_at < COUNTERS_EVERY_S))
+
+    def _udp_exchange(self, seq):
+        self.udp_sent += 1
+        try:
+            answer = self.udp.exchange(seq, self.probe.ok(self.clock()), self.nonce,
+                                       self.counters(), _udp_wait(self.interval))
+        except UdpMiss:
+            self.udp_misses += 1  # the beat itself may well have counted: no failure yet
+            return None
+        self.udp_misses = 0
+        if answer is None:
+            self._http_next = True
+            return None
+        if not isinstance(answer, dict) or answer.get("role") not in ROLES:
+            self._http_next = True
+            return None
+        return answer
 
     def apply(self, role, epoch, primary_name):
         state = self.state
@@ -357,6 +415,11 @@ class Heartbeats:
             return
         self.controller_ok = ok
         (LOG.info if ok else LOG.warning)("%s", message)
+
+
+def _udp_wait(interval):
+    """How long a UDP beat waits for its answer: most of the interval, at most 0.25 s."""
+    return min(max(0.8 * interval, 0.005), 0.25)
 
 
 def _wire_report(client, port, epoch, start, end, generation=None):

@@ -34,6 +34,9 @@ DEFAULT_RAW = {
     "suspicion_half_life": "5",
     "suspicion_rate": "0.01",
     "unvoted": "serve",
+    "replica_source": [],
+    "heartbeat_port": "5558",
+    "api_token_file": "",
 }
 
 

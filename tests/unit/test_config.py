@@ -420,6 +420,7 @@ def test_option_names_list_the_new_options_in_order():
                                    "heartbeat_timeout", "heartbeat_interval",
                                    "agent_notify_port", "startup_grace", "service_priority",
                                    "mode", "active_secret", "active_wscale", "replica_key",
+                                   "replica_source", "heartbeat_port", "api_token_file",
                                    "voting", "vote_port", "vote_hold", "suspicion_threshold",
                                    "suspicion_half_life", "suspicion_rate", "unvoted")
 
@@ -434,7 +435,8 @@ def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
         "vmac, service_port, replica, spare, spare_after, dpid, heartbeat_timeout, "
         "heartbeat_interval, "
         f"agent_notify_port, startup_grace, service_priority, mode, active_secret, "
-        f"active_wscale, replica_key, voting, vote_port, vote_hold, suspicion_threshold, "
+        f"active_wscale, replica_key, replica_source, heartbeat_port, api_token_file, "
+        f"voting, vote_port, vote_hold, suspicion_threshold, "
         f"suspicion_half_life, suspicion_rate, unvoted) at {path}:3")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from sbft_ryu import protocol, rest
 from sbft_ryu.config import build_config
-from sbft_ryu.referee import AuthError, Referee
+from sbft_ryu.referee import OFFERS_KEPT, SEQ_WINDOW, AuthError, Referee, SourceError
 
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(("lb1", "lb2", "lb3"), 1)}
 CLIENT = bytes([10, 0, 0, 31])
@@ -48,36 +48,77 @@ def test_every_keyed_replica_starts_with_its_own_nonce(referee):
     assert referee.auth_failures == {"lb1": 0, "lb2": 0, "lb3": 0}
 
 
-def test_a_heartbeat_signed_with_the_current_nonce_is_accepted_and_rotates_it(referee):
-    assert referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"])) == "nonce-4"
-    assert referee.nonces["lb1"] == "nonce-4"
-    assert referee.authenticate("lb1", beat(nonce="nonce-4", key=KEYS["lb1"], seq=2)) == \
-        "nonce-5"
+def test_a_session_keeps_its_nonce_and_moves_with_the_sequence_number(referee):
+    assert referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"])) == "nonce-1"
+    # an answer lost in between costs nothing: the nonce did not change, seq 2 never arrived
+    assert referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"], seq=3)) == \
+        "nonce-1"
+    assert (referee.nonces["lb1"], referee.last_seq["lb1"]) == ("nonce-1", 3)
     assert referee.nonces["lb2"] == "nonce-2"  # per replica
     assert referee.auth_failures["lb1"] == 0
 
 
-def test_a_heartbeat_without_a_nonce_learns_the_current_one(referee):
+def test_a_heartbeat_without_a_nonce_gets_an_offer_and_the_offer_starts_a_session(referee):
     with pytest.raises(AuthError, match="no nonce") as info:
-        referee.authenticate("lb1", beat(key=KEYS["lb1"]))
-    assert info.value.nonce == "nonce-1"
-    assert referee.nonces["lb1"] == "nonce-1"  # a rejected heartbeat changes nothing
+        referee.authenticate("lb1", beat(key=KEYS["lb1"], seq=0))
+    assert info.value.nonce == "nonce-4"
+    assert referee.nonces["lb1"] == "nonce-1"  # a rejected heartbeat changes no session
     assert referee.auth_failures["lb1"] == 1
+    # (a restarted agent: its sequence numbers start again at 0)
+    assert referee.authenticate("lb1", beat(nonce="nonce-4", key=KEYS["lb1"], seq=0)) == \
+        "nonce-4"
+    assert (referee.nonces["lb1"], referee.last_seq["lb1"]) == ("nonce-4", 0)
+    with pytest.raises(AuthError, match="stale"):  # an offer starts one session only
+        referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"], seq=1))
 
 
 def test_a_replayed_heartbeat_is_rejected(referee):
-    accepted = beat(nonce="nonce-1", key=KEYS["lb1"])
+    accepted = beat(nonce="nonce-1", key=KEYS["lb1"], seq=5)
     referee.authenticate("lb1", accepted)
-    with pytest.raises(AuthError, match="stale or replayed nonce") as info:
-        referee.authenticate("lb1", accepted)
-    assert info.value.nonce == "nonce-4"
-    assert referee.auth_failures["lb1"] == 1
+    for replayed in (accepted, beat(nonce="nonce-1", key=KEYS["lb1"], seq=4)):
+        with pytest.raises(AuthError, match="replayed") as info:
+            referee.authenticate("lb1", replayed)
+        assert info.value.nonce.startswith("nonce-")
+    assert referee.auth_failures["lb1"] == 2 and referee.last_seq["lb1"] == 5
+
+
+def test_a_sequence_number_beyond_the_window_is_rejected(referee):
+    referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"], seq=5))
+    with pytest.raises(AuthError, match="too far"):
+        referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"],
+                                         seq=5 + SEQ_WINDOW + 1))
+    assert referee.authenticate("lb1", beat(nonce="nonce-1", key=KEYS["lb1"],
+                                            seq=5 + SEQ_WINDOW)) == "nonce-1"
+
+
+def test_offers_are_bounded_and_the_oldest_expire(referee):
+    offers = []
+    for _ in range(OFFERS_KEPT + 1):
+        with pytest.raises(AuthError) as info:
+            referee.authenticate("lb1", beat(key=b"x" * 16, nonce="forged"))
+        offers.append(info.value.nonce)
+    with pytest.raises(AuthError, match="stale"):
+        referee.authenticate("lb1", beat(nonce=offers[0], key=KEYS["lb1"]))
+    assert referee.authenticate("lb1", beat(nonce=offers[-1], key=KEYS["lb1"])) == offers[-1]
+
+
+def test_a_pinned_replica_is_heard_only_from_its_source(raw):
+    raw["replica_source"] = ["lb2 10.254.0.12"]
+    referee = make_referee(build_config(raw))
+    assert referee.how("lb2") == "source" and referee.how("lb3") is None
+    assert referee.authenticate("lb2", beat("lb2"), "10.254.0.12") is None
+    for address in ("10.254.0.13", None):
+        with pytest.raises(SourceError, match="pinned source") as info:
+            referee.authenticate("lb2", beat("lb2"), address)
+        assert info.value.nonce is None
+    assert referee.auth_failures["lb2"] == 2
+    assert referee.authenticate("lb3", beat("lb3"), "10.9.9.9") is None  # not pinned
 
 
 @pytest.mark.parametrize("key", [KEYS["lb2"], b"\x00" * 16, None], ids=["another-replicas-key",
                                                                        "a-guessed-key", "no-mac"])
 def test_a_heartbeat_not_signed_with_the_replicas_key_is_rejected(referee, key):
-    with pytest.raises(AuthError, match="MAC does not verify"):
+    with pytest.raises(AuthError, match="MAC does not verify" if key else "no nonce|MAC"):
         referee.authenticate("lb1", beat(nonce="nonce-1", key=key))
     assert referee.nonces["lb1"] == "nonce-1"
     assert referee.auth_failures == {"lb1": 1, "lb2": 0, "lb3": 0}

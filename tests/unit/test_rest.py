@@ -43,7 +43,8 @@ class FakeApp:
         assert isinstance(beat, rest.Heartbeat)
         self.calls.append((name, beat.seq, beat.service_ok, beat.counters, address))
         self.cluster.heartbeat(name, beat.seq, beat.service_ok, beat.counters, NOW)
-        return views.heartbeat_reply(self.config, self.cluster, name)
+        return views.heartbeat_reply(self.config, self.cluster, name,  # as to a pinned agent
+                                     secret={"secret": self.config.active_secret.hex()})
 
     def api_metrics_text(self):
         return metrics.exposition(self.registry)
@@ -200,11 +201,19 @@ def test_active_heartbeat_answer_carries_the_secret_and_the_window_scale(app, ws
 
 def test_heartbeat_reply_of_every_replica_has_the_same_active_block(app):
     config = dataclasses.replace(app.config, mode="active", active_secret=SECRET)
-    replies = [views.heartbeat_reply(config, app.cluster, name) for name in ("lb1", "lb2",
-                                                                             "lb3")]
+    replies = [views.heartbeat_reply(config, app.cluster, name,
+                                     secret={"secret": SECRET.hex()})
+               for name in ("lb1", "lb2", "lb3")]
     assert [reply["role"] for reply in replies] == ["primary", "backup", "backup"]
     assert all(reply["active"] == {"secret": SECRET.hex(), "wscale": 7, "voting": False}
                for reply in replies)
+
+
+def test_an_active_reply_carries_no_secret_unless_given_one(app):
+    config = dataclasses.replace(app.config, mode="active", active_secret=SECRET)
+    reply = views.heartbeat_reply(config, app.cluster, "lb1")
+    assert reply["active"] == {"wscale": 7, "voting": False}
+    assert SECRET.hex() not in json.dumps(reply)
 
 
 def test_passive_heartbeat_reply_never_shows_the_secret(app):
