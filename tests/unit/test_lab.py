@@ -74,23 +74,45 @@ def lab_config(tmp_path, monkeypatch, **kwargs):
     return (tmp_path / "sbft.conf").read_text(encoding="utf-8")
 
 
+PINS = "".join(f"replica_source = lb{i} 10.254.0.1{i}\n" for i in (1, 2, 3))
+
+
+def port_free(text):
+    """The config text with its (random, free) heartbeat_port line taken out, and the port."""
+    lines = text.splitlines(keepends=True)
+    ports = [line for line in lines if line.startswith("heartbeat_port = ")]
+    assert len(ports) == 1
+    return "".join(line for line in lines if line not in ports), int(ports[0].split()[-1])
+
+
 def test_lab_gives_a_generous_startup_grace_unless_told(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, lbs=2)
-    assert text == lab_module.sbft_config_text(topo.plan(2, 2, 1), "startup_grace = 10\n")
-    assert load_text(tmp_path, text).startup_grace == 10.0
+    rest, port = port_free(text)
+    assert rest == lab_module.sbft_config_text(topo.plan(2, 2, 1),
+                                               "startup_grace = 10\n" + PINS[:-33])
+    loaded = load_text(tmp_path, text)
+    assert (loaded.startup_grace, loaded.heartbeat_port) == (10.0, port)
+    assert loaded.replica_sources == {"lb1": "10.254.0.11", "lb2": "10.254.0.12"}
 
 
 def test_lab_keeps_the_extra_options_after_the_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, sbft_extra="mode = active\n")
-    assert text.endswith("startup_grace = 10\nmode = active\n")
+    assert port_free(text)[0].endswith("startup_grace = 10\n" + PINS + "mode = active\n")
     loaded = load_text(tmp_path, text)
     assert (loaded.startup_grace, loaded.mode) == (10.0, "active")
 
 
 def test_lab_takes_a_given_startup_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, sbft_extra="startup_grace = 0.5\n")
-    assert text == lab_module.sbft_config_text(topo.plan(3, 2, 1), "startup_grace = 0.5\n")
+    assert port_free(text)[0] == lab_module.sbft_config_text(
+        topo.plan(3, 2, 1), PINS + "startup_grace = 0.5\n")
     assert text.count("startup_grace") == 1
+
+
+def test_lab_with_keys_pins_nothing_and_keys_every_replica(tmp_path, monkeypatch):
+    loaded = load_text(tmp_path, lab_config(tmp_path, monkeypatch, keys=True))
+    assert sorted(loaded.replica_keys) == ["lb1", "lb2", "lb3"]
+    assert loaded.replica_sources == {} and loaded.mode == "passive"
 
 
 def test_lab_baseline_config_has_no_replicas_and_no_grace(tmp_path, monkeypatch):

@@ -44,6 +44,12 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        return sock.getsockname()[1]
+
+
 def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
     """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen."""
     argv = [os.path.join(topo.VENV_BIN, "ryu-manager"), "--ofp-tcp-listen-port", str(ofp_port),
@@ -131,20 +137,27 @@ class Lab:
                  sbft_extra="", ryu_args=(), controller=None, rundir=None,
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
                  passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
-                 skew=False, voting=False, faults=None, backend_date=False, spares=0):
+                 skew=False, voting=False, faults=None, backend_date=False, spares=0,
+                 keys=False, pin_sources=True):
         """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
         switch as a plain learning switch (no replicas configured: flows file only).
         ``voting``: active mode with Byzantine output voting (keys generated per lab);
         ``faults``: replica -> an agent ``--fault`` (tests only); ``spares``: the last
-        replicas are configured as spares (they run like the others)."""
-        if voting:
-            keys = {r["name"]: os.urandom(32).hex() for r in topo.plan(lbs, backends,
-                                                                   clients)["replicas"]}
-            sbft_extra = ("mode = active\nvoting = on\n"
+        replicas are configured as spares (they run like the others); ``keys``: a key per
+        replica (implied by voting: heartbeats over UDP); ``pin_sources``: keyless replicas are
+        pinned to their management address (``replica_source``), as a deployment should."""
+        layout = topo.plan(lbs, backends, clients)
+        if voting or keys:
+            keys = {r["name"]: os.urandom(32).hex() for r in layout["replicas"]}
+            sbft_extra = (("mode = active\nvoting = on\n" if voting else "")
                           + "".join(f"replica_key = {name} {key}\n"
                                     for name, key in keys.items()) + sbft_extra)
         else:
             keys = None
+            if pin_sources and vip_mode == "sbft" and "replica_source" not in sbft_extra:
+                sbft_extra = "".join(f"replica_source = {r['name']} {r['mgmt_ip']}\n"
+                                     for r in layout["replicas"]) + sbft_extra
+        self.keys = keys
         self.layout = topo.plan(lbs, backends, clients)
         self.vip_mode = vip_mode
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
@@ -201,6 +214,8 @@ class Lab:
                     # a generous grace: on 2 busy cores agents can start seconds apart, and
                     # tests and benchmarks want the configured order (lb1 first) to decide
                     grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
+                    if "heartbeat_port" not in self.sbft_extra:  # (two labs may overlap)
+                        grace += f"heartbeat_port = {free_udp_port()}\n"
                     handle.write(sbft_config_text(self.layout, grace + self.sbft_extra,
                                                   self.spares))
                 else:  # baseline: a plain learning switch
