@@ -97,6 +97,7 @@ class SbftApp(app_manager.RyuApp):
             raise SystemExit(2) from None
         self.switches = {}  # dpid -> Switch
         self._nudge_socket = None
+        self._udp_answers = beatwire.AnswerCache()
         self.core = Core(self.config, send=self._send, nudge=self._nudge_agents,
                          logger=self.logger, lock=hub.Semaphore(1))
         self.registry = metrics.make_registry(self._metrics_source)
@@ -231,7 +232,8 @@ class SbftApp(app_manager.RyuApp):
             return None
         name, seq, nonce, reset = heard
         return beatwire.answer_datagram(self.referee.keys[name], name, seq,
-                                        self._heartbeat_reply(name, nonce, reset))
+                                        self._heartbeat_reply(name, nonce, reset),
+                                        self._udp_answers)
 
     def _heartbeat_reply(self, name, nonce, reset):
         keyed = name in self.referee.keys

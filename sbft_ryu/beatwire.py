@@ -140,9 +140,24 @@ def open_beat(keys, datagram):
 
 # ---- controller → agent -------------------------------------------------------------------
 
-def answer_datagram(key, name, seq, answer):
+class AnswerCache:
+    """The last compressed answer per replica: between changes of role or epoch an agent gets
+    the same answer every beat, and compressing it again would cost more than the rest."""
+
+    def __init__(self):
+        self._last = {}  # name -> (answer, compressed)
+
+    def deflated(self, name, answer):
+        last = self._last.get(name)
+        if last is None or last[0] != answer:
+            last = self._last[name] = (answer, _deflate(answer))
+        return last[1]
+
+
+def answer_datagram(key, name, seq, answer, cache=None):
     """The signed ANSWER to beat ``seq``, or USE_HTTP when the answer does not fit."""
-    datagram = _pack(ANSWER, name, key, _SEQ.pack(seq) + _deflate(answer))
+    payload = cache.deflated(name, answer) if cache is not None else _deflate(answer)
+    datagram = _pack(ANSWER, name, key, _SEQ.pack(seq) + payload)
     if len(datagram) <= MAX_DATAGRAM:
         return datagram
     return _pack(USE_HTTP, name, key, _SEQ.pack(seq))

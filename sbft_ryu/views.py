@@ -102,12 +102,12 @@ def authenticated_view(name, referee):
 
 def security_view(config, referee):
     """Who may change what: replicas nobody authenticates, how operator actions are checked,
-    and the UDP heartbeat port."""
+    and the UDP heartbeat port (None: not served, as no replica has a key)."""
     unauthenticated = [r.name for r in config.nodes
                        if referee is None or referee.how(r.name) is None]
     return {"unauthenticated_replicas": unauthenticated,
             "operator_actions": "bearer token" if config.api_token else "loopback only",
-            "heartbeat_port": config.heartbeat_port or None}
+            "heartbeat_port": (config.heartbeat_port or None) if config.replica_keys else None}
 
 
 def replicas_view(config, cluster, now, referee=None):

@@ -41,6 +41,7 @@ def make_app(raw, monkeypatch, tmp_path, token=True, **options):
     sbft.config = config
     sbft.logger = logging.getLogger("test.sbft.speak")
     sbft.core = Core(config, send=lambda *a: True, logger=sbft.logger)
+    sbft._udp_answers = beatwire.AnswerCache()
     sbft.core.cluster = ClusterState(config.replicas, 0.0)
     sbft.cluster.set_ports(1, {1: True, 2: True, 3: True}, NOW)  # lb1 primary, epoch 1
     counter = itertools.count(1)
@@ -238,6 +239,7 @@ def test_without_keys_or_sources_health_and_the_log_warn(raw, monkeypatch, tmp_p
     health = views.health_view(config, sbft.core.cluster, {}, NOW, sbft.core.referee)
     assert health["security"]["unauthenticated_replicas"] == ["lb1", "lb2", "lb3"]
     assert health["replicas"][0]["authenticated"] is False
+    assert health["security"]["heartbeat_port"] is None  # no keys: no UDP channel
 
 
 # --- UDP heartbeats -----------------------------------------------------------------------------
@@ -295,6 +297,16 @@ def test_a_udp_beat_without_counters_keeps_the_last_ones(app):
     assert len(data) <= beatwire.MAX_DATAGRAM and not carried
     assert app.udp_heartbeat(data, MGMT) is not None
     assert app.cluster.health["lb2"].counters == {"claims": 4}
+
+
+def test_the_answer_cache_compresses_again_only_when_the_answer_changes():
+    cache = beatwire.AnswerCache()
+    first = beatwire.answer_datagram(KEYS["lb1"], "lb1", 1, {"role": "backup"}, cache)
+    again = beatwire.answer_datagram(KEYS["lb1"], "lb1", 2, {"role": "backup"}, cache)
+    assert beatwire.open_answer(KEYS["lb1"], "lb1", 2, again) == {"role": "backup"}
+    assert first[:-24] != again[:-24] or first != again  # (another sequence number)
+    changed = beatwire.answer_datagram(KEYS["lb1"], "lb1", 3, {"role": "primary"}, cache)
+    assert beatwire.open_answer(KEYS["lb1"], "lb1", 3, changed) == {"role": "primary"}
 
 
 def test_an_answer_too_large_for_a_datagram_says_use_http(app):
