@@ -15,7 +15,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-from eventlet.green import socket as green_socket
 from ryu import cfg
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -26,8 +25,8 @@ from ryu.lib import dpid as dpid_lib
 from ryu.lib import hub
 
 from sbft_ryu import config as sbft_config
-from sbft_ryu import beatwire, metrics, ofp, rest, views
-from sbft_ryu.core import Core, NotByzantine
+from sbft_ryu import beatwire, metrics, ofp, rest, udp_server, views
+from sbft_ryu.core import REJECTED, SLOW, Core, NotByzantine
 from sbft_ryu.flowfile import FlowSyntaxError
 from sbft_ryu.ofp import TranslationError, make_translator
 from sbft_ryu.referee import AuthError, SourceError
@@ -98,6 +97,7 @@ class SbftApp(app_manager.RyuApp):
         self.switches = {}  # dpid -> Switch
         self._nudge_socket = None
         self._udp_answers = beatwire.AnswerCache()
+        self._udp_server = udp_server.UdpHeartbeatServer(self._udp_fast, self._udp_slow)
         self.core = Core(self.config, send=self._send, nudge=self._nudge_agents,
                          logger=self.logger, lock=hub.Semaphore(1))
         self.registry = metrics.make_registry(self._metrics_source)
@@ -121,7 +121,9 @@ class SbftApp(app_manager.RyuApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._ticker))
         if self.config.heartbeat_port and self.config.replica_keys:
-            self.threads.append(hub.spawn(self._udp_heartbeats))
+            slow = self._udp_heartbeats()
+            if slow is not None:
+                self.threads.append(slow)
         return thread
 
     def _warn_unauthenticated(self):
@@ -271,23 +273,39 @@ class SbftApp(app_manager.RyuApp):
 
     def _udp_heartbeats(self):
         """Serve UDP heartbeats on heartbeat_port, bound to the REST API's address
-        (``--wsapi-host``): a datagram that does not verify gets no answer."""
-        sock = green_socket.socket(green_socket.AF_INET, green_socket.SOCK_DGRAM)
+        (``--wsapi-host``), in a native thread (udp_server): a datagram that does not verify
+        gets no answer."""
         try:
-            sock.bind((CONF.wsapi_host or "0.0.0.0", self.config.heartbeat_port))
+            return self._udp_server.start(CONF.wsapi_host or "0.0.0.0",
+                                          self.config.heartbeat_port, hub.spawn)
         except OSError as exc:
             self.logger.error("sbft: cannot listen for UDP heartbeats on port %d (%s): "
                               "agents stay on HTTP", self.config.heartbeat_port, exc)
-            return
-        while True:
-            data, address = sock.recvfrom(beatwire.MAX_DATAGRAM + 1)
-            try:
-                reply = self.udp_heartbeat(data, address[0])
-                if reply is not None:
-                    sock.sendto(reply, address)
-            except Exception:  # one bad datagram must not end the channel
-                self.counters["handler_error"] += 1
-                self.logger.exception("sbft: UDP heartbeat from %s failed", address[0])
+            return None
+
+    def _udp_fast(self, datagram, address, now):
+        """In the UDP thread: the answer to a steady heartbeat, None (no answer), or SLOW."""
+        heard = self.core.udp_steady(datagram, address, now)
+        if heard == SLOW:
+            return udp_server.SLOW
+        if heard == REJECTED:
+            return None
+        name, seq, nonce = heard
+        # a steady beat's answer depends on nothing else (no voting: no peers, no resets)
+        depends = (self.cluster.view, self.cluster.state(name), nonce)
+        payload = self._udp_answers.keyed(
+            name, depends, lambda: self._heartbeat_reply(name, nonce, ()))
+        return beatwire.answer_from_payload(self.referee.keys[name], name, seq, payload)
+
+    def _udp_slow(self, datagram, address):
+        """On the hub: a UDP heartbeat processed in full (it may change the view)."""
+        self.counters["heartbeat_udp_slow"] += 1
+        try:
+            return self.udp_heartbeat(datagram, address)
+        except Exception:  # one bad datagram must not end the channel
+            self.counters["handler_error"] += 1
+            self.logger.exception("sbft: UDP heartbeat from %s failed", address)
+            return None
 
     def _ports(self, switch, ports):
         self.core.set_ports(switch.datapath.id,

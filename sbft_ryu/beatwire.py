@@ -142,10 +142,13 @@ def open_beat(keys, datagram):
 
 class AnswerCache:
     """The last compressed answer per replica: between changes of role or epoch an agent gets
-    the same answer every beat, and compressing it again would cost more than the rest."""
+    the same answer every beat, and compressing it again would cost more than the rest.
+    :meth:`keyed` goes further: the caller names what the answer depends on (``key``), and
+    the answer is built (``build()``) only when that changed."""
 
     def __init__(self):
         self._last = {}  # name -> (answer, compressed)
+        self._keyed = {}  # name -> (key, compressed)
 
     def deflated(self, name, answer):
         last = self._last.get(name)
@@ -153,10 +156,21 @@ class AnswerCache:
             last = self._last[name] = (answer, _deflate(answer))
         return last[1]
 
+    def keyed(self, name, key, build):
+        last = self._keyed.get(name)
+        if last is None or last[0] != key:
+            last = self._keyed[name] = (key, self.deflated(name, build()))
+        return last[1]
+
 
 def answer_datagram(key, name, seq, answer, cache=None):
     """The signed ANSWER to beat ``seq``, or USE_HTTP when the answer does not fit."""
     payload = cache.deflated(name, answer) if cache is not None else _deflate(answer)
+    return answer_from_payload(key, name, seq, payload)
+
+
+def answer_from_payload(key, name, seq, payload):
+    """answer_datagram with the answer already compressed (AnswerCache)."""
     datagram = _pack(ANSWER, name, key, _SEQ.pack(seq) + payload)
     if len(datagram) <= MAX_DATAGRAM:
         return datagram

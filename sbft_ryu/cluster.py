@@ -236,6 +236,18 @@ class ClusterState:
         missing = self.recorded - count
         return list(self.history)[-missing:] if missing > 0 else []
 
+    def steady_heartbeat(self, name, seq, counters, now):
+        """A heartbeat that changes nothing but its replica's age, sequence number and counters
+        (``counters`` None: unchanged): what :meth:`heartbeat` records, without evaluating
+        (Core.udp_steady decides when that holds)."""
+        health = self.health[name]
+        health.seq = seq
+        health.last_heartbeat = now
+        if counters is not None:
+            health.counters = dict(counters)
+        health.heartbeats += 1
+        health.acked_epoch = self.view.epoch
+
     def heartbeat_age(self, name, now):
         last = self.health[name].last_heartbeat
         return None if last is None else max(0.0, now - last)
