@@ -232,7 +232,9 @@ class SbftApp(app_manager.RyuApp):
         heard = self.core.udp_heartbeat(datagram, address, time.monotonic())
         if heard is None:
             return None
-        name, seq, nonce, reset = heard
+        name, seq, nonce, reset, wanted = heard
+        if not wanted:
+            return None
         return beatwire.answer_datagram(self.referee.keys[name], name, seq,
                                         self._heartbeat_reply(name, nonce, reset),
                                         self._udp_answers)
@@ -290,7 +292,9 @@ class SbftApp(app_manager.RyuApp):
             return udp_server.SLOW
         if heard == REJECTED:
             return None
-        name, seq, nonce = heard
+        name, seq, nonce, wanted = heard
+        if not wanted:
+            return None
         # a steady beat's answer depends on nothing else (no voting: no peers, no resets)
         depends = (self.cluster.view, self.cluster.state(name), nonce)
         payload = self._udp_answers.keyed(

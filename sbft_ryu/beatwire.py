@@ -5,9 +5,11 @@ BLAKE2b as for vote batches, covers everything before it, with the replica's ``r
 At most MAX_DATAGRAM bytes, so it never fragments on the management network.
 
 * BEAT (agent → controller): the payload is the zlib-compressed JSON of a heartbeat body
-  ``{"seq", "service_ok", "nonce", "counters"}``; ``counters`` is left out when it would not
-  fit (the controller keeps the last ones; the agent refreshes them over HTTP). Evidence and
-  wire reports never travel here: a heartbeat carrying them goes over HTTP.
+  ``{"seq", "service_ok", "nonce", "counters", "answer"}``; ``counters`` is left out when it
+  would not fit (the controller keeps the last ones; the agent refreshes them over HTTP);
+  ``answer`` false: the agent wants no answer to this beat (it asks every few beats, after a
+  nudge and after a miss: sending answers is most of what a beat costs the controller).
+  Evidence and wire reports never travel here: a heartbeat carrying them goes over HTTP.
 * ANSWER (controller → agent): the beat's sequence number, then the compressed JSON of the
   same answer HTTP gives. An answer that would not fit is sent as USE_HTTP (the sequence
   number only): the agent's next heartbeat goes over HTTP.
@@ -45,6 +47,7 @@ class Beat(NamedTuple):
     service_ok: bool
     counters: Optional[dict]
     nonce: str
+    answer: bool = True  # whether the agent waits for an answer to this beat
     evidence: tuple = ()
     wire: tuple = ()
 
@@ -100,11 +103,13 @@ def _inflate(payload):
 
 # ---- agent → controller -------------------------------------------------------------------
 
-def beat_datagram(key, name, seq, service_ok, nonce, counters):
+def beat_datagram(key, name, seq, service_ok, nonce, counters, answer=True):
     """(the signed BEAT datagram, whether it carries the counters): without them if they do
     not fit; (None, False) if even that does not fit (a nonce far beyond what controllers
     issue)."""
     body = {"seq": seq, "service_ok": service_ok, "nonce": nonce, "counters": counters}
+    if not answer:
+        body["answer"] = False
     for candidate in (body, {k: v for k, v in body.items() if k != "counters"}):
         datagram = _pack(BEAT, name, key, _deflate(candidate))
         if len(datagram) <= MAX_DATAGRAM:
@@ -135,7 +140,7 @@ def open_beat(keys, datagram):
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                     for v in counters.values())):
         raise BeatWireError(f"counters must be at most {MAX_COUNTERS} non-negative numbers")
-    return name, Beat(seq, service_ok, counters, nonce)
+    return name, Beat(seq, service_ok, counters, nonce, body.get("answer") is not False)
 
 
 # ---- controller → agent -------------------------------------------------------------------

@@ -163,8 +163,8 @@ class Core:
 
     def udp_heartbeat(self, datagram, address, now):
         """A UDP heartbeat (:mod:`sbft_ryu.beatwire`) from ``address``: (name, seq, nonce, the
-        connections a new primary resets) when it verifies and moves its session forward;
-        None otherwise (nothing changed: no answer is sent)."""
+        connections a new primary resets, whether it wants an answer) when it verifies and
+        moves its session forward; None otherwise (nothing changed: no answer is sent)."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
         except beatwire.BeatWireError:
@@ -176,14 +176,14 @@ class Core:
             self.counters["heartbeat_udp_rejected"] += 1
             return None
         self.counters["heartbeat_udp"] += 1
-        return name, beat.seq, beat.nonce, self._heard(name, beat, address, now)
+        return name, beat.seq, beat.nonce, self._heard(name, beat, address, now), beat.answer
 
     def udp_steady(self, datagram, address, now):
         """The fast path of a UDP heartbeat, called from the UDP thread (udp_server), not the
         hub: (name, nonce) when the datagram verifies, moves its session forward and is
         *steady* (its replica is up and reports the same service state, no judge counts its
         comparisons), recorded without evaluating the view (nothing in it can change the view;
-        silences are the ticker's): (name, seq, nonce). REJECTED when it does not verify; SLOW
+        silences are the ticker's): (name, seq, nonce, whether it wants an answer). REJECTED when it does not verify; SLOW
         (nothing changed) for the hub to process in full."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
@@ -203,7 +203,7 @@ class Core:
         self.counters["heartbeat"] += 1
         self.agent_addresses[name] = address
         self.cluster.steady_heartbeat(name, beat.seq, beat.counters, now)
-        return name, beat.seq, beat.nonce
+        return name, beat.seq, beat.nonce, beat.answer
 
     def _heard(self, name, beat, address, now):
         """An authenticated heartbeat's effects; returns the connections a new primary

@@ -21,7 +21,7 @@ from typing import Optional
 
 from sbft_ryu import seal
 from sbft_ryu.agent.iptables import fast_mark
-from sbft_ryu.agent.udp import UdpMiss
+from sbft_ryu.agent.udp import NO_ANSWER, UdpMiss
 from sbft_ryu.agent.vote import VoteConfig
 from sbft_ryu.protocol import MAX_EVIDENCE, MAX_WIRE, sign_body
 
@@ -34,7 +34,8 @@ LOG = logging.getLogger("sbft.agent")
 MIN_NUDGE_GAP_S = 0.005
 REPORTS_KEPT = 64  # evidence waiting to reach the controller (the newest kept)
 STOP_CHECK_S = 0.1
-UDP_MISSES = 3  # UDP beats in a row without an answer before one goes over HTTP
+UDP_MISSES = 2  # asked-for UDP answers missing in a row before a beat goes over HTTP
+ANSWER_EVERY = 4  # a UDP beat asks for an answer this often (and after a nudge or a miss)
 COUNTERS_EVERY_S = 1.0  # counters too large for a datagram travel over HTTP this often
 
 
@@ -241,6 +242,7 @@ class Heartbeats:
         self.udp_misses = 0  # in a row; UDP_MISSES of them: the next beat goes over HTTP
         self._http_at = float("-inf")  # the last heartbeat answered over HTTP
         self._http_next = False  # the controller asked for HTTP (its answer did not fit)
+        self.nudged = False
 
     def run(self, stop):
         seq = 0
@@ -258,6 +260,7 @@ class Heartbeats:
                 next_at, delay = self.clock(), 0
             if self._wait(stop, delay):
                 next_at = self.clock()  # nudged: beat now, then resume the rhythm
+                self.nudged = True  # (the beat asks for its answer: the role may change)
 
     def _wait(self, stop, delay):
         """Sleep ``delay`` unless nudged; True if a nudge arrived. However many datagrams
@@ -371,12 +374,16 @@ class Heartbeats:
                 and (udp.carried_counters or self.clock() - self._http_at < COUNTERS_EVERY_S))
 
     def _udp_exchange(self, seq):
+        want = (self.udp_misses > 0 or self.nudged or self.udp_sent % ANSWER_EVERY == 0)
         self.udp_sent += 1
+        self.nudged = False
         try:
             answer = self.udp.exchange(seq, self.probe.ok(self.clock()), self.nonce,
-                                       self.counters(), _udp_wait(self.interval))
+                                       self.counters(), _udp_wait(self.interval), want)
         except UdpMiss:
             self.udp_misses += 1  # the beat itself may well have counted: no failure yet
+            return None
+        if answer is NO_ANSWER:
             return None
         self.udp_misses = 0
         if answer is None:

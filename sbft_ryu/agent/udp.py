@@ -13,6 +13,9 @@ import time
 from sbft_ryu import beatwire
 
 
+NO_ANSWER = object()  # exchange(..., answer=False): the beat went out, nothing is awaited
+
+
 class UdpMiss(Exception):
     """No verified answer to this beat in time (lost, late, or the session is gone)."""
 
@@ -29,11 +32,12 @@ class UdpChannel:
         self.carried_counters = True  # whether the last beat had room for the counters
         self._sock = None
 
-    def exchange(self, seq, service_ok, nonce, counters, timeout):
+    def exchange(self, seq, service_ok, nonce, counters, timeout, answer=True):
         """Send beat ``seq``; return the controller's answer (a dict), None when it asks for
-        HTTP (the answer would not fit, or neither would the beat); UdpMiss otherwise."""
+        HTTP (the answer would not fit, or neither would the beat), NO_ANSWER when none was
+        asked for; UdpMiss otherwise."""
         datagram, self.carried_counters = beatwire.beat_datagram(
-            self.key, self.name, seq, service_ok, nonce, counters)
+            self.key, self.name, seq, service_ok, nonce, counters, answer)
         if datagram is None:
             return None
         try:
@@ -47,6 +51,8 @@ class UdpChannel:
         except OSError as exc:
             self.close()
             raise UdpMiss(str(exc)) from None
+        if not answer:
+            return NO_ANSWER
         deadline = self.clock() + timeout
         for _ in range(64):  # bounded: a flood of junk cannot keep the loop here
             remaining = deadline - self.clock()

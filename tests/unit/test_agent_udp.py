@@ -9,7 +9,8 @@ import pytest
 
 from sbft_ryu import beatwire
 from sbft_ryu.agent.heartbeat import Heartbeats, RoleState
-from sbft_ryu.agent.udp import UdpChannel, UdpMiss
+from sbft_ryu.agent.heartbeat import ANSWER_EVERY, UDP_MISSES
+from sbft_ryu.agent.udp import NO_ANSWER, UdpChannel, UdpMiss
 
 KEY = bytes(range(32))
 
@@ -35,8 +36,10 @@ class FakeUdp:
         self.script, self.port, self.sent = list(script), port, []
         self.carried_counters = True
 
-    def exchange(self, seq, service_ok, nonce, counters, timeout):
-        self.sent.append((seq, nonce))
+    def exchange(self, seq, service_ok, nonce, counters, timeout, answer=True):
+        self.sent.append((seq, nonce, answer))
+        if not answer:
+            return NO_ANSWER
         item = self.script.pop(0)
         if isinstance(item, Exception):
             raise item
@@ -55,24 +58,40 @@ def test_the_port_comes_from_the_first_http_answer_then_beats_go_over_udp():
     beats = make(http, udp)
     beats.beat(0)
     assert udp.port == 5558 and len(http.bodies) == 1 and udp.sent == []
-    beats.beat(1)
-    beats.beat(2)
-    assert udp.sent == [(1, "s1"), (2, "s1")] and len(http.bodies) == 1
-    assert beats.state.role == "primary"
+    for seq in range(1, 2 + ANSWER_EVERY):
+        beats.beat(seq)
+    # an answer asked for every ANSWER_EVERY beats (the first one included) and applied
+    assert udp.sent == [(seq, "s1", seq % ANSWER_EVERY == 1)
+                        for seq in range(1, 2 + ANSWER_EVERY)]
+    assert len(http.bodies) == 1 and beats.state.role == "primary"
 
 
-def test_after_three_misses_in_a_row_a_beat_goes_over_http():
+def test_a_nudged_beat_asks_for_its_answer():
     http = HttpClient(answer())
-    udp = FakeUdp(UdpMiss("lost"), UdpMiss("lost"), UdpMiss("lost"), answer(), port=5558)
+    udp = FakeUdp(answer(), answer("primary"), port=5558)
     beats = make(http, udp)
     beats.beat(0)
-    for seq in (1, 2, 3):
+    beats.beat(1)
+    beats.beat(2)
+    assert udp.sent[-1][2] is False
+    beats.nudged = True
+    beats.beat(3)
+    assert udp.sent[-1] == (3, "s1", True) and beats.state.role == "primary"
+
+
+def test_after_missing_answers_in_a_row_a_beat_goes_over_http():
+    http = HttpClient(answer())
+    udp = FakeUdp(*[UdpMiss("lost")] * UDP_MISSES, answer(), port=5558)
+    beats = make(http, udp)
+    beats.beat(0)
+    for seq in range(1, 1 + UDP_MISSES):
         beats.beat(seq)
-    assert len(udp.sent) == 3 and len(http.bodies) == 1 and beats.failures == 0
-    beats.beat(4)  # over HTTP: resynchronises the session if the controller lost it
-    assert len(http.bodies) == 2 and http.bodies[-1]["seq"] == 4
-    beats.beat(5)
-    assert udp.sent[-1] == (5, "s1")
+    assert [asked for _, _, asked in udp.sent] == [True] * UDP_MISSES  # (after a miss too)
+    assert len(http.bodies) == 1 and beats.failures == 0
+    beats.beat(9)  # over HTTP: resynchronises the session if the controller lost it
+    assert len(http.bodies) == 2 and http.bodies[-1]["seq"] == 9
+    beats.beat(10)
+    assert udp.sent[-1] == (10, "s1", False)
 
 
 def test_an_answer_that_does_not_fit_sends_the_next_beat_over_http():
@@ -132,6 +151,8 @@ def controller():
                 continue  # as the controller: no answer
             if beat.seq == 99:
                 continue
+            if not beat.answer:
+                continue
             sock.sendto(beatwire.answer_datagram(KEY, name, beat.seq - 1, answer()), address)
             sock.sendto(b"junk", address)
             sock.sendto(beatwire.answer_datagram(KEY, name, beat.seq, answer(
@@ -153,6 +174,7 @@ def test_a_real_channel_takes_only_the_verified_answer_to_its_beat(controller):
         with pytest.raises(UdpMiss):
             channel.exchange(99, True, "s1", {}, timeout=0.1)
         assert channel.exchange(100, True, "s1", {}, timeout=2.0)["role"] == "backup"
+        assert channel.exchange(101, True, "s1", {}, 2.0, answer=False) is NO_ANSWER
     finally:
         channel.close()
 

@@ -12,7 +12,7 @@ import pytest
 import webob
 from ryu.app.wsgi import WSGIApplication
 
-from sbft_ryu import api_token, beatwire, protocol, rest, seal, views
+from sbft_ryu import api_token, beatwire, protocol, rest, seal, udp_server, views
 from sbft_ryu import app as app_module
 from sbft_ryu.agent.heartbeat import Answer
 from sbft_ryu.cluster import BYZANTINE, ClusterState
@@ -285,6 +285,29 @@ def test_a_udp_heartbeat_that_fails_authentication_gets_no_answer_and_changes_no
     assert app.udp_heartbeat(data, MGMT) is None
     assert before == (app.cluster.health["lb2"].heartbeats, app.referee.last_seq["lb2"],
                       app.cluster.health["lb2"].service_ok, dict(app.referee.nonces))
+    assert app.counters["heartbeat_udp_rejected"] == 1
+
+
+def test_a_udp_beat_that_asks_for_no_answer_counts_and_gets_none(app):
+    data = beatwire.beat_datagram(KEYS["lb2"], "lb2", 3, True, app.referee.nonces["lb2"], {},
+                                  answer=False)[0]
+    assert app.udp_heartbeat(data, MGMT) is None
+    assert app.cluster.health["lb2"].heartbeats == 1 and app.referee.last_seq["lb2"] == 3
+
+
+def test_steady_beats_take_the_fast_path_and_others_the_hub(app):
+    app.udp_heartbeat(datagram(app, seq=1), MGMT)  # (the first: on the hub)
+    reply = app._udp_fast(datagram(app, seq=2, counters={"x": 2}), MGMT, NOW + 0.05)
+    assert beatwire.open_answer(KEYS["lb2"], "lb2", 2, reply)["role"] == "backup"
+    health = app.cluster.health["lb2"]
+    assert (health.seq, health.last_heartbeat, health.counters) == (2, NOW + 0.05, {"x": 2})
+    quiet = beatwire.beat_datagram(KEYS["lb2"], "lb2", 3, True, app.referee.nonces["lb2"],
+                                   {}, answer=False)[0]
+    assert app._udp_fast(quiet, MGMT, NOW + 0.1) is None and health.seq == 3
+    changed = datagram(app, seq=4, service_ok=False)  # may change the view: the hub's
+    assert app._udp_fast(changed, MGMT, NOW + 0.15) is udp_server.SLOW
+    assert health.seq == 3 and app.referee.last_seq["lb2"] == 3  # nothing changed
+    assert app._udp_fast(datagram(app, seq=3), MGMT, NOW) is None  # replayed: dropped
     assert app.counters["heartbeat_udp_rejected"] == 1
 
 
