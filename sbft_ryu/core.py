@@ -183,8 +183,8 @@ class Core:
         hub: (name, nonce) when the datagram verifies, moves its session forward and is
         *steady* (its replica is up and reports the same service state, no judge counts its
         comparisons), recorded without evaluating the view (nothing in it can change the view;
-        silences are the ticker's): (name, seq, nonce, whether it wants an answer). REJECTED when it does not verify; SLOW
-        (nothing changed) for the hub to process in full."""
+        silences are the ticker's): (name, seq, nonce, whether it wants an answer). REJECTED
+        when it does not verify; SLOW (nothing changed) for the hub to process in full."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
         except beatwire.BeatWireError:

@@ -40,7 +40,8 @@ def app(raw, monkeypatch):
     sbft.core.cluster = ClusterState(config.replicas, 0.0, spares=config.spares)
     counter = itertools.count(1)
     sbft.core.referee = Referee(config, new_nonce=lambda: f"n{next(counter)}")
-    sbft.referee.authenticate = lambda name, beat, address=None: None  # the rest tests cover the MACs
+    # the rest tests cover the MACs
+    sbft.referee.authenticate = lambda name, beat, address=None: None
     sbft._changed = lambda view: sbft.core._changed(view, clock.now)
     sbft._changed(sbft.cluster.set_ports(1, {1: True, 2: True, 3: True}, clock.now))
     return sbft
