@@ -101,3 +101,42 @@ def test_keyed_agents_beat_over_udp_and_forged_datagrams_change_nothing(lab_fact
     topo_module.wait_until(lambda: lab.health()["primary"] == "lb2", 10, 0.01, "failover")
     assert time.monotonic() - crashed_at < FAILOVER_S
     assert lab.curl("c1", "/after")[0] == 200
+
+
+def _readmit(lab, name, token=None, host=None):
+    """POST readmit from the root namespace (loopback) or from a Mininet host over the
+    management network; returns (status, headers text, body)."""
+    auth = f"-H 'Authorization: Bearer {token}' " if token else ""
+    if host is None:
+        url, run = f"{lab.api}/sbft/replicas/{name}/readmit", None
+    else:
+        url, run = (f"http://10.254.0.254:{lab.wsapi_port}/sbft/replicas/{name}/readmit",
+                    lab.host(host).cmd)
+    command = f"curl -s -m 5 -D - -X POST {auth}{url}"
+    out = run(command) if run else os.popen(command).read()
+    head, _, body = out.replace("\r", "").partition("\n\n")
+    status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+    return status, head, json.loads(body) if body.strip() else {}
+
+
+def test_operator_actions_need_the_token_or_loopback(lab_factory, tmp_path):
+    token = "t0k3n-" + os.urandom(12).hex()
+    path = tmp_path / "api.token"
+    path.write_text(token + "\n")
+    lab = lab_factory(sbft_extra=f"heartbeat_timeout = 0\napi_token_file = {path}\n")
+    assert lab.health()["security"]["operator_actions"] == "bearer token"
+    for name, given in (("lb2", None), ("lb2", "wrong-token-123456"), ("nobody", None)):
+        status, head, body = _readmit(lab, name, given)
+        assert status == 401 and body["error"]["code"] == 401, (name, given, head)
+        assert "www-authenticate: bearer" in head.lower()  # (header names: any case)
+        assert token not in head + json.dumps(body)
+    assert _readmit(lab, "nobody", token)[0] == 404
+    assert _readmit(lab, "lb2", token)[0] == 409  # (not byzantine: the token let it through)
+    assert token not in lab.controller_log()
+
+    lab.stop()
+    lab = lab_factory(sbft_extra="heartbeat_timeout = 0\n")
+    assert lab.health()["security"]["operator_actions"] == "loopback only"
+    status, _, body = _readmit(lab, "lb2", host="lb1")  # from the management network
+    assert status == 403 and "loopback only" in body["error"]["message"]
+    assert _readmit(lab, "lb2")[0] == 409  # from loopback
