@@ -26,7 +26,7 @@ from ryu.lib import hub
 
 from sbft_ryu import config as sbft_config
 from sbft_ryu import beatwire, metrics, ofp, rest, udp_server, views
-from sbft_ryu.core import REJECTED, SLOW, Core, NotByzantine
+from sbft_ryu.core import REJECTED, SLOW, Core, NotByzantine, Resync
 from sbft_ryu.flowfile import FlowSyntaxError
 from sbft_ryu.ofp import TranslationError, make_translator
 from sbft_ryu.referee import AuthError, SourceError
@@ -232,6 +232,8 @@ class SbftApp(app_manager.RyuApp):
         heard = self.core.udp_heartbeat(datagram, address, time.monotonic())
         if heard is None:
             return None
+        if isinstance(heard, Resync):
+            return beatwire.resync_datagram(self.referee.keys[heard.name], *heard)
         name, seq, nonce, reset, wanted = heard
         if not wanted:
             return None
@@ -292,6 +294,8 @@ class SbftApp(app_manager.RyuApp):
             return udp_server.SLOW
         if heard == REJECTED:
             return None
+        if isinstance(heard, Resync):
+            return beatwire.resync_datagram(self.referee.keys[heard.name], *heard)
         name, seq, nonce, wanted = heard
         if not wanted:
             return None

@@ -14,9 +14,15 @@ At most MAX_DATAGRAM bytes, so it never fragments on the management network.
   same answer HTTP gives. An answer that would not fit is sent as USE_HTTP (the sequence
   number only): the agent's next heartbeat goes over HTTP.
 
+* RESYNC (controller → agent): the beat's MAC verified but it is not in the controller's
+  current session (the controller restarted, or the datagram is a replay): it changed nothing,
+  and the agent's next heartbeat goes over HTTP, where a 401 offers a new session. Without it
+  an agent would wait for missing answers before it found out.
+
 The sequence number in the answer ties it to one beat: an agent applies an answer only to the
-beat it just sent, so an old answer replayed to it is ignored. A datagram that does not verify
-is answered with nothing (:mod:`sbft_ryu.referee` decides what verifies).
+beat it just sent, so an old answer replayed to it is ignored (a replayed RESYNC costs the
+agent one heartbeat over HTTP). A datagram whose MAC does not verify is answered with nothing
+(:mod:`sbft_ryu.referee` decides what is in the session).
 """
 
 import hmac
@@ -28,7 +34,8 @@ from typing import NamedTuple, Optional
 from sbft_ryu.protocol import MAX_AUTHOR, TAG, mac
 
 MAGIC = b"SBH1"
-BEAT, ANSWER, USE_HTTP = 1, 2, 3
+BEAT, ANSWER, USE_HTTP, RESYNC = 1, 2, 3, 4
+RESYNCED = object()  # open_answer / UdpChannel: the controller asked for a new session
 MAX_DATAGRAM = 1200
 MAX_JSON = 16 * 1024  # a verified payload inflates to at most this
 MAX_COUNTERS = 64
@@ -66,7 +73,8 @@ def _unpack(datagram):
     if len(data) > MAX_DATAGRAM or len(data) < _HEAD.size + TAG:
         raise BeatWireError("datagram size out of range")
     magic, kind, length = _HEAD.unpack_from(data)
-    if magic != MAGIC or kind not in (BEAT, ANSWER, USE_HTTP) or not 0 < length <= MAX_AUTHOR:
+    if magic != MAGIC or kind not in (BEAT, ANSWER, USE_HTTP, RESYNC) or \
+            not 0 < length <= MAX_AUTHOR:
         raise BeatWireError("not a heartbeat datagram")
     end = _HEAD.size + length
     if len(data) < end + TAG:
@@ -182,9 +190,29 @@ def answer_from_payload(key, name, seq, payload):
     return _pack(USE_HTTP, name, key, _SEQ.pack(seq))
 
 
+def resync_datagram(key, name, seq):
+    """The signed RESYNC for a verified beat outside the current session."""
+    return _pack(RESYNC, name, key, _SEQ.pack(seq))
+
+
+def is_resync(key, name, datagram):
+    """Whether ``datagram`` is a RESYNC the controller signed for this agent (any beat)."""
+    try:
+        kind, who, _ = _unpack(datagram)
+        if kind != RESYNC or who != name:
+            return False
+        _verified(key, datagram)
+    except BeatWireError:
+        return False
+    return True
+
+
 def open_answer(key, name, seq, datagram):
-    """The answer (a dict) to this agent's beat ``seq``; None for USE_HTTP; BeatWireError if
-    it is not a verified answer of the controller to exactly that beat."""
+    """The answer (a dict) to this agent's beat ``seq``; None for USE_HTTP; RESYNCED for a
+    RESYNC (to any beat); BeatWireError if it is not a verified answer of the controller to
+    exactly that beat."""
+    if is_resync(key, name, datagram):
+        return RESYNCED
     kind, who, payload = _unpack(datagram)
     if kind not in (ANSWER, USE_HTTP) or who != name:
         raise BeatWireError("not an answer to this replica")

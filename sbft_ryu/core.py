@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sbft_ryu import beatwire, decide
 from sbft_ryu.cluster import BYZANTINE, UP, ClusterState
@@ -45,6 +46,14 @@ def serve_below(config):
 
 
 SLOW, REJECTED = "slow", "rejected"  # udp_steady: for the hub; no answer
+
+
+class Resync(NamedTuple):
+    """A UDP heartbeat that verified but is not in its replica's session: nothing changed;
+    the agent is told to start a new one over HTTP."""
+
+    name: str
+    seq: int
 
 
 class NotByzantine(ValueError):
@@ -164,17 +173,20 @@ class Core:
     def udp_heartbeat(self, datagram, address, now):
         """A UDP heartbeat (:mod:`sbft_ryu.beatwire`) from ``address``: (name, seq, nonce, the
         connections a new primary resets, whether it wants an answer) when it verifies and
-        moves its session forward; None otherwise (nothing changed: no answer is sent)."""
+        moves its session forward; Resync when it verifies outside the session; None when it
+        does not verify (no answer). Only the first changes anything."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
         except beatwire.BeatWireError:
             self.counters["heartbeat_udp_rejected"] += 1
             return None
         source = self.referee.sources.get(name)
-        if (source is not None and address != source) or not self.referee.accept_datagram(
-                name, beat.nonce, beat.seq):
+        if source is not None and address != source:
             self.counters["heartbeat_udp_rejected"] += 1
             return None
+        if not self.referee.accept_datagram(name, beat.nonce, beat.seq):
+            self.counters["heartbeat_udp_rejected"] += 1
+            return Resync(name, beat.seq)
         self.counters["heartbeat_udp"] += 1
         return name, beat.seq, beat.nonce, self._heard(name, beat, address, now), beat.answer
 
@@ -184,7 +196,8 @@ class Core:
         *steady* (its replica is up and reports the same service state, no judge counts its
         comparisons), recorded without evaluating the view (nothing in it can change the view;
         silences are the ticker's): (name, seq, nonce, whether it wants an answer). REJECTED
-        when it does not verify; SLOW (nothing changed) for the hub to process in full."""
+        when it does not verify, Resync when it is not in the session (nothing changed);
+        SLOW (nothing changed) for the hub to process in full."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
         except beatwire.BeatWireError:
@@ -198,7 +211,7 @@ class Core:
             return SLOW
         if not self.referee.accept_datagram(name, beat.nonce, beat.seq):
             self.counters["heartbeat_udp_rejected"] += 1
-            return REJECTED
+            return Resync(name, beat.seq)
         self.counters["heartbeat_udp"] += 1
         self.counters["heartbeat"] += 1
         self.agent_addresses[name] = address

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sbft_ryu import seal
+from sbft_ryu.beatwire import RESYNCED
 from sbft_ryu.agent.iptables import fast_mark
 from sbft_ryu.agent.udp import NO_ANSWER, UdpMiss
 from sbft_ryu.agent.vote import VoteConfig
@@ -340,7 +341,10 @@ class Heartbeats:
             del self._unsent[:-REPORTS_KEPT]
         self._sending = _share(self._unsent)
         if self._udp_turn():
-            return self._udp_exchange(seq)
+            answer = self._udp_exchange(seq)
+            if answer is not RESYNCED:
+                return answer
+            # outside the controller's session (it restarted): this beat goes over HTTP now
         for attempt in range(2):
             try:
                 answer = self.client.heartbeat(self._body(seq))
@@ -386,6 +390,8 @@ class Heartbeats:
         if answer is NO_ANSWER:
             return None
         self.udp_misses = 0
+        if answer is RESYNCED:
+            return answer
         if answer is None:
             self._http_next = True
             return None

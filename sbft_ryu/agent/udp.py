@@ -35,18 +35,23 @@ class UdpChannel:
     def exchange(self, seq, service_ok, nonce, counters, timeout, answer=True):
         """Send beat ``seq``; return the controller's answer (a dict), None when it asks for
         HTTP (the answer would not fit, or neither would the beat), NO_ANSWER when none was
-        asked for; UdpMiss otherwise."""
+        asked for, beatwire.RESYNCED when the controller wants a new session (this beat or an
+        earlier one was outside it: this one may not have been sent); UdpMiss otherwise."""
         datagram, self.carried_counters = beatwire.beat_datagram(
             self.key, self.name, seq, service_ok, nonce, counters, answer)
         if datagram is None:
             return None
         try:
             sock = self._socket()
-            while True:  # drop answers to earlier beats that came late
+            resync = False
+            for _ in range(64):  # drop answers to earlier beats that came late (bounded)
                 try:
-                    sock.recv(beatwire.MAX_DATAGRAM + 1)
+                    late = sock.recv(beatwire.MAX_DATAGRAM + 1)
                 except BlockingIOError:
                     break
+                resync = resync or beatwire.is_resync(self.key, self.name, late)
+            if resync:  # an earlier beat was outside the controller's session
+                return beatwire.RESYNCED
             sock.send(datagram)
         except OSError as exc:
             self.close()

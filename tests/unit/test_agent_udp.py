@@ -3,6 +3,7 @@ UdpChannel against a controller-side loop on loopback (beatwire + Referee, as th
 
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -130,6 +131,18 @@ def test_counters_too_large_for_a_datagram_go_over_http_every_second():
     assert len(http.bodies) == 2
 
 
+def test_a_resync_sends_the_same_beat_over_http_at_once():
+    http = HttpClient(answer(nonce="s2"))
+    udp = FakeUdp(beatwire.RESYNCED, answer(), port=5558)
+    beats = make(http, udp)
+    beats.nonce = "s1"
+    beats.beat(7)
+    assert udp.sent == [(7, "s1", True)] and [b["seq"] for b in http.bodies] == [7]
+    assert beats.nonce == "s2" and beats.udp_misses == 0
+    beats.beat(8)
+    assert udp.sent[-1][:2] == (8, "s2")
+
+
 @pytest.fixture
 def controller():
     """A controller-side loop on loopback: answers beat n with role "backup" and seq n, once
@@ -150,6 +163,9 @@ def controller():
             except beatwire.BeatWireError:
                 continue  # as the controller: no answer
             if beat.seq == 99:
+                continue
+            if beat.seq == 50:  # (as for a beat outside the session)
+                sock.sendto(beatwire.resync_datagram(KEY, name, 50), address)
                 continue
             if not beat.answer:
                 continue
@@ -175,6 +191,16 @@ def test_a_real_channel_takes_only_the_verified_answer_to_its_beat(controller):
             channel.exchange(99, True, "s1", {}, timeout=0.1)
         assert channel.exchange(100, True, "s1", {}, timeout=2.0)["role"] == "backup"
         assert channel.exchange(101, True, "s1", {}, 2.0, answer=False) is NO_ANSWER
+        assert channel.exchange(50, True, "s1", {}, 2.0) is beatwire.RESYNCED
+        channel.exchange(51, True, "s1", {}, 2.0, answer=False)  # (unanswered)
+        channel.exchange(50, True, "s1", {}, 0.5, answer=False)  # a RESYNC comes back late:
+        eventually = []
+        for i in range(20):  # bounded: 2 s
+            time.sleep(0.1)
+            eventually.append(channel.exchange(52 + i, True, "s1", {}, 0.5, answer=False))
+            if eventually[-1] is beatwire.RESYNCED:
+                break
+        assert beatwire.RESYNCED in eventually  # noticed at the next send
     finally:
         channel.close()
 

@@ -267,6 +267,9 @@ def test_a_udp_heartbeat_counts_and_gets_a_signed_answer_to_that_beat(app):
                                    "older", "flipped-bit", "garbage", "too-large"])
 def test_a_udp_heartbeat_that_fails_authentication_gets_no_answer_and_changes_nothing(app,
                                                                                      forge):
+    """A MAC that does not verify: no answer. A verified beat outside the session (stale
+    nonce, replayed, older): a signed RESYNC (to start a session over HTTP). Neither changes
+    anything."""
     app.udp_heartbeat(datagram(app, seq=5), MGMT)
     before = (app.cluster.health["lb2"].heartbeats, app.referee.last_seq["lb2"],
               app.cluster.health["lb2"].service_ok, dict(app.referee.nonces))
@@ -282,7 +285,12 @@ def test_a_udp_heartbeat_that_fails_authentication_gets_no_answer_and_changes_no
         "garbage": lambda: b"SBH1" + bytes(40),
         "too-large": lambda: b"x" * 1300,
     }[forge]()
-    assert app.udp_heartbeat(data, MGMT) is None
+    reply = app.udp_heartbeat(data, MGMT)
+    if forge in ("stale-nonce", "replay", "older"):
+        assert beatwire.is_resync(KEYS["lb2"], "lb2", reply)
+        assert beatwire.open_answer(KEYS["lb2"], "lb2", 0, reply) is beatwire.RESYNCED
+    else:
+        assert reply is None
     assert before == (app.cluster.health["lb2"].heartbeats, app.referee.last_seq["lb2"],
                       app.cluster.health["lb2"].service_ok, dict(app.referee.nonces))
     assert app.counters["heartbeat_udp_rejected"] == 1
@@ -307,7 +315,8 @@ def test_steady_beats_take_the_fast_path_and_others_the_hub(app):
     changed = datagram(app, seq=4, service_ok=False)  # may change the view: the hub's
     assert app._udp_fast(changed, MGMT, NOW + 0.15) is udp_server.SLOW
     assert health.seq == 3 and app.referee.last_seq["lb2"] == 3  # nothing changed
-    assert app._udp_fast(datagram(app, seq=3), MGMT, NOW) is None  # replayed: dropped
+    replayed = app._udp_fast(datagram(app, seq=3), MGMT, NOW)  # changes nothing, and
+    assert beatwire.is_resync(KEYS["lb2"], "lb2", replayed)  # sends the agent to HTTP once
     assert app.counters["heartbeat_udp_rejected"] == 1
 
 
