@@ -2,7 +2,8 @@
 
 Every interval the agent POSTs ``{"seq", "service_ok", "counters"}`` to
 ``/sbft/replicas/<name>/heartbeat`` over a kept-alive HTTP connection and applies the role in
-the answer. If the controller cannot be reached the agent keeps its last role (fail-static) and
+the answer; a keyed agent with a session sends most heartbeats as UDP datagrams instead
+(:mod:`sbft_ryu.agent.udp`, :meth:`Heartbeats._udp_turn` says when). If the controller cannot be reached the agent keeps its last role (fail-static) and
 says so once in its log; the switch's reply filter and the controller's failover cover a primary
 that is cut off. Role changes are applied in the order that never lets a demoted replica's
 kernel keep accepting replies after its agent has stopped doing so.
