@@ -201,16 +201,17 @@ class Lab:
                     # a generous grace: on 2 busy cores agents can start seconds apart, and
                     # tests and benchmarks want the configured order (lb1 first) to decide
                     grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
-                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra,
-                                                  self.spares))
+                    handle.write(sbft_config_text(self.layout, grace + self.state_line()
+                                                  + self.sbft_extra, self.spares))
                 else:  # baseline: a plain learning switch
-                    handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
+                    handle.write("[sbft]\nreplica =\n" + self.state_line() + self.sbft_extra)
             ryu_args = self.ryu_args
             if self.passive_listener:
                 # the switch listens (like the thesis's HP switch) and Ryu connects to it
                 self.listen_port = free_port()
                 ryu_args += ("--ofp-switch-address-list", f"127.0.0.1:{self.listen_port}",
                              "--ofp-switch-connect-interval", "1")
+            self._ryu_argv = ryu_args  # (a restart uses the same)
             self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
                                  ryu_args)
             wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
@@ -235,6 +236,31 @@ class Lab:
                        "every replica up with a primary")
         if self.wait_for_primary and self.vip_mode == "keepalived":
             wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
+
+    def state_line(self):
+        """Each lab's controller keeps its state in its own run directory (relative to the
+        config file), so no run inherits another's convictions; unless the lab says."""
+        return "" if "state_file" in self.sbft_extra else "state_file = state.json\n"
+
+    @property
+    def state_path(self):
+        return os.path.join(self.rundir, "state.json")
+
+    def kill_controller(self):
+        """SIGKILL ryu-manager (a crash: no cleanup of any kind); returns its exit status."""
+        self.ryu.kill()
+        return self.ryu.wait(timeout=10)
+
+    def start_controller(self, wait=True, timeout=20):
+        """Start ryu-manager again with the same config and ports; with ``wait``, until its
+        REST API answers and the switch has reconnected. Returns the Popen."""
+        self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
+                             self._ryu_argv)
+        if wait:
+            wait_until(lambda: http_json(self.api + "/sbft/health", timeout=0.5), timeout,
+                       0.02, "ryu-manager's REST API after the restart")
+            wait_until(self.switch_connected, timeout, 0.02, "s1 to reconnect")
+        return self.ryu
 
     def _start_stream_backends(self):
         """Beside each backend's HAProxy, the large slow objects of /stream/ (the replicas'
