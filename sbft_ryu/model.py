@@ -144,11 +144,6 @@ class FlowDelete:
 
 
 @dataclass(frozen=True)
-class ResetTables:
-    """Remove every flow and group: the app owns the switch's tables from connection on."""
-
-
-@dataclass(frozen=True)
 class Barrier:
     pass
 
@@ -179,7 +174,7 @@ class Converge:
     found: object
 
 
-Message = Union[FlowSpec, FlowDelete, PacketOutSpec, ResetTables, Barrier, EnablePacketIn,
+Message = Union[FlowSpec, FlowDelete, PacketOutSpec, Barrier, EnablePacketIn,
                 RequestPorts, ReadTables, Converge]
 
 

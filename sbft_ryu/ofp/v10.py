@@ -140,10 +140,6 @@ class Translator(PortReader):
                 None, buffer_id=0xFFFFFFFF, in_port=in_port,
                 actions=[parser.OFPActionOutput(port_number(message.out_port), 0)],
                 data=message.data)]
-        if isinstance(message, model.ResetTables):
-            return [parser.OFPFlowMod(None, match=parser.OFPMatch(), cookie=0,
-                                      command=ofp.OFPFC_DELETE, idle_timeout=0,
-                                      hard_timeout=0, priority=0, out_port=ofp.OFPP_NONE)]
         if isinstance(message, model.Barrier):
             return [parser.OFPBarrierRequest(None)]
         if isinstance(message, model.EnablePacketIn):

@@ -1,7 +1,8 @@
 """OpenFlow 1.3: descriptions → ryu.ofproto.ofproto_v1_3_parser messages (datapath=None).
 
 A :class:`~sbft_ryu.model.Mirror` becomes a group of type ALL (one bucket per copy) that the flow
-points to; the first use after a reset adds the group, later uses modify it in place.
+points to; its first use adds the group (unless the switch was found holding it), later
+uses modify it in place.
 A reconnecting switch is read (flow stats, group descriptions) and converged (ofp/tables.py).
 """
 
@@ -139,12 +140,6 @@ class Translator(PortReader):
             in_port = ofp.OFPP_CONTROLLER if message.in_port is None else message.in_port
             return [parser.OFPPacketOut(None, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
                                         actions=actions, data=message.data)]
-        if isinstance(message, model.ResetTables):
-            self._groups.clear()
-            return [parser.OFPFlowMod(None, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-                                      match=parser.OFPMatch()),
-                    parser.OFPGroupMod(None, command=ofp.OFPGC_DELETE, group_id=ofp.OFPG_ALL)]
         if isinstance(message, model.Barrier):
             return [parser.OFPBarrierRequest(None)]
         if isinstance(message, model.EnablePacketIn):
