@@ -158,7 +158,8 @@ class Core:
         """Everything a restarted controller needs (plain JSON-able values)."""
         cluster = self.cluster.snapshot()
         for name in cluster["byzantine"]:  # dated when first written (the conviction)
-            self.byzantine_at.setdefault(name, self._wall())
+            if name not in self.byzantine_at:
+                self.byzantine_at[name] = self._wall()
         state = {"cluster": cluster,
                  "byzantine_at": {name: at for name, at in self.byzantine_at.items()
                                   if name in cluster["byzantine"]},
