@@ -363,8 +363,8 @@ class Heartbeats:
     def _controller(self, ok, message):
         if ok == self.controller_ok:
             return
-        self.controller_ok = ok
-        (LOG.info if ok else LOG.warning)("%s", message)
+        self.controller_ok = ok  # (None: reachable, not decided yet: said at INFO)
+        (LOG.warning if ok is False else LOG.info)("%s", message)
 
 
 def _wire_report(client, port, epoch, start, end, generation=None):
