@@ -1,0 +1,120 @@
+#!/usr/bin/python3
+"""Benchmark (not a test): what clients see of a controller restart, with the state file and
+without it (today's behaviour before the state file), in the same run.
+
+    .venv/bin/python mininet/bench_restart.py --runs 5
+
+A client sends one GET every 20 ms, each on a new TCP connection with a 100 ms deadline (open
+loop), for PACE_S seconds. After SETTLE_S, ryu-manager is SIGKILLed, stays dead DEAD_S, and is
+started again with the same config and ports. Per run: the requests that failed and the
+longest gap between two successive successful completions. One lab per setting (passive mode,
+agents on, three replicas), one setting after the other (two labs cannot run at once); before
+each run the tier is back to every replica up with a primary.
+
+Writes results/bench-restart-<time>.json and prints the Markdown table docs/benchmarks.md
+quotes.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+from sbft_lab import timeline
+from sbft_lab.lab import Lab, topo, wait_until
+
+# the one sys.path shim: bench_failover is this script's sibling (a script, not a module)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_failover  # noqa: E402
+
+REPO = topo.REPO
+SETTLE_S, DEAD_S, PACE_S = 1.0, 1.0, 6.0
+SETTINGS = {"state file off": "state_file =\n", "state file on": ""}
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def longest_gap(records):
+    """Seconds between two successive successful completions (the client's longest wait)."""
+    done = sorted(timeline.done_at(r) for r in records if r["ok"])
+    return max((b - a for a, b in zip(done, done[1:])), default=None)
+
+
+def one_run(lab, name):
+    wait_until(lambda: lab.health()["status"] == "ok", 30, 0.05, "every replica up")
+    proc, path = lab.pacer("c1", name, interval=0.02, timeout=0.1, duration=PACE_S)
+    time.sleep(SETTLE_S)
+    epoch = lab.health()["epoch"]
+    lab.kill_controller()
+    time.sleep(DEAD_S)
+    lab.start_controller()
+    proc.wait(timeout=PACE_S + 30)
+    records, _ = timeline.load(path)
+    health = lab.health()
+    return {"failed": sum(not r["ok"] for r in records), "sent": len(records),
+            "longest_gap_s": longest_gap(records), "epoch_before": epoch,
+            "epoch_after": health["epoch"], "primary_after": health["primary"]}
+
+
+def report(results):
+    lines = ["| state file | failed requests per run (5 runs) | median | longest gap, median "
+             "| longest gap, max |", "|---|---|---|---|---|"]
+    for setting, runs in results["runs"].items():
+        failed = [r["failed"] for r in runs]
+        gaps = [r["longest_gap_s"] for r in runs if r["longest_gap_s"] is not None]
+        lines.append(f"| {setting.split()[-1]} | {', '.join(map(str, failed))} | "
+                     f"{statistics.median(failed):g} | {statistics.median(gaps):.3f} s | "
+                     f"{max(gaps):.3f} s |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=bench_failover.positive_int, default=5,
+                        help="restarts per setting")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (Mininet): run it as root")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results = {"date": stamp, "command": " ".join(sys.argv), "runs": {}}
+    labs = {}
+    try:
+        for setting, extra in SETTINGS.items():
+            rundir = os.path.join("/tmp", f"sbft-bench-restart-{stamp}", setting.split()[-1])
+            os.makedirs(rundir)
+            labs[setting] = Lab(agents=True, sbft_extra=extra, rundir=rundir)
+            labs[setting].start()
+            results["runs"][setting] = []
+            log(f"{setting}: lab up ({rundir})")
+            for run in range(args.runs):
+                outcome = one_run(labs[setting], f"restart-{run}.jsonl")
+                results["runs"][setting].append(outcome)
+                log(f"  run {run + 1}: {outcome}")
+            labs.pop(setting).stop()
+    finally:
+        for lab in labs.values():
+            lab.stop()
+    os.makedirs(os.path.join(REPO, "results"), exist_ok=True)
+    out = os.path.join(REPO, "results", f"bench-restart-{stamp}.json")
+    with open(out, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    print()
+    print(report(results))
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
