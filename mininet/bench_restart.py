@@ -9,7 +9,10 @@ loop), for PACE_S seconds. After SETTLE_S, ryu-manager is SIGKILLed, stays dead 
 started again with the same config and ports. Per run: the requests that failed and the
 longest gap between two successive successful completions. One lab per setting (passive mode,
 agents on, three replicas), one setting after the other (two labs cannot run at once); before
-each run the tier is back to every replica up with a primary.
+each run the tier is back to every replica up with a primary. Two scenarios per setting:
+"as started" (lb1, the first configured replica, is primary at epoch 1: what a controller
+without state would elect again) and "after a failover" (lb1 was crashed and restarted before
+the run, so lb2 is primary at a later epoch and lb1 a backup).
 
 Writes results/bench-restart-<time>.json and prints the Markdown table docs/benchmarks.md
 quotes.
@@ -32,6 +35,7 @@ import bench_failover  # noqa: E402
 REPO = topo.REPO
 SETTLE_S, DEAD_S, PACE_S = 1.0, 1.0, 6.0
 SETTINGS = {"state file off": "state_file =\n", "state file on": ""}
+SCENARIOS = ("as started", "after a failover")
 
 
 def log(message):
@@ -44,8 +48,21 @@ def longest_gap(records):
     return max((b - a for a, b in zip(done, done[1:])), default=None)
 
 
-def one_run(lab, name):
+def fail_over_from_lb1(lab):
+    """Crash lb1 while it is primary and bring it back as a backup."""
+    if lab.health()["primary"] != "lb1":
+        return
+    lab.crash("lb1")
+    wait_until(lambda: lab.health()["primary"] not in ("lb1", None), 10, 0.05, "failover")
+    lab.restart("lb1")
+    wait_until(lambda: lab.health()["status"] == "ok", 30, 0.05, "lb1 back")
+
+
+def one_run(lab, name, scenario):
     wait_until(lambda: lab.health()["status"] == "ok", 30, 0.05, "every replica up")
+    if scenario == "after a failover":
+        fail_over_from_lb1(lab)
+    primary = lab.health()["primary"]
     proc, path = lab.pacer("c1", name, interval=0.02, timeout=0.1, duration=PACE_S)
     time.sleep(SETTLE_S)
     epoch = lab.health()["epoch"]
@@ -57,18 +74,23 @@ def one_run(lab, name):
     health = lab.health()
     return {"failed": sum(not r["ok"] for r in records), "sent": len(records),
             "longest_gap_s": longest_gap(records), "epoch_before": epoch,
-            "epoch_after": health["epoch"], "primary_after": health["primary"]}
+            "epoch_after": health["epoch"], "primary_before": primary,
+            "primary_after": health["primary"]}
 
 
 def report(results):
-    lines = ["| state file | failed requests per run (5 runs) | median | longest gap, median "
-             "| longest gap, max |", "|---|---|---|---|---|"]
-    for setting, runs in results["runs"].items():
+    lines = ["| state file | before the restart | failed requests per run | longest gap per "
+             "run (s) | longest gap, median | primary, epoch kept |",
+             "|---|---|---|---|---|---|"]
+    for key, runs in results["runs"].items():
+        setting, scenario = key.split(": ")
         failed = [r["failed"] for r in runs]
         gaps = [r["longest_gap_s"] for r in runs if r["longest_gap_s"] is not None]
-        lines.append(f"| {setting.split()[-1]} | {', '.join(map(str, failed))} | "
-                     f"{statistics.median(failed):g} | {statistics.median(gaps):.3f} s | "
-                     f"{max(gaps):.3f} s |")
+        kept = sum(r["primary_after"] == r["primary_before"]
+                   and r["epoch_after"] >= r["epoch_before"] for r in runs)
+        lines.append(f"| {setting.split()[-1]} | {scenario} | {', '.join(map(str, failed))} | "
+                     f"{', '.join(f'{g:.3f}' for g in gaps)} | "
+                     f"{statistics.median(gaps):.3f} s | {kept} of {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -96,12 +118,13 @@ def main(argv=None):
             os.makedirs(rundir)
             labs[setting] = Lab(agents=True, sbft_extra=extra, rundir=rundir)
             labs[setting].start()
-            results["runs"][setting] = []
             log(f"{setting}: lab up ({rundir})")
-            for run in range(args.runs):
-                outcome = one_run(labs[setting], f"restart-{run}.jsonl")
-                results["runs"][setting].append(outcome)
-                log(f"  run {run + 1}: {outcome}")
+            for scenario in SCENARIOS:
+                runs = results["runs"][f"{setting}: {scenario}"] = []
+                for run in range(args.runs):
+                    runs.append(one_run(labs[setting], f"{scenario[:5]}-{run}.jsonl",
+                                        scenario))
+                    log(f"  {scenario}, run {run + 1}: {runs[-1]}")
             labs.pop(setting).stop()
     finally:
         for lab in labs.values():
