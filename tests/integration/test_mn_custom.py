@@ -19,6 +19,8 @@ import signal
 import socket
 import subprocess
 
+from sbft_ryu import store
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
 REQUESTS = 20
@@ -81,6 +83,10 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
     lock = topo_module.take_lab_lock()  # a network outside Lab: one lab per machine
     ryu = net = None
     rundirs = []
+    # the README's controller keeps its state where a newcomer's would (the default path);
+    # a file this test created there goes with the test
+    state = store.default_path()
+    state_existed = os.path.exists(state)
     try:
         for port in (6653, 8080):  # the README's controller uses Ryu's default ports
             assert not port_taken(port), f"port {port} is in use: the README's " \
@@ -118,6 +124,8 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
             net.stop()
         topo_module.stop_process(ryu)
         lock.close()
+        if not state_existed and os.path.exists(state):
+            os.unlink(state)
         for path in rundirs:
             shutil.rmtree(path, ignore_errors=True)
     log = (tmp_path / "ryu-manager.log").read_text(encoding="utf-8", errors="replace")

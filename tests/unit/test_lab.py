@@ -76,35 +76,47 @@ def lab_config(tmp_path, monkeypatch, **kwargs):
 
 def test_lab_gives_a_generous_startup_grace_unless_told(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, lbs=2)
-    assert text == lab_module.sbft_config_text(topo.plan(2, 2, 1), "startup_grace = 10\n"
-                                               "state_file = state.json\n")
+    assert text == lab_module.sbft_config_text(topo.plan(2, 2, 1), "startup_grace = 10\n")
     assert load_text(tmp_path, text).startup_grace == 10.0
 
 
 def test_lab_keeps_the_extra_options_after_the_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, sbft_extra="mode = active\n")
-    assert text.endswith("startup_grace = 10\nstate_file = state.json\nmode = active\n")
+    assert text.endswith("startup_grace = 10\nmode = active\n")
     loaded = load_text(tmp_path, text)
     assert (loaded.startup_grace, loaded.mode) == (10.0, "active")
 
 
 def test_lab_takes_a_given_startup_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, sbft_extra="startup_grace = 0.5\n")
-    assert text == lab_module.sbft_config_text(topo.plan(3, 2, 1), "state_file = state.json\n"
-                                               "startup_grace = 0.5\n")
+    assert text == lab_module.sbft_config_text(topo.plan(3, 2, 1), "startup_grace = 0.5\n")
     assert text.count("startup_grace") == 1
 
 
-def test_lab_gives_each_controller_its_own_state_file_unless_told(tmp_path, monkeypatch):
-    text = lab_config(tmp_path, monkeypatch)
-    assert load_text(tmp_path, text).state_file == str(tmp_path / "state.json")
-    told = lab_config(tmp_path, monkeypatch, sbft_extra="state_file =\n")
-    assert told.count("state_file") == 1 and load_text(tmp_path, told).state_file == ""
+def test_every_controller_the_lab_starts_keeps_its_state_in_its_run_directory(tmp_path,
+                                                                             monkeypatch):
+    started = []
+    monkeypatch.setattr(lab_module.subprocess, "Popen",
+                        lambda argv, **kwargs: started.append(argv))
+    (tmp_path / "my.conf").write_text("[sbft]\nreplica =\n")
+    lab_module.start_ryu(str(tmp_path), 1, 2, str(tmp_path / "my.conf"))
+    (argv,) = started
+    files = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config-file"]
+    assert files == [str(tmp_path / "state.conf"), str(tmp_path / "my.conf")]
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(args=[a for f in files for a in ("--config-file", f)], default_config_files=[],
+         default_config_dirs=[])
+    assert config.load_config(conf).state_file == str(tmp_path / "state.json")
+    (tmp_path / "off.conf").write_text("[sbft]\nreplica =\nstate_file =\n")  # later wins
+    conf(args=["--config-file", files[0], "--config-file", str(tmp_path / "off.conf")],
+         default_config_files=[], default_config_dirs=[])
+    assert config.load_config(conf).state_file == ""
 
 
 def test_lab_baseline_config_has_no_replicas_and_no_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, vip_mode="keepalived")
-    assert text == "[sbft]\nreplica =\nstate_file = state.json\n"
+    assert text == "[sbft]\nreplica =\n"
 
 
 # --- where the lab lives ------------------------------------------------------------------

@@ -44,10 +44,19 @@ def free_port():
         return sock.getsockname()[1]
 
 
+STATE_CONF = "state.conf"
+
+
 def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
-    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen."""
+    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen.
+
+    Its state file is ``state.json`` in ``rundir`` (a first config file says so; the given one
+    comes later and may say otherwise), so no run inherits another's convictions or epochs."""
+    state_conf = os.path.join(rundir, STATE_CONF)
+    with open(state_conf, "w", encoding="utf-8") as handle:
+        handle.write("[sbft]\nstate_file = state.json\n")
     argv = [os.path.join(topo.VENV_BIN, "ryu-manager"), "--ofp-tcp-listen-port", str(ofp_port),
-            "--wsapi-port", str(wsapi_port)]
+            "--wsapi-port", str(wsapi_port), "--config-file", state_conf]
     if config_path:
         argv += ["--config-file", config_path]
     argv += [*extra_args, "sbft_ryu.app"]
@@ -201,10 +210,10 @@ class Lab:
                     # a generous grace: on 2 busy cores agents can start seconds apart, and
                     # tests and benchmarks want the configured order (lb1 first) to decide
                     grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
-                    handle.write(sbft_config_text(self.layout, grace + self.state_line()
-                                                  + self.sbft_extra, self.spares))
+                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra,
+                                                  self.spares))
                 else:  # baseline: a plain learning switch
-                    handle.write("[sbft]\nreplica =\n" + self.state_line() + self.sbft_extra)
+                    handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
             ryu_args = self.ryu_args
             if self.passive_listener:
                 # the switch listens (like the thesis's HP switch) and Ryu connects to it
@@ -237,13 +246,9 @@ class Lab:
         if self.wait_for_primary and self.vip_mode == "keepalived":
             wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
 
-    def state_line(self):
-        """Each lab's controller keeps its state in its own run directory (relative to the
-        config file), so no run inherits another's convictions; unless the lab says."""
-        return "" if "state_file" in self.sbft_extra else "state_file = state.json\n"
-
     @property
     def state_path(self):
+        """The controller's state file (see start_ryu; unless sbft_extra names another)."""
         return os.path.join(self.rundir, "state.json")
 
     def kill_controller(self):
