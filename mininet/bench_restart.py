@@ -12,20 +12,23 @@ agents on, three replicas), one setting after the other (two labs cannot run at 
 each run the tier is back to every replica up with a primary. Two scenarios per setting:
 "as started" (lb1, the first configured replica, is primary at epoch 1: what a controller
 without state would elect again) and "after a failover" (lb1 was crashed and restarted before
-the run, so lb2 is primary at a later epoch and lb1 a backup).
+the run, so lb2 is primary at a later epoch and lb1 a backup). Then, in active mode without
+``active_secret`` configured, one 3 MiB download (1 MiB/s) running across each restart: whether
+it completes byte for byte (``--only downloads``; ``--only requests`` for the part above).
 
 Writes results/bench-restart-<time>.json and prints the Markdown table docs/benchmarks.md
 quotes.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
 import sys
 import time
 
-from sbft_lab import timeline
+from sbft_lab import stream_backend, timeline
 from sbft_lab.lab import Lab, topo, wait_until
 
 # the one sys.path shim: bench_failover is this script's sibling (a script, not a module)
@@ -36,6 +39,7 @@ REPO = topo.REPO
 SETTLE_S, DEAD_S, PACE_S = 1.0, 1.0, 6.0
 SETTINGS = {"state file off": "state_file =\n", "state file on": ""}
 SCENARIOS = ("as started", "after a failover")
+SIZE, RATE = 3 * 1024 * 1024, 1024 * 1024
 
 
 def log(message):
@@ -78,10 +82,27 @@ def one_run(lab, name, scenario):
             "primary_after": health["primary"]}
 
 
+def download_run(lab, run):
+    wait_until(lambda: lab.health()["status"] == "ok", 30, 0.05, "every replica up")
+    path = f"/stream/{SIZE}?rate={RATE}&t=restart-{run}"
+    proc, out = lab.fetch("c1", f"download-{run}.json", path, timeout=60)
+    time.sleep(SETTLE_S)
+    lab.kill_controller()
+    time.sleep(DEAD_S)
+    lab.start_controller()
+    proc.wait(timeout=90)
+    with open(out, encoding="utf-8") as handle:
+        (result,) = json.load(handle)["results"]
+    expected = hashlib.sha256(stream_backend.content(path.split("?")[0], SIZE)).hexdigest()
+    return {"intact": bool(result["ok"] and result["bytes"] == SIZE
+                           and result["sha256"] == expected),
+            "bytes": result["bytes"], "error": result.get("error")}
+
+
 def report(results):
     lines = ["| state file | before the restart | failed requests per run | longest gap per "
              "run (s) | longest gap, median | primary, epoch kept |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"] if results["runs"] else []
     for key, runs in results["runs"].items():
         setting, scenario = key.split(": ")
         failed = [r["failed"] for r in runs]
@@ -91,13 +112,21 @@ def report(results):
         lines.append(f"| {setting.split()[-1]} | {scenario} | {', '.join(map(str, failed))} | "
                      f"{', '.join(f'{g:.3f}' for g in gaps)} | "
                      f"{statistics.median(gaps):.3f} s | {kept} of {len(runs)} |")
+    if results.get("downloads"):
+        lines += ["", "| state file | active-mode downloads intact across the restart |",
+                  "|---|---|"]
+        for setting, runs in results["downloads"].items():
+            intact = sum(r["intact"] for r in runs)
+            lines.append(f"| {setting.split()[-1]} | {intact} of {len(runs)} |")
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=bench_failover.positive_int, default=5,
-                        help="restarts per setting")
+                        help="restarts per setting and scenario")
+    parser.add_argument("--only", choices=("requests", "downloads"), action="append",
+                        help="run only these parts (repeatable)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (Mininet): run it as root")
@@ -110,10 +139,11 @@ def main(argv=None):
 
     setLogLevel("warning")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = {"date": stamp, "command": " ".join(sys.argv), "runs": {}}
+    results = {"date": stamp, "command": " ".join(sys.argv), "runs": {}, "downloads": {}}
+    parts = set(args.only or ("requests", "downloads"))
     labs = {}
     try:
-        for setting, extra in SETTINGS.items():
+        for setting, extra in SETTINGS.items() if "requests" in parts else ():
             rundir = os.path.join("/tmp", f"sbft-bench-restart-{stamp}", setting.split()[-1])
             os.makedirs(rundir)
             labs[setting] = Lab(agents=True, sbft_extra=extra, rundir=rundir)
@@ -125,6 +155,19 @@ def main(argv=None):
                     runs.append(one_run(labs[setting], f"{scenario[:5]}-{run}.jsonl",
                                         scenario))
                     log(f"  {scenario}, run {run + 1}: {runs[-1]}")
+            labs.pop(setting).stop()
+        for setting, extra in SETTINGS.items() if "downloads" in parts else ():
+            rundir = os.path.join("/tmp", f"sbft-bench-restart-{stamp}",
+                                  "active-" + setting.split()[-1])
+            os.makedirs(rundir)
+            labs[setting] = Lab(agents=True, skew=True, sbft_extra="mode = active\n" + extra,
+                                rundir=rundir)
+            labs[setting].start()
+            log(f"{setting}, active mode: lab up ({rundir})")
+            runs = results["downloads"][setting] = []
+            for run in range(args.runs):
+                runs.append(download_run(labs[setting], run))
+                log(f"  download {run + 1}: {runs[-1]}")
             labs.pop(setting).stop()
     finally:
         for lab in labs.values():
