@@ -42,9 +42,13 @@ def _failed(proc, log):
 def _restart(lab, topo_module):
     """SIGKILL the controller, wait DEAD_S, start it again; returns the new process's log
     (only what it wrote)."""
-    before = len(lab.controller_log())
     assert lab.kill_controller() != 0
     time.sleep(DEAD_S)
+    return _restart_only(lab, topo_module)
+
+
+def _restart_only(lab, topo_module):
+    before = len(lab.controller_log())
     lab.start_controller()
     topo_module.wait_until(lambda: lab.health()["decided"], 5, 0.02, "the decision")
     topo_module.wait_until(lambda: "changes sent" in lab.controller_log()[before:], 5, 0.02,
@@ -149,16 +153,18 @@ def _start_bare_controller(lab, topo_module):
     return status, lab.controller_log()[before:]
 
 
-def _flows(switch="s1"):
-    return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows",
-                           switch], capture_output=True, text=True, timeout=10).stdout
+def _flows(switch="s1", version="OpenFlow10"):
+    return subprocess.run(["ovs-ofctl", "-O", version, "--no-stats", "dump-flows", switch],
+                          capture_output=True, text=True, timeout=10).stdout
 
 
 def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo_module,
                                                                tmp_path):
     """Corrupt, of a newer format, in a directory that cannot be written: one line naming
-    the file and the reason, a non-zero exit, the switch's flows as they were."""
-    lab = lab_factory(sbft_extra="heartbeat_timeout = 0\n")  # no agents: ports decide
+    the file and the reason, a non-zero exit, the switch's flows as they were. Then the good
+    file again: the restart sends the switch nothing. (OpenFlow 1.0 here, 1.3 above.)"""
+    lab = lab_factory(sbft_extra="heartbeat_timeout = 0\n",  # no agents: ports decide
+                      protocols="OpenFlow10")
     flows = _flows()
     assert "priority=" in flows
     lab.kill_controller()
@@ -185,7 +191,13 @@ def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo
         assert len(lines) == 1, (reason, log[-1500:])
         assert "Traceback" not in log, (reason, log[-1500:])
         assert _flows() == flows, f"{reason}: the switch was touched"
-    lab.ryu = None  # nothing left running; the lab's teardown stops the network
+    with open(lab.state_path, "w", encoding="utf-8") as handle:
+        handle.write(good)
+    with open(lab.config_path, "w", encoding="utf-8") as handle:
+        handle.write(config)
+    new_log = _restart_only(lab, topo_module)
+    assert _changes_sent(new_log) == [0], new_log[-2000:]
+    assert _flows() == flows and lab.health()["primary"] == "lb1"
 
 
 def test_a_convicted_replica_stays_excluded_after_a_restart(lab_factory, topo_module):
