@@ -213,6 +213,8 @@ class Core:
                 return False
             record.installed = decide.service_flows(self.config, view) if record.service \
                 else ()
+        if record.service and record.ports:  # the ports it reported meanwhile count now
+            self._changed(self.cluster.set_ports(dpid, record.ports, now), now)
         return True
 
     def switch_gone(self, dpid, now):
@@ -226,12 +228,14 @@ class Core:
         return None
 
     def set_ports(self, dpid, ports, now):
-        """Every port of a switch: ``ports`` maps port number → usable."""
+        """Every port of a switch: ``ports`` maps port number → usable. A service switch's
+        ports count only once its tables are converged (tables_read): until then a replica
+        behind it is not up, so no view is acted upon that the switch does not hold yet."""
         record = self.switches.get(dpid)
         if record is None:
             return None
         record.ports = dict(ports)
-        if record.service:
+        if record.service and record.installed is not None:
             return self._changed(self.cluster.set_ports(dpid, record.ports, now), now)
         return None
 
@@ -243,7 +247,7 @@ class Core:
             record.log.info("port %d %s", port, "up" if up else "down")
         record.ports[port] = up
         self.counters["port_status"] += 1
-        if record.service:
+        if record.service and record.installed is not None:
             return self._changed(self.cluster.port_status(dpid, port, up, now), now)
         return None
 

@@ -165,6 +165,8 @@ def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo
     file again: the restart sends the switch nothing. (OpenFlow 1.0 here, 1.3 above.)"""
     lab = lab_factory(sbft_extra="heartbeat_timeout = 0\n",  # no agents: ports decide
                       protocols="OpenFlow10")
+    topo_module.wait_until(lambda: "changes sent" in lab.controller_log(), 5, 0.02,
+                           "the switch's tables converged")
     flows = _flows()
     assert "priority=" in flows
     lab.kill_controller()

@@ -114,12 +114,15 @@ def test_a_switch_other_than_the_configured_dpid_gets_the_flows_file_only(config
     assert len(send.sent) == 2
 
 
-def test_a_switch_whose_tables_are_not_read_yet_gets_no_update(core, config, send):
+def test_ports_count_once_the_switch_holds_its_tables(core, config, send):
     core.switch_connected(1, "1.3", LOG, NOW)
     core.set_ports(1, ALL_UP, NOW)
-    assert core.cluster.view.primary == "lb1" and len(send.sent) == 1
-    core.tables_read(1, Tables(), NOW)  # converged to the view of now
-    assert send.sent[1][1][0].flows == decide.intended_flows(config, core.cluster.view)
+    core.port_status(1, 3, False, NOW)
+    assert core.cluster.view.primary is None and len(send.sent) == 1  # nothing elected yet
+    core.tables_read(1, Tables(), NOW)  # converged to the view of now, then the ports count
+    assert send.sent[1][1][0].flows == decide.intended_flows(config, view((), None, 0))
+    assert core.cluster.view == view(("lb1", "lb2"), "lb1", 1)
+    assert core.switches[1].installed == decide.service_flows(config, core.cluster.view)
 
 
 def test_ports_up_elect_a_primary_and_converge_every_service_switch(core, config, send,
@@ -176,7 +179,7 @@ def test_events_of_an_unknown_switch_change_nothing(core, send):
 
 
 def test_a_service_switch_gone_takes_its_ports_with_it(core):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     assert core.switch_gone(1, NOW) == view((), None, 2)
     assert core.seen == {1: (False, "1.3")} and core.switches == {}
@@ -216,7 +219,7 @@ def test_an_unauthenticated_heartbeat_is_counted_and_changes_nothing(raw):
 
 
 def test_readmitting_a_replica_that_is_not_byzantine_is_refused(core):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     with pytest.raises(NotByzantine, match=r"^lb3 is not byzantine \(state up\)$"):
         core.readmit("lb3", NOW)
@@ -229,7 +232,7 @@ def test_readmitting_a_replica_that_is_not_byzantine_is_refused(core):
 
 def test_tick_expires_a_silent_replica(default_config, send):
     core = Core(dataclasses.replace(default_config, startup_grace=0.0), send)
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     for name in ("lb1", "lb2", "lb3"):
         core.heartbeat(name, beat(), None, NOW)
