@@ -6,9 +6,10 @@ monotonic time to the :class:`~sbft_ryu.core.Core`, which decides; what the Core
 back through :meth:`SbftApp._send`, translated for the switch's OpenFlow version. Failure
 policy: a bad configuration or flows file, or a state file that cannot be used (unreadable,
 corrupt, of a newer format, in a directory that cannot be written), stops the process with one
-line before any switch is touched; an
-OpenFlow handler's error (:func:`of_handler`) or a failed liveness round is logged with its
-switch and counted; an OpenFlow error from a switch is logged and counted.
+line before any switch is touched; an OpenFlow handler's error (:func:`of_handler`) or a failed
+liveness round is logged with its switch and counted; an OpenFlow error from a switch is logged
+and counted. A connecting switch is not wiped: its tables are read and only the difference is
+sent (:meth:`~sbft_ryu.core.Core.tables_read`).
 """
 
 import functools
