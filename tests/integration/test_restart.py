@@ -179,8 +179,7 @@ def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo
     cases = [("corrupt", "{not json", config, lab.state_path),
              ("newer", json.dumps({**json.loads(good), "version": 99}), config,
               lab.state_path),
-             ("not writable", good, config.replace("state_file = state.json",
-                                                   f"state_file = {blocker}/state.json"),
+             ("not writable", good, config + f"state_file = {blocker}/state.json\n",
               f"{blocker}/state.json")]
     for reason, text, config_text, named in cases:
         with open(lab.state_path, "w", encoding="utf-8") as handle:

@@ -172,3 +172,12 @@ def test_a_failed_start_releases_the_lab_lock(tmp_path, monkeypatch):
         lab.start()
     assert lab._lock is None
     take(path, timeout=0).close()  # free: taken at once (a held lock would raise TimeoutError)
+
+
+def test_free_ports_lie_below_the_ephemeral_range(tmp_path, monkeypatch):
+    """(a restarted controller reuses its ports: nothing may take them meanwhile)"""
+    ranges = tmp_path / "range"
+    ranges.write_text("32768\t60999\n")
+    monkeypatch.setattr(lab_module, "EPHEMERAL_RANGE", str(ranges))
+    ports = {lab_module.free_port() for _ in range(20)}
+    assert all(20768 <= port < 32768 for port in ports) and len(ports) > 1

@@ -9,6 +9,7 @@ Only one lab runs on a machine at a time (:func:`take_lab_lock`).
 import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,8 +39,29 @@ def sbft_config_text(topo_plan, extra="", spares=0):
     return "\n".join(lines) + "\n" + extra
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+PORT_TRIES = 200
+
+
 def free_port():
-    with socket.socket() as sock:
+    """A free TCP port on loopback below the kernel's ephemeral range. A controller restarted
+    on the same ports must find them free, and while it is down an ephemeral port can be
+    taken by any connect() or bind(0) on the machine (seen here: a restart's REST port "already
+    in use" with other labs running); ports below the range are only ever taken on purpose."""
+    try:
+        with open(EPHEMERAL_RANGE, encoding="ascii") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(PORT_TRIES):
+        port = random.randint(max(1025, low - 12000), max(1025, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # (a crowded machine: any free port)
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
