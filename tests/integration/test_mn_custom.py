@@ -86,7 +86,8 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
     # the README's controller keeps its state where a newcomer's would (the default path);
     # a file this test created there goes with the test
     state = store.default_path()
-    state_existed = os.path.exists(state)
+    state_existed, directory_existed = os.path.exists(state), os.path.isdir(
+        os.path.dirname(state))
     try:
         for port in (6653, 8080):  # the README's controller uses Ryu's default ports
             assert not port_taken(port), f"port {port} is in use: the README's " \
@@ -126,6 +127,8 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
         lock.close()
         if not state_existed and os.path.exists(state):
             os.unlink(state)
+        if not directory_existed and os.path.isdir(os.path.dirname(state)):
+            os.rmdir(os.path.dirname(state))  # (empty: only the state file was ever there)
         for path in rundirs:
             shutil.rmtree(path, ignore_errors=True)
     log = (tmp_path / "ryu-manager.log").read_text(encoding="utf-8", errors="replace")
