@@ -79,7 +79,9 @@ class OwnOutput:
         if have < length and not fin:
             if conn.lossy:
                 return ABSTAIN
-            if conn.own_acked is not None and serial_gt(conn.own_acked, own_start):
+            if not have and conn.own_acked is not None and serial_gt(conn.own_acked, own_start):
+                # its start is gone (trimmed). With a start in hand the rest is only not
+                # produced yet, even when a catch-up ACK (ours) already passed the range's start
                 own_end = (own_start + length) & MASK32
                 return PARTLY_ACKNOWLEDGED if serial_gt(own_end, conn.own_acked) \
                     else ACKNOWLEDGED
