@@ -32,7 +32,7 @@ is kept by :mod:`~sbft_ryu.agent.unacked`; the voting read side is
 import hashlib
 import struct
 
-from sbft_ryu.agent import unacked
+from sbft_ryu.agent import client_input, unacked
 from sbft_ryu.agent.own_output import RST_OUT, OwnOutput
 from sbft_ryu.agent.packet import (ACK, ACK_NO, CHECKSUM, DONT_FRAGMENT, DST, FIN, FRAGMENT,
                                    MASK32, NOP_NOP_TS, OPTIONS, RST, SACK, SEQ, SRC, SYN, TIMESTAMP,
@@ -73,10 +73,13 @@ FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8  # Connection.closed, with 
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
-                 "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up")
+                 "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up",
+                 "client_gap_bytes", "client_beyond_window", "input_lost_resets")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
- C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP) = range(
-     len(COUNTER_NAMES))
+ C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP,
+ C_GAP, C_BEYOND, C_LOST_RESETS) = range(len(COUNTER_NAMES))
+# gauges (client_input.survey), reported beside the counters
+GAUGE_NAMES = ("connections_behind", "bytes_missing")
 
 
 def shared_values(secret, client_ip, client_port, vip, service_port, client_isn):
@@ -90,7 +93,8 @@ class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
-                 "client_next", "client_window", "client_ts", "generation")
+                 "client_next", "client_window", "client_ts", "generation", "own_rcv",
+                 "own_edge", "rcv_at", "peer_ack", "input_lost")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
@@ -119,6 +123,13 @@ class Connection:
         self.client_next = None
         self.client_window = 0
         self.client_ts = b""
+        # the client's bytes (client_input.py): this stack's receive point and window edge,
+        # when it last advanced, the point the primary acknowledged (wire copy), lost or not
+        self.own_rcv = None
+        self.own_edge = None
+        self.rcv_at = now
+        self.peer_ack = None
+        self.input_lost = False
 
 
 class Translator:
@@ -136,6 +147,8 @@ class Translator:
         self.generation = 0
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
+        self.gauges = dict.fromkeys(GAUGE_NAMES, 0)  # client_input.survey, at every tick
+        self._verifying = {}  # key -> when a new primary resets it, unless it catches up
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
@@ -156,9 +169,14 @@ class Translator:
             return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, csum,
                                  now)
         if sport == self.port:
-            if arriving:
+            if arriving:  # the primary's segment: what it acknowledged to the client
+                if flags & ACK and not primary:
+                    conn = self.connections.get((payload[DST], dport))
+                    if conn is not None:
+                        client_input.on_peer_ack(conn, ack)
                 return _ON_WIRE
-            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, csum, now)
+            return self._outbound(payload, primary, ihl, thl, dport, seq, ack, flags, window,
+                                  csum, now)
         self.counters[C_MALFORMED] += 1
         return _DROPPED
 
@@ -211,8 +229,12 @@ class Translator:
                                            conn), (), (), (), ())
 
     def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
+        data = len(payload) - ihl - thl
+        if data:  # client bytes that skipped the agent, or that the stack will not take
+            self.counters[C_GAP] += client_input.gap(conn, seq)
+            self.counters[C_BEYOND] += client_input.beyond_window(conn, seq, data)
         # what a catch-up ACK needs: the client's next sequence number and latest window
-        after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
+        after = (seq + data + (1 if flags & FIN else 0)) & MASK32
         if conn.client_next is None or not serial_gt(conn.client_next, after):
             conn.client_next = after
             conn.client_window = window
@@ -270,7 +292,8 @@ class Translator:
 
     # ---- replica → client --------------------------------------------------------------------
 
-    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, csum, now):
+    def _outbound(self, payload, primary, ihl, thl, dport, seq, ack, flags, window, csum,
+                  now):
         conn = self.connections.get((payload[DST], dport))
         if conn is None:
             self.counters[C_UNKNOWN_OUT] += 1
@@ -288,6 +311,8 @@ class Translator:
             return _DROPPED
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST | RST_OUT if flags & RST else FIN_OUT
+        if flags & ACK and not flags & RST:
+            client_input.on_own_ack(conn, ack, window, flags & SYN, now)
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         end = (seq + length) & MASK32
         if serial_gt(end, conn.own_max):
@@ -443,6 +468,42 @@ class Translator:
         self._holding.clear()
         return tokens
 
+    # ---- the client's bytes (client_input.py) ------------------------------------------------
+
+    def survey(self, now):
+        """Refresh the gauges (connections behind, bytes missing) and each connection's
+        ``input_lost``; the packet thread calls it at every tick."""
+        behind, total = client_input.survey(list(self.connections.values()), now)
+        self.gauges = {"connections_behind": behind, "bytes_missing": total}
+
+    def promoted(self, now):
+        """Just promoted: every connection whose stack lacks bytes the client was acknowledged
+        gets a deadline (at once if they are lost, else CATCH_UP_S)."""
+        self.survey(now)
+        self._verifying = {}
+        for key, conn in self.connections.items():
+            if conn.seq_off is None or conn.closed & (CLOSED_RST | RESET_SENT):
+                continue
+            due = client_input.deadline(conn, now)
+            if due is not None:
+                self._verifying[key] = due
+
+    def verify_input(self, now):
+        """(RSTs for clients, RSTs for this stack) of the connections a new primary cannot
+        continue: still missing acknowledged bytes at their deadline."""
+        to_client, to_stack = [], []
+        for key, due in list(self._verifying.items()):
+            conn = self.connections.get(key)
+            if conn is None or conn.closed & RESET_SENT or not client_input.missing(conn):
+                del self._verifying[key]
+            elif now >= due:
+                del self._verifying[key]
+                self.counters[C_LOST_RESETS] += 1
+                to_stack.append(build(key[0], conn.vip, key[1], self.port, conn.own_rcv, 0,
+                                      RST))
+                to_client.append(self.reset_packet(*key))
+        return to_client, to_stack
+
     # ---- for voting ------------------------------------------------------------------------------
 
     def reset_packet(self, client, port):
@@ -461,5 +522,6 @@ class Translator:
 
     def snapshot(self):
         counters = dict(zip(COUNTER_NAMES, self.counters))
+        counters.update(self.gauges)
         counters["connections"] = len(self.connections)
         return counters

@@ -42,13 +42,16 @@ class OwnOutput:
 
         :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
         range's start (the bytes were trimmed, and reached the client through f votes or on
-        a wire the backups checked), its output outgrew what a backup keeps, or (``partial``)
-        the connection is not one its stack took part in."""
+        a wire the backups checked), its output outgrew what a backup keeps, its stack lost
+        client bytes the client was acknowledged (``input_lost``, see client_input.py), or
+        (``partial``) the connection is not one its stack took part in."""
         conn = self.connections.get((client, port))
         if conn is None or conn.seq_off is None:
             # not (yet) a connection of ours: wait; after the patience, it never was (this
             # replica joined later, or its stack never answered the SYN)
             return ABSTAIN if partial else None
+        if conn.input_lost:  # its stack lacks request bytes the client was acknowledged:
+            return ABSTAIN  # it will never answer this connection as the others do
         own_start = (start - conn.seq_off) & MASK32
         length = (end - start) & MASK32
         pieces = []

@@ -293,7 +293,8 @@ def test_snapshot_has_translator_counters_callback_errors_and_connections(clock)
     feed(queue, SYN)
     feed(queue, REQUEST, fail_get=True)
     snap = queue.snapshot()
-    assert set(snap) == set(active.COUNTER_NAMES) | {"connections", "callback_errors"}
+    assert set(snap) == (set(active.COUNTER_NAMES) | set(active.GAUGE_NAMES)
+                         | {"connections", "callback_errors"})
     assert snap["connections"] == 1 and snap["callback_errors"] == 1
     assert all(snap[name] == 0 for name in active.COUNTER_NAMES)
 

@@ -1,0 +1,94 @@
+"""The client's bytes: what this replica's own stack received, against what the client was
+acknowledged (the upload side of active replication).
+
+The client sends each byte once to the VIP; the switch copies it to every replica, and the
+client resends only what the *primary* did not acknowledge. A byte a backup's stack misses while
+the primary acknowledges it is therefore gone for that backup, and a backup promoted without
+it can never continue the connection (the client will not resend it, the stack waits for it).
+Three places lose such bytes, each counted by the agent:
+
+* before the agent (a qdisc, a link, the kernel queue overflowing): the agent sees a hole in
+  the client's stream (``client_gap_bytes``; the queue's own drops are ``nfq_dropped``,
+  read from the kernel, in packets);
+* in the stack: beyond the receive window the stack last announced (``client_beyond_window``);
+* never lost, only late: still queued, in flight or in the switch.
+
+A connection's points, all in the client's sequence space (which the agents never translate):
+
+* ``own_rcv``: the stack's receive point, the ACK field of its own latest segment (a backup's
+  are dropped, but the agent sees them);
+* ``peer_ack``: the point the client was acknowledged, the ACK field of the primary's segments
+  as the switch copies them to the backups (the wire copy);
+* missing: ``peer_ack - own_rcv`` when positive. A connection missing bytes whose stack has not
+  advanced for ``STALL_S`` has lost them (``input_lost``): a voting backup abstains on it, a new
+  primary resets it at once. A new primary gives every other connection missing bytes
+  ``CATCH_UP_S`` to receive the rest (they may be late, not lost), then resets it: a RST the
+  client accepts (seq = its RCV.NXT, the ACK of its latest segment) and one for its own stack
+  (seq = the stack's receive point), so the proxy's connection ends too.
+
+Pure functions over :class:`~sbft_ryu.agent.active.Connection` (no clock read, no I/O).
+"""
+
+from sbft_ryu.agent.packet import HALF32, MASK32, serial_gt
+
+CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may be late
+STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
+
+
+def on_own_ack(conn, ack, window, syn, now):
+    """The stack's own segment acknowledged ``ack`` and announced ``window`` (its raw field)."""
+    if conn.own_rcv is None or serial_gt(ack, conn.own_rcv):
+        conn.own_rcv = ack
+        conn.rcv_at = now
+    shift = 0 if syn or conn.own_ws is None else conn.own_ws  # a SYN's window is unscaled
+    conn.own_edge = (ack + (window << shift)) & MASK32
+
+
+def on_peer_ack(conn, ack):
+    """The primary acknowledged ``ack`` to the client (seen on the wire copy)."""
+    if conn.peer_ack is None or serial_gt(ack, conn.peer_ack):
+        conn.peer_ack = ack
+
+
+def missing(conn):
+    """Bytes the client was acknowledged that this replica's stack has not received."""
+    if conn.peer_ack is None or conn.own_rcv is None:
+        return 0
+    behind = (conn.peer_ack - conn.own_rcv) & MASK32
+    return behind if behind < HALF32 else 0
+
+
+def gap(conn, seq):
+    """Bytes of the client's stream that skipped the agent before ``seq`` (a hole)."""
+    if conn.client_next is None:
+        return 0
+    hole = (seq - conn.client_next) & MASK32
+    return hole if hole < HALF32 else 0
+
+
+def beyond_window(conn, seq, length):
+    """Bytes of [seq, seq + length) past the right edge the stack last announced."""
+    if conn.own_edge is None:
+        return 0
+    past = (seq + length - conn.own_edge) & MASK32
+    return min(past, length) if past < HALF32 else 0
+
+
+def survey(connections, now):
+    """(connections behind, bytes missing) over ``connections`` (a list, not the live dict),
+    marking each connection that lost bytes (``input_lost``)."""
+    behind = total = 0
+    for conn in connections:
+        short = missing(conn)
+        if short:
+            behind += 1
+            total += short
+        conn.input_lost = bool(short) and now - conn.rcv_at >= STALL_S
+    return behind, total
+
+
+def deadline(conn, now):
+    """When a just-promoted replica resets a connection it may lack bytes of (None: never)."""
+    if not missing(conn):
+        return None
+    return now if conn.input_lost else now + CATCH_UP_S
