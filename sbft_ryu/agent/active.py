@@ -74,12 +74,13 @@ FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8  # Connection.closed, with 
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
                  "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up",
-                 "client_gap_bytes", "client_beyond_window", "input_lost_resets")
+                 "client_gap_bytes", "client_beyond_window", "client_reinjected",
+                 "client_park_overflow", "input_lost_resets")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
  C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP,
- C_GAP, C_BEYOND, C_LOST_RESETS) = range(len(COUNTER_NAMES))
+ C_GAP, C_BEYOND, C_REINJECTED, C_PARK_OVERFLOW, C_LOST_RESETS) = range(len(COUNTER_NAMES))
 # gauges (client_input.survey), reported beside the counters
-GAUGE_NAMES = ("connections_behind", "bytes_missing")
+GAUGE_NAMES = ("connections_behind", "bytes_missing", "parked_bytes")
 
 
 def shared_values(secret, client_ip, client_port, vip, service_port, client_isn):
@@ -94,7 +95,7 @@ class Connection:
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
                  "client_next", "client_window", "client_ts", "generation", "own_rcv",
-                 "own_edge", "rcv_at", "peer_ack", "input_lost")
+                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
@@ -130,6 +131,7 @@ class Connection:
         self.rcv_at = now
         self.peer_ack = None
         self.input_lost = False
+        self.parked = None  # [(seq, end, translated payload)] beyond the stack's window
 
 
 class Translator:
@@ -148,6 +150,7 @@ class Translator:
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
         self.gauges = dict.fromkeys(GAUGE_NAMES, 0)  # client_input.survey, at every tick
+        self.parked_bytes = 0  # client bytes parked for this replica's stack (all connections)
         self._verifying = {}  # key -> when a new primary resets it, unless it catches up
 
     # ---- the per-packet entry point ---------------------------------------------------------
@@ -167,7 +170,7 @@ class Translator:
             return _DROPPED
         if dport == self.port:
             return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, csum,
-                                 now)
+                                 now, primary)
         if sport == self.port:
             if arriving:  # the primary's segment: what it acknowledged to the client
                 if flags & ACK and not primary:
@@ -182,7 +185,8 @@ class Translator:
 
     # ---- client → replica --------------------------------------------------------------------
 
-    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now):
+    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now,
+                 primary=False):
         key = (payload[SRC], sport)
         conn = self.connections.get(key)
         if flags & SYN and not flags & ACK:
@@ -225,16 +229,26 @@ class Translator:
             self.counters[C_HELD] += 1
             return _HELD
         self.counters[C_IN] += 1
-        return (ACCEPT, self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum,
-                                           conn), (), (), (), ())
+        data = len(payload) - ihl - thl
+        beyond = 0
+        if data:  # client bytes that skipped the agent, or that the stack has no room for
+            self.counters[C_GAP] += client_input.gap(conn, seq)
+            beyond = client_input.beyond_window(conn, seq, data)
+            self.counters[C_BEYOND] += beyond
+        new = self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum, conn)
+        if beyond and not primary:  # the client resends it only to a primary: keep it
+            if self.parked_bytes + data <= client_input.MAX_PARKED_BYTES:
+                client_input.park(conn, seq, data, new)
+                self.parked_bytes += data
+                if beyond == data:
+                    return _DROPPED  # the stack would drop it: it gets it when there is room
+            else:
+                self.counters[C_PARK_OVERFLOW] += beyond
+        return ACCEPT, new, (), (), (), ()
 
     def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
-        data = len(payload) - ihl - thl
-        if data:  # client bytes that skipped the agent, or that the stack will not take
-            self.counters[C_GAP] += client_input.gap(conn, seq)
-            self.counters[C_BEYOND] += client_input.beyond_window(conn, seq, data)
         # what a catch-up ACK needs: the client's next sequence number and latest window
-        after = (seq + data + (1 if flags & FIN else 0)) & MASK32
+        after = (seq + len(payload) - ihl - thl + (1 if flags & FIN else 0)) & MASK32
         if conn.client_next is None or not serial_gt(conn.client_next, after):
             conn.client_next = after
             conn.client_window = window
@@ -311,8 +325,13 @@ class Translator:
             return _DROPPED
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST | RST_OUT if flags & RST else FIN_OUT
+        reinject = ()
         if flags & ACK and not flags & RST:
             client_input.on_own_ack(conn, ack, window, flags & SYN, now)
+            if conn.parked:  # its window may reach parked client bytes now
+                reinject, freed, handed = client_input.releasable(conn)
+                self.parked_bytes -= freed
+                self.counters[C_REINJECTED] += handed
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         end = (seq + length) & MASK32
         if serial_gt(end, conn.own_max):
@@ -326,10 +345,10 @@ class Translator:
                 if conn.client_ack is not None and conn.client_next is not None and \
                         not serial_gt(end, (conn.client_ack - conn.seq_off) & MASK32):
                     to_stack = (self._catch_up(conn, payload[DST], dport, end),)
-            return DROP, None, released, (), to_stack, ()
+            return DROP, None, released, (), to_stack + tuple(reinject), ()
         self.counters[C_OUT] += 1
         return (ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, csum, conn), released,
-                (), (), ())
+                (), tuple(reinject), ())
 
     def _catch_up(self, conn, client, port, end):
         """A backup's stack sent bytes the client acknowledged before this stack produced them
@@ -456,6 +475,8 @@ class Translator:
             conn = self.connections.pop(key, None)
             if conn is not None and conn.held:
                 dropped.extend(token for token, _ in conn.held)
+            if conn is not None and conn.parked:
+                self._unpark(conn)
         return dropped
 
     def take_held(self):
@@ -474,7 +495,8 @@ class Translator:
         """Refresh the gauges (connections behind, bytes missing) and each connection's
         ``input_lost``; the packet thread calls it at every tick."""
         behind, total = client_input.survey(list(self.connections.values()), now)
-        self.gauges = {"connections_behind": behind, "bytes_missing": total}
+        self.gauges = {"connections_behind": behind, "bytes_missing": total,
+                       "parked_bytes": self.parked_bytes}
 
     def promoted(self, now):
         """Just promoted: every connection whose stack lacks bytes the client was acknowledged
@@ -515,7 +537,12 @@ class Translator:
         seq = conn.client_ack if conn.client_ack is not None else (conn.shared_isn + 1) & MASK32
         conn.closed |= CLOSED_RST | RESET_SENT  # everything else it sends is dropped
         unacked.forget(conn)
+        self._unpark(conn)
         return self._rst(conn, client, port, seq)
+
+    def _unpark(self, conn):
+        self.parked_bytes -= client_input.parked_bytes(conn)
+        conn.parked = None
 
     def _rst(self, conn, client, port, seq):
         return build(conn.vip, client, self.port, port, seq, 0, RST)

@@ -10,8 +10,13 @@ Three places lose such bytes, each counted by the agent:
 * before the agent (a qdisc, a link, the kernel queue overflowing): the agent sees a hole in
   the client's stream (``client_gap_bytes``; the queue's own drops are ``nfq_dropped``,
   read from the kernel, in packets);
-* in the stack: beyond the receive window the stack last announced (``client_beyond_window``);
-* never lost, only late: still queued, in flight or in the switch.
+* in the stack: beyond the receive window the stack last announced (``client_beyond_window``).
+  This was the usual loss in the lab: a backup's proxy falls behind for a moment, its stack's
+  window closes while the primary's is open, and the stack drops what comes. A backup's agent
+  therefore *parks* such segments (translated, up to MAX_PARKED_BYTES per agent) and hands them
+  to its stack once the stack's window reaches them (``client_reinjected``), as it gives the
+  stack catch-up ACKs; what does not fit is lost (``client_park_overflow``);
+* never lost, only late: still queued, in flight, in the switch, or parked.
 
 A connection's points, all in the client's sequence space (which the agents never translate):
 
@@ -19,8 +24,9 @@ A connection's points, all in the client's sequence space (which the agents neve
   are dropped, but the agent sees them);
 * ``peer_ack``: the point the client was acknowledged, the ACK field of the primary's segments
   as the switch copies them to the backups (the wire copy);
-* missing: ``peer_ack - own_rcv`` when positive. A connection missing bytes whose stack has not
-  advanced for ``STALL_S`` has lost them (``input_lost``): a voting backup abstains on it, a new
+* missing: ``peer_ack - own_rcv`` when positive, less what is parked from ``own_rcv`` on
+  without a hole (:func:`reach`). A connection missing bytes whose stack has not advanced for
+  ``STALL_S`` has lost them (``input_lost``): a voting backup abstains on it, a new
   primary resets it at once. A new primary gives every other connection missing bytes
   ``CATCH_UP_S`` to receive the rest (they may be late, not lost), then resets it: a RST the
   client accepts (seq = its RCV.NXT, the ACK of its latest segment) and one for its own stack
@@ -33,6 +39,7 @@ from sbft_ryu.agent.packet import HALF32, MASK32, serial_gt
 
 CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may be late
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
+MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
 
 
 def on_own_ack(conn, ack, window, syn, now):
@@ -50,12 +57,52 @@ def on_peer_ack(conn, ack):
         conn.peer_ack = ack
 
 
+def reach(conn):
+    """How far this replica has the client's stream without a hole: the stack's receive
+    point, extended by the parked segments that continue it."""
+    point = conn.own_rcv
+    for seq, end, _ in conn.parked or ():
+        if not serial_gt(seq, point) and serial_gt(end, point):
+            point = end
+    return point
+
+
 def missing(conn):
-    """Bytes the client was acknowledged that this replica's stack has not received."""
+    """Bytes the client was acknowledged that this replica has neither received nor parked."""
     if conn.peer_ack is None or conn.own_rcv is None:
         return 0
-    behind = (conn.peer_ack - conn.own_rcv) & MASK32
+    behind = (conn.peer_ack - reach(conn)) & MASK32
     return behind if behind < HALF32 else 0
+
+
+def park(conn, seq, length, payload):
+    """Keep a translated client segment the stack has no room for yet."""
+    if conn.parked is None:
+        conn.parked = []
+    conn.parked.append((seq, (seq + length) & MASK32, payload))
+
+
+def releasable(conn):
+    """The parked segments the stack's window now reaches, in order (forgetting them and those
+    the stack already has): (segments, bytes forgotten, bytes of those segments)."""
+    keep, out, freed, handed = [], [], 0, 0
+    for item in conn.parked:
+        seq, end, payload = item
+        size = (end - seq) & MASK32
+        if not serial_gt(end, conn.own_rcv):
+            freed += size  # the stack has it (a resend filled the hole)
+        elif serial_gt(conn.own_edge, seq):
+            out.append(payload)
+            freed += size
+            handed += size
+        else:
+            keep.append(item)
+    conn.parked = keep or None
+    return out, freed, handed
+
+
+def parked_bytes(conn):
+    return sum((end - seq) & MASK32 for seq, end, _ in conn.parked or ())
 
 
 def gap(conn, seq):
