@@ -95,7 +95,7 @@ class Connection:
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
                  "client_next", "client_window", "client_ts", "generation", "own_rcv",
-                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked")
+                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked", "undelivered")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
@@ -131,7 +131,10 @@ class Connection:
         self.rcv_at = now
         self.peer_ack = None
         self.input_lost = False
-        self.parked = None  # [(seq, end, translated payload)] beyond the stack's window
+        # client segments its stack has not acknowledged yet: deque of [seq, end, translated
+        # payload, delivered], and how many were never delivered (beyond its window)
+        self.parked = None
+        self.undelivered = 0
 
 
 class Translator:
@@ -236,14 +239,14 @@ class Translator:
             beyond = client_input.beyond_window(conn, seq, data)
             self.counters[C_BEYOND] += beyond
         new = self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum, conn)
-        if beyond and not primary:  # the client resends it only to a primary: keep it
+        if data and not primary:  # the client resends only to a primary: keep it
             if self.parked_bytes + data <= client_input.MAX_PARKED_BYTES:
-                client_input.park(conn, seq, data, new)
+                client_input.park(conn, seq, data, new, beyond < data)
                 self.parked_bytes += data
                 if beyond == data:
                     return _DROPPED  # the stack would drop it: it gets it when there is room
             else:
-                self.counters[C_PARK_OVERFLOW] += beyond
+                self.counters[C_PARK_OVERFLOW] += data
         return ACCEPT, new, (), (), (), ()
 
     def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
@@ -328,9 +331,9 @@ class Translator:
         reinject = ()
         if flags & ACK and not flags & RST:
             client_input.on_own_ack(conn, ack, window, flags & SYN, now)
-            if conn.parked:  # its window may reach parked client bytes now
-                reinject, freed, handed = client_input.releasable(conn)
-                self.parked_bytes -= freed
+            if conn.parked:  # it may have what was kept, or room for more of it
+                self.parked_bytes -= client_input.acknowledged(conn)
+                reinject, handed = client_input.due(conn, False)
                 self.counters[C_REINJECTED] += handed
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         end = (seq + length) & MASK32
@@ -493,10 +496,19 @@ class Translator:
 
     def survey(self, now):
         """Refresh the gauges (connections behind, bytes missing) and each connection's
-        ``input_lost``; the packet thread calls it at every tick."""
-        behind, total = client_input.survey(list(self.connections.values()), now)
+        ``input_lost``; the kept client segments for stacks whose receive point stalled (to
+        send to this replica's stack). The packet thread calls it at every tick."""
+        connections = list(self.connections.values())
+        behind, total = client_input.survey(connections, now)
         self.gauges = {"connections_behind": behind, "bytes_missing": total,
                        "parked_bytes": self.parked_bytes}
+        again = []
+        for conn in connections:
+            if conn.parked and now - conn.rcv_at >= client_input.REINJECT_S:
+                payloads, handed = client_input.due(conn, True)
+                again.extend(payloads)
+                self.counters[C_REINJECTED] += handed
+        return again
 
     def promoted(self, now):
         """Just promoted: every connection whose stack lacks bytes the client was acknowledged
@@ -542,7 +554,7 @@ class Translator:
 
     def _unpark(self, conn):
         self.parked_bytes -= client_input.parked_bytes(conn)
-        conn.parked = None
+        conn.parked, conn.undelivered = None, 0
 
     def _rst(self, conn, client, port, seq):
         return build(conn.vip, client, self.port, port, seq, 0, RST)

@@ -10,13 +10,16 @@ Three places lose such bytes, each counted by the agent:
 * before the agent (a qdisc, a link, the kernel queue overflowing): the agent sees a hole in
   the client's stream (``client_gap_bytes``; the queue's own drops are ``nfq_dropped``,
   read from the kernel, in packets);
-* in the stack: beyond the receive window the stack last announced (``client_beyond_window``).
-  This was the usual loss in the lab: a backup's proxy falls behind for a moment, its stack's
-  window closes while the primary's is open, and the stack drops what comes. A backup's agent
-  therefore *parks* such segments (translated, up to MAX_PARKED_BYTES per agent) and hands them
-  to its stack once the stack's window reaches them (``client_reinjected``), as it gives the
-  stack catch-up ACKs; what does not fit is lost (``client_park_overflow``);
-* never lost, only late: still queued, in flight, in the switch, or parked.
+* in the stack: beyond the receive window the stack last announced (``client_beyond_window``),
+  or inside it when the stack is short of receive memory. This was the usual loss in the lab: a
+  backup's proxy falls behind for a moment, its stack's window closes while the primary's is
+  open, and the stack drops what comes. A backup's agent therefore *keeps* every client
+  segment (translated) until its stack acknowledges it, up to MAX_PARKED_BYTES per agent, and
+  hands the stack again what it lacks (``client_reinjected``, as it gives the stack catch-up
+  ACKs): segments that were beyond the window once the window reaches them, and, when the
+  stack's receive point stalls for REINJECT_S, everything from that point to its window's
+  edge. What does not fit is lost (``client_park_overflow``);
+* never lost, only late: still queued, in flight, in the switch, or kept.
 
 A connection's points, all in the client's sequence space (which the agents never translate):
 
@@ -35,11 +38,16 @@ A connection's points, all in the client's sequence space (which the agents neve
 Pure functions over :class:`~sbft_ryu.agent.active.Connection` (no clock read, no I/O).
 """
 
+from collections import deque
+
 from sbft_ryu.agent.packet import HALF32, MASK32, serial_gt
 
 CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may be late
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
 MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
+REINJECT_S = 0.2  # a stack whose receive point stalls this long gets the kept bytes again
+REINJECT_BYTES = 1 << 20  # at most this much each time (a stack with a hole no one kept
+                          # gets nothing: the kept bytes cannot help it)
 
 
 def on_own_ack(conn, ack, window, syn, now):
@@ -59,50 +67,74 @@ def on_peer_ack(conn, ack):
 
 def reach(conn):
     """How far this replica has the client's stream without a hole: the stack's receive
-    point, extended by the parked segments that continue it."""
+    point, extended by the kept segments that continue it."""
     point = conn.own_rcv
-    for seq, end, _ in conn.parked or ():
+    for seq, end, _, _ in conn.parked or ():
         if not serial_gt(seq, point) and serial_gt(end, point):
             point = end
     return point
 
 
 def missing(conn):
-    """Bytes the client was acknowledged that this replica has neither received nor parked."""
+    """Bytes the client was acknowledged that this replica has neither received nor kept."""
     if conn.peer_ack is None or conn.own_rcv is None:
         return 0
     behind = (conn.peer_ack - reach(conn)) & MASK32
     return behind if behind < HALF32 else 0
 
 
-def park(conn, seq, length, payload):
-    """Keep a translated client segment the stack has no room for yet."""
+def park(conn, seq, length, payload, delivered):
+    """Keep a translated client segment until the stack acknowledges it (``delivered``:
+    handed to the stack already; else it was beyond the stack's window)."""
     if conn.parked is None:
-        conn.parked = []
-    conn.parked.append((seq, (seq + length) & MASK32, payload))
+        conn.parked = deque()
+    conn.parked.append([seq, (seq + length) & MASK32, payload, delivered])
+    if not delivered:
+        conn.undelivered += 1
 
 
-def releasable(conn):
-    """The parked segments the stack's window now reaches, in order (forgetting them and those
-    the stack already has): (segments, bytes forgotten, bytes of those segments)."""
-    keep, out, freed, handed = [], [], 0, 0
+def acknowledged(conn):
+    """Forget the kept segments the stack has now (its receive point passed them); the
+    bytes freed."""
+    parked, freed = conn.parked, 0
+    while parked and not serial_gt(parked[0][1], conn.own_rcv):
+        seq, end, _, delivered = parked.popleft()
+        freed += (end - seq) & MASK32
+        if not delivered:
+            conn.undelivered -= 1
+    if not parked:
+        conn.parked, conn.undelivered = None, 0
+    return freed
+
+
+def due(conn, stalled):
+    """Kept segments to hand to the stack now, in order: those never delivered that its
+    window reaches, and (``stalled``: its receive point has not moved for a while, and the
+    byte it waits for is kept, so the stack dropped it) the ones from its receive point on,
+    up to REINJECT_BYTES and its window's edge; (payloads, bytes)."""
+    if not conn.parked or conn.own_edge is None:
+        return (), 0
+    if stalled:
+        first = conn.parked[0]
+        stalled = not serial_gt(first[0], conn.own_rcv)  # (the oldest kept covers it)
+    if not (stalled or conn.undelivered):
+        return (), 0
+    out, size = [], 0
     for item in conn.parked:
-        seq, end, payload = item
-        size = (end - seq) & MASK32
-        if not serial_gt(end, conn.own_rcv):
-            freed += size  # the stack has it (a resend filled the hole)
-        elif serial_gt(conn.own_edge, seq):
+        seq, end, payload, delivered = item
+        if not serial_gt(conn.own_edge, seq) or size >= REINJECT_BYTES:
+            break  # (kept in arrival order: the rest is beyond the window too)
+        if serial_gt(end, conn.own_rcv) and (stalled or not delivered):
             out.append(payload)
-            freed += size
-            handed += size
-        else:
-            keep.append(item)
-    conn.parked = keep or None
-    return out, freed, handed
+            size += (end - seq) & MASK32
+            if not delivered:
+                item[3] = True
+                conn.undelivered -= 1
+    return out, size
 
 
 def parked_bytes(conn):
-    return sum((end - seq) & MASK32 for seq, end, _ in conn.parked or ())
+    return sum((end - seq) & MASK32 for seq, end, _, _ in conn.parked or ())
 
 
 def gap(conn, seq):

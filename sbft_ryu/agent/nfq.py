@@ -253,7 +253,8 @@ class ActiveQueue:
             self._role_changed()
         elif self._primary and self.reset - self._reset_done:
             self._apply_resets()
-        self.translator.survey(now)
+        for packet in self.translator.survey(now):  # kept client bytes its stack lacks
+            self._send(self.adapter.inbound(packet))
         if self._primary:
             self._reset_lost_input(now)
         for held in self.translator.expire(now):
