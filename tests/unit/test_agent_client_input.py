@@ -221,3 +221,76 @@ def test_the_counters_and_gauges_are_reported():
                  "connections_behind", "bytes_missing"):
         assert snap[name] == 0
     assert ACCEPT == active.ACCEPT
+
+
+# --- a backup keeps the client's segments until its stack has them ---------------------------
+
+def test_a_backup_keeps_segments_until_its_stack_acknowledges_them():
+    tr = connected()
+    for i in range(3):
+        assert tr.process(client_pkt("PA", START + 1000 * i, PIECE), None, False, NOW)[0] == \
+            ACCEPT
+    assert tr.parked_bytes == 3000 and len(conn_of(tr).parked) == 3
+    tr.process(stack_pkt("A", START + 2000), None, False, NOW)  # it has the first two
+    assert tr.parked_bytes == 1000 and len(conn_of(tr).parked) == 1
+    tr.process(stack_pkt("A", START + 3000), None, False, NOW)
+    assert tr.parked_bytes == 0 and conn_of(tr).parked is None
+
+
+def test_a_primary_keeps_nothing_the_client_resends_to_it():
+    tr = connected(primary=True)
+    tr.process(client_pkt("PA", START, PIECE), None, True, NOW)
+    assert tr.parked_bytes == 0 and conn_of(tr).parked is None
+
+
+def test_segments_beyond_the_window_are_dropped_kept_and_handed_over_once_there_is_room():
+    tr = connected()
+    tr.process(stack_pkt("A", START, window=1000), None, False, NOW)  # edge: START + 1000
+    assert tr.process(client_pkt("PA", START, PIECE), None, False, NOW)[0] == ACCEPT
+    assert tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)[0] == DROP
+    assert tr.process(client_pkt("PA", START + 2000, PIECE), None, False, NOW)[0] == DROP
+    assert tr.snapshot()["client_beyond_window"] == 2000
+    tr.to_stack.clear()
+    tr.process(stack_pkt("A", START + 1000, window=1000), None, False, NOW)  # room for one
+    [given] = tr.to_stack
+    assert IP(given)[TCP].seq == START + 1000 and bytes(IP(given)[TCP].payload) == PIECE
+    assert_checksums_valid(given)
+    tr.process(stack_pkt("A", START + 2000, window=5000), None, False, NOW)
+    assert IP(tr.to_stack[-1])[TCP].seq == START + 2000 and len(tr.to_stack) == 2
+    assert tr.snapshot()["client_reinjected"] == 2000
+    tr.process(stack_pkt("A", START + 2000, window=5000), None, False, NOW)  # a dup ACK
+    assert len(tr.to_stack) == 2  # each is handed over once on ACKs
+
+
+def test_a_stalled_stack_gets_the_kept_bytes_again_only_if_it_waits_for_a_kept_one():
+    tr = connected()
+    tr.process(client_pkt("PA", START, PIECE), None, False, NOW)
+    tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)
+    # its stack dropped them (short of memory): its receive point stays at START
+    assert tr.survey(NOW + client_input.REINJECT_S / 2) == []
+    again = tr.survey(NOW + client_input.REINJECT_S)
+    assert [IP(p)[TCP].seq for p in again] == [START, START + 1000]
+    hole = connected()  # a hole no one kept (dropped before the agent): nothing to give
+    hole.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)
+    assert hole.survey(NOW + 1) == []
+
+
+def test_kept_bytes_that_continue_the_stack_are_not_missing():
+    tr = connected()
+    tr.process(stack_pkt("A", START, window=1000), None, False, NOW)
+    tr.process(client_pkt("PA", START, PIECE), None, False, NOW)
+    tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)  # beyond: kept
+    tr.process(wire_pkt(START + 2000), None, False, NOW, arriving=True)
+    assert client_input.missing(conn_of(tr)) == 0  # late, not lost
+    tr.promoted(NOW + 5)
+    assert tr.verify_input(NOW + 10) == ([], [])
+
+
+def test_kept_bytes_are_bounded_and_freed_with_the_connection(monkeypatch):
+    monkeypatch.setattr(client_input, "MAX_PARKED_BYTES", 1500)
+    tr = connected()
+    tr.process(client_pkt("PA", START, PIECE), None, False, NOW)
+    tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)
+    assert tr.parked_bytes == 1000 and tr.snapshot()["client_park_overflow"] == 1000
+    tr.reset_packet(CLIENT_IP, CPORT)
+    assert tr.parked_bytes == 0
