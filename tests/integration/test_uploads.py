@@ -16,16 +16,13 @@ counted per replica and allowed.
 """
 
 import collections
-import json
-import os
-import time
 
 import pytest
 
-from sbft_lab import lab as lab_module
+from sbft_lab import upload_faults
 
 ACTIVE = "mode = active\n"
-RMEM_MAX = int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[2])
+RMEM_MAX = upload_faults.rmem_max()
 SIZE = 4 * RMEM_MAX  # 64 MiB here
 # The issue asks for a reset within 1 s of the promotion: the agent resets at once when its
 # stack stalled short of the acknowledged point, else after client_input.CATCH_UP_S (0.5 s),
@@ -33,7 +30,6 @@ SIZE = 4 * RMEM_MAX  # 64 MiB here
 # that waits for the client's retransmission timeout or the proxy's 30 s timeout.
 RESET_BOUND_S = 1.5
 STALL_S = 10.0  # no progress for this long: the client reports a hang
-CLIENT = lab_module.topo.plan()["clients"][0]["ip"]
 
 
 @pytest.fixture
@@ -45,61 +41,10 @@ def upload_lab(lab_factory):
     return start
 
 
-def _client_acked(lab):
-    sockets = [s for s in lab.tcp_bytes("c1") if s["peer"] == f"{lab_module.VIP}:5555"]
-    return max((s["bytes_acked"] for s in sockets), default=0)
-
-
-def _received(lab, name):
-    try:
-        sockets = lab.tcp_bytes(name)
-    except Exception:  # (a host whose shell is busy: nothing to read now)
-        return 0
-    return max((s["bytes_received"] for s in sockets
-                if (s["peer"] or "").startswith(CLIENT + ":")), default=0)
-
-
-def _inject(lab, fault):
-    if fault == "crash":
-        lab.crash("lb1")
-    else:
-        lab.set_link("lb1", False)
-
-
-def _promoted_at(lab, primary):
-    """When the controller made ``primary`` primary (CLOCK_MONOTONIC, as the client's)."""
-    asked = time.monotonic()
-    events = lab_module.http_json(lab.api + "/sbft/events")["events"]
-    ages = [e["age_s"] for e in events if e["replica"] == primary and e["change"] == "primary"]
-    return asked - min(ages)
-
-
 def upload_across_fault(lab, topo_module, fault, tag, count=1, size=SIZE, chunked=False,
                         fault_at=None):
-    """Run one upload (``count`` pipelined bodies), inject ``fault`` once ``fault_at`` bytes
-    (default: a third) were acknowledged; what happened, for :func:`judge`."""
-    total = count * size
-    proc, out, mark = lab.upload("c1", f"{tag}.json", tag, size, count=count, chunked=chunked,
-                                 mark_at=fault_at or total // 3, stall=STALL_S, timeout=150)
-    topo_module.wait_until(lambda: os.path.exists(mark) or proc.poll() is not None, 90, 0.005,
-                           "the fault's point of the upload")
-    assert proc.poll() is None, "the upload ended before the fault"
-    _inject(lab, fault)
-    fault_at = time.monotonic()
-    acked = _client_acked(lab)
-    survivors = ("lb2", "lb3")
-    received = dict.fromkeys(survivors, 0)
-    while time.monotonic() - fault_at < 1.0 and proc.poll() is None:
-        for name in survivors:
-            received[name] = max(received[name], _received(lab, name))
-    primary = topo_module.wait_until(
-        lambda: lab.health()["primary"] not in ("lb1", None) and lab.health()["primary"], 5,
-        0.02, "failover")
-    proc.wait(timeout=STALL_S + 150)
-    with open(out, encoding="utf-8") as handle:
-        result = json.load(handle)
-    return {"result": result, "acked": acked, "received": received, "primary": primary,
-            "promoted_at": _promoted_at(lab, primary), "fault_at": fault_at}
+    return upload_faults.across_fault(lab, fault, tag, size, count, chunked, fault_at,
+                                      STALL_S)
 
 
 def judge(run):
@@ -110,7 +55,7 @@ def judge(run):
     assert outcome in ("ok", "reset"), (outcome, result.get("error"), run["acked"],
                                         run["received"])
     assert run["acked"] > 0
-    had_all = any(got >= run["acked"] for got in run["received"].values())
+    had_all = upload_faults.had_all(run)
     responses, expected = result["responses"], result["expected"]
     # whatever arrived is right and in order (pipelined: responses before a reset too)
     assert [r["sha256"] for r in responses] == [e["sha256"] for e in expected[:len(responses)]]
