@@ -504,7 +504,8 @@ class Translator:
                        "parked_bytes": self.parked_bytes}
         again = []
         for conn in connections:
-            if conn.parked and now - conn.rcv_at >= client_input.REINJECT_S:
+            if (conn.parked and now - conn.rcv_at >= client_input.REINJECT_S
+                    and not conn.closed & (CLOSED_RST | RESET_SENT)):
                 payloads, handed = client_input.due(conn, True)
                 again.extend(payloads)
                 self.counters[C_REINJECTED] += handed
