@@ -3,13 +3,13 @@ limits, shared by both sides (the controller's judge is :mod:`sbft_ryu.voting`).
 
 A *statement* says "for connection C, the bytes [start, end) of the reply stream have digest D";
 replicas exchange them in signed batches over UDP on the management network (a primary's
-**claims**, the backups' **votes**, and a backup's **abstentions**: ranges of connections it
-cannot vote on, with a zero digest). Every batch is signed with its author's *generation* (the
-controller bumps it at each entry of the replica into the voting set), so evidence from before
-a readmission or promotion can be told from evidence after it. Every batch carries a MAC with
-its author's key (one key per replica, known to that replica and to the controller only), so a
-replica can neither speak nor vote for another, and anyone can forward a batch as evidence: the
-controller verifies it.
+**claims**, the backups' **votes**, and a backup's **abstentions**: ranges it cannot vote on,
+with the reason in place of the digest: the whole connection, or only that range). Every batch
+is signed with its author's *generation* (the controller bumps it at each entry of the replica
+into the voting set), so evidence from before a readmission or promotion can be told from
+evidence after it. Every batch carries a MAC with its author's key (one key per replica, known
+to that replica and to the controller only), so a replica can neither speak nor vote for
+another, and anyone can forward a batch as evidence: the controller verifies it.
 Heartbeats are signed the same way (:func:`sign_body`), and carry at most ``MAX_EVIDENCE``
 evidence items of at most ``MAX_BATCHES`` batches and ``MAX_WIRE`` wire reports.
 
@@ -29,7 +29,13 @@ TAG = 16
 DIGEST = 16
 CLAIM, VOTE, ABSTAIN = 1, 2, 3
 KINDS = {CLAIM: "claim", VOTE: "vote", ABSTAIN: "abstain"}
-NO_DIGEST = bytes(DIGEST)  # an abstention's digest
+NO_DIGEST = bytes(DIGEST)
+# An abstention's digest field says why (an unknown reason counts as the connection-wide one):
+ABSTAIN_CONNECTION = NO_DIGEST  # cannot vote on anything of this connection
+ABSTAIN_DELIVERED = bytes([1]) + bytes(DIGEST - 1)  # the client acknowledged the whole range,
+# and the bytes this backup checked it received there were its own: resending is harmless
+ABSTAIN_RANGE = bytes([2]) + bytes(DIGEST - 1)  # cannot vote on this range only (the client
+# acknowledged part of it): the primary's stack resends from the client's acknowledgement
 MAX_AUTHOR = 32
 MAX_STATEMENTS = 48  # one batch stays well under 1500 bytes
 

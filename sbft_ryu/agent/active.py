@@ -93,8 +93,8 @@ def shared_values(secret, client_ip, client_port, vip, service_port, client_isn)
 class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
-                 "unacked_bytes", "own_acked", "own_at", "client_ack", "lossy",
-                 "client_next", "client_window", "client_ts", "generation", "own_rcv",
+                 "unacked_bytes", "acked", "acked_bytes", "own_acked", "own_at", "client_ack",
+                 "lossy", "client_next", "client_window", "client_ts", "generation", "own_rcv",
                  "own_edge", "rcv_at", "peer_ack", "input_lost", "parked", "undelivered")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
@@ -115,6 +115,8 @@ class Connection:
         # A backup's segments the client has not acknowledged (own space), see unacked.py
         self.unacked = None
         self.unacked_bytes = 0
+        self.acked = None  # the latest of them the client acknowledged, for the vote engine
+        self.acked_bytes = 0
         self.own_acked = None  # the client's latest ACK, translated (own space)
         self.own_at = now  # when this replica's stack last sent new data
         self.client_ack = None  # the client's latest ACK as sent (shared space)
@@ -556,6 +558,14 @@ class Translator:
     def _unpark(self, conn):
         self.parked_bytes -= client_input.parked_bytes(conn)
         conn.parked, conn.undelivered = None, 0
+
+    def reset_again(self, client, port):
+        """The RST of a connection reset earlier, again, at the client's latest
+        acknowledgement (None if it was not reset or is forgotten)."""
+        conn = self.connections.get((client, port))
+        if conn is None or not conn.closed & RESET_SENT or conn.client_ack is None:
+            return None
+        return self._rst(conn, client, port, conn.client_ack)
 
     def _rst(self, conn, client, port, seq):
         return build(conn.vip, client, self.port, port, seq, 0, RST)

@@ -26,6 +26,12 @@ QUEUE_MAX_LEN = 16384
 QUEUE_SOCK_LEN = 32 * 1024 * 1024
 NFQ_PROC = "/proc/net/netfilter/nfnetlink_queue"
 ERRORS = len(verdict.COUNTER_NAMES)  # one more counter slot: callback failures
+# A primary's RST is sent again this long after the first (seconds since it; then forgotten),
+# each time with the client's latest acknowledgement: the first may carry an acknowledgement
+# the client has moved past (bytes still in flight from the old primary; a lagging queue), and
+# a client drops a RST below its next expected byte silently, then waits forever on a download.
+RESET_AGAIN_S = (0.2, 0.6, 1.5)
+RESETS_TRACKED = 4096
 
 
 class ReplyQueue:
@@ -129,6 +135,7 @@ class ActiveQueue:
         self.reset = frozenset()  # (client ip, port) to reset as primary (controller's list)
         self._reset_done = set()
         self.resets_sent = 0
+        self._resets = {}  # (client ip, port) -> [when first sent, repeats done]
         self._primary = state.primary
 
     def snapshot(self):
@@ -268,7 +275,27 @@ class ActiveQueue:
                 packet = self.translator.reset_packet(client, port)
                 if packet is not None:
                     self._send(packet)
+                    self._sent_reset(client, port, now)
             self.vote.flush()
+        if self._resets:
+            self._reset_again(now)
+
+    def _sent_reset(self, client, port, now):
+        if len(self._resets) >= RESETS_TRACKED:
+            del self._resets[next(iter(self._resets))]
+        self._resets[(client, port)] = [now, 0]
+
+    def _reset_again(self, now):
+        """Repeat each RST at RESET_AGAIN_S with the client's latest acknowledgement (only
+        while primary: a backup's packets never reach the client)."""
+        for conn, entry in list(self._resets.items()):
+            if entry[1] >= len(RESET_AGAIN_S):
+                del self._resets[conn]
+            elif now - entry[0] >= RESET_AGAIN_S[entry[1]]:
+                entry[1] += 1
+                packet = self.translator.reset_again(*conn) if self._primary else None
+                if packet is not None:
+                    self._send(packet)
 
     def _role_changed(self):
         """Just promoted: reset the connections the old primary corrupted on the wire and
@@ -308,6 +335,7 @@ class ActiveQueue:
             if packet is not None:
                 self._send(packet)
                 self.resets_sent += 1
+                self._sent_reset(client, port, time.monotonic())
 
     def _send(self, packet):
         try:

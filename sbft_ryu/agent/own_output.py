@@ -8,10 +8,13 @@ read from its bytes (:func:`statement_of`). Reads only; the translator owns the 
 """
 
 from sbft_ryu import protocol
+from sbft_ryu.agent import unacked
 from sbft_ryu.agent.packet import DST, FIN, HALF32, MASK32, TCP_HEADER, header_lengths, \
     serial_gt
 
-ABSTAIN = "abstain"  # own_range: this replica cannot vote on the range
+ABSTAIN = "abstain"  # own_range: this replica cannot vote on the connection any more
+ACKNOWLEDGED = "acknowledged"  # own_range: the client acknowledged the whole range
+PARTLY_ACKNOWLEDGED = "partly acknowledged"  # own_range: the client acknowledged its start
 RST_OUT = 16  # Connection.closed: this replica's own stack sent a RST
 
 
@@ -40,11 +43,13 @@ class OwnOutput:
         what it sent up to its FIN: it will never send the rest, so the range differs.
         ``partial``: whatever it has sent of the range so far.
 
-        :data:`ABSTAIN` when it cannot know any more: the client already acknowledged the
-        range's start (the bytes were trimmed, and reached the client through f votes or on
-        a wire the backups checked), its output outgrew what a backup keeps, its stack lost
-        client bytes the client was acknowledged (``input_lost``, see client_input.py), or
-        (``partial``) the connection is not one its stack took part in."""
+        :data:`ACKNOWLEDGED` or :data:`PARTLY_ACKNOWLEDGED` when the client already
+        acknowledged all of the range or its start (the bytes were trimmed: whether they are
+        the ones this backup checked is the vote engine's question); :data:`ABSTAIN` when it
+        cannot know anything of the connection any more: its output outgrew what a backup
+        keeps, its stack lost client bytes the client was acknowledged (``input_lost``, see
+        client_input.py), or (``partial``) the connection is not one its stack took part in or
+        its own proxy aborted it."""
         conn = self.connections.get((client, port))
         if conn is None or conn.seq_off is None:
             # not (yet) a connection of ours: wait; after the patience, it never was (this
@@ -57,7 +62,7 @@ class OwnOutput:
         pieces = []
         have = 0  # bytes of [own_start, own_start + length) collected, contiguously
         fin = False
-        for seq, _, payload in conn.unacked or ():
+        for seq, _, payload in unacked.kept(conn):
             ihl, thl = header_lengths(payload)
             data_at = ihl + thl
             size = len(payload) - data_at
@@ -75,9 +80,12 @@ class OwnOutput:
             if have >= length:
                 break
         if have < length and not fin:
-            if conn.lossy or (conn.own_acked is not None and
-                              serial_gt(conn.own_acked, own_start)):
+            if conn.lossy:
                 return ABSTAIN
+            if conn.own_acked is not None and serial_gt(conn.own_acked, own_start):
+                own_end = (own_start + length) & MASK32
+                return PARTLY_ACKNOWLEDGED if serial_gt(own_end, conn.own_acked) \
+                    else ACKNOWLEDGED
             if partial and conn.closed & RST_OUT:
                 return ABSTAIN  # our own proxy aborted it: an omission, not other bytes
             if not partial:

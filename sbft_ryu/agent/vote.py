@@ -11,15 +11,28 @@ whole with :meth:`configure` (one assignment: the packet thread never sees half 
   for the same range, as soon as its own stack has produced those bytes, and compares the
   primary's packets that the switch copies to it (the wire check).
 * A backup that cannot vote on a claim **abstains**, explicitly (a signed abstention to the
-  primary): on every connection that began before its current generation (it entered the
-  voting set anew after the connection began, so what its stack did there is not evidence of
-  the replica it is now) and wherever its own output cannot answer (own_range's ABSTAIN). A
-  primary counts the voters still possible on a connection (its peers, the up members, that
-  have not abstained there); below ``f`` the connection can never be voted: it is reset
+  primary), and says whether for the whole connection or for that range only:
+
+  - the whole connection: one that began before its current generation (it entered the
+    voting set anew after the connection began, so what its stack did there is not evidence
+    of the replica it is now); one where its own output cannot answer any more (own_range's
+    ABSTAIN); one where the client holds bytes this backup did not find equal to its own (a
+    wire copy differed, or the client acknowledged bytes it never checked: *unsure*);
+  - that range only: the client acknowledged it, and the bytes up to its end were checked
+    equal to this backup's own (a vote or a wire copy; what is tracked is the highest end
+    found equal, so a wire copy lost below it goes unnoticed). If the client acknowledged the
+    whole range, resending it is harmless (the client discards it) and the abstention counts
+    towards the ``f`` statements that release it; if only its start, the primary's stack
+    resends from the client's acknowledgement, so the held segment is just dropped once too
+    few statements are still possible on it.
+
+  A primary counts the voters still possible on a connection (its peers, the up members, that
+  have not abstained on all of it); below ``f`` the connection can never be voted: it is reset
   instead of hanging (served unvoted only under ``unvoted = serve`` while the tier is not
   voting anyway: see :meth:`VoteEngine._serves_unvoted`).
-* As primary, a connection that began before its own current generation is reset rather than
-  continued (its first reply segment there is dropped and the client gets a RST).
+* As primary, a connection that began before its own current generation, or that it was
+  unsure of as a backup, is reset rather than continued (its first reply segment there is
+  dropped and the client gets a RST): continuing would splice its bytes onto other ones.
 * Disagreements become evidence for the controller: the signed batches that show them, sent
   with the next heartbeat. A divergent range is reported once every expected vote is in (so
   the controller sees a majority) or when it expires.
@@ -31,7 +44,8 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 from sbft_ryu import protocol
-from sbft_ryu.agent.own_output import ABSTAIN
+from sbft_ryu.agent.own_output import ABSTAIN, ACKNOWLEDGED, PARTLY_ACKNOWLEDGED
+from sbft_ryu.agent.packet import serial_gt
 
 REPORT_LIMIT = 256  # reports waiting for a heartbeat; beyond, the oldest go
 RECENT_S = 2.0  # how long a released range keeps collecting late votes (for evidence)
@@ -55,7 +69,8 @@ COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "
                  "divergent_votes", "wire_checked", "wire_divergent", "claims_unanswerable",
                  "partial_votes", "abstentions", "outvoted", "outvoted_resets",
                  "batches_rejected", "abstentions_received", "unvotable_resets",
-                 "stale_generation_resets")
+                 "stale_generation_resets", "range_abstentions", "released_delivered",
+                 "range_drops", "unsure_connections", "unsure_resets")
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,8 @@ class VoteConfig:
 
 
 class Claim:
-    __slots__ = ("token", "payload", "digest", "at", "votes", "raw", "released")
+    __slots__ = ("token", "payload", "digest", "at", "votes", "raw", "released", "delivered",
+                 "unable")
 
     def __init__(self, token, payload, digest, at):
         self.token = token
@@ -95,6 +111,8 @@ class Claim:
         self.votes = {}  # backup -> (digest, raw batch)
         self.raw = None  # the signed claim batch that carried it
         self.released = False
+        self.delivered = set()  # backups that say the client acknowledged the whole range
+        self.unable = set()  # backups that cannot vote on this range (partly acknowledged)
 
 
 class VoteEngine:
@@ -117,6 +135,10 @@ class VoteEngine:
         self.abstained = {}  # (client, port) -> [peers that abstained there, last at]
         self.unvotable = {}  # (client, port) -> when it was found unvotable (served or reset)
         self.dropped = []  # tokens of held segments to drop at the next expire
+        # as backup: (client, port) -> [shared-space end up to which bytes the client got
+        # were checked equal to ours, last at]; and the connections we are unsure of
+        self.verified = {}
+        self.unsure = {}  # (client, port) -> when
 
     def configure(self, config):
         """A new :class:`VoteConfig` (heartbeat thread): swapped in whole, without this
@@ -130,7 +152,7 @@ class VoteEngine:
         """A translated reply segment of the primary: (held for votes, tokens to drop). A
         segment not held goes out now; a re-sent one replaces the copy held before."""
         conn = (segment.client, segment.port)
-        if conn in self.unvotable or self._predates(conn):
+        if conn in self.unvotable or conn in self.unsure or self._predates(conn):
             return self._hold_unvotable(token, conn, now)
         if not self.config.required:
             self.counters["released_unvoted"] += 1
@@ -150,12 +172,13 @@ class VoteEngine:
 
     def _hold_unvotable(self, token, conn, now):
         """A segment of a connection that cannot be voted on: one that began before this
-        replica's generation (reset), or that too few possible voters are left on (reset, or
-        sent unvoted under ``unvoted = serve``)."""
-        if conn not in self.unvotable:  # it began before our generation
+        replica's generation or that it was unsure of as a backup (reset), or that too few
+        possible voters are left on (reset, or sent unvoted under ``unvoted = serve``)."""
+        if conn not in self.unvotable:  # it began before our generation, or we are unsure
             self._mark_unvotable(conn, now)
             self.resets.append(conn)
-            self.counters["stale_generation_resets"] += 1
+            self.counters["unsure_resets" if conn in self.unsure
+                          else "stale_generation_resets"] += 1
             return True, (token,)
         if self._serves_unvoted() and not self._predates(conn):
             self.counters["released_unvoted"] += 1
@@ -171,9 +194,7 @@ class VoteEngine:
         return self.config.unvoted == "serve" and not self.config.required
 
     def _mark_unvotable(self, conn, now):
-        if len(self.unvotable) >= ABSTAINED_MAX:
-            del self.unvotable[next(iter(self.unvotable))]
-        self.unvotable[conn] = now
+        _mark(self.unvotable, conn, now)
 
     def _predates(self, conn):
         """Whether the connection began before this replica's current generation."""
@@ -186,12 +207,16 @@ class VoteEngine:
         return [peer for peer in self.config.peers if entry is None or peer not in entry[0]]
 
     def on_abstain(self, batch, now):
-        """A backup's abstentions: (token, payload) pairs that may now go out (unvoted, on a
-        connection too few possible voters are left on, see :meth:`_serves_unvoted`)."""
+        """A backup's abstentions: (token, payload) pairs that may now go out (a range the
+        client already has, or unvoted on a connection too few possible voters are left on,
+        see :meth:`_serves_unvoted`)."""
         released = []
         for statement in batch.statements:
             conn = (statement.client, statement.port)
             self.counters["abstentions_received"] += 1
+            if statement.digest in (protocol.ABSTAIN_DELIVERED, protocol.ABSTAIN_RANGE):
+                released.extend(self._abstain_on_range(batch.author, statement))
+                continue
             entry = self.abstained.get(conn)
             if entry is None:
                 if len(self.abstained) >= ABSTAINED_MAX:
@@ -203,6 +228,44 @@ class VoteEngine:
                     len(self.possible_voters(conn)) < self.config.f:
                 released.extend(self._give_up(conn, now))
         return released
+
+    def _abstain_on_range(self, author, statement):
+        """A backup abstains on one range: release it if the statements for it now reach
+        ``f`` (the client already has the whole range, so resending it is harmless); drop it
+        at once if they never can (the stack resends from the client's acknowledgement)."""
+        self.counters["range_abstentions"] += 1
+        claim = self.pending.get(statement.range_key)
+        if claim is None:
+            return ()
+        if statement.digest == protocol.ABSTAIN_DELIVERED:
+            claim.delivered.add(author)
+        else:
+            claim.unable.add(author)
+        if self._statements_for(claim) >= self.config.f:
+            self.counters["released_delivered"] += 1
+            return (self._release(statement.range_key, claim),)
+        answered = set(claim.votes) | claim.delivered | claim.unable
+        still = [p for p in self.possible_voters((statement.client, statement.port))
+                 if p not in answered]
+        if self._statements_for(claim) + len(still) < self.config.f:
+            del self.pending[statement.range_key]
+            self.dropped.append(claim.token)
+            self.counters["range_drops"] += 1
+        return ()
+
+    def _statements_for(self, claim):
+        """Backups whose statement on a claim lets it out: a vote for the same digest, or
+        "the client acknowledged the whole range" (then the bytes it gets are a duplicate)."""
+        return sum(1 for d, _ in claim.votes.values() if d == claim.digest) + \
+            len(claim.delivered - set(claim.votes))
+
+    def _release(self, key, claim):
+        """(token, payload) of a held claim that may go out now; it keeps collecting votes."""
+        claim.released = True
+        out = (claim.token, claim.payload)
+        del self.pending[key]
+        self._remember(key, claim)
+        return out
 
     def _give_up(self, conn, now):
         """A connection that can never get ``f`` votes: drop its held segments and reset it
@@ -241,13 +304,9 @@ class VoteEngine:
                     if conn not in self.outvoted:
                         self.outvoted[conn] = now
                         self.counters["outvoted"] += 1
-            elif not claim.released and sum(
-                    1 for d, _ in claim.votes.values() if d == claim.digest) >= self.config.f:
-                claim.released = True
-                released.append((claim.token, claim.payload))
+            elif not claim.released and self._statements_for(claim) >= self.config.f:
+                released.append(self._release(key, claim))
                 self.counters["released_voted"] += 1
-                del self.pending[key]
-                self._remember(key, claim)
             self._maybe_report(claim, final=False)
         return released
 
@@ -300,11 +359,19 @@ class VoteEngine:
             self._answer(statement, raw, at, epoch)
 
     def _answer(self, statement, claim_raw, at, epoch, partial=False):
-        if self._predates((statement.client, statement.port)):
-            own = ABSTAIN  # we entered the voting set after it began: not our evidence
+        conn = (statement.client, statement.port)
+        if self._predates(conn) or (claim_raw is not None and conn in self.unsure):
+            # we entered the voting set after it began (not our evidence), or the client
+            # holds bytes we did not find equal to ours (its wire copies we still compare:
+            # every divergent range is evidence)
+            own = protocol.ABSTAIN_CONNECTION
         else:
             own = self.own_output.own_range(statement.client, statement.port,
                                             statement.start, statement.end, partial)
+            if own is ABSTAIN:
+                own = protocol.ABSTAIN_CONNECTION
+            elif own is ACKNOWLEDGED or own is PARTLY_ACKNOWLEDGED:
+                own = self._acknowledged(conn, statement.end, own, at)
         if own is None:
             if partial:  # (own_range never answers a partial question with None; be sure)
                 self.counters["claims_unanswerable"] += 1
@@ -312,16 +379,18 @@ class VoteEngine:
             self.waiting.setdefault((statement.client, statement.port), []).append(
                 (statement, claim_raw, at, epoch))
             return
-        if own is ABSTAIN:
+        if isinstance(own, bytes):  # an abstention, with its reason
             self.counters["abstentions"] += 1
             if claim_raw is not None:  # tell the primary (a wire copy needs no answer)
                 self.abstains_out.append(protocol.Statement(
-                    statement.client, statement.port, statement.start, statement.end,
-                    protocol.NO_DIGEST))
+                    statement.client, statement.port, statement.start, statement.end, own))
             return
         mine = protocol.digest(*own)
+        if mine == statement.digest:
+            self._verified_to(conn, statement.end, at)
         if claim_raw is None:  # the wire check
             if mine != statement.digest:
+                self._unsure(conn, at)
                 self.counters["wire_divergent"] += 1
                 self.reports.append(("wire", (statement.client, statement.port, epoch,
                                               statement.start, statement.end,
@@ -336,6 +405,30 @@ class VoteEngine:
         if mine != statement.digest:
             self.counters["divergent_votes"] += 1
         self._voted(statement, claim_raw)
+
+    def _acknowledged(self, conn, end, own, at):
+        """The abstention for a range the client acknowledged (all of it, or its start): for
+        that range only if every byte of it was checked equal to ours, else for the whole
+        connection (the client got bytes nobody here vouched for)."""
+        entry = self.verified.get(conn)
+        if entry is not None and not serial_gt(end, entry[0]):
+            return protocol.ABSTAIN_DELIVERED if own is ACKNOWLEDGED else protocol.ABSTAIN_RANGE
+        self._unsure(conn, at)
+        return protocol.ABSTAIN_CONNECTION
+
+    def _verified_to(self, conn, end, at):
+        entry = self.verified.get(conn)
+        if entry is None:
+            _mark(self.verified, conn, [end, at])
+        elif serial_gt(end, entry[0]):
+            entry[0], entry[1] = end, at
+        else:
+            entry[1] = at
+
+    def _unsure(self, conn, at):
+        if conn not in self.unsure:
+            self.counters["unsure_connections"] += 1
+        _mark(self.unsure, conn, at)
 
     def _voted(self, statement, claim_raw):
         """After each vote cast (a hook for test faults, see faults.LyingVoteEngine)."""
@@ -436,8 +529,11 @@ class VoteEngine:
                 self.waiting[client_key] = kept + self.waiting.get(client_key, [])
         for conn in [c for c, (_, at) in self.abstained.items() if now - at > ABSTAINED_S]:
             del self.abstained[conn]
-        for conn in [c for c, at in self.unvotable.items() if now - at > ABSTAINED_S]:
-            del self.unvotable[conn]
+        for table in (self.unvotable, self.unsure):
+            for conn in [c for c, at in table.items() if now - at > ABSTAINED_S]:
+                del table[conn]
+        for conn in [c for c, (_, at) in self.verified.items() if now - at > ABSTAINED_S]:
+            del self.verified[conn]
         primary = config.primary == self.name
         for conn, since in list(self.outvoted.items()):
             if now - since >= OUTVOTED_RESET_S:
@@ -452,6 +548,13 @@ class VoteEngine:
         while self.reports and len(out) < limit:
             out.append(self.reports.popleft())
         return out
+
+
+def _mark(table, conn, value):
+    """table[conn] = value, the oldest entry making room beyond ABSTAINED_MAX."""
+    if conn not in table and len(table) >= ABSTAINED_MAX:
+        del table[next(iter(table))]
+    table[conn] = value
 
 
 def _chunks(items):

@@ -117,12 +117,24 @@ def test_a_host_bypassing_its_agent_is_caught_on_the_wire(voting_lab, topo_modul
         for result in fetched:
             if result["ok"]:
                 assert result["sha256"] == expected, "never spliced: complete means intact"
-    assert all(r["ok"] for r in results[honest_path]), "the other connections continue"
+    assert all(r["ok"] for r in results[honest_path]), "the other connections continue: " + \
+        json.dumps({"fetched": results[honest_path], "counters": _vote_counters(lab)})
     assert not any(r["ok"] for r in results[tainted_path]), "tainted connections are reset"
     assert all(r["error"] == "ConnectionResetError" for r in results[tainted_path]), \
         results[tainted_path][:2]
     new_primary = lab.health()["primary"]
     assert _replica(lab, new_primary)["counters"].get("resets_sent", 0) >= 4
+
+
+def _vote_counters(lab):
+    """Each replica's non-zero agent counters about voting and resets (for failure messages)."""
+    names = ("claims", "votes_cast", "released_voted", "vote_timeouts", "abstentions",
+             "abstentions_received", "range_abstentions", "released_delivered", "range_drops",
+             "unvotable_resets", "stale_generation_resets", "unsure_connections",
+             "unsure_resets", "resets_sent", "caught_up", "claims_unanswerable",
+             "wire_divergent", "unacked_overflow")
+    return {r["name"]: {n: r["counters"][n] for n in names if r["counters"].get(n)}
+            for r in lab.health()["replicas"]}
 
 
 @pytest.mark.parametrize("fault", ["false-accuse", "forge-reports"])

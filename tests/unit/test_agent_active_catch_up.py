@@ -8,7 +8,7 @@ import socket
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import active
+from sbft_ryu.agent import active, unacked
 from sbft_ryu.agent.active import ACCEPT, DROP, HOLD, shared_values
 
 from fakes import RecordedTranslator, assert_checksums_valid
@@ -174,6 +174,9 @@ def test_catch_up_updates_own_acked_and_trims_what_a_new_primary_would_replay():
     conn = conn_of(tr)
     assert conn.own_acked == own_seq(10)
     assert not conn.unacked and conn.unacked_bytes == 0  # kept, then trimmed at once
+    # but still there for the vote engine to compare with the primary's bytes
+    assert [(seq, end) for seq, end, _ in conn.acked] == [(own_seq(0), own_seq(10))]
+    assert tr.own_output.own_range(CLIENT_IP, CPORT, shared(0), shared(10))[0] == BODY[:10]
     stack_sends(tr, "PA", 10, BODY[10:])  # not acknowledged yet: kept for a replay
     assert [(seq, end) for seq, end, _ in conn.unacked] == [(own_seq(10), own_seq(len(BODY)))]
     assert conn.own_acked == own_seq(10)
@@ -190,8 +193,21 @@ def test_catch_up_trims_earlier_segments_still_kept():
     stack_sends(tr, "PA", 5, BODY[5:])
     assert [IP(raw)[TCP].ack for raw in tr.to_stack] == [own_seq(len(BODY))]
     assert not conn.unacked and conn.unacked_bytes == 0
+    assert [seq for seq, _, _ in conn.acked] == [own_seq(0), own_seq(5)]
     assert conn.own_acked == own_seq(len(BODY))
     assert tr.replay() == []
+
+
+def test_acknowledged_bytes_kept_for_comparison_are_bounded(monkeypatch):
+    monkeypatch.setattr(unacked, "ACKED_KEPT_BYTES", 100)  # (whole packets count)
+    tr = connected()
+    client_acks(tr, len(BODY))
+    stack_sends(tr, "PA", 0, BODY[:5])
+    stack_sends(tr, "PA", 5, BODY[5:])
+    conn = conn_of(tr)
+    assert [seq for seq, _, _ in conn.acked] == [own_seq(5)] and conn.acked_bytes <= 100
+    stack_sends(tr, "PA", 0, BODY[:5])  # a retransmission of acknowledged bytes: not kept
+    assert not conn.unacked and [seq for seq, _, _ in conn.acked] == [own_seq(5)]
 
 
 def test_a_retransmission_of_acknowledged_bytes_is_caught_up_again():

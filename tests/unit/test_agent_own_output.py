@@ -10,7 +10,7 @@ from scapy.all import IP, TCP, Raw
 from sbft_ryu import protocol
 from sbft_ryu.agent import active, unacked
 from sbft_ryu.agent.active import ACCEPT, DROP, WIRE, shared_values
-from sbft_ryu.agent.own_output import ABSTAIN
+from sbft_ryu.agent.own_output import ABSTAIN, ACKNOWLEDGED, PARTLY_ACKNOWLEDGED
 from sbft_ryu.agent.own_output import statement_of
 
 from fakes import RecordedTranslator
@@ -118,11 +118,22 @@ def test_own_range_before_the_handshake():
     assert tr.own_output.own_range(CLIENT_IP, CPORT, 1, 2, partial=True) is ABSTAIN
 
 
-def test_own_range_abstains_once_the_client_acknowledged_the_range():
+def test_own_range_answers_from_acknowledged_bytes_it_still_keeps():
     tr = backup_sent(("PA", b"abcdef"), ("PA", b"ghij"))
     ack = client_pkt("A", ack=SHARED + 1 + 6)  # the client has bytes 0..5 (from the primary)
     assert tr.process(ack, None, False, NOW)[0] == ACCEPT
-    assert own(tr, 0, 6) is ABSTAIN  # trimmed: it cannot know any more
+    assert own(tr, 0, 6) == (b"abcdef", False)  # acknowledged, kept for a late comparison
+    assert own(tr, 0, 10) == (b"abcdefghij", False)
+
+
+def test_own_range_says_when_the_client_acknowledged_the_range_or_its_start(monkeypatch):
+    monkeypatch.setattr(unacked, "ACKED_KEPT_BYTES", 0)
+    tr = backup_sent(("PA", b"abcdef"), ("PA", b"ghij"))
+    ack = client_pkt("A", ack=SHARED + 1 + 6)  # the client has bytes 0..5 (from the primary)
+    assert tr.process(ack, None, False, NOW)[0] == ACCEPT
+    assert own(tr, 0, 6) is ACKNOWLEDGED  # trimmed: the client has all of it
+    assert own(tr, 2, 6) is ACKNOWLEDGED
+    assert own(tr, 0, 8) is PARTLY_ACKNOWLEDGED  # its start only
     assert own(tr, 6, 10) == (b"ghij", False)
 
 
