@@ -66,6 +66,7 @@ def judge(run):
     else:
         assert outcome == "reset", (run["acked"], run["received"])
         after = result["reset_at"] - run["promoted_at"]
+        print(f"reset {after:.3f} s after the promotion of {run['primary']}")
         assert after <= RESET_BOUND_S, f"reset {after:.3f} s after the promotion"
     return had_all
 
