@@ -117,7 +117,9 @@ def test_with_both_backups_slowed_the_upload_is_reset_at_once(upload_lab, topo_m
     run = upload_across_fault(lab, topo_module, fault, f"both-{fault}")
     assert not judge(run), "no survivor had every acknowledged byte: the premise"
     assert run["result"]["outcome"] == "reset"
-    assert _counters(lab, run["primary"])["input_lost_resets"] >= 1
+    # (the agent's next heartbeat carries the count: 50 ms, and a link cut is quick)
+    topo_module.wait_until(lambda: _counters(lab, run["primary"])["input_lost_resets"] >= 1,
+                           2, 0.02, "the new primary's count of the reset")
     run["tags"] = {f"both-{fault}": run["result"]["expected"]}
     check_bodies(lab, run)
 
