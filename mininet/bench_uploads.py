@@ -101,8 +101,10 @@ def outcome_runs(faults, rundir):
             entry = {"fault": fault, "outcome": result["outcome"], "right": right,
                      "primary": run["primary"], "had_all": upload_faults.had_all(run),
                      "acked": run["acked"], "received": run["received"],
-                     "reset_after_promotion_s": (round(result["reset_at"] - run["promoted_at"],
-                                                       3) if result["reset_at"] else None),
+                     "reset_after_promotion_s": (round(
+                         result["reset_at"] - upload_faults.promoted_before(
+                             run, result["reset_at"]), 3) if result["reset_at"] else None),
+                     "promotions": len(run["promotions"]),
                      "upload_s": round(result["finished"] - result["started"], 2)}
             runs.append(entry)
             log(f"  {fault} {i + 1}: {entry['outcome']} (right: {right}), primary "

@@ -17,7 +17,9 @@ from sbft_lab.lab import VIP, SERVICE_PORT, http_json, topo, wait_until
 
 CLIENT = topo.plan()["clients"][0]
 SURVIVORS = ("lb2", "lb3")
-SAMPLE_S = 1.0  # how long survivors' received bytes are sampled after the fault
+SAMPLE_S = 5.0  # survivors' received bytes are sampled after the fault until the upload
+                # ends or this long: a survivor that continues from bytes its agent kept
+                # reaches the acknowledged count only once its proxy catches up
 
 
 def rmem_max():
@@ -49,12 +51,20 @@ def inject(lab, fault, replica="lb1"):
         raise ValueError(f"fault must be crash or link, got {fault!r}")
 
 
-def promoted_at(lab, primary):
-    """When the controller made ``primary`` primary (CLOCK_MONOTONIC, as the client's)."""
+def promotions(lab, since):
+    """[(when, replica)] of the changes of primary after ``since`` (CLOCK_MONOTONIC, as the
+    client's), oldest first."""
     asked = time.monotonic()
     events = http_json(lab.api + "/sbft/events")["events"]
-    ages = [e["age_s"] for e in events if e["replica"] == primary and e["change"] == "primary"]
-    return asked - min(ages)
+    found = [(asked - e["age_s"], e["replica"]) for e in events
+             if e["change"] == "primary" and asked - e["age_s"] >= since - 0.01]
+    return sorted(found)
+
+
+def promoted_before(run, moment):
+    """When the last promotion before ``moment`` happened (the primary that reset)."""
+    before = [at for at, _ in run["promotions"] if at <= moment]
+    return before[-1] if before else run["promotions"][0][0]
 
 
 def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, stall=10.0):
@@ -81,8 +91,10 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
     proc.wait(timeout=stall + 150)
     with open(out, encoding="utf-8") as handle:
         result = json.load(handle)
+    moves = promotions(lab, at)
     return {"result": result, "acked": acked, "received": got, "primary": primary,
-            "promoted_at": promoted_at(lab, primary), "fault_at": at}
+            "promotions": moves, "promoted_at": moves[0][0] if moves else None,
+            "fault_at": at}
 
 
 def had_all(run):
