@@ -46,7 +46,7 @@ CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
 MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
 REINJECT_S = 0.2  # a stack whose receive point stalls this long gets the kept bytes again
-REINJECT_BYTES = 1 << 20  # at most this much each time (a stack with a hole no one kept
+REINJECT_BYTES = 4 << 20  # at most this much each time (a stack with a hole no one kept
                           # gets nothing: the kept bytes cannot help it)
 
 

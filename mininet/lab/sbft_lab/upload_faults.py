@@ -79,6 +79,7 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
                "the fault's point of the upload")
     if proc.poll() is not None:
         raise AssertionError("the upload ended before the fault")
+    before = time.monotonic()  # (a link cut's failover may end before inject returns)
     inject(lab, fault)
     at = time.monotonic()
     acked = client_acked(lab)
@@ -91,7 +92,7 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
     proc.wait(timeout=stall + 150)
     with open(out, encoding="utf-8") as handle:
         result = json.load(handle)
-    moves = promotions(lab, at)
+    moves = promotions(lab, before)
     return {"result": result, "acked": acked, "received": got, "primary": primary,
             "promotions": moves, "promoted_at": moves[0][0] if moves else None,
             "fault_at": at}
