@@ -117,6 +117,7 @@ case "${1:-}" in
         shift
         "$PY" mininet/bench_failover.py "$@"
         "$PY" mininet/bench_voting.py
+        "$PY" mininet/bench_restart.py
         exec "$PY" mininet/bench_uploads.py
         ;;
     *)

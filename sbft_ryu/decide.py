@@ -79,11 +79,11 @@ def _with_cookie(flow):
     return FlowSpec(flow.match, flow.actions, flow.priority, cookie=SERVICE_COOKIE)
 
 
-def connect_batch(config, view, service=True):
-    """Everything a switch gets when it connects: a clean table, the flows file and, on the
-    service switch, the service flows."""
-    service_part = service_flows(config, view) if service else ()
-    return [model.ResetTables(), model.Barrier(), *config.flows, *service_part, model.Barrier()]
+def intended_flows(config, view, service=True):
+    """Everything a switch should hold: the flows file (with its own cookies) and, on the
+    service switch, the service flows. A connecting switch is converged to this (only the
+    difference to what it holds is sent, so a controller restart leaves it untouched)."""
+    return (*config.flows, *(service_flows(config, view) if service else ()))
 
 
 def update_batch(installed, wanted):

@@ -103,10 +103,13 @@ def switches_view(switches):
             for dpid, (connected, version) in sorted(switches.items())]
 
 
-def health_view(config, cluster, switches, now, referee=None):
+def health_view(config, cluster, switches, now, referee=None, decided=True):
+    """``decided`` False: a restarted controller still holds the view it restored (or has
+    not written the current one yet); agents are told to keep their roles."""
     view = cluster.view
     return {
         "status": cluster.status(),
+        "decided": decided,
         "primary": view.primary,
         "epoch": view.epoch,
         "mode": config.mode,
@@ -134,10 +137,14 @@ def events_view(cluster, now):
                        for event in reversed(cluster.history)]}
 
 
-def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=()):
+def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=(),
+                    decided=True):
     """The answer to a heartbeat: role, epoch, the parameters agents need; with a key, the
-    nonce the next heartbeat must sign; with voting, the peers and connections to reset."""
+    nonce the next heartbeat must sign; with voting, the peers and connections to reset.
+    ``decided`` False (a restarted controller before its decision, or a view not yet on
+    disk): agents keep the role they have."""
     reply = {
+        "decided": decided,
         "role": cluster.role(name),
         "epoch": cluster.view.epoch,
         "primary": cluster.view.primary,

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from sbft_ryu import config
+from sbft_ryu import config, store
 from sbft_ryu.agent import nfq
 
 # The registered defaults, as oslo returns them: strings (StrOpt), a list of strings (MultiStrOpt).
@@ -34,6 +34,7 @@ DEFAULT_RAW = {
     "suspicion_half_life": "5",
     "suspicion_rate": "0.01",
     "unvoted": "serve",
+    "state_file": None,
 }
 
 
@@ -64,3 +65,11 @@ def clock(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     return now
+
+
+@pytest.fixture(autouse=True)
+def state_in_tmp(monkeypatch, tmp_path_factory):
+    """The default state file of every app a test builds lives in the test's tmp_path (as
+    root the real default is /var/lib/sbft_ryu, shared by every run on the machine)."""
+    directory = tmp_path_factory.mktemp("state")
+    monkeypatch.setattr(store, "default_path", lambda: str(directory / "state.json"))

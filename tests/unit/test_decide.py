@@ -1,4 +1,4 @@
-"""Tests for sbft_ryu.decide: service flows, connect/update batches and ARP replies."""
+"""Tests for sbft_ryu.decide: service flows, intended flows, update batches and ARP replies."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ from sbft_ryu import decide
 from sbft_ryu.cluster import ClusterView
 from sbft_ryu.model import (ETH_TYPE_ARP, ETH_TYPE_IP, EXACT_MASK, Barrier, FlowDelete,
                             FlowSpec, Match, Mirror, MirrorBucket, Output, PacketOutSpec,
-                            ResetTables, SetDlDst, SetDlSrc)
+                            SetDlDst, SetDlSrc)
 
 P = 40000  # service_priority of the defaults
 VIP = ("10.0.0.100", EXACT_MASK)
@@ -89,19 +89,16 @@ def test_no_replicas_configured_means_no_service_flows(default_config):
     assert decide.service_flows(config, ClusterView((), None, 0)) == ()
 
 
-# --- connect_batch --------------------------------------------------------------------------
+# --- intended_flows -------------------------------------------------------------------------
 
 
-def test_connect_batch_on_the_service_switch(default_config):
-    batch = decide.connect_batch(default_config, ALL)
-    assert batch[:2] == [ResetTables(), Barrier()]
-    assert batch[-1] == Barrier()
-    assert batch[2:-1] == [*default_config.flows, *decide.service_flows(default_config, ALL)]
+def test_intended_flows_on_the_service_switch(default_config):
+    assert decide.intended_flows(default_config, ALL) == (
+        *default_config.flows, *decide.service_flows(default_config, ALL))
 
 
-def test_connect_batch_without_service_has_only_the_flows_file(default_config):
-    batch = decide.connect_batch(default_config, ALL, service=False)
-    assert batch == [ResetTables(), Barrier(), *default_config.flows, Barrier()]
+def test_intended_flows_without_service_are_the_flows_file_only(default_config):
+    assert decide.intended_flows(default_config, ALL, service=False) == default_config.flows
 
 
 # --- update_batch ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Only one lab runs on a machine at a time (:func:`take_lab_lock`).
 import fcntl
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -41,16 +42,46 @@ def sbft_config_text(topo_plan, extra="", spares=0):
     return "\n".join(lines) + "\n" + extra
 
 
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+PORT_TRIES = 200
+
+
 def free_port():
-    with socket.socket() as sock:
+    """A free TCP port on loopback below the kernel's ephemeral range. A controller restarted
+    on the same ports must find them free, and while it is down an ephemeral port can be
+    taken by any connect() or bind(0) on the machine (seen here: a restart's REST port "already
+    in use" with other labs running); ports below the range are only ever taken on purpose."""
+    try:
+        with open(EPHEMERAL_RANGE, encoding="ascii") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(PORT_TRIES):
+        port = random.randint(max(1025, low - 12000), max(1025, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # (a crowded machine: any free port)
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+STATE_CONF = "state.conf"
+
+
 def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
-    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen."""
+    """Start ``ryu-manager sbft_ryu.app`` in the root namespace; returns the Popen.
+
+    Its state file is ``state.json`` in ``rundir`` (a first config file says so; the given one
+    comes later and may say otherwise), so no run inherits another's convictions or epochs."""
+    state_conf = os.path.join(rundir, STATE_CONF)
+    with open(state_conf, "w", encoding="utf-8") as handle:
+        handle.write("[sbft]\nstate_file = state.json\n")
     argv = [os.path.join(topo.VENV_BIN, "ryu-manager"), "--ofp-tcp-listen-port", str(ofp_port),
-            "--wsapi-port", str(wsapi_port)]
+            "--wsapi-port", str(wsapi_port), "--config-file", state_conf]
     if config_path:
         argv += ["--config-file", config_path]
     argv += [*extra_args, "sbft_ryu.app"]
@@ -233,6 +264,7 @@ class Lab:
                 self.listen_port = free_port()
                 ryu_args += ("--ofp-switch-address-list", f"127.0.0.1:{self.listen_port}",
                              "--ofp-switch-connect-interval", "1")
+            self._ryu_argv = ryu_args  # (a restart uses the same)
             self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
                                  ryu_args)
             wait_until(lambda: http_json(self.api + "/sbft/health"), 20, 0.1,
@@ -257,6 +289,27 @@ class Lab:
                        "every replica up with a primary")
         if self.wait_for_primary and self.vip_mode == "keepalived":
             wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
+
+    @property
+    def state_path(self):
+        """The controller's state file (see start_ryu; unless sbft_extra names another)."""
+        return os.path.join(self.rundir, "state.json")
+
+    def kill_controller(self):
+        """SIGKILL ryu-manager (a crash: no cleanup of any kind); returns its exit status."""
+        self.ryu.kill()
+        return self.ryu.wait(timeout=10)
+
+    def start_controller(self, wait=True, timeout=20):
+        """Start ryu-manager again with the same config and ports; with ``wait``, until its
+        REST API answers and the switch has reconnected. Returns the Popen."""
+        self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
+                             self._ryu_argv)
+        if wait:
+            wait_until(lambda: http_json(self.api + "/sbft/health", timeout=0.5), timeout,
+                       0.02, "ryu-manager's REST API after the restart")
+            wait_until(self.switch_connected, timeout, 0.02, "s1 to reconnect")
+        return self.ryu
 
     def _start_stream_backends(self):
         """Beside each backend's HAProxy, the large slow objects of /stream/ (the replicas'
