@@ -531,7 +531,7 @@ class Translator:
         to_client, to_stack = [], []
         for key, due in list(self._verifying.items()):
             conn = self.connections.get(key)
-            if conn is None or conn.closed & RESET_SENT or not client_input.missing(conn):
+            if conn is None or conn.closed & RESET_SENT or not client_input.stack_behind(conn):
                 del self._verifying[key]
             elif now >= due:
                 del self._verifying[key]

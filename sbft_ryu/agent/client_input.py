@@ -30,8 +30,8 @@ A connection's points, all in the client's sequence space (which the agents neve
 * missing: ``peer_ack - own_rcv`` when positive, less what is parked from ``own_rcv`` on
   without a hole (:func:`reach`). A connection missing bytes whose stack has not advanced for
   ``STALL_S`` has lost them (``input_lost``): a voting backup abstains on it, a new
-  primary resets it at once. A new primary gives every other connection missing bytes
-  ``CATCH_UP_S`` to receive the rest (they may be late, not lost), then resets it: a RST the
+  primary resets it at once. A new primary gives every other connection its stack is behind
+  on ``CATCH_UP_S`` to receive the rest (late, or kept by the agent), then resets it: a RST the
   client accepts (seq = its RCV.NXT, the ACK of its latest segment) and one for its own stack
   (seq = the stack's receive point), so the proxy's connection ends too.
 
@@ -166,8 +166,20 @@ def survey(connections, now):
     return behind, total
 
 
+def stack_behind(conn):
+    """Bytes the client was acknowledged that this replica's stack has not received yet
+    (kept or not)."""
+    if conn.peer_ack is None or conn.own_rcv is None:
+        return 0
+    behind = (conn.peer_ack - conn.own_rcv) & MASK32
+    return behind if behind < HALF32 else 0
+
+
 def deadline(conn, now):
-    """When a just-promoted replica resets a connection it may lack bytes of (None: never)."""
-    if not missing(conn):
+    """When a just-promoted replica resets a connection its stack is behind on (None: never).
+    Kept bytes let the stack catch up, but only what it catches up within CATCH_UP_S is
+    continued: a stack far behind (its proxy was slow) would leave the client without any
+    progress for seconds (25 MB behind took over 10 s in the lab)."""
+    if not stack_behind(conn):
         return None
     return now if conn.input_lost else now + CATCH_UP_S

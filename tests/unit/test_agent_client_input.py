@@ -281,9 +281,13 @@ def test_kept_bytes_that_continue_the_stack_are_not_missing():
     tr.process(client_pkt("PA", START, PIECE), None, False, NOW)
     tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)  # beyond: kept
     tr.process(wire_pkt(START + 2000), None, False, NOW, arriving=True)
-    assert client_input.missing(conn_of(tr)) == 0  # late, not lost
+    assert client_input.missing(conn_of(tr)) == 0  # late, not lost: succession counts it
+    # a new primary gives its stack CATCH_UP_S to take them, then resets: a client must not
+    # wait for a stack far behind
     tr.promoted(NOW + 5)
-    assert tr.verify_input(NOW + 10) == ([], [])
+    assert tr.verify_input(NOW + 5) == ([], [])
+    to_client, _ = tr.verify_input(NOW + 5 + client_input.CATCH_UP_S)
+    assert len(to_client) == 1
 
 
 def test_kept_bytes_are_bounded_and_freed_with_the_connection(monkeypatch):
