@@ -117,7 +117,8 @@ case "${1:-}" in
         shift
         "$PY" mininet/bench_failover.py "$@"
         "$PY" mininet/bench_voting.py
-        exec "$PY" mininet/bench_restart.py
+        "$PY" mininet/bench_restart.py
+        exec "$PY" mininet/bench_uploads.py
         ;;
     *)
         echo "usage (as root): $0 demo|test|bench|setup" >&2
