@@ -158,6 +158,19 @@ def _flows(switch="s1", version="OpenFlow10"):
                           capture_output=True, text=True, timeout=10).stdout
 
 
+def _settled_flows(topo_module):
+    """The switch's flows once two dumps 0.5 s apart agree (the election's flows follow the
+    first convergence: a dump taken between them is not the state to compare with)."""
+    seen = [_flows()]
+
+    def settled():
+        time.sleep(0.5)
+        seen.append(_flows())
+        return seen[-1] == seen[-2]
+    topo_module.wait_until(settled, 10, 0.0, "the switch's flows settled")
+    return seen[-1]
+
+
 def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo_module,
                                                                tmp_path):
     """Corrupt, of a newer format, in a directory that cannot be written: one line naming
@@ -167,7 +180,9 @@ def test_a_state_file_that_cannot_be_used_stops_the_controller(lab_factory, topo
                       protocols="OpenFlow10")
     topo_module.wait_until(lambda: "changes sent" in lab.controller_log(), 5, 0.02,
                            "the switch's tables converged")
-    flows = _flows()
+    topo_module.wait_until(lambda: lab.health()["primary"] == "lb1", 10, 0.05,
+                           "lb1 elected")
+    flows = _settled_flows(topo_module)
     assert "priority=" in flows
     lab.kill_controller()
     with open(lab.state_path, encoding="utf-8") as handle:
