@@ -116,7 +116,9 @@ case "${1:-}" in
         setup "$@"
         shift
         "$PY" mininet/bench_failover.py "$@"
-        exec "$PY" mininet/bench_voting.py
+        "$PY" mininet/bench_voting.py
+        "$PY" mininet/bench_restart.py
+        exec "$PY" mininet/bench_uploads.py
         ;;
     *)
         echo "usage (as root): $0 demo|test|bench|setup" >&2

@@ -4,9 +4,12 @@
 event with the switch's translator (:mod:`sbft_ryu.ofp`), and hands it with the current
 monotonic time to the :class:`~sbft_ryu.core.Core`, which decides; what the Core sends comes
 back through :meth:`SbftApp._send`, translated for the switch's OpenFlow version. Failure
-policy: a bad configuration or flows file stops the process before any switch is touched; an
-OpenFlow handler's error (:func:`of_handler`) or a failed liveness round is logged with its
-switch and counted; an OpenFlow error from a switch is logged and counted.
+policy: a bad configuration or flows file, or a state file that cannot be used (unreadable,
+corrupt, of a newer format, in a directory that cannot be written), stops the process with one
+line before any switch is touched; an OpenFlow handler's error (:func:`of_handler`) or a failed
+liveness round is logged with its switch and counted; an OpenFlow error from a switch is logged
+and counted. A connecting switch is not wiped: its tables are read and only the difference is
+sent (:meth:`~sbft_ryu.core.Core.tables_read`).
 """
 
 import functools
@@ -15,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from eventlet import tpool
 from ryu import cfg
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -26,10 +30,13 @@ from ryu.lib import hub
 
 from sbft_ryu import config as sbft_config
 from sbft_ryu import beatwire, metrics, ofp, rest, udp_server, views
-from sbft_ryu.core import REJECTED, SLOW, Core, NotByzantine, Resync
+from sbft_ryu.core import (REJECTED, SLOW, Core, NotByzantine, Resync,
+                           with_stored_secret)
 from sbft_ryu.flowfile import FlowSyntaxError
+from sbft_ryu.model import Converge
 from sbft_ryu.ofp import TranslationError, make_translator
 from sbft_ryu.referee import AuthError, SourceError
+from sbft_ryu.store import FileStore, NullStore, StateError
 
 CONF = cfg.CONF
 sbft_config.register_opts(CONF)
@@ -98,8 +105,11 @@ class SbftApp(app_manager.RyuApp):
         self._nudge_socket = None
         self._udp_answers = beatwire.AnswerCache()
         self._udp_server = udp_server.UdpHeartbeatServer(self._udp_fast, self._udp_slow)
-        self.core = Core(self.config, send=self._send, nudge=self._nudge_agents,
-                         logger=self.logger, lock=hub.Semaphore(1))
+        try:
+            self.core = self._restored_core()
+        except StateError as exc:
+            self.logger.error("sbft: %s", exc)
+            raise SystemExit(2) from None
         self.registry = metrics.make_registry(self._metrics_source)
         rest.register(kwargs["wsgi"], self)
         self.logger.info("sbft: vip %s:%d (vmac %s), %d replicas %s, spares %s, mode %s, "
@@ -110,6 +120,28 @@ class SbftApp(app_manager.RyuApp):
                          self.config.flows_source, len(self.config.flows),
                          self.config.heartbeat_timeout)
         self._warn_unauthenticated()
+
+    def _restored_core(self):
+        """The Core, with the state of the last run when there is one (StateError if it
+        cannot be used). Writes go through eventlet's thread pool: an fsync must not stall the
+        hub (heartbeats, the ticker and OpenFlow all run on it)."""
+        path = self.config.state_file
+        store = FileStore(path, lock=hub.Semaphore(1), run=tpool.execute) if path \
+            else NullStore()
+        state = None
+        if path:
+            store.check_writable()
+            state = store.load()
+        self.config = with_stored_secret(self.config, state, path, self.logger)
+        core = Core(self.config, send=self._send, nudge=self._nudge_agents,
+                    logger=self.logger, lock=hub.Semaphore(1), store=store, wall=time.time)
+        try:
+            core.restore(state, time.monotonic())
+        except OSError as exc:
+            raise StateError(path, f"cannot be written ({exc.strerror or exc})") from None
+        self.logger.info("sbft: state file %s (%s)", path or "none: state_file is empty",
+                         "restored" if state else "first start" if path else "not kept")
+        return core
 
     # the core's state, for REST and metrics (and tests)
     cluster = property(lambda self: self.core.cluster)
@@ -166,6 +198,16 @@ class SbftApp(app_manager.RyuApp):
         if switch is not None:
             self._ports(switch, ev.msg.body)
 
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @of_handler
+    def _flow_stats(self, ev):
+        self._tables_reply("flows", ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    @of_handler
+    def _group_desc(self, ev):
+        self._tables_reply("groups", ev.msg)
+
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     @of_handler
     def _port_status(self, ev):
@@ -206,7 +248,7 @@ class SbftApp(app_manager.RyuApp):
 
     def api_health(self):
         return views.health_view(self.config, self.cluster, self.core.seen, time.monotonic(),
-                                 self.referee)
+                                 self.referee, self.core.decided())
 
     def api_replicas(self):
         return views.replicas_view(self.config, self.cluster, time.monotonic(), self.referee)
@@ -246,7 +288,8 @@ class SbftApp(app_manager.RyuApp):
         return views.heartbeat_reply(self.config, self.cluster, name, nonce,
                                      self.agent_addresses, reset,
                                      self.referee.secret_field(name),
-                                     self.config.heartbeat_port if keyed else None)
+                                     self.config.heartbeat_port if keyed else None,
+                                     self.core.decided())
 
     def api_readmit(self, name):
         try:
@@ -300,7 +343,7 @@ class SbftApp(app_manager.RyuApp):
         if not wanted:
             return None
         # a steady beat's answer depends on nothing else (no voting: no peers, no resets)
-        depends = (self.cluster.view, self.cluster.state(name), nonce)
+        depends = (self.cluster.view, self.cluster.state(name), nonce, self.core.decided())
         payload = self._udp_answers.keyed(
             name, depends, lambda: self._heartbeat_reply(name, nonce, ()))
         return beatwire.answer_from_payload(self.referee.keys[name], name, seq, payload)
@@ -314,6 +357,14 @@ class SbftApp(app_manager.RyuApp):
             self.counters["handler_error"] += 1
             self.logger.exception("sbft: UDP heartbeat from %s failed", address)
             return None
+
+    def _tables_reply(self, kind, msg):
+        switch = self.switches.get(msg.datapath.id)
+        if switch is None or switch.datapath is not msg.datapath:
+            return
+        found = switch.translator.tables_reply(kind, msg)
+        if found is not None:
+            self.core.tables_read(msg.datapath.id, found, time.monotonic())
 
     def _ports(self, switch, ports):
         self.core.set_ports(switch.datapath.id,
@@ -350,4 +401,10 @@ class SbftApp(app_manager.RyuApp):
             msg.datapath = switch.datapath
             switch.datapath.send_msg(msg)
         self.counters["of_messages_sent"] += len(encoded)
+        for message in messages:
+            if isinstance(message, Converge):
+                changes = sum(type(msg).__name__ != "OFPBarrierRequest" for msg in encoded)
+                self.counters["converge_changes"] += changes
+                switch.log.info("tables read: %d entries found, %d changes sent",
+                                len(message.found), changes)
         return True

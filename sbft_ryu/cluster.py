@@ -26,6 +26,12 @@ BACKUP = "backup"
 NO_ROLE = "none"
 
 _HISTORY = 64  # transitions kept for REST
+# Active mode: a backup whose agent reports more client bytes missing than this (bytes the
+# client was acknowledged that its stack has not received) is passed over while one within it
+# is up. A backup level with the primary still misses what is in flight towards it at the
+# moment of its heartbeat (a few hundred KiB at most here); one that lost bytes misses them
+# for good, and its count only grows.
+IN_SYNC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,11 @@ class ClusterState:
         """``serve_below``: with fewer members than this (f + 1 when voting), elect no primary
         (the operator chose to stop serving rather than serve unvoted replies); None: serve.
 
-        ``by_seniority`` (active mode): a failed primary's successor is the member that has
-        been in the voting set the longest, the configured order breaking ties (every replica
-        up at the first election ties). A replica that (re)joined or was promoted holds only
+        ``by_seniority`` (active mode): a failed primary's successor is the member missing the
+        fewest client bytes the client was acknowledged (its agent's ``bytes_missing``; within
+        IN_SYNC_BYTES counts as none), then the one that has been in the voting set the
+        longest, the configured order breaking ties (every replica up at the first election
+        ties). A replica that (re)joined or was promoted holds only
         the connections that began after it; promoting it while an older backup is up would
         lose all the others.
 
@@ -97,8 +105,13 @@ class ClusterState:
         self.n = len(self.replicas)
         self.spare_after = spare_after
         self.by_seniority = by_seniority
-        self._member_since = {}  # name -> when it last entered the members (seniority)
-        self._first_elected_at = None
+        # seniority as a join order (election rounds), which means the same in a restarted
+        # process; monotonic timestamps would not
+        self._member_since = {}  # name -> the round it last entered the members in
+        self._round = 0  # elections that let a replica in
+        self._first_elected_round = None
+        self.resuming = False  # restored from storage, not decided yet (see restore)
+        self._resume_at = None
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_grace = startup_grace
         self.serve_below = serve_below
@@ -121,8 +134,12 @@ class ClusterState:
     # ---- inputs -------------------------------------------------------------------------------
 
     def set_ports(self, dpid, ports, now):
-        """Replace what one switch reports: ``ports`` maps port number → link usable (bool)."""
+        """Replace what one switch reports: ``ports`` maps port number → link usable (bool).
+        After a restart, the first report opens the window in which the stored members
+        have to show they are up (``heartbeat_timeout``)."""
         self._ports[dpid] = dict(ports)
+        if self.resuming and self._resume_at is None:
+            self._resume_at = now + self.heartbeat_timeout
         return self._refresh_links(now)
 
     def port_status(self, dpid, port, up, now):
@@ -162,6 +179,11 @@ class ClusterState:
                 changed = True
             elif not up:
                 health.down_reason = reason
+        if self.resuming:
+            if not self._resume_due(now):
+                return None
+            self._resumed(now)
+            changed = True
         changed = self._rebalance(now) or changed
         if not changed and not self._first_election_due(now):
             return None
@@ -171,6 +193,8 @@ class ClusterState:
         health = self.health[name]
         if health.byzantine:
             return None
+        if self.resuming:  # evidence before the decision: decide first, then convict
+            self._resumed(now)
         health.byzantine = True
         health.down_reason = f"{BYZANTINE}: {reason}"
         self._record(now, name, f"{BYZANTINE}: {reason}")
@@ -187,6 +211,8 @@ class ClusterState:
         health = self.health[name]
         if not health.byzantine:
             return None
+        if self.resuming:
+            self._resumed(now)
         health.byzantine = False
         self._record(now, name, "readmitted by operator")
         return self.evaluate(now) or self._elect(now)
@@ -203,6 +229,8 @@ class ClusterState:
                           if self._up[name] and health.last_heartbeat is not None]
         if self._starting(now):
             deadlines.append(self._first_up_at + self.startup_grace)
+        if self.resuming and self._resume_at is not None:
+            deadlines.append(self._resume_at)
         if self._may_replace(now) and self._candidates():
             deadlines += [since + self.spare_after for name, since in self._down_since.items()
                           if name in self.voters]
@@ -251,6 +279,81 @@ class ClusterState:
     def heartbeat_age(self, name, now):
         last = self.health[name].last_heartbeat
         return None if last is None else max(0.0, now - last)
+
+    # ---- durable state ------------------------------------------------------------------------
+
+    def snapshot(self):
+        """What a restarted controller needs to carry on (plain JSON-able values, no clock)."""
+        names = [r.name for r in self.nodes]
+        return {
+            "epoch": self.view.epoch, "primary": self.view.primary,
+            "members": list(self.view.members),
+            "voters": [name for name in names if name in self.voters],
+            "vacated": list(self._vacated),
+            "generation": dict(self.generation),
+            "generation_epoch": dict(self.generation_epoch),
+            "promoted": dict(self.promoted),
+            "epoch_primary": {str(epoch): name for epoch, name in self.epoch_primary.items()},
+            "byzantine": {name: self.health[name].down_reason for name in names
+                          if self.health[name].byzantine},
+            "seniority": {"member_since": dict(self._member_since), "round": self._round,
+                          "first_elected_round": self._first_elected_round},
+        }
+
+    def restore(self, state, now):
+        """Take up a snapshot of an earlier process (ValueError if malformed). With an
+        epoch, the stored view stands, undecided (``resuming``), until the stored members
+        showed they are up or ``heartbeat_timeout`` passed after the switch reported its
+        ports; then the sticky election goes on from it. Names no longer configured are
+        dropped; returns them."""
+        known = {r.name for r in self.nodes}
+        mentioned = (set(state["members"]) | set(state["voters"]) | set(state["generation"])
+                     | set(state["byzantine"]) | set(state["promoted"]))
+        members = tuple(r.name for r in self.nodes if r.name in state["members"]
+                        and r.name in state["voters"])
+        primary = state["primary"] if state["primary"] in members else None
+        epoch = int(state["epoch"])
+        if epoch < 0:
+            raise ValueError(f"negative epoch {epoch}")
+        self.voters = {name for name in state["voters"] if name in known}
+        self._vacated = [name for name in state["vacated"] if name in known]
+        for name in known:
+            self.generation[name] = int(state["generation"].get(name, 0))
+            self.promoted[name] = int(state["promoted"].get(name, 0))
+        self.generation_epoch = {name: int(value) for name, value
+                                 in state["generation_epoch"].items() if name in known}
+        self.epoch_primary = {int(e): name for e, name in state["epoch_primary"].items()
+                              if name is None or name in known}
+        for name, reason in state["byzantine"].items():
+            if name in known:
+                health = self.health[name]
+                health.byzantine = True
+                health.down_reason = str(reason or BYZANTINE)
+                self.voters.discard(name)
+        seniority = state["seniority"]
+        self._member_since = {name: int(value) for name, value
+                              in seniority["member_since"].items() if name in known}
+        self._round = int(seniority["round"])
+        first = seniority["first_elected_round"]
+        self._first_elected_round = None if first is None else int(first)
+        self.view = ClusterView(members=members, primary=primary, epoch=epoch)
+        self.resuming = epoch > 0
+        self._resume_at = None
+        self._record(now, primary, f"restored (epoch {epoch}, primary {primary}, members "
+                                   f"{list(members)})")
+        return sorted(mentioned - known - {None})
+
+    @property
+    def decided(self):
+        return not self.resuming
+
+    def _resume_due(self, now):
+        return self._resume_at is not None and (
+            now >= self._resume_at or all(self._up[name] for name in self.view.members))
+
+    def _resumed(self, now):
+        self.resuming = False
+        self._record(now, self.view.primary, "decided after restart")
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -338,10 +441,12 @@ class ClusterState:
 
     def _elect(self, now):
         members = tuple(r.name for r in self.nodes if self._up[r.name] and r.name in self.voters)
-        for name in members:
-            if name not in self.view.members:  # a new generation: seniority starts now
-                self._member_since[name] = now
-                self.generation[name] += 1
+        joined = [name for name in members if name not in self.view.members]
+        if joined:  # a new generation: seniority starts with this round
+            self._round += 1
+        for name in joined:
+            self._member_since[name] = self._round
+            self.generation[name] += 1
         primary = self.view.primary
         if primary not in members:  # sticky: a healthy primary keeps its role
             primary = self._successor(members)
@@ -356,8 +461,8 @@ class ClusterState:
         new = ClusterView(members=members, primary=primary, epoch=epoch)
         if new == self.view:
             return None
-        if primary is not None and self._first_elected_at is None:
-            self._first_elected_at = now
+        if primary is not None and self._first_elected_round is None:
+            self._first_elected_round = self._round
         if primary != self.view.primary:
             self._record(now, primary, PRIMARY if primary else "no primary", epoch)
             self.epoch_primary[epoch] = primary
@@ -369,12 +474,22 @@ class ClusterState:
     def _successor(self, members):
         if not members:
             return None
-        if not self.by_seniority or self._first_elected_at is None:
+        if not self.by_seniority or self._first_elected_round is None:
             return members[0]
-        start = self._first_elected_at
+        start = self._first_elected_round
         order = {name: i for i, name in enumerate(members)}
-        return min(members, key=lambda name: (max(self._member_since.get(name, start), start),
+        return min(members, key=lambda name: (self._missing(name),
+                                              max(self._member_since.get(name, start), start),
                                               order[name]))
+
+    def _missing(self, name):
+        """Client bytes ``name`` lacks (its agent's last heartbeat; 0 within IN_SYNC_BYTES): a
+        successor missing acknowledged bytes must reset those connections, so the backup
+        missing the fewest goes first, then seniority."""
+        missing = self.health[name].counters.get("bytes_missing", 0)
+        if not isinstance(missing, int) or isinstance(missing, bool) or missing < 0:
+            return 0
+        return missing if missing > IN_SYNC_BYTES else 0
 
     def _record(self, now, name, change, epoch=None):
         self.recorded += 1

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
-from sbft_ryu import flowfile, protocol
+from sbft_ryu import flowfile, protocol, store
 from sbft_ryu.model import FlowSpec, Replica
 
 GROUP = "sbft"
@@ -96,6 +96,13 @@ def _choice(*choices, any_case=False):
 
 def _path(_option, value, _parsed):
     return str(value or "").strip()
+
+
+def _state_file(_option, value, _parsed):
+    """None (not set): the default location; empty: persistence off; else the path."""
+    if value is None:
+        return store.default_path()
+    return str(value).strip()
 
 
 def _secret(_option, value, _parsed):
@@ -318,6 +325,10 @@ OPTIONS = (
            "that its suspicion must also reach to make it byzantine"),
     Option("unvoted", _choice(*UNVOTED_POLICIES), SERVE,
            "with fewer than f+1 members up (too few to vote): serve (unvoted) or stop"),
+    Option("state_file", _state_file, None,
+           "where the controller keeps its state across restarts, relative to the config "
+           "file (not set: /var/lib/sbft_ryu/state.json as root, else the user's state "
+           "directory; empty: nothing is kept)"),
 )
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
@@ -360,6 +371,9 @@ class SbftConfig:
     replica_sources: dict = field(default_factory=dict, compare=False)
     heartbeat_port: int = _parsed_default("heartbeat_port")
     api_token: Optional[bytes] = field(default=None, compare=False, repr=False)
+    state_file: str = ""  # empty: persistence off
+    # else random, kept in the state file
+    active_secret_configured: bool = field(default=False, repr=False)
 
     @property
     def f(self):
@@ -400,14 +414,17 @@ def load_config(conf):
     """Validate the [sbft] group of an oslo ConfigOpts and return a frozen SbftConfig."""
     group = getattr(conf, GROUP)
     raw = {name: getattr(group, name) for name in OPTION_NAMES}
-    base_dir = None
+    base_dirs = {}  # option -> directory of the (last) config file that sets it
     for path in getattr(conf, "config_file", None) or ():
-        if "flows_file" in check_unknown_options(path):
-            base_dir = os.path.dirname(os.path.abspath(path))
-    flows_file = str(raw["flows_file"] or "").strip()
-    if flows_file and base_dir and not os.path.isabs(flows_file):
-        # relative to the config file that names it, so the command works from any directory
-        raw["flows_file"] = os.path.join(base_dir, flows_file)
+        for name in check_unknown_options(path) & {"flows_file", "state_file",
+                                                    "api_token_file"}:
+            base_dirs[name] = os.path.dirname(os.path.abspath(path))
+    for name, base_dir in base_dirs.items():
+        path = str(raw[name] or "").strip()
+        if path and not os.path.isabs(path):
+            # relative to the config file that names it, so the command works from any
+            # directory
+            raw[name] = os.path.join(base_dir, path)
     return build_config(raw)
 
 
@@ -442,7 +459,10 @@ def build_config(raw):
                       spares=parsed["spare"], spare_after=parsed["spare_after"],
                       replica_sources=parsed["replica_source"],
                       heartbeat_port=parsed["heartbeat_port"],
-                      api_token=parsed["api_token_file"])
+                      api_token=parsed["api_token_file"],
+                      state_file=parsed["state_file"],
+                      active_secret_configured=bool(str(raw.get("active_secret") or "")
+                                                    .strip()))
 
 
 def _check(parsed, raw):

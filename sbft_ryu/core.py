@@ -9,21 +9,31 @@ Core was built with (the Ryu app translates and sends them; tests record them). 
 service flows counts as installed on a switch only when ``send`` says it went out. Nothing here
 reads a clock, opens a socket or knows an OpenFlow version.
 
+The Core also keeps the durable state (:mod:`sbft_ryu.store`): every change is written before
+anything acts on it (flows sent, agents told), and a restarted Core takes it up with
+:meth:`Core.restore`. Until the restored view is decided (and whenever the current view is not
+yet on disk) heartbeats are answered "not decided" (:meth:`Core.decided`), and agents keep
+their roles.
+
 The voting policy lives here too: :func:`members_needed` (how many members must be up to vote,
 convict and check the wire) and :func:`serve_below` (the operator's ``unvoted = stop``).
 """
 
 import contextlib
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sbft_ryu import beatwire, decide
+from sbft_ryu import beatwire, decide, voting
 from sbft_ryu.cluster import BYZANTINE, UP, ClusterState
 from sbft_ryu.config import ACTIVE, STOP
-from sbft_ryu.model import EnablePacketIn, RequestPorts
+from sbft_ryu.model import Converge, EnablePacketIn, ReadTables, RequestPorts
 from sbft_ryu.referee import AuthError, Referee
+from sbft_ryu.store import NullStore, StateError
+
+READMISSIONS_KEPT = 64
 
 LOG = logging.getLogger(__name__)
 
@@ -56,6 +66,24 @@ class Resync(NamedTuple):
     seq: int
 
 
+def with_stored_secret(config, state, path, logger=LOG):
+    """The config with the active-mode secret of an earlier run when none is configured (so
+    connections in flight survive a restart); a configured one wins."""
+    stored = (state or {}).get("active_secret")
+    if config.active_secret_configured:
+        if stored and stored != config.active_secret.hex():
+            logger.warning("sbft: the configured active_secret differs from the one in the "
+                           "state file; the configured one is used")
+        return config
+    if not stored:
+        return config
+    try:
+        secret = bytes.fromhex(stored)
+    except (TypeError, ValueError):
+        raise StateError(path, "corrupt (active_secret is not hex)") from None
+    return dataclasses.replace(config, active_secret=secret)
+
+
 class NotByzantine(ValueError):
     """The operator asked to readmit a replica that is not marked byzantine."""
 
@@ -66,17 +94,19 @@ class SwitchRecord:
 
     service: bool  # carries the service flows (else the flows file only)
     log: logging.LoggerAdapter  # names the switch
-    installed: tuple = ()  # service flows currently on the switch
+    installed: tuple = None  # service flows on the switch (None: its tables not read yet)
     ports: dict = field(default_factory=dict)  # port number -> usable
 
 
 class Core:
     """``send(dpid, messages)`` sends a batch to a connected switch, True when it went out;
     ``nudge(addresses)`` tells the agents at ``addresses`` that their role may have changed;
-    ``lock`` serialises flow batches (a send may yield, and the next batch is computed from
-    what the last one installed)."""
+    ``lock`` serialises state writes and flow batches (both may yield, and the next batch is
+    computed from what the last one installed); ``store`` keeps the state (load/save);
+    ``wall()`` dates convictions and readmissions for the operator (never used to decide)."""
 
-    def __init__(self, config, send, nudge=lambda addresses: None, logger=LOG, lock=None):
+    def __init__(self, config, send, nudge=lambda addresses: None, logger=LOG, lock=None,
+                 store=None, wall=None):
         self.config = config
         self.cluster = ClusterState(
             config.replicas, config.heartbeat_timeout, config.startup_grace,
@@ -92,6 +122,80 @@ class Core:
         self._nudge = nudge
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._logged = 0  # cluster transitions already logged
+        self.store = store if store is not None else NullStore()
+        self._wall = wall or (lambda: 0.0)
+        self._saved = None  # the state last written
+        self._durable_view = None  # the view that state holds
+        self._sent_view = self.cluster.view  # the view the switches were last converged to
+        self.byzantine_at = {}  # replica -> wall time it was convicted
+        self.readmissions = []  # {"replica", "at"}, the last READMISSIONS_KEPT
+        self._restored_at = None
+
+    # ---- durable state ------------------------------------------------------------------------
+
+    def restore(self, state, now):
+        """Take up the state an earlier process stored (None: a first start), then write it
+        back as this configuration sees it. StateError if it is malformed."""
+        if state is not None:
+            try:
+                self._take_up(state, now)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise StateError(self.store.path, f"corrupt ({type(exc).__name__}: {exc})") \
+                    from None
+        with self._lock:
+            self._persist()
+
+    def _take_up(self, state, now):
+        known = {r.name for r in self.config.nodes}
+        dropped = self.cluster.restore(state["cluster"], now)
+        self.byzantine_at = {name: float(at) for name, at in state["byzantine_at"].items()
+                             if name in known}
+        self.readmissions = [{"replica": str(r["replica"]), "at": float(r["at"])}
+                             for r in state["readmissions"] if r["replica"] in known]
+        self.referee.restored_tainted = [[str(client), int(port)]
+                                         for client, port in state["tainted"]]
+        self._restored_at = now
+        self._sent_view = self.cluster.view
+        if dropped:
+            self.logger.warning("sbft: state of replicas no longer configured dropped: %s",
+                                ", ".join(dropped))
+        view = self.cluster.view
+        self.logger.info("sbft: restored from %s: epoch %d, primary %s, members %s, "
+                         "byzantine %s%s", self.store.path, view.epoch, view.primary,
+                         list(view.members), sorted(self.byzantine_at) or "none",
+                         "; undecided until the members report" if self.cluster.resuming
+                         else "")
+
+    def state(self):
+        """Everything a restarted controller needs (plain JSON-able values)."""
+        cluster = self.cluster.snapshot()
+        for name in cluster["byzantine"]:  # dated when first written (the conviction)
+            if name not in self.byzantine_at:
+                self.byzantine_at[name] = self._wall()
+        state = {"cluster": cluster,
+                 "byzantine_at": {name: at for name, at in self.byzantine_at.items()
+                                  if name in cluster["byzantine"]},
+                 "readmissions": list(self.readmissions),
+                 "tainted": self.referee.tainted(self.cluster.view.epoch + 1)}
+        if not self.config.active_secret_configured:
+            state["active_secret"] = self.config.active_secret.hex()
+        return state
+
+    def decided(self):
+        """Whether heartbeats get a role: the view is decided (not a restored one still
+        waiting for its members, not before the first election) and on disk."""
+        view = self.cluster.view
+        return self.cluster.decided and view.epoch > 0 and view == self._durable_view
+
+    def _persist(self):
+        """Write the state if it changed (under the lock; returns once it is on disk)."""
+        view = self.cluster.view
+        state = self.state()
+        if state != self._saved:
+            self.store.save(state)
+            self._saved = state
+            self.counters["state_writes"] += 1
+        self._durable_view = view
 
     # ---- switches -------------------------------------------------------------------------------
 
@@ -99,17 +203,30 @@ class Core:
         return self.config.dpid is None or self.config.dpid == dpid
 
     def switch_connected(self, dpid, version, log, now):
-        """A switch finished its handshake: enable packet-ins, ask for its ports, install the
-        flows file (and, on the service switch, the service flows). True if that went out."""
+        """A switch finished its handshake: enable packet-ins, ask for its ports and read its
+        tables (converged in tables_read). True if that went out."""
         record = SwitchRecord(self.is_service(dpid), log)
         self.switches[dpid] = record
         self.seen[dpid] = (True, version)
+        return self._send(dpid, [EnablePacketIn(), RequestPorts(), ReadTables()])
+
+    def tables_read(self, dpid, found, now):
+        """A switch's tables as ReadTables read them: send only what differs from the flows
+        file and (on the service switch) the current view's service flows. Nothing at all
+        when a restarted controller finds what it left (the view it restored)."""
+        record = self.switches.get(dpid)
+        if record is None:
+            return False
         with self._lock:
-            batch = decide.connect_batch(self.config, self.cluster.view, record.service)
-            if not self._send(dpid, [EnablePacketIn(), RequestPorts(), *batch]):
+            self._persist()  # write-ahead: what is installed is on disk first
+            view = self.cluster.view
+            flows = decide.intended_flows(self.config, view, record.service)
+            if not self._send(dpid, [Converge(flows, found)]):
                 return False
-            record.installed = (decide.service_flows(self.config, self.cluster.view)
-                                if record.service else ())
+            record.installed = decide.service_flows(self.config, view) if record.service \
+                else ()
+        if record.service and record.ports:  # the ports it reported meanwhile count now
+            self._changed(self.cluster.set_ports(dpid, record.ports, now), now)
         return True
 
     def switch_gone(self, dpid, now):
@@ -123,12 +240,14 @@ class Core:
         return None
 
     def set_ports(self, dpid, ports, now):
-        """Every port of a switch: ``ports`` maps port number → usable."""
+        """Every port of a switch: ``ports`` maps port number → usable. A service switch's
+        ports count only once its tables are converged (tables_read): until then a replica
+        behind it is not up, so no view is acted upon that the switch does not hold yet."""
         record = self.switches.get(dpid)
         if record is None:
             return None
         record.ports = dict(ports)
-        if record.service:
+        if record.service and record.installed is not None:
             return self._changed(self.cluster.set_ports(dpid, record.ports, now), now)
         return None
 
@@ -140,7 +259,7 @@ class Core:
             record.log.info("port %d %s", port, "up" if up else "down")
         record.ports[port] = up
         self.counters["port_status"] += 1
-        if record.service:
+        if record.service and record.installed is not None:
             return self._changed(self.cluster.port_status(dpid, port, up, now), now)
         return None
 
@@ -192,12 +311,13 @@ class Core:
 
     def udp_steady(self, datagram, address, now):
         """The fast path of a UDP heartbeat, called from the UDP thread (udp_server), not the
-        hub: (name, nonce) when the datagram verifies, moves its session forward and is
-        *steady* (its replica is up and reports the same service state, no judge counts its
-        comparisons), recorded without evaluating the view (nothing in it can change the view;
-        silences are the ticker's): (name, seq, nonce, whether it wants an answer). REJECTED
-        when it does not verify, Resync when it is not in the session (nothing changed);
-        SLOW (nothing changed) for the hub to process in full."""
+        hub: when the datagram verifies, moves its session forward and is *steady* (its
+        replica is up and reports the same service state, no judge counts its comparisons,
+        the view is not a restored one still undecided), it is recorded without evaluating
+        the view (nothing in it can change the view; silences are the ticker's) and it
+        returns (name, seq, nonce, whether it wants an answer). REJECTED when it does not
+        verify, Resync when it is not in the session (nothing changed); SLOW (nothing changed)
+        for the hub to process in full."""
         try:
             name, beat = beatwire.open_beat(self.referee.keys, datagram)
         except beatwire.BeatWireError:
@@ -205,7 +325,8 @@ class Core:
             return REJECTED
         health = self.cluster.health[name]
         source = self.referee.sources.get(name)
-        if (self.referee.judge is not None or self.cluster.state(name) != UP
+        if (self.referee.judge is not None or not self.cluster.decided
+                or self.cluster.state(name) != UP
                 or health.service_ok != beat.service_ok or health.seq is None
                 or beat.seq < health.seq or (source is not None and address != source)):
             return SLOW
@@ -247,6 +368,9 @@ class Core:
             raise NotByzantine(f"{name} is not byzantine (state {state})")
         self.referee.readmit(name)
         self.logger.warning("sbft: replica=%s readmitted by the operator", name)
+        self.readmissions = [*self.readmissions, {"replica": name, "at": self._wall()}][
+            -READMISSIONS_KEPT:]
+        self.byzantine_at.pop(name, None)
         return self._changed(self.cluster.readmit(name, now), now)
 
     # ---- time -----------------------------------------------------------------------------------
@@ -256,25 +380,33 @@ class Core:
         return self.cluster.next_deadline(now)
 
     def tick(self, now):
-        """Re-check liveness at ``now`` (heartbeats going silent, the startup grace ending)."""
+        """Re-check liveness at ``now`` (heartbeats going silent, the startup grace ending,
+        the decision after a restart)."""
+        if self._restored_at is not None and now - self._restored_at > voting.TAINT_S:
+            self.referee.restored_tainted = []  # as old as the judge's own would be
+            self._restored_at = None
         return self._changed(self.cluster.evaluate(now), now)
 
     # ---- internals ------------------------------------------------------------------------------
 
     def _changed(self, view, now):
-        """After every cluster input: log its transitions, tell the referee the voting set;
-        with a new view, converge every service switch and nudge the agents."""
+        """After every cluster input: log its transitions, tell the referee the voting set,
+        write the state if it changed; with a new view, converge every service switch whose
+        tables were read, then nudge the agents (in that order: write-ahead)."""
         self._log_transitions()
         self.referee.sync(self.cluster.voters, self.cluster.generation,
                           self.cluster.generation_epoch, now)
-        if view is None:
-            return None
-        self.logger.info("sbft: epoch %d, primary %s, members %s", view.epoch, view.primary,
-                         list(view.members))
-        wanted = decide.service_flows(self.config, view)
-        for dpid, record in list(self.switches.items()):
-            if record.service:
-                with self._lock:
+        with self._lock:
+            self._persist()
+            current = self.cluster.view  # (another input may have moved it on meanwhile)
+            if current == self._sent_view:
+                return view
+            self._sent_view = current
+            self.logger.info("sbft: epoch %d, primary %s, members %s", current.epoch,
+                             current.primary, list(current.members))
+            wanted = decide.service_flows(self.config, current)
+            for dpid, record in list(self.switches.items()):
+                if record.service and record.installed is not None:
                     if self._send(dpid, decide.update_batch(record.installed, wanted)):
                         record.installed = wanted
         self._nudge(list(self.agent_addresses.values()))

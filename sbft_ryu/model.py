@@ -144,11 +144,6 @@ class FlowDelete:
 
 
 @dataclass(frozen=True)
-class ResetTables:
-    """Remove every flow and group: the app owns the switch's tables from connection on."""
-
-
-@dataclass(frozen=True)
 class Barrier:
     pass
 
@@ -164,8 +159,23 @@ class RequestPorts:
     """Ask for the port list (OF1.3 port-desc; OF1.0 switches send it in features)."""
 
 
-Message = Union[FlowSpec, FlowDelete, PacketOutSpec, ResetTables, Barrier, EnablePacketIn,
-                RequestPorts]
+@dataclass(frozen=True)
+class ReadTables:
+    """Ask for the flows (and groups) the switch holds; the translator collects the replies
+    into a value that only it reads (see Converge)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Converge:
+    """Make the switch hold exactly ``flows`` (and the groups they use), given ``found``, what
+    ReadTables read from it: only the difference is sent."""
+
+    flows: Tuple[FlowSpec, ...]
+    found: object
+
+
+Message = Union[FlowSpec, FlowDelete, PacketOutSpec, Barrier, EnablePacketIn,
+                RequestPorts, ReadTables, Converge]
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ class Referee:
                                    voters=[r.name for r in config.replicas])
                       if config.voting else None)
         self.auth_failures = {r.name: 0 for r in config.nodes}
+        # tainted connections an earlier controller process stored: a new primary still resets
+        # them (Core.restore fills this, Core.tick empties it once the judge would have)
+        self.restored_tainted = []
         self._generations = {}  # name -> the generation the judge was last told of
 
     def how(self, name):
@@ -170,8 +173,9 @@ class Referee:
         resets them instead of continuing them."""
         if self.judge is None:
             return []
-        return [[str(ipaddress.IPv4Address(client)), port]
+        live = [[str(ipaddress.IPv4Address(client)), port]
                 for client, port in self.judge.tainted(epoch - 1)]
+        return live + [entry for entry in self.restored_tainted if entry not in live]
 
     def sync(self, voters, generations, generation_epochs, now):
         """Tell the judge the current voting set and every generation that began since the

@@ -121,10 +121,13 @@ def switches_view(switches):
             for dpid, (connected, version) in sorted(switches.items())]
 
 
-def health_view(config, cluster, switches, now, referee=None):
+def health_view(config, cluster, switches, now, referee=None, decided=True):
+    """``decided`` False: a restarted controller still holds the view it restored (or has
+    not written the current one yet); agents are told to keep their roles."""
     view = cluster.view
     return {
         "status": cluster.status(),
+        "decided": decided,
         "primary": view.primary,
         "epoch": view.epoch,
         "mode": config.mode,
@@ -154,12 +157,15 @@ def events_view(cluster, now):
 
 
 def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=(), secret=None,
-                    heartbeat_port=None):
+                    heartbeat_port=None, decided=True):
     """The answer to a heartbeat: role, epoch, the parameters agents need; with a key, the
     nonce the next heartbeat must sign; with voting, the peers and connections to reset.
     ``secret``: what it carries of the active-mode secret (Referee.secret_field: sealed,
-    clear, or nothing); ``heartbeat_port``: the UDP port a keyed agent may use instead."""
+    clear, or nothing); ``heartbeat_port``: the UDP port a keyed agent may use instead.
+    ``decided`` False (a restarted controller before its decision, or a view not yet on
+    disk): agents keep the role they have."""
     reply = {
+        "decided": decided,
         "role": cluster.role(name),
         "epoch": cluster.view.epoch,
         "primary": cluster.view.primary,

@@ -3,10 +3,12 @@
 Every interval the agent POSTs ``{"seq", "service_ok", "counters"}`` to
 ``/sbft/replicas/<name>/heartbeat`` over a kept-alive HTTP connection and applies the role in
 the answer; a keyed agent with a session sends most heartbeats as UDP datagrams instead
-(:mod:`sbft_ryu.agent.udp`, :meth:`Heartbeats._udp_turn` says when). If the controller cannot be reached the agent keeps its last role (fail-static) and
-says so once in its log; the switch's reply filter and the controller's failover cover a primary
-that is cut off. Role changes are applied in the order that never lets a demoted replica's
-kernel keep accepting replies after its agent has stopped doing so.
+(:mod:`sbft_ryu.agent.udp`, :meth:`Heartbeats._udp_turn` says when). If the controller cannot
+be reached, or answers that it has not decided yet (a restarted controller before it has seen
+the members), the agent keeps its last role (fail-static) and says so once in its log; the
+switch's reply filter and the controller's failover cover a primary that is cut off. Role
+changes are applied in the order that never lets a demoted replica's kernel keep accepting
+replies after its agent has stopped doing so.
 """
 
 import http.client
@@ -80,6 +82,7 @@ class Answer:
     voting: Optional[VoteConfig] = None  # None: the answer carries no voting configuration
     reset: frozenset = frozenset()  # (client address, port) a primary resets
     heartbeat_port: Optional[int] = None  # the controller's UDP heartbeat port (keyed agents)
+    decided: bool = True  # False: a restarted controller not decided yet (keep the role)
 
     @classmethod
     def parse(cls, body, key=None, name=None):
@@ -114,7 +117,7 @@ class Answer:
                    interval=_seconds(body.get("heartbeat_interval_s")),
                    vip=body.get("vip"), mode=body.get("mode"), active=active,
                    mode_key=(body.get("mode"), json.dumps(body.get("active"), sort_keys=True)),
-                   voting=config, reset=reset,
+                   voting=config, reset=reset, decided=body.get("decided") is not False,
                    heartbeat_port=_port(body.get("heartbeat_port")))
 
     @property
@@ -245,6 +248,7 @@ class Heartbeats:
         self._http_at = float("-inf")  # the last heartbeat answered over HTTP
         self._http_next = False  # the controller asked for HTTP (its answer did not fit)
         self.nudged = False
+        self.undecided = 0  # answers "not decided yet" (the role was kept)
 
     def run(self, stop):
         seq = 0
@@ -296,7 +300,6 @@ class Heartbeats:
         if body is None:
             return
         self.sent += 1
-        self._controller(True, "controller reachable")
         answer = Answer.parse(body, self.key, self.name)
         self.answer = answer
         self.nonce = answer.nonce
@@ -304,6 +307,12 @@ class Heartbeats:
             self.udp.port = answer.heartbeat_port  # learned from the controller
         if self.fixed_interval is None and answer.interval is not None:
             self.interval = min(max(answer.interval, 0.005), 10.0)
+        if not answer.decided:
+            self.undecided += 1
+            self._controller(None, f"controller not decided yet: keeping role "
+                                   f"{self.state.role}")
+            return
+        self._controller(True, "controller reachable")
         self.apply_answer(answer)
 
     def apply_answer(self, answer):
@@ -427,8 +436,8 @@ class Heartbeats:
     def _controller(self, ok, message):
         if ok == self.controller_ok:
             return
-        self.controller_ok = ok
-        (LOG.info if ok else LOG.warning)("%s", message)
+        self.controller_ok = ok  # (None: reachable, not decided yet: said at INFO)
+        (LOG.warning if ok is False else LOG.info)("%s", message)
 
 
 def _udp_wait(interval):

@@ -2,7 +2,8 @@
 
 OpenFlow 1.0 has no groups, so a :class:`~sbft_ryu.model.Mirror` becomes repeated
 (set destination MAC, output) pairs in the flow itself. ARP fields travel in nw_src/nw_dst
-(sender/target address) and nw_proto (opcode), and masks must be CIDR prefixes.
+(sender/target address) and nw_proto (opcode), and masks must be CIDR prefixes. A reconnecting
+switch is read (flow stats) and converged with strict deletes (1.0 has no cookie mask).
 """
 
 from ryu.ofproto import ofproto_v1_0 as ofp
@@ -10,6 +11,7 @@ from ryu.ofproto import ofproto_v1_0_parser as parser
 
 from sbft_ryu import model
 from sbft_ryu.ofp.common import PortReader, TranslationError, prefix_len
+from sbft_ryu.ofp.tables import Reader, Tables, diff_flows, wire
 
 OFP_VERSION = ofp.OFP_VERSION
 
@@ -61,10 +63,45 @@ def match(spec):
     return parser.OFPMatch(**fields)
 
 
+_EXACT_FIELDS = (("in_port", ofp.OFPFW_IN_PORT), ("dl_vlan", ofp.OFPFW_DL_VLAN),
+                 ("dl_src", ofp.OFPFW_DL_SRC), ("dl_dst", ofp.OFPFW_DL_DST),
+                 ("dl_type", ofp.OFPFW_DL_TYPE), ("nw_proto", ofp.OFPFW_NW_PROTO),
+                 ("tp_src", ofp.OFPFW_TP_SRC), ("tp_dst", ofp.OFPFW_TP_DST),
+                 ("dl_vlan_pcp", ofp.OFPFW_DL_VLAN_PCP), ("nw_tos", ofp.OFPFW_NW_TOS))
+_PREFIX_FIELDS = (("nw_src", ofp.OFPFW_NW_SRC_SHIFT), ("nw_dst", ofp.OFPFW_NW_DST_SHIFT))
+
+
+def canonical_match(spec):
+    """The fields a 1.0 match really sets (wildcarded ones, whatever their value, left out;
+    addresses cut to their prefix), as the switch reports them."""
+    match_ = parser.OFPMatch.parse(wire(spec), 0)
+    out = [(name, getattr(match_, name)) for name, bit in _EXACT_FIELDS
+           if not match_.wildcards & bit]
+    for name, shift in _PREFIX_FIELDS:
+        length = max(0, 32 - ((match_.wildcards >> shift) & 0x3F))
+        if length:
+            mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+            out.append((name, getattr(match_, name) & mask, length))
+    return tuple(out)
+
+
 class Translator(PortReader):
     ofp = ofp
     version = OFP_VERSION
     name = "1.0"
+
+    def __init__(self):
+        self._reader = None
+
+    def tables_reply(self, kind, msg):
+        """A flow-stats reply ("flows") to ReadTables: the switch's Tables once all parts
+        arrived, else None."""
+        return self._reader.add(kind, msg) if self._reader is not None else None
+
+    @staticmethod
+    def _flow_entry(stats):
+        return ((stats.priority, canonical_match(stats.match)),
+                (stats.cookie, stats.idle_timeout, stats.hard_timeout, wire(*stats.actions)))
 
     # ---- what the switch says (messages in) ------------------------------------------------
 
@@ -103,17 +140,35 @@ class Translator(PortReader):
                 None, buffer_id=0xFFFFFFFF, in_port=in_port,
                 actions=[parser.OFPActionOutput(port_number(message.out_port), 0)],
                 data=message.data)]
-        if isinstance(message, model.ResetTables):
-            return [parser.OFPFlowMod(None, match=parser.OFPMatch(), cookie=0,
-                                      command=ofp.OFPFC_DELETE, idle_timeout=0,
-                                      hard_timeout=0, priority=0, out_port=ofp.OFPP_NONE)]
         if isinstance(message, model.Barrier):
             return [parser.OFPBarrierRequest(None)]
         if isinstance(message, model.EnablePacketIn):
             return [parser.OFPSetConfig(None, ofp.OFPC_FRAG_NORMAL, _FULL_PACKET)]
         if isinstance(message, model.RequestPorts):
             return []  # the features reply already listed the ports
+        if isinstance(message, model.ReadTables):
+            self._reader = Reader(("flows",), lambda msg: bool(msg.flags & ofp.OFPSF_REPLY_MORE),
+                                  self._flow_entry)
+            return [parser.OFPFlowStatsRequest(None, 0, parser.OFPMatch(), 0xFF,
+                                               ofp.OFPP_NONE)]
+        if isinstance(message, model.Converge):
+            return self._converge(message.flows, message.found or Tables())
         raise TranslationError(f"cannot translate {message!r}")
+
+    def _converge(self, flows, found):
+        """Stale entries deleted strictly, then missing or changed ones added."""
+        wanted = {}
+        for flow in flows:
+            add = self._one(flow)[0]
+            wanted[(add.priority, canonical_match(add.match))] = (
+                (add.cookie, add.idle_timeout, add.hard_timeout, wire(*add.actions)), add)
+        stale, adds = diff_flows(wanted, found)
+        deletes = [parser.OFPFlowMod(None, match=stats.match, cookie=0,
+                                     command=ofp.OFPFC_DELETE_STRICT, idle_timeout=0,
+                                     hard_timeout=0, priority=stats.priority,
+                                     out_port=ofp.OFPP_NONE) for stats in stale]
+        out = deletes + ([parser.OFPBarrierRequest(None)] if deletes and adds else []) + adds
+        return out + [parser.OFPBarrierRequest(None)] if out else []
 
     @staticmethod
     def _actions(actions):

@@ -1,7 +1,9 @@
 """OpenFlow 1.3: descriptions → ryu.ofproto.ofproto_v1_3_parser messages (datapath=None).
 
 A :class:`~sbft_ryu.model.Mirror` becomes a group of type ALL (one bucket per copy) that the flow
-points to; the first use after a reset adds the group, later uses modify it in place.
+points to; its first use adds the group (unless the switch was found holding it), later
+uses modify it in place.
+A reconnecting switch is read (flow stats, group descriptions) and converged (ofp/tables.py).
 """
 
 from ryu.ofproto import ofproto_v1_3 as ofp
@@ -9,6 +11,7 @@ from ryu.ofproto import ofproto_v1_3_parser as parser
 
 from sbft_ryu import model
 from sbft_ryu.ofp.common import PortReader, TranslationError
+from sbft_ryu.ofp.tables import Reader, Tables, diff_flows, wire
 
 OFP_VERSION = ofp.OFP_VERSION
 
@@ -69,6 +72,7 @@ class Translator(PortReader):
 
     def __init__(self):
         self._groups = set()  # group ids known to exist on this switch
+        self._reader = None
 
     # ---- what the switch says (messages in) ------------------------------------------------
 
@@ -80,6 +84,34 @@ class Translator(PortReader):
     @staticmethod
     def packet_in_port(packet_in):
         return packet_in.match.get("in_port")
+
+    def tables_reply(self, kind, msg):
+        """A flow-stats ("flows") or group-description ("groups") reply to ReadTables: the
+        switch's Tables once all parts arrived, else None."""
+        return self._reader.add(kind, msg) if self._reader is not None else None
+
+    @staticmethod
+    def _more(msg):
+        return bool(msg.flags & ofp.OFPMPF_REPLY_MORE)
+
+    @staticmethod
+    def _key(table_id, priority, wire_match):
+        """A flow's identity, its match as the switch would report it (parsed from wire)."""
+        match_ = parser.OFPMatch.parser(wire(wire_match), 0)
+        return table_id, priority, tuple(sorted(match_.items(), key=lambda item: item[0]))
+
+    @classmethod
+    def _flow_entry(cls, stats):
+        return (cls._key(stats.table_id, stats.priority, stats.match),
+                cls._content(stats))
+
+    @staticmethod
+    def _content(flow):
+        return (flow.cookie, flow.idle_timeout, flow.hard_timeout, wire(*flow.instructions))
+
+    @staticmethod
+    def _group_entry(stats):
+        return stats.group_id, (stats.type, wire(*stats.buckets))
 
     # ---- what the controller says (descriptions out) -----------------------------------------
 
@@ -108,45 +140,78 @@ class Translator(PortReader):
             in_port = ofp.OFPP_CONTROLLER if message.in_port is None else message.in_port
             return [parser.OFPPacketOut(None, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
                                         actions=actions, data=message.data)]
-        if isinstance(message, model.ResetTables):
-            self._groups.clear()
-            return [parser.OFPFlowMod(None, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
-                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-                                      match=parser.OFPMatch()),
-                    parser.OFPGroupMod(None, command=ofp.OFPGC_DELETE, group_id=ofp.OFPG_ALL)]
         if isinstance(message, model.Barrier):
             return [parser.OFPBarrierRequest(None)]
         if isinstance(message, model.EnablePacketIn):
             return [parser.OFPSetConfig(None, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_NO_BUFFER)]
         if isinstance(message, model.RequestPorts):
             return [parser.OFPPortDescStatsRequest(None, 0)]
+        if isinstance(message, model.ReadTables):
+            self._reader = Reader(("flows", "groups"), self._more, self._flow_entry,
+                                  self._group_entry)
+            return [parser.OFPFlowStatsRequest(None, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY,
+                                               ofp.OFPG_ANY, 0, 0, parser.OFPMatch()),
+                    parser.OFPGroupDescStatsRequest(None, 0)]
+        if isinstance(message, model.Converge):
+            return self._converge(message.flows, message.found or Tables())
         raise TranslationError(f"cannot translate {message!r}")
 
     def _flow(self, flow):
-        out = []
-        actions = []
+        flow_mod, mirrors = self._flow_mod(flow)
+        return [*(self._group(mirror) for mirror in mirrors), flow_mod]
+
+    def _flow_mod(self, flow):
+        """(the flow's add, the mirrors whose groups it points to)."""
+        actions, mirrors = [], []
         for action in flow.actions:
             if isinstance(action, model.Mirror):
-                out.append(self._group(action))
+                mirrors.append(action)
                 actions.append(parser.OFPActionGroup(action.group_id))
             else:
                 actions.extend(self._action(action, flow.match))
         instructions = ([parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
                         if actions else [])
-        out.append(parser.OFPFlowMod(None, cookie=flow.cookie, command=ofp.OFPFC_ADD,
-                                     idle_timeout=flow.idle_timeout,
-                                     hard_timeout=flow.hard_timeout, priority=flow.priority,
-                                     match=match(flow.match), instructions=instructions))
-        return out
+        return parser.OFPFlowMod(None, cookie=flow.cookie, command=ofp.OFPFC_ADD,
+                                 idle_timeout=flow.idle_timeout,
+                                 hard_timeout=flow.hard_timeout, priority=flow.priority,
+                                 match=match(flow.match), instructions=instructions), mirrors
 
-    def _group(self, mirror):
-        command = ofp.OFPGC_MODIFY if mirror.group_id in self._groups else ofp.OFPGC_ADD
+    def _group(self, mirror, command=None):
+        if command is None:
+            command = ofp.OFPGC_MODIFY if mirror.group_id in self._groups else ofp.OFPGC_ADD
         self._groups.add(mirror.group_id)
         buckets = [parser.OFPBucket(actions=[parser.OFPActionSetField(eth_dst=bucket.mac),
                                              parser.OFPActionOutput(bucket.port, 0)])
                    for bucket in mirror.buckets]
         return parser.OFPGroupMod(None, command=command, type_=ofp.OFPGT_ALL,
                                   group_id=mirror.group_id, buckets=buckets)
+
+    def _converge(self, flows, found):
+        """Stale flows deleted strictly, then groups added or modified, missing or changed
+        flows added, and last the groups nobody uses deleted."""
+        wanted, mirrors = {}, {}
+        for flow in flows:
+            flow_mod, used = self._flow_mod(flow)
+            mirrors.update((mirror.group_id, mirror) for mirror in used)
+            wanted[self._key(flow_mod.table_id, flow_mod.priority, flow_mod.match)] = (
+                self._content(flow_mod), flow_mod)
+        stale, adds = diff_flows(wanted, found)
+        deletes = [parser.OFPFlowMod(None, table_id=stats.table_id,
+                                     command=ofp.OFPFC_DELETE_STRICT, priority=stats.priority,
+                                     match=stats.match, out_port=ofp.OFPP_ANY,
+                                     out_group=ofp.OFPG_ANY) for stats in stale]
+        groups = []
+        for group_id, mirror in mirrors.items():
+            group_mod = self._group(mirror, ofp.OFPGC_MODIFY if group_id in found.groups
+                                    else ofp.OFPGC_ADD)
+            if found.groups.get(group_id) != self._group_entry(group_mod)[1]:
+                groups.append(group_mod)
+        unused = [parser.OFPGroupMod(None, command=ofp.OFPGC_DELETE, group_id=group_id)
+                  for group_id in found.groups if group_id not in mirrors]
+        self._groups = set(mirrors)
+        body = groups + adds + unused
+        out = deletes + ([parser.OFPBarrierRequest(None)] if deletes and body else []) + body
+        return out + [parser.OFPBarrierRequest(None)] if out else []
 
     @staticmethod
     def _action(action, flow_match):

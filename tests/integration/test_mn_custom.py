@@ -10,6 +10,7 @@ script), builds the classes from the README's option strings with Mininet's ``bu
 README, so the test fails when the README's commands stop working.
 """
 
+import contextlib
 import os
 import re
 import runpy
@@ -18,6 +19,8 @@ import shutil
 import signal
 import socket
 import subprocess
+
+from sbft_ryu import store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(REPO, "README.md")
@@ -81,6 +84,11 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
     lock = topo_module.take_lab_lock()  # a network outside Lab: one lab per machine
     ryu = net = None
     rundirs = []
+    # the README's controller keeps its state where a newcomer's would (the default path);
+    # a file this test created there goes with the test
+    state = store.default_path()
+    state_existed, directory_existed = os.path.exists(state), os.path.isdir(
+        os.path.dirname(state))
     try:
         for port in (6653, 8080):  # the README's controller uses Ryu's default ports
             assert not port_taken(port), f"port {port} is in use: the README's " \
@@ -118,6 +126,11 @@ def test_the_readme_lines_give_a_tier_that_answers(topo_module, tmp_path):
             net.stop()
         topo_module.stop_process(ryu)
         lock.close()
+        if not state_existed and os.path.exists(state):
+            os.unlink(state)
+        if not directory_existed and os.path.isdir(os.path.dirname(state)):
+            with contextlib.suppress(OSError):  # (only if empty)
+                os.rmdir(os.path.dirname(state))
         for path in rundirs:
             shutil.rmtree(path, ignore_errors=True)
     log = (tmp_path / "ryu-manager.log").read_text(encoding="utf-8", errors="replace")

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from sbft_ryu import config
+from sbft_ryu import config, store
 from sbft_ryu.agent import nfq
 
 # The registered defaults, as oslo returns them: strings (StrOpt), a list of strings (MultiStrOpt).
@@ -37,6 +37,7 @@ DEFAULT_RAW = {
     "replica_source": [],
     "heartbeat_port": "5558",
     "api_token_file": "",
+    "state_file": None,
 }
 
 
@@ -67,3 +68,11 @@ def clock(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(nfq, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     return now
+
+
+@pytest.fixture(autouse=True)
+def state_in_tmp(monkeypatch, tmp_path_factory):
+    """The default state file of every app a test builds lives in the test's tmp_path (as
+    root the real default is /var/lib/sbft_ryu, shared by every run on the machine)."""
+    directory = tmp_path_factory.mktemp("state")
+    monkeypatch.setattr(store, "default_path", lambda: str(directory / "state.json"))

@@ -126,6 +126,19 @@ def test_own_range_answers_from_acknowledged_bytes_it_still_keeps():
     assert own(tr, 0, 10) == (b"abcdefghij", False)
 
 
+def test_a_lagging_backup_waits_for_the_rest_of_a_range_its_catch_up_passed_into():
+    """The client acknowledged 10 bytes (from the primary) before this stack produced any: its
+    first 4 bytes are caught up (our own ACK moves past the range's start), yet the range is
+    only not complete yet, not gone."""
+    tr = connected(5000)
+    assert tr.process(client_pkt("A", ack=SHARED + 1 + 10), None, False, NOW)[0] == ACCEPT
+    assert tr.process(stack_pkt("PA", 5001, b"abcd"), None, False, NOW)[0] == DROP
+    assert tr.snapshot()["caught_up"] == 1
+    assert own(tr, 0, 10) is None  # wait: not PARTLY_ACKNOWLEDGED
+    assert tr.process(stack_pkt("PA", 5005, b"efghij"), None, False, NOW)[0] == DROP
+    assert own(tr, 0, 10) == (b"abcdefghij", False)
+
+
 def test_own_range_says_when_the_client_acknowledged_the_range_or_its_start(monkeypatch):
     monkeypatch.setattr(unacked, "ACKED_KEPT_BYTES", 0)
     tr = backup_sent(("PA", b"abcdef"), ("PA", b"ghij"))

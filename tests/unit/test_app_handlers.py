@@ -18,7 +18,7 @@ from sbft_ryu import app as app_module
 from sbft_ryu.ofp import SUPPORTED_VERSIONS
 
 HANDLERS = ("_switch_features", "_port_desc", "_port_status", "_packet_in", "_switch_gone",
-            "_of_error")
+            "_of_error", "_flow_stats", "_group_desc")
 
 
 class Datapath:
@@ -67,6 +67,15 @@ def features(datapath, ports=()):
                                                ports={p.port_no: p for p in ports}))
 
 
+def tables(app, datapath, flows=(), groups=()):
+    """The switch answers the table read (empty tables: a fresh switch)."""
+    app._flow_stats(SimpleNamespace(msg=SimpleNamespace(datapath=datapath, body=list(flows),
+                                                        flags=0)))
+    if datapath.ofproto is ofp13:
+        app._group_desc(SimpleNamespace(msg=SimpleNamespace(datapath=datapath,
+                                                            body=list(groups), flags=0)))
+
+
 def test_the_app_speaks_the_versions_the_translators_know():
     assert app_module.SbftApp.OFP_VERSIONS == list(SUPPORTED_VERSIONS)
     assert not hasattr(app_module, "OFP_NAMES")
@@ -80,7 +89,11 @@ def test_an_openflow_13_switch_is_asked_for_its_ports_and_serves_once_they_are_u
     assert app.cluster.view.primary is None  # the features reply lists no ports in 1.3
     app._port_desc(SimpleNamespace(msg=SimpleNamespace(datapath=datapath,
                                                        body=[port(1), port(2), port(3)])))
+    assert app.cluster.view.primary is None  # nor do they count before the table read
+    assert any(isinstance(m, parser13.OFPFlowStatsRequest) for m in datapath.sent)
+    tables(app, datapath)
     assert app.cluster.view.primary == "lb1"
+    assert app.counters["converge_changes"] > 0
     assert all(m.datapath is datapath for m in datapath.sent)
     assert app.counters["of_messages_sent"] == len(datapath.sent)
 
@@ -89,6 +102,7 @@ def test_an_openflow_10_switch_lists_its_ports_in_the_features_reply(app):
     datapath = Datapath(ofp10, parser10)
     app._switch_features(features(datapath, [port(1, ofp10), port(2, ofp10),
                                              port(3, ofp10, down=True)]))
+    tables(app, datapath)
     assert app.core.seen == {1: (True, "1.0")}
     assert app.cluster.view.members == ("lb1", "lb2") and app.cluster.view.primary == "lb1"
     assert not any(isinstance(m, parser13.OFPPortDescStatsRequest) for m in datapath.sent)
@@ -98,6 +112,7 @@ def test_an_openflow_10_switch_lists_its_ports_in_the_features_reply(app):
 def test_port_status_is_read_by_the_switchs_translator(app, ofp, parser):
     datapath = Datapath(ofp, parser)
     app._switch_features(features(datapath, [port(n, ofp) for n in (1, 2, 3)]))
+    tables(app, datapath)
     if ofp is ofp13:
         app._port_desc(SimpleNamespace(msg=SimpleNamespace(
             datapath=datapath, body=[port(n) for n in (1, 2, 3)])))
@@ -167,7 +182,9 @@ def test_a_batch_that_cannot_be_translated_sends_nothing(app, caplog):
 
 
 def test_rest_bodies_come_from_the_cores_state(app):
-    app._switch_features(features(Datapath(ofp10, parser10), [port(1, ofp10)]))
+    datapath = Datapath(ofp10, parser10)
+    app._switch_features(features(datapath, [port(1, ofp10)]))
+    tables(app, datapath)
     health = app.api_health()
     assert health["switches"] == [{"dpid": "0000000000000001", "connected": True,
                                    "ofp_version": "1.0"}]

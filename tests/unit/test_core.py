@@ -12,7 +12,8 @@ from sbft_ryu import decide
 from sbft_ryu.cluster import ClusterView
 from sbft_ryu.config import build_config
 from sbft_ryu.core import Core, NotByzantine, members_needed, serve_below
-from sbft_ryu.model import EnablePacketIn, FlowDelete, PacketOutSpec, RequestPorts
+from sbft_ryu.model import EnablePacketIn, FlowDelete, PacketOutSpec, ReadTables, RequestPorts
+from sbft_ryu.ofp.tables import Tables
 from sbft_ryu.referee import AuthError
 from sbft_ryu.rest import Heartbeat
 
@@ -83,43 +84,64 @@ def test_active_mode_elects_successors_by_seniority(config):
 
 # --- switches ------------------------------------------------------------------------------------
 
-def test_a_service_switch_gets_packet_ins_a_port_request_and_the_connect_batch(core, config,
-                                                                               send):
+def connect(core, dpid, version="1.3", found=None):
+    """A switch connects and its tables are read (``found``: what it holds)."""
+    core.switch_connected(dpid, version, LOG, NOW)
+    return core.tables_read(dpid, found if found is not None else Tables(), NOW)
+
+
+def test_a_service_switch_gets_packet_ins_a_port_request_and_a_table_read(core, config,
+                                                                           send):
     assert core.switch_connected(1, "1.3", LOG, NOW) is True
-    assert send.sent == [(1, [EnablePacketIn(), RequestPorts(),
-                              *decide.connect_batch(config, core.cluster.view, True)])]
+    assert send.sent == [(1, [EnablePacketIn(), RequestPorts(), ReadTables()])]
     assert core.seen == {1: (True, "1.3")}
-    assert core.switches[1].service
+    assert core.switches[1].service and core.switches[1].installed is None
+    found = Tables()
+    assert core.tables_read(1, found, NOW) is True
+    (converge,) = send.sent[1][1]
+    assert converge.found is found
+    assert converge.flows == decide.intended_flows(config, core.cluster.view, True)
     assert core.switches[1].installed == decide.service_flows(config, view((), None, 0))
 
 
 def test_a_switch_other_than_the_configured_dpid_gets_the_flows_file_only(config, send):
     core = Core(dataclasses.replace(config, dpid=7), send)
     assert (core.is_service(7), core.is_service(1)) == (True, False)
-    core.switch_connected(1, "1.0", LOG, NOW)
-    assert send.sent[0][1][2:] == list(decide.connect_batch(config, core.cluster.view, False))
+    connect(core, 1, "1.0")
+    assert send.sent[1][1][0].flows == config.flows
     core.set_ports(1, ALL_UP, NOW)
     assert core.cluster.view.primary is None  # its ports say nothing about the replicas
-    assert len(send.sent) == 1
+    assert len(send.sent) == 2
+
+
+def test_ports_count_once_the_switch_holds_its_tables(core, config, send):
+    core.switch_connected(1, "1.3", LOG, NOW)
+    core.set_ports(1, ALL_UP, NOW)
+    core.port_status(1, 3, False, NOW)
+    assert core.cluster.view.primary is None and len(send.sent) == 1  # nothing elected yet
+    core.tables_read(1, Tables(), NOW)  # converged to the view of now, then the ports count
+    assert send.sent[1][1][0].flows == decide.intended_flows(config, view((), None, 0))
+    assert core.cluster.view == view(("lb1", "lb2"), "lb1", 1)
+    assert core.switches[1].installed == decide.service_flows(config, core.cluster.view)
 
 
 def test_ports_up_elect_a_primary_and_converge_every_service_switch(core, config, send,
                                                                     nudged):
-    core.switch_connected(1, "1.3", LOG, NOW)
-    core.switch_connected(2, "1.0", LOG, NOW)
+    connect(core, 1, "1.3")
+    connect(core, 2, "1.0")
     core.agent_addresses["lb1"] = "10.254.0.11"
     before = decide.service_flows(config, core.cluster.view)
     new = core.set_ports(1, ALL_UP, NOW)
     assert new == view(("lb1", "lb2", "lb3"), "lb1", 1) == core.cluster.view
     wanted = decide.service_flows(config, new)
-    assert send.sent[2:] == [(1, decide.update_batch(before, wanted)),
+    assert send.sent[4:] == [(1, decide.update_batch(before, wanted)),
                              (2, decide.update_batch(before, wanted))]
     assert core.switches[1].installed == wanted == core.switches[2].installed
     assert nudged == [["10.254.0.11"]]
 
 
 def test_a_batch_that_did_not_go_out_is_not_counted_as_installed(core, config, send):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     before = core.switches[1].installed
     send.refuse.add(1)
     core.set_ports(1, ALL_UP, NOW)
@@ -131,14 +153,15 @@ def test_a_batch_that_did_not_go_out_is_not_counted_as_installed(core, config, s
     assert core.switches[1].installed == wanted
 
 
-def test_a_refused_connect_batch_installs_nothing(core, send):
+def test_a_refused_convergence_installs_nothing(core, send):
+    core.switch_connected(1, "1.3", LOG, NOW)
     send.refuse.add(1)
-    assert core.switch_connected(1, "1.3", LOG, NOW) is False
-    assert core.switches[1].installed == ()
+    assert core.tables_read(1, Tables(), NOW) is False
+    assert core.switches[1].installed is None
 
 
 def test_port_status_counts_and_moves_the_primary(core, config, send):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     assert core.port_status(1, 1, False, NOW) == view(("lb2", "lb3"), "lb2", 2)
     assert core.port_status(1, 1, False, NOW) is None  # nothing changed
@@ -156,19 +179,19 @@ def test_events_of_an_unknown_switch_change_nothing(core, send):
 
 
 def test_a_service_switch_gone_takes_its_ports_with_it(core):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     assert core.switch_gone(1, NOW) == view((), None, 2)
     assert core.seen == {1: (False, "1.3")} and core.switches == {}
 
 
 def test_an_arp_request_for_the_vip_is_answered_on_the_service_switch(core, send):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     request = bytes(Ether(src="00:00:00:00:00:31", dst="ff:ff:ff:ff:ff:ff")
                     / ARP(op=1, hwsrc="00:00:00:00:00:31", psrc="10.0.0.31", pdst="10.0.0.100"))
     core.packet_in(1, request, 21)
     core.packet_in(1, b"\x00" * 20, 21)  # not ARP: counted, not answered
-    (dpid, (reply,)), = send.sent[1:]
+    (dpid, (reply,)), = send.sent[2:]
     assert dpid == 1 and isinstance(reply, PacketOutSpec) and reply.out_port == 21
     assert (core.counters["packet_in"], core.counters["arp_reply"]) == (2, 1)
 
@@ -196,7 +219,7 @@ def test_an_unauthenticated_heartbeat_is_counted_and_changes_nothing(raw):
 
 
 def test_readmitting_a_replica_that_is_not_byzantine_is_refused(core):
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     with pytest.raises(NotByzantine, match=r"^lb3 is not byzantine \(state up\)$"):
         core.readmit("lb3", NOW)
@@ -209,7 +232,7 @@ def test_readmitting_a_replica_that_is_not_byzantine_is_refused(core):
 
 def test_tick_expires_a_silent_replica(default_config, send):
     core = Core(dataclasses.replace(default_config, startup_grace=0.0), send)
-    core.switch_connected(1, "1.3", LOG, NOW)
+    connect(core, 1)
     core.set_ports(1, ALL_UP, NOW)
     for name in ("lb1", "lb2", "lb3"):
         core.heartbeat(name, beat(), None, NOW)

@@ -1,4 +1,4 @@
-"""Tests for sbft_ryu.decide: service flows, connect/update batches and ARP replies."""
+"""Tests for sbft_ryu.decide: service flows, intended flows, update batches and ARP replies."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ from sbft_ryu import decide
 from sbft_ryu.cluster import ClusterView
 from sbft_ryu.model import (ETH_TYPE_ARP, ETH_TYPE_IP, EXACT_MASK, Barrier, FlowDelete,
                             FlowSpec, Match, Mirror, MirrorBucket, Output, PacketOutSpec,
-                            ResetTables, SetDlDst, SetDlSrc)
+                            SetDlDst, SetDlSrc)
 
 P = 40000  # service_priority of the defaults
 VIP = ("10.0.0.100", EXACT_MASK)
@@ -89,19 +89,16 @@ def test_no_replicas_configured_means_no_service_flows(default_config):
     assert decide.service_flows(config, ClusterView((), None, 0)) == ()
 
 
-# --- connect_batch --------------------------------------------------------------------------
+# --- intended_flows -------------------------------------------------------------------------
 
 
-def test_connect_batch_on_the_service_switch(default_config):
-    batch = decide.connect_batch(default_config, ALL)
-    assert batch[:2] == [ResetTables(), Barrier()]
-    assert batch[-1] == Barrier()
-    assert batch[2:-1] == [*default_config.flows, *decide.service_flows(default_config, ALL)]
+def test_intended_flows_on_the_service_switch(default_config):
+    assert decide.intended_flows(default_config, ALL) == (
+        *default_config.flows, *decide.service_flows(default_config, ALL))
 
 
-def test_connect_batch_without_service_has_only_the_flows_file(default_config):
-    batch = decide.connect_batch(default_config, ALL, service=False)
-    assert batch == [ResetTables(), Barrier(), *default_config.flows, Barrier()]
+def test_intended_flows_without_service_are_the_flows_file_only(default_config):
+    assert decide.intended_flows(default_config, ALL, service=False) == default_config.flows
 
 
 # --- update_batch ---------------------------------------------------------------------------
@@ -225,3 +222,15 @@ def test_the_wire_copy_follows_the_members(default_config):
     alone = ClusterView(members=("lb2",), primary="lb2", epoch=5)
     assert by_priority(decide.service_flows(config, alone))[20].actions == (
         SetDlSrc(VMAC), Output("NORMAL"))  # no backup: no copy
+
+
+def test_in_active_mode_without_voting_the_backups_get_the_wire_copy_too(default_config):
+    # they read the primary's ACK numbers: what the client was acknowledged (issue 10)
+    config = dataclasses.replace(default_config, mode="active", voting=False)
+    reply = by_priority(decide.service_flows(config, ALL))[20]
+    assert reply.actions == (SetDlSrc(VMAC), Output("NORMAL"), wire_copy("lb2", "lb3"))
+
+
+def test_in_passive_mode_nothing_is_copied(default_config):
+    reply = by_priority(decide.service_flows(default_config, ALL))[20]
+    assert reply.actions == (SetDlSrc(VMAC), Output("NORMAL"))

@@ -115,6 +115,27 @@ def test_lab_with_keys_pins_nothing_and_keys_every_replica(tmp_path, monkeypatch
     assert loaded.replica_sources == {} and loaded.mode == "passive"
 
 
+def test_every_controller_the_lab_starts_keeps_its_state_in_its_run_directory(tmp_path,
+                                                                             monkeypatch):
+    started = []
+    monkeypatch.setattr(lab_module.subprocess, "Popen",
+                        lambda argv, **kwargs: started.append(argv))
+    (tmp_path / "my.conf").write_text("[sbft]\nreplica =\n")
+    lab_module.start_ryu(str(tmp_path), 1, 2, str(tmp_path / "my.conf"))
+    (argv,) = started
+    files = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config-file"]
+    assert files == [str(tmp_path / "state.conf"), str(tmp_path / "my.conf")]
+    conf = cfg.ConfigOpts()
+    config.register_opts(conf)
+    conf(args=[a for f in files for a in ("--config-file", f)], default_config_files=[],
+         default_config_dirs=[])
+    assert config.load_config(conf).state_file == str(tmp_path / "state.json")
+    (tmp_path / "off.conf").write_text("[sbft]\nreplica =\nstate_file =\n")  # later wins
+    conf(args=["--config-file", files[0], "--config-file", str(tmp_path / "off.conf")],
+         default_config_files=[], default_config_dirs=[])
+    assert config.load_config(conf).state_file == ""
+
+
 def test_lab_baseline_config_has_no_replicas_and_no_grace(tmp_path, monkeypatch):
     text = lab_config(tmp_path, monkeypatch, vip_mode="keepalived")
     assert text == "[sbft]\nreplica =\n"
@@ -173,3 +194,12 @@ def test_a_failed_start_releases_the_lab_lock(tmp_path, monkeypatch):
         lab.start()
     assert lab._lock is None
     take(path, timeout=0).close()  # free: taken at once (a held lock would raise TimeoutError)
+
+
+def test_free_ports_lie_below_the_ephemeral_range(tmp_path, monkeypatch):
+    """(a restarted controller reuses its ports: nothing may take them meanwhile)"""
+    ranges = tmp_path / "range"
+    ranges.write_text("32768\t60999\n")
+    monkeypatch.setattr(lab_module, "EPHEMERAL_RANGE", str(ranges))
+    ports = {lab_module.free_port() for _ in range(20)}
+    assert all(20768 <= port < 32768 for port in ports) and len(ports) > 1

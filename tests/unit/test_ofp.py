@@ -15,7 +15,7 @@ from sbft_ryu import decide, flowfile, model
 from sbft_ryu.cluster import ClusterView
 from sbft_ryu.model import (ETH_TYPE_ARP, ETH_TYPE_IP, EXACT_MASK, Barrier, EnablePacketIn,
                             FlowDelete, FlowSpec, Match, Mirror, MirrorBucket, Output,
-                            PacketOutSpec, RequestPorts, ResetTables, SetDlDst, SetDlSrc,
+                            PacketOutSpec, RequestPorts, SetDlDst, SetDlSrc,
                             SetVlanVid, StripVlan)
 from sbft_ryu.ofp import SUPPORTED_VERSIONS, TranslationError, make_translator, v10, v13
 
@@ -119,7 +119,7 @@ def test_unknown_message_is_a_translation_error(version):
 def test_every_message_type_serialises(version, default_config):
     messages = [
         EnablePacketIn(), RequestPorts(),
-        *decide.connect_batch(default_config, ALL_VIEW),
+        *decide.intended_flows(default_config, ALL_VIEW), Barrier(),
         *THESIS_FLOWS,
         FlowDelete(Match(in_port=1, dl_type=ETH_TYPE_IP, nw_src=("10.0.0.100", EXACT_MASK)),
                    40020),
@@ -199,19 +199,11 @@ def test_mirror_in_13_adds_a_group_before_the_flow():
         "eth_type": ETH_TYPE_IP, "ip_proto": 6, "ipv4_dst": "10.0.0.100", "tcp_dst": 5555}
 
 
-def test_mirror_in_13_modifies_an_existing_group_and_reset_forgets_it():
+def test_mirror_in_13_modifies_an_existing_group():
     translator = make_translator(V13)
     first = translate(V13, MIRROR_FLOW, translator=translator)[0]
     second = translate(V13, MIRROR_FLOW, translator=translator)[0]
     assert (first.command, second.command) == (ofp13.OFPGC_ADD, ofp13.OFPGC_MODIFY)
-    flows_gone, groups_gone = translate(V13, ResetTables(), translator=translator)
-    assert (flows_gone.command, flows_gone.table_id, flows_gone.out_port,
-            flows_gone.out_group) == (ofp13.OFPFC_DELETE, ofp13.OFPTT_ALL, ofp13.OFPP_ANY,
-                                      ofp13.OFPG_ANY)
-    assert dict(flows_gone.match.items()) == {}
-    assert (groups_gone.command, groups_gone.group_id) == (ofp13.OFPGC_DELETE, ofp13.OFPG_ALL)
-    third = translate(V13, MIRROR_FLOW, translator=translator)[0]
-    assert third.command == ofp13.OFPGC_ADD
 
 
 def test_mirror_without_members_in_13_is_an_empty_group():
@@ -434,12 +426,6 @@ def test_flow_delete_is_strict_with_priority_in_10():
         ofp10.OFPFC_DELETE_STRICT, 40020, ofp10.OFPP_NONE)
     wire = match10_from_wire(mod)
     assert (wire["in_port"], wire["nw_src"]) == (1, "10.0.0.100")
-
-
-def test_reset_tables_in_10_deletes_every_flow():
-    mod = one(V10, ResetTables())
-    assert (mod.command, mod.out_port, mod.match.wildcards) == (
-        ofp10.OFPFC_DELETE, ofp10.OFPP_NONE, ofp10.OFPFW_ALL)
 
 
 FRAME = bytes(range(42))

@@ -172,7 +172,7 @@ def test_heartbeat_is_recorded_and_answered(client, app):
 
 def test_passive_heartbeat_answer_has_exactly_the_passive_keys(client, app):
     body = client(HEARTBEAT, method="POST", body=BEAT).json
-    assert body == {"role": "primary", "epoch": 1, "primary": "lb1",
+    assert body == {"decided": True, "role": "primary", "epoch": 1, "primary": "lb1",
                     "state": "up", "heartbeat_interval_s": 0.05, "mode": "passive",
                     "vip": "10.0.0.100", "service_port": 5555}
     assert "active" not in body
