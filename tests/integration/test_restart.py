@@ -68,8 +68,10 @@ def test_a_controller_restart_fails_no_request(lab_factory, topo_module, mode):
     download running across the restart completes intact (the secret was kept)."""
     extra = "mode = active\n" if mode == "active" else ""
     lab = lab_factory(agents=True, skew=mode == "active", sbft_extra=extra)
-    before = lab.health()
-    assert before["primary"] == "lb1" and before["decided"]
+    # decided is false for the moment a new view is being written (write-ahead): wait it out
+    before = topo_module.wait_until(lambda: (health := lab.health())["decided"] and health,
+                                    5, 0.02, "the view decided")
+    assert before["primary"] == "lb1"
     with open(lab.state_path, encoding="utf-8") as handle:
         assert json.load(handle)["cluster"]["primary"] == "lb1"
     assert os.stat(lab.state_path).st_mode & 0o777 == 0o600
