@@ -118,7 +118,8 @@ case "${1:-}" in
         "$PY" mininet/bench_failover.py "$@"
         "$PY" mininet/bench_voting.py
         "$PY" mininet/bench_restart.py
-        exec "$PY" mininet/bench_heartbeats.py
+        "$PY" mininet/bench_heartbeats.py
+        exec "$PY" mininet/bench_uploads.py
         ;;
     *)
         echo "usage (as root): $0 demo|test|bench|setup" >&2

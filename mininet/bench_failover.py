@@ -2,7 +2,7 @@
 """Benchmarks (not tests): failover outage and throughput of sbft_ryu against baselines measured
 in the same run, on the same Mininet hosts and the same OVS userspace switch.
 
-    ./run.sh bench                           # this, then bench_voting.py (about 25 minutes)
+    ./run.sh bench              # this, then bench_voting.py and bench_uploads.py (about 30 min)
     .venv/bin/python mininet/bench_failover.py --runs 5 --only failover
 
 * Failover: a client sends one GET every 20 ms, each on a new TCP connection with a 100 ms

@@ -59,7 +59,8 @@ VIP = "10.0.0.100"
 VMAC = "02:00:0a:00:00:64"
 SERVICE_PORT = 5555
 BACKEND_PORT = 8080
-STREAM_PORT = 8081  # large, slow, deterministic objects (the lab's sbft_lab.stream_backend)
+# large, slow, deterministic objects and the upload sink (the lab's sbft_lab.stream_backend)
+STREAM_PORT = 8081
 MGMT_ROOT_IP = "10.254.0.254"
 MGMT_PREFIX = 24
 MGMT_NET = ipaddress.ip_network(f"{MGMT_ROOT_IP}/{MGMT_PREFIX}", strict=False)
@@ -117,7 +118,7 @@ def replica_haproxy_cfg(backends, tamper=None):
     return HAPROXY_HEAD + f"""frontend sbft
     bind {VIP}:{SERVICE_PORT}
     monitor-uri {PROBE_PATH}
-    use_backend streams if {{ path_beg /stream/ }}
+    use_backend streams if {{ path_beg /stream/ /upload/ }}
     default_backend backends
 {altered}backend backends
     # deterministic: every replica sends the same request to the same backend

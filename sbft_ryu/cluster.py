@@ -26,6 +26,12 @@ BACKUP = "backup"
 NO_ROLE = "none"
 
 _HISTORY = 64  # transitions kept for REST
+# Active mode: a backup whose agent reports more client bytes missing than this (bytes the
+# client was acknowledged that its stack has not received) is passed over while one within it
+# is up. A backup level with the primary still misses what is in flight towards it at the
+# moment of its heartbeat (a few hundred KiB at most here); one that lost bytes misses them
+# for good, and its count only grows.
+IN_SYNC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,11 @@ class ClusterState:
         """``serve_below``: with fewer members than this (f + 1 when voting), elect no primary
         (the operator chose to stop serving rather than serve unvoted replies); None: serve.
 
-        ``by_seniority`` (active mode): a failed primary's successor is the member that has
-        been in the voting set the longest, the configured order breaking ties (every replica
-        up at the first election ties). A replica that (re)joined or was promoted holds only
+        ``by_seniority`` (active mode): a failed primary's successor is the member missing the
+        fewest client bytes the client was acknowledged (its agent's ``bytes_missing``; within
+        IN_SYNC_BYTES counts as none), then the one that has been in the voting set the
+        longest, the configured order breaking ties (every replica up at the first election
+        ties). A replica that (re)joined or was promoted holds only
         the connections that began after it; promoting it while an older backup is up would
         lose all the others.
 
@@ -470,8 +478,18 @@ class ClusterState:
             return members[0]
         start = self._first_elected_round
         order = {name: i for i, name in enumerate(members)}
-        return min(members, key=lambda name: (max(self._member_since.get(name, start), start),
+        return min(members, key=lambda name: (self._missing(name),
+                                              max(self._member_since.get(name, start), start),
                                               order[name]))
+
+    def _missing(self, name):
+        """Client bytes ``name`` lacks (its agent's last heartbeat; 0 within IN_SYNC_BYTES): a
+        successor missing acknowledged bytes must reset those connections, so the backup
+        missing the fewest goes first, then seniority."""
+        missing = self.health[name].counters.get("bytes_missing", 0)
+        if not isinstance(missing, int) or isinstance(missing, bool) or missing < 0:
+            return 0
+        return missing if missing > IN_SYNC_BYTES else 0
 
     def _record(self, now, name, change, epoch=None):
         self.recorded += 1

@@ -8,7 +8,8 @@ OpenFlow version. The service flows, from highest priority down (P = ``service_p
 P+31   ARP claiming the VIP (sender = VIP)                   drop: replicas never announce it
 P+30   ARP request for the VIP                               to the controller, which answers
 P+20   IP from the VIP, in_port = primary                    source MAC := VMAC, NORMAL (and,
-                                                             with voting, a copy to each backup)
+                                                             in active mode, a copy to each
+                                                             backup)
 P+15   TCP to VIP:service_port                               mirror to every member replica
 P+10   IP from the VIP (any other port)                      drop: only the primary answers
 P+5    other IP to the VIP (ping, ...)                       to the primary only
@@ -61,7 +62,10 @@ def service_flows(config, view):
         primary = by_name[view.primary]
         reply = (SetDlSrc(config.vmac), Output("NORMAL"))
         backups = [r for r in members if r.name != view.primary]
-        if config.voting and backups:  # the wire check: backups see what really went out
+        # the wire copy: with voting, backups check what really went out; in active mode
+        # they also learn what the client was acknowledged (its ACK numbers), so that a
+        # successor knows whether it has every acknowledged client byte
+        if (config.voting or config.mode == "active") and backups:
             reply += (Mirror(WIRE_GROUP_ID, tuple(MirrorBucket(port=r.port, mac=r.mac)
                                                   for r in backups)),)
         flows.append(FlowSpec(Match(in_port=primary.port, dl_type=ETH_TYPE_IP, nw_src=vip),

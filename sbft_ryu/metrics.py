@@ -59,12 +59,22 @@ class SbftCollector:
                        [((r["name"],), r["heartbeats"]) for r in replicas], ["replica"])
         yield _counter("sbft_agent_counter", "Counters an agent reports in its heartbeats",
                        [((r["name"], key), value) for r in replicas
-                        for key, value in sorted(r["counters"].items())],
+                        for key, value in sorted(r["counters"].items())
+                        if key not in AGENT_GAUGES],
                        ["replica", "counter"])
+        yield _gauge("sbft_agent_client_input", "Active mode: the client's bytes an agent's "
+                     "stack lacks though the client was acknowledged them (connections "
+                     "behind, bytes missing) and the client bytes it keeps for its stack",
+                     [((r["name"], key), r["counters"][key]) for r in replicas
+                      for key in AGENT_GAUGES if key in r["counters"]],
+                     ["replica", "measure"])
         yield from _voting(health)
         yield _counter("sbft_controller", "Controller event counters",
                        [((key,), value) for key, value in sorted(counters.items())], ["event"])
 
+
+# point-in-time values among an agent's counters (sbft_ryu.agent.active.GAUGE_NAMES)
+AGENT_GAUGES = ("connections_behind", "bytes_missing", "parked_bytes")
 
 VOTE_COUNTERS = (
     ("segments_compared", "Reply ranges the replica's agent compared (claims plus votes)"),

@@ -32,7 +32,7 @@ is kept by :mod:`~sbft_ryu.agent.unacked`; the voting read side is
 import hashlib
 import struct
 
-from sbft_ryu.agent import unacked
+from sbft_ryu.agent import client_input, unacked
 from sbft_ryu.agent.own_output import RST_OUT, OwnOutput
 from sbft_ryu.agent.packet import (ACK, ACK_NO, CHECKSUM, DONT_FRAGMENT, DST, FIN, FRAGMENT,
                                    MASK32, NOP_NOP_TS, OPTIONS, RST, SACK, SEQ, SRC, SYN, TIMESTAMP,
@@ -73,10 +73,14 @@ FIN_IN, FIN_OUT, CLOSED_RST, RESET_SENT = 1, 2, 4, 8  # Connection.closed, with 
 # counters: slots of a plain list (the hot path only does counters[i] += 1)
 COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "released",
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
-                 "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up")
+                 "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up",
+                 "client_gap_bytes", "client_beyond_window", "client_reinjected",
+                 "client_park_overflow", "input_lost_resets")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
- C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP) = range(
-     len(COUNTER_NAMES))
+ C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP,
+ C_GAP, C_BEYOND, C_REINJECTED, C_PARK_OVERFLOW, C_LOST_RESETS) = range(len(COUNTER_NAMES))
+# gauges (client_input.survey), reported beside the counters
+GAUGE_NAMES = ("connections_behind", "bytes_missing", "parked_bytes")
 
 
 def shared_values(secret, client_ip, client_port, vip, service_port, client_isn):
@@ -90,7 +94,8 @@ class Connection:
     __slots__ = ("vip", "client_isn", "shared_isn", "ts_base", "seq_off", "ts_off", "own_max",
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "acked", "acked_bytes", "own_acked", "own_at", "client_ack",
-                 "lossy", "client_next", "client_window", "client_ts", "generation")
+                 "lossy", "client_next", "client_window", "client_ts", "generation", "own_rcv",
+                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked", "undelivered")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
@@ -121,6 +126,17 @@ class Connection:
         self.client_next = None
         self.client_window = 0
         self.client_ts = b""
+        # the client's bytes (client_input.py): this stack's receive point and window edge,
+        # when it last advanced, the point the primary acknowledged (wire copy), lost or not
+        self.own_rcv = None
+        self.own_edge = None
+        self.rcv_at = now
+        self.peer_ack = None
+        self.input_lost = False
+        # client segments its stack has not acknowledged yet: deque of [seq, end, translated
+        # payload, delivered], and how many were never delivered (beyond its window)
+        self.parked = None
+        self.undelivered = 0
 
 
 class Translator:
@@ -138,6 +154,9 @@ class Translator:
         self.generation = 0
         self._holding = set()  # keys of connections holding packets
         self._scanned = 0.0
+        self.gauges = dict.fromkeys(GAUGE_NAMES, 0)  # client_input.survey, at every tick
+        self.parked_bytes = 0  # client bytes parked for this replica's stack (all connections)
+        self._verifying = {}  # key -> when a new primary resets it, unless it catches up
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
@@ -156,17 +175,23 @@ class Translator:
             return _DROPPED
         if dport == self.port:
             return self._inbound(payload, token, ihl, thl, sport, seq, ack, flags, window, csum,
-                                 now)
+                                 now, primary)
         if sport == self.port:
-            if arriving:
+            if arriving:  # the primary's segment: what it acknowledged to the client
+                if flags & ACK and not primary:
+                    conn = self.connections.get((payload[DST], dport))
+                    if conn is not None:
+                        client_input.on_peer_ack(conn, ack)
                 return _ON_WIRE
-            return self._outbound(payload, primary, ihl, thl, dport, seq, flags, csum, now)
+            return self._outbound(payload, primary, ihl, thl, dport, seq, ack, flags, window,
+                                  csum, now)
         self.counters[C_MALFORMED] += 1
         return _DROPPED
 
     # ---- client → replica --------------------------------------------------------------------
 
-    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now):
+    def _inbound(self, payload, token, ihl, thl, sport, seq, ack, flags, window, csum, now,
+                 primary=False):
         key = (payload[SRC], sport)
         conn = self.connections.get(key)
         if flags & SYN and not flags & ACK:
@@ -209,8 +234,22 @@ class Translator:
             self.counters[C_HELD] += 1
             return _HELD
         self.counters[C_IN] += 1
-        return (ACCEPT, self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum,
-                                           conn), (), (), (), ())
+        data = len(payload) - ihl - thl
+        beyond = 0
+        if data:  # client bytes that skipped the agent, or that the stack has no room for
+            self.counters[C_GAP] += client_input.gap(conn, seq)
+            beyond = client_input.beyond_window(conn, seq, data)
+            self.counters[C_BEYOND] += beyond
+        new = self._translate_in(payload, ihl, thl, seq, ack, flags, window, csum, conn)
+        if data and not primary:  # the client resends only to a primary: keep it
+            if self.parked_bytes + data <= client_input.MAX_PARKED_BYTES:
+                client_input.park(conn, seq, data, new, beyond < data)
+                self.parked_bytes += data
+                if beyond == data:
+                    return _DROPPED  # the stack would drop it: it gets it when there is room
+            else:
+                self.counters[C_PARK_OVERFLOW] += data
+        return ACCEPT, new, (), (), (), ()
 
     def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
         # what a catch-up ACK needs: the client's next sequence number and latest window
@@ -272,7 +311,8 @@ class Translator:
 
     # ---- replica → client --------------------------------------------------------------------
 
-    def _outbound(self, payload, primary, ihl, thl, dport, seq, flags, csum, now):
+    def _outbound(self, payload, primary, ihl, thl, dport, seq, ack, flags, window, csum,
+                  now):
         conn = self.connections.get((payload[DST], dport))
         if conn is None:
             self.counters[C_UNKNOWN_OUT] += 1
@@ -290,6 +330,13 @@ class Translator:
             return _DROPPED
         if flags & (FIN | RST):
             conn.closed |= CLOSED_RST | RST_OUT if flags & RST else FIN_OUT
+        reinject = ()
+        if flags & ACK and not flags & RST:
+            client_input.on_own_ack(conn, ack, window, flags & SYN, now)
+            if conn.parked:  # it may have what was kept, or room for more of it
+                self.parked_bytes -= client_input.acknowledged(conn)
+                reinject, handed = client_input.due(conn, False)
+                self.counters[C_REINJECTED] += handed
         length = len(payload) - ihl - thl + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         end = (seq + length) & MASK32
         if serial_gt(end, conn.own_max):
@@ -303,10 +350,10 @@ class Translator:
                 if conn.client_ack is not None and conn.client_next is not None and \
                         not serial_gt(end, (conn.client_ack - conn.seq_off) & MASK32):
                     to_stack = (self._catch_up(conn, payload[DST], dport, end),)
-            return DROP, None, released, (), to_stack, ()
+            return DROP, None, released, (), to_stack + tuple(reinject), ()
         self.counters[C_OUT] += 1
         return (ACCEPT, self._translate_out(payload, ihl, thl, seq, flags, csum, conn), released,
-                (), (), ())
+                (), tuple(reinject), ())
 
     def _catch_up(self, conn, client, port, end):
         """A backup's stack sent bytes the client acknowledged before this stack produced them
@@ -433,6 +480,8 @@ class Translator:
             conn = self.connections.pop(key, None)
             if conn is not None and conn.held:
                 dropped.extend(token for token, _ in conn.held)
+            if conn is not None and conn.parked:
+                self._unpark(conn)
         return dropped
 
     def take_held(self):
@@ -445,6 +494,53 @@ class Translator:
         self._holding.clear()
         return tokens
 
+    # ---- the client's bytes (client_input.py) ------------------------------------------------
+
+    def survey(self, now):
+        """Refresh the gauges (connections behind, bytes missing) and each connection's
+        ``input_lost``; the kept client segments for stacks whose receive point stalled (to
+        send to this replica's stack). The packet thread calls it at every tick."""
+        connections = list(self.connections.values())
+        behind, total = client_input.survey(connections, now)
+        self.gauges = {"connections_behind": behind, "bytes_missing": total,
+                       "parked_bytes": self.parked_bytes}
+        again = []
+        for conn in connections:
+            if (conn.parked and now - conn.rcv_at >= client_input.REINJECT_S
+                    and not conn.closed & (CLOSED_RST | RESET_SENT)):
+                payloads, handed = client_input.due(conn, True)
+                again.extend(payloads)
+                self.counters[C_REINJECTED] += handed
+        return again
+
+    def promoted(self, now):
+        """Just promoted: every connection whose stack lacks bytes the client was acknowledged
+        gets a deadline (at once if they are lost, else CATCH_UP_S)."""
+        self.survey(now)
+        self._verifying = {}
+        for key, conn in self.connections.items():
+            if conn.seq_off is None or conn.closed & (CLOSED_RST | RESET_SENT):
+                continue
+            due = client_input.deadline(conn, now)
+            if due is not None:
+                self._verifying[key] = due
+
+    def verify_input(self, now):
+        """(RSTs for clients, RSTs for this stack) of the connections a new primary cannot
+        continue: still missing acknowledged bytes at their deadline."""
+        to_client, to_stack = [], []
+        for key, due in list(self._verifying.items()):
+            conn = self.connections.get(key)
+            if conn is None or conn.closed & RESET_SENT or not client_input.stack_behind(conn):
+                del self._verifying[key]
+            elif now >= due:
+                del self._verifying[key]
+                self.counters[C_LOST_RESETS] += 1
+                to_stack.append(build(key[0], conn.vip, key[1], self.port, conn.own_rcv, 0,
+                                      RST))
+                to_client.append(self.reset_packet(*key))
+        return to_client, to_stack
+
     # ---- for voting ------------------------------------------------------------------------------
 
     def reset_packet(self, client, port):
@@ -456,7 +552,12 @@ class Translator:
         seq = conn.client_ack if conn.client_ack is not None else (conn.shared_isn + 1) & MASK32
         conn.closed |= CLOSED_RST | RESET_SENT  # everything else it sends is dropped
         unacked.forget(conn)
+        self._unpark(conn)
         return self._rst(conn, client, port, seq)
+
+    def _unpark(self, conn):
+        self.parked_bytes -= client_input.parked_bytes(conn)
+        conn.parked, conn.undelivered = None, 0
 
     def reset_again(self, client, port):
         """The RST of a connection reset earlier, again, at the client's latest
@@ -471,5 +572,6 @@ class Translator:
 
     def snapshot(self):
         counters = dict(zip(COUNTER_NAMES, self.counters))
+        counters.update(self.gauges)
         counters["connections"] = len(self.connections)
         return counters

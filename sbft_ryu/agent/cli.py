@@ -25,6 +25,7 @@ from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, udp,
 LOG = logging.getLogger("sbft.agent")
 THREAD_JOIN_S = 2.0
 KERNEL_COUNTERS_EVERY_S = 5.0  # iptables-save is a process and a whole-ruleset dump
+QUEUE_DROPS_EVERY_S = 1.0  # one small /proc file
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Agent:
         self.kernel = {"ingress_dropped": 0, "kernel_accepted": 0}
         self._kernel_last = {}
         self._kernel_read_at = 0.0
+        self._drops_read_at = 0.0
         self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
                                         config.probe_timeout, config.probe_interval,
                                         host=config.vip)
@@ -165,12 +167,26 @@ class Agent:
         if self.probe.host is None and answer is not None and answer.vip:
             self.probe.host = answer.vip
         now = time.monotonic()
+        if now - self._drops_read_at >= QUEUE_DROPS_EVERY_S:
+            self._drops_read_at = now
+            self._read_queue_drops()
         if self.rules is not None and now - self._kernel_read_at >= KERNEL_COUNTERS_EVERY_S:
             self._kernel_read_at = now
             try:
                 self._accumulate(self.rules.kernel_counters())
             except Exception:  # counters are informative; never stop probing for them
                 LOG.debug("reading kernel counters failed", exc_info=True)
+
+    def _read_queue_drops(self):
+        """The kernel's drops on this agent's queue (client bytes a backup may have missed
+        for good): counted while the queue is bound, kept monotonic across rebinds."""
+        try:
+            with open(nfq.NFQ_PROC, encoding="ascii") as handle:
+                drops = nfq.queue_drops(handle.read(), self.config.queue_num)
+        except OSError:
+            return
+        if drops is not None:
+            self._accumulate({"nfq_dropped": drops[0], "nfq_user_dropped": drops[1]})
 
     def _accumulate(self, reading):
         """Keep the kernel counters monotonic: a role change re-creates the chains and zeroes

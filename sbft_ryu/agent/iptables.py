@@ -19,6 +19,10 @@ service port, never for ``lo`` (the replica's probe of its own proxy)::
     active mode, any role   sbft-in:   -j NFQUEUE --queue-num N   (the same queue: in order)
                             sbft-out:  -m mark --mark R -j ACCEPT  (the agent's own replays)
                                        -j NFQUEUE --queue-num N
+                            sbft-wire: (raw PREROUTING, from the service port: the switch's
+                                       copies of the primary's segments)
+                                       -m length --length 0:128 -j NFQUEUE  (voting: all)
+                                       -j DROP
 
 In passive mode a backup's stack could only answer the mirrored traffic with RSTs and
 half-open connections (its sequence numbers are not the primary's), so its agent discards that
@@ -96,11 +100,20 @@ def in_chain(spec, primary):
     return [] if primary else [["-j", "DROP"]]
 
 
+WIRE_ACK_LENGTH = "0:128"  # IP length of the primary's segments without (much) data
+
+
 def wire_chain(spec):
-    """Packets *from* the service port arriving here: with voting, the switch's copies of the
-    primary's replies (compared by the agent); otherwise nothing legitimate."""
+    """Packets *from* the service port arriving here: the switch's copies of the primary's
+    segments. With voting every one is queued (compared by the agent); otherwise, in active
+    mode, only short ones (its pure ACKs: what it acknowledged to the client, for the
+    agent's count of client bytes this replica lacks), sparing the agent the data segments
+    of downloads; in passive mode nothing legitimate."""
+    queue = ["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]
     if spec.mode == "active" and spec.voting:
-        return [["-j", "NFQUEUE", "--queue-num", str(spec.queue_num)]]
+        return [queue]
+    if spec.mode == "active":
+        return [["-m", "length", "--length", WIRE_ACK_LENGTH, *queue], ["-j", "DROP"]]
     return [["-j", "DROP"]]
 
 

@@ -19,6 +19,12 @@ from sbft_ryu.agent.own_output import statement_of
 LOG = logging.getLogger("sbft.agent")
 ERROR_LOG_S = 10.0
 COPY_RANGE = 0xFFFF  # whole packets: active mode rewrites them
+# The kernel queue's depth (packets awaiting a verdict) and its socket's buffer. The defaults
+# (1024 packets) overflowed under bulk uploads through three agents on two cores: a backup
+# then loses client bytes the primary acknowledges, for good (nothing resends them).
+QUEUE_MAX_LEN = 16384
+QUEUE_SOCK_LEN = 32 * 1024 * 1024
+NFQ_PROC = "/proc/net/netfilter/nfnetlink_queue"
 ERRORS = len(verdict.COUNTER_NAMES)  # one more counter slot: callback failures
 # A primary's RST is sent again this long after the first (seconds since it; then forgotten),
 # each time with the client's latest acknowledgement: the first may carry an acknowledgement
@@ -254,6 +260,10 @@ class ActiveQueue:
             self._role_changed()
         elif self._primary and self.reset - self._reset_done:
             self._apply_resets()
+        for packet in self.translator.survey(now):  # kept client bytes its stack lacks
+            self._send(self.adapter.inbound(packet))
+        if self._primary:
+            self._reset_lost_input(now)
         for held in self.translator.expire(now):
             if not _drop(held):
                 self.errors += 1
@@ -288,20 +298,33 @@ class ActiveQueue:
                     self._send(packet)
 
     def _role_changed(self):
-        """Just promoted: reset the connections the old primary corrupted on the wire, and
-        re-send what this replica's stack sent as a backup and the client has not
-        acknowledged (through the vote, when voting), instead of leaving it to the stack's
-        retransmission timer."""
+        """Just promoted: reset the connections the old primary corrupted on the wire and
+        those this stack lacks acknowledged client bytes of (at once if lost, else after
+        client_input.CATCH_UP_S), and re-send what this replica's stack sent as a backup and
+        the client has not acknowledged (through the vote, when voting), instead of leaving
+        it to the stack's retransmission timer."""
         self._primary = self.state.primary
         if not self._primary or self.sender is None:
             return
         now = time.monotonic()
         self._apply_resets()
+        self.translator.promoted(now)
+        self._reset_lost_input(now)
         for packet in self.translator.replay():
             if self.vote is None or not self._held_for_votes(RawSend(packet, self._send),
                                                              packet, now):
                 self._send(packet)
         self.flush()
+
+    def _reset_lost_input(self, now):
+        """Reset the connections this new primary cannot continue: its stack lacks client
+        bytes the old primary acknowledged (the client will never resend them)."""
+        to_client, to_stack = self.translator.verify_input(now)
+        for packet in to_stack:
+            self._send(self.adapter.inbound(packet))
+        for packet in to_client:
+            if packet is not None:
+                self._send(packet)
 
     def _apply_resets(self):
         """Reset every connection the controller lists (a lying primary's bytes reached its
@@ -377,7 +400,8 @@ class QueueRunner:
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
         nfq = NetfilterQueue()
-        nfq.bind(self.queue_num, self._dispatch, mode=COPY_PACKET, range=COPY_RANGE)
+        nfq.bind(self.queue_num, self._dispatch, max_len=QUEUE_MAX_LEN, mode=COPY_PACKET,
+                 range=COPY_RANGE, sock_len=QUEUE_SOCK_LEN)
         try:
             fd = nfq.get_fd()
             last_tick = time.monotonic()
@@ -409,3 +433,17 @@ class QueueRunner:
             nfq.unbind()
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+def queue_drops(proc_text, queue_num):
+    """(packets the kernel dropped: queue full, packets it could not hand to the agent's
+    socket) for ``queue_num`` in the text of NFQ_PROC (this network namespace's queues);
+    None if the queue is not bound."""
+    for line in proc_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 7 and fields[0].isdigit() and int(fields[0]) == queue_num:
+            try:
+                return int(fields[5]), int(fields[6])
+            except ValueError:
+                return None
+    return None

@@ -47,13 +47,16 @@ class OwnOutput:
         acknowledged all of the range or its start (the bytes were trimmed: whether they are
         the ones this backup checked is the vote engine's question); :data:`ABSTAIN` when it
         cannot know anything of the connection any more: its output outgrew what a backup
-        keeps, or (``partial``) the connection is not one its stack took part in or its own
-        proxy aborted it."""
+        keeps, its stack lost client bytes the client was acknowledged (``input_lost``, see
+        client_input.py), or (``partial``) the connection is not one its stack took part in or
+        its own proxy aborted it."""
         conn = self.connections.get((client, port))
         if conn is None or conn.seq_off is None:
             # not (yet) a connection of ours: wait; after the patience, it never was (this
             # replica joined later, or its stack never answered the SYN)
             return ABSTAIN if partial else None
+        if conn.input_lost:  # its stack lacks request bytes the client was acknowledged:
+            return ABSTAIN  # it will never answer this connection as the others do
         own_start = (start - conn.seq_off) & MASK32
         length = (end - start) & MASK32
         pieces = []

@@ -706,7 +706,8 @@ def test_counters_follow_the_current_handler():
     agent.kernel = {"ingress_dropped": 1, "kernel_accepted": 2}
     agent.set_mode(heartbeat.Answer.parse(ACTIVE))
     counters = agent.counters()
-    assert counters == {**{name: 0 for name in active.COUNTER_NAMES}, "connections": 0,
+    assert counters == {**{name: 0 for name in active.COUNTER_NAMES + active.GAUGE_NAMES},
+                        "connections": 0,
                         "callback_errors": 0, "ingress_dropped": 1, "kernel_accepted": 2,
                         "probe_failures": 0, "controller_failures": 0}
     agent.queue.translator.counters[0] = 5
@@ -807,7 +808,7 @@ class IdleNetfilterQueue:
     def __init__(self):
         self.read_fd, self.write_fd = os.pipe()
 
-    def bind(self, queue_num, callback, mode=None, range=None):
+    def bind(self, queue_num, callback, max_len=None, mode=None, range=None, sock_len=None):
         pass
 
     def get_fd(self):

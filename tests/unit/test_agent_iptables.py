@@ -771,6 +771,7 @@ ACTIVE_RESTORE = ("*raw\n"
                   ":sbft-in - [0:0]\n"
                   ":sbft-wire - [0:0]\n"
                   "-A sbft-in -j NFQUEUE --queue-num 1\n"
+                  "-A sbft-wire -m length --length 0:128 -j NFQUEUE --queue-num 1\n"
                   "-A sbft-wire -j DROP\n"
                   "COMMIT\n"
                   "*mangle\n"
@@ -1064,8 +1065,9 @@ def test_operator_rules_never_drop_accept_or_mark(mode):
 # --- sbft-wire: the switch's copies of the primary's replies (voting) -----------------------
 
 VOTING = {cache: RuleSpec(5555, 1, cache, "active", voting=True) for cache in iptables.CACHES}
-ACTIVE_VOTING_RESTORE = ACTIVE_RESTORE.replace("-A sbft-wire -j DROP",
-                                               "-A sbft-wire -j NFQUEUE --queue-num 1")
+ACTIVE_VOTING_RESTORE = ACTIVE_RESTORE.replace(
+    "-A sbft-wire -m length --length 0:128 -j NFQUEUE --queue-num 1\n-A sbft-wire -j DROP",
+    "-A sbft-wire -j NFQUEUE --queue-num 1")
 
 
 def test_voting_is_off_by_default():
@@ -1073,13 +1075,22 @@ def test_voting_is_off_by_default():
     assert VOTING["role"] != ACTIVE["role"]
 
 
-@pytest.mark.parametrize("spec", [ROLE, CONNECTION, NONE, ACTIVE["role"],
+@pytest.mark.parametrize("spec", [ROLE, CONNECTION, NONE,
                                   RuleSpec(5555, 1, "role", "passive", voting=True)],
-                         ids=["passive-role", "passive-connection", "passive-none", "active",
+                         ids=["passive-role", "passive-connection", "passive-none",
                               "passive-with-voting"])
-def test_wire_chain_drops_unless_active_and_voting(spec):
+def test_wire_chain_drops_in_passive_mode(spec):
     # a packet *from* the service port reaching this replica is nothing legitimate then
     assert iptables.wire_chain(spec) == [["-j", "DROP"]]
+
+
+@pytest.mark.parametrize("cache", iptables.CACHES)
+def test_wire_chain_queues_only_the_primarys_short_segments_when_active_without_voting(cache):
+    # its ACK numbers say what the client was acknowledged; its data segments (downloads)
+    # are dropped in the kernel, never handed to the agent
+    assert iptables.wire_chain(ACTIVE[cache]) == [
+        ["-m", "length", "--length", "0:128", "-j", "NFQUEUE", "--queue-num", "1"],
+        ["-j", "DROP"]]
 
 
 @pytest.mark.parametrize("cache", iptables.CACHES)
@@ -1116,7 +1127,7 @@ def test_set_mode_with_voting_queues_the_wire_copies_and_passive_drops_them_agai
                          (RESTORE, PRIMARY_RESTORE_ROLE)]
 
 
-def test_set_mode_active_without_voting_turns_the_wire_queue_off():
+def test_set_mode_active_without_voting_queues_only_short_wire_copies():
     run = FakeRun()
     rules = iptables.Rules(VOTING["none"], run=run)
     rules.set_mode("active")

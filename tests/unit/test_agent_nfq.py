@@ -280,9 +280,9 @@ class FakeNetfilterQueue:
         self.unbound = 0
         FakeNetfilterQueue.made.append(self)
 
-    def bind(self, queue_num, callback, mode=None, range=None):
+    def bind(self, queue_num, callback, max_len=None, mode=None, range=None, sock_len=None):
         self.bound = {"queue_num": queue_num, "callback": callback, "mode": mode,
-                      "range": range}
+                      "range": range, "max_len": max_len, "sock_len": sock_len}
 
     def get_fd(self):
         return self.read_fd
@@ -374,6 +374,8 @@ def test_runner_binds_whole_packets_and_unbinds_when_stopped(fake_nfq):
     [queue] = fake_nfq
     assert queue.bound["queue_num"] == 3
     assert (queue.bound["mode"], queue.bound["range"]) == (netfilterqueue.COPY_PACKET, 0xFFFF)
+    # a deep queue and socket: the defaults (1024 packets) overflowed under bulk uploads
+    assert queue.bound["max_len"] >= 16384 and queue.bound["sock_len"] >= 16 << 20
     assert queue.runs == [] and queue.unbound == 1
     assert handler.packets == [] and handler.ticks == []
 

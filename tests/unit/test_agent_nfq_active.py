@@ -293,7 +293,8 @@ def test_snapshot_has_translator_counters_callback_errors_and_connections(clock)
     feed(queue, SYN)
     feed(queue, REQUEST, fail_get=True)
     snap = queue.snapshot()
-    assert set(snap) == set(active.COUNTER_NAMES) | {"connections", "callback_errors"}
+    assert set(snap) == (set(active.COUNTER_NAMES) | set(active.GAUGE_NAMES)
+                         | {"connections", "callback_errors"})
     assert snap["connections"] == 1 and snap["callback_errors"] == 1
     assert all(snap[name] == 0 for name in active.COUNTER_NAMES)
 
@@ -382,3 +383,47 @@ def test_reply_queue_close_is_a_no_op():
     before = queue.snapshot()
     assert queue.close() is None
     assert queue.snapshot() == before
+
+
+# --- uploads: a new primary that lacks acknowledged client bytes resets (issue 10) ------------
+
+def wire_ack(ack):
+    """The switch's copy of the primary's pure ACK (arrives in PREROUTING)."""
+    return FakePacket(stack_pkt("A", SHARED_ISN + 1, ack), hook=PRE_ROUTING)
+
+
+def test_a_promoted_backup_resets_a_connection_it_lost_client_bytes_of(clock):
+    sent = []
+    state = types.SimpleNamespace(primary=False)
+    queue = nfq.ActiveQueue(state, Translator(SECRET, PORT), PacketAdapter(None), sent.append)
+    for payload in (SYN, SYN_ACK, HS_ACK, REQUEST):
+        feed(queue, payload)
+    feed(queue, stack_pkt("A", OWN_ISN + 1, CLIENT_ISN + 19))  # its stack has the request
+    primary_ack = CLIENT_ISN + 19 + 50000  # the client was acknowledged 50000 bytes more
+    wire = wire_ack(primary_ack)
+    queue.callback(wire)
+    assert wire.verdicts() == ["drop"]  # a copy: read, never delivered
+    clock[0] += 1.0  # its stack did not move: the bytes are lost
+    queue.tick(clock[0])
+    assert queue.snapshot()["bytes_missing"] == 50000 and sent == []  # a backup resets nothing
+    state.primary = True
+    queue.tick(clock[0])
+    rsts = {IP(p)[TCP].dport: IP(p)[TCP] for p in sent}
+    assert set(rsts) == {PORT, CPORT}  # one to its own stack, one to the client
+    assert rsts[CPORT].flags == "R" and rsts[CPORT].seq == (SHARED_ISN + 1) % M32
+    assert rsts[PORT].flags == "R" and rsts[PORT].seq == CLIENT_ISN + 19
+    assert queue.snapshot()["input_lost_resets"] == 1
+
+
+def test_a_tick_hands_a_stalled_backup_stack_the_client_bytes_it_dropped(clock):
+    sent = []
+    queue = nfq.ActiveQueue(types.SimpleNamespace(primary=False), Translator(SECRET, PORT),
+                            PacketAdapter(None), sent.append)
+    for payload in (SYN, SYN_ACK, HS_ACK, REQUEST):
+        feed(queue, payload)
+    clock[0] += 1.0  # its stack never acknowledged the request (dropped it)
+    queue.tick(clock[0])
+    [again] = sent
+    assert IP(again)[TCP].seq == CLIENT_ISN + 1 and bytes(IP(again)[TCP].payload) == \
+        b"GET / HTTP/1.0\r\n\r\n"
+    assert queue.snapshot()["client_reinjected"] == 18

@@ -714,3 +714,47 @@ def test_seniority_counts_from_the_first_election_after_a_startup_grace():
     state.port_status(DPID, 2, False, 2.0)
     state.port_status(DPID, 2, True, 3.0)
     assert state.port_status(DPID, 1, False, 4.0).primary == "lb3"
+
+
+# --- succession by the client bytes a backup lacks (active mode, issue 10) ------------------
+
+
+def lagging(missing):
+    """Seniority state with heartbeats on: lb1 primary; each backup's last heartbeat reports
+    ``missing[name]`` bytes missing."""
+    state = ClusterState(REPLICAS, heartbeat_timeout=0, by_seniority=True)
+    state.set_ports(DPID, ALL_UP, 0.0)
+    for name in ("lb1", "lb2", "lb3"):
+        state.heartbeat(name, 0, True, {"bytes_missing": missing.get(name, 0)}, 1.0)
+    return state
+
+
+def test_succession_passes_over_the_backup_missing_acknowledged_client_bytes():
+    # lb2 is next by seniority and order, but lacks 20 MiB the client was acknowledged
+    state = lagging({"lb2": 20 << 20, "lb3": 4096})
+    assert state.port_status(DPID, 1, False, 2.0).primary == "lb3"
+
+
+def test_succession_within_the_in_sync_tolerance_goes_by_seniority_and_order():
+    # in-flight bytes of a level backup are not a lag: lb2 goes first as before
+    state = lagging({"lb2": cluster.IN_SYNC_BYTES, "lb3": 0})
+    assert state.port_status(DPID, 1, False, 2.0).primary == "lb2"
+
+
+def test_succession_when_every_backup_lags_picks_the_one_missing_the_fewest():
+    state = lagging({"lb2": 30 << 20, "lb3": 5 << 20})
+    assert state.port_status(DPID, 1, False, 2.0).primary == "lb3"
+
+
+@pytest.mark.parametrize("bad", ["many", -5, True, None, 1.5e9])
+def test_succession_ignores_a_malformed_missing_count(bad):
+    state = lagging({})
+    state.heartbeat("lb2", 1, True, {"bytes_missing": bad}, 1.5)
+    assert state.port_status(DPID, 1, False, 2.0).primary == "lb2"
+
+
+def test_succession_by_missing_bytes_only_with_seniority():
+    # passive mode: connections die with the primary anyway; the configured order decides
+    state = all_up()
+    state.heartbeat("lb2", 0, True, {"bytes_missing": 50 << 20}, 1.0)
+    assert state.port_status(DPID, 1, False, 2.0).primary == "lb2"

@@ -222,3 +222,15 @@ def test_the_wire_copy_follows_the_members(default_config):
     alone = ClusterView(members=("lb2",), primary="lb2", epoch=5)
     assert by_priority(decide.service_flows(config, alone))[20].actions == (
         SetDlSrc(VMAC), Output("NORMAL"))  # no backup: no copy
+
+
+def test_in_active_mode_without_voting_the_backups_get_the_wire_copy_too(default_config):
+    # they read the primary's ACK numbers: what the client was acknowledged (issue 10)
+    config = dataclasses.replace(default_config, mode="active", voting=False)
+    reply = by_priority(decide.service_flows(config, ALL))[20]
+    assert reply.actions == (SetDlSrc(VMAC), Output("NORMAL"), wire_copy("lb2", "lb3"))
+
+
+def test_in_passive_mode_nothing_is_copied(default_config):
+    reply = by_priority(decide.service_flows(default_config, ALL))[20]
+    assert reply.actions == (SetDlSrc(VMAC), Output("NORMAL"))

@@ -146,3 +146,18 @@ def test_active_mode_agent_counters_are_labelled_and_the_secret_is_not_exported(
     health = views.health_view(config, state, {}, NOW)
     body = metrics.exposition(metrics.make_registry(lambda: (health, {})))[0]
     assert b"a5a5a5a5" not in body
+
+
+def test_an_agents_client_input_gauges_are_gauges_not_counters(default_config):
+    from sbft_ryu.agent import active
+    state = ClusterState(default_config.replicas, default_config.heartbeat_timeout)
+    state.set_ports(DPID, {1: True, 2: True, 3: True}, 0.0)
+    gauges = {"connections_behind": 2, "bytes_missing": 123456, "parked_bytes": 789}
+    assert set(gauges) == set(active.GAUGE_NAMES) == set(metrics.AGENT_GAUGES)
+    state.heartbeat("lb2", 1, True, {"client_gap_bytes": 5, **gauges}, 4.9)
+    scraped = scrape(default_config, state)
+    assert samples(scraped["sbft_agent_client_input"]) == {
+        ("sbft_agent_client_input", (("measure", name), ("replica", "lb2"))): float(value)
+        for name, value in gauges.items()}
+    assert samples(scraped["sbft_agent_counter"]) == {
+        ("sbft_agent_counter_total", (("counter", "client_gap_bytes"), ("replica", "lb2"))): 5.0}

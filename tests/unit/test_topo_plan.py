@@ -85,7 +85,7 @@ defaults
 frontend sbft
     bind 10.0.0.100:5555
     monitor-uri /sbft-probe
-    use_backend streams if { path_beg /stream/ }
+    use_backend streams if { path_beg /stream/ /upload/ }
     default_backend backends
 backend backends
     # deterministic: every replica sends the same request to the same backend
@@ -110,7 +110,7 @@ def test_replica_haproxy_cfg():
         "server b1 10.0.0.21:8080", "server b2 10.0.0.22:8080",
         "server b1 10.0.0.21:8081", "server b2 10.0.0.22:8081"]
     # the streams rule comes before the default, and each backend's servers follow its balance
-    assert lines.index("use_backend streams if { path_beg /stream/ }") < \
+    assert lines.index("use_backend streams if { path_beg /stream/ /upload/ }") < \
         lines.index("default_backend backends")
     assert lines.index("backend backends") < lines.index("balance uri") < \
         lines.index("server b1 10.0.0.21:8080") < lines.index("backend streams") < \

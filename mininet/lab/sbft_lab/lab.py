@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -25,6 +26,8 @@ from sbft_lab import topology
 
 topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
+IFB = "ifb-shape"  # the shaping device Lab.shape adds in a replica's namespace
+UPLOAD_LOG = "uploads.jsonl"  # each backend's log of the upload bodies it got
 REPAIR_WAIT_S = 10.0  # how long a repair waits for the tampering HAProxy to finish its work
 
 
@@ -114,6 +117,25 @@ def http_json(url, timeout=2.0, data=None):
 def _read_bytes(path):
     with open(path, "rb") as handle:
         return handle.read()
+
+
+def parse_ss(text):
+    """Sockets in ``ss -tinH`` output: [{"peer", "bytes_acked", "bytes_received"}] (a
+    socket's line, then its indented details)."""
+    sockets = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if not line[0].isspace():
+            sockets.append({"peer": words[-1] if len(words) >= 4 else None,
+                            "bytes_acked": 0, "bytes_received": 0})
+            continue
+        for word in words:
+            name, _, value = word.partition(":")
+            if sockets and name in ("bytes_acked", "bytes_received") and value.isdigit():
+                sockets[-1][name] = int(value)
+    return sockets
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
@@ -308,9 +330,11 @@ class Lab:
         """Beside each backend's HAProxy, the large slow objects of /stream/ (the replicas'
         HAProxy sends /stream/ paths there): what active-mode downloads fetch."""
         for backend in self.layout["backends"]:
-            self.host(backend["name"]).spawn("streams", [
+            host = self.host(backend["name"])
+            host.spawn("streams", [
                 sys.executable, "-m", "sbft_lab.stream_backend", "--bind", backend["ip"],
-                "--port", str(topo.STREAM_PORT), "--name", backend["name"]])
+                "--port", str(topo.STREAM_PORT), "--name", backend["name"],
+                "--upload-log", os.path.join(host.rundir, UPLOAD_LOG)])
 
     def vip_holders(self):
         """Replicas with the VIP on eth0 in a keepalived baseline. A SIGKILLed keepalived
@@ -442,6 +466,68 @@ class Lab:
                 "--url", f"http://{VIP}:{SERVICE_PORT}{path}", "--count", str(count),
                 "--timeout", str(timeout), "--out", out]
         return host.spawn(name, argv), out
+
+    def upload(self, client, name, tag, size, count=1, chunked=False, mark_at=None,
+               stall=15.0, timeout=120.0):
+        """Start ``count`` pipelined uploads of ``size`` bytes each to VIP:5555/upload/``tag``
+        in ``client`` (background, :mod:`sbft_lab.upload`); returns (Popen, path of the JSON
+        result, path of the file that appears once ``mark_at`` bytes were acknowledged)."""
+        host = self.host(client)
+        out = os.path.join(host.rundir, name)
+        mark = out + ".mark"
+        argv = [sys.executable, "-m", "sbft_lab.upload",
+                "--url", f"http://{VIP}:{SERVICE_PORT}/upload/{tag}", "--size", str(size),
+                "--count", str(count), "--stall", str(stall), "--timeout", str(timeout),
+                "--out", out, *(["--chunked"] if chunked else [])]
+        if mark_at is not None:
+            argv += ["--mark", mark, "--mark-at", str(mark_at)]
+        return host.spawn(name, argv), out, mark
+
+    def tcp_bytes(self, host_name, port=SERVICE_PORT):
+        """The kernel's byte counters (``ss -ti``) of the host's connections to or from
+        ``port``: a list of {"peer", "bytes_acked", "bytes_received"}."""
+        out = self.host(host_name).cmd(
+            f"ss -tinH state established '( sport = :{port} or dport = :{port} )'")
+        return parse_ss(out.replace("\r", ""))
+
+    def shape(self, replica, rate="50mbit", burst="16kb", latency="1ms"):
+        """Slow what reaches ``replica`` from the switch with a token bucket (this kernel has
+        no netem): its interface's ingress is redirected to an ifb device in its namespace
+        that runs ``tbf``; what does not fit is dropped there, before its agent. The queue is
+        kept short (``latency``): with 50 ms of queue, on this side or on the switch's side
+        of the link, every upload through the userspace switch crawled (about 1.2 MB/s
+        instead of 25, the shaped replica keeping up), while with 1 ms the others run at full
+        speed and the shaped replica loses what it cannot take."""
+        host = self.host(replica)
+        intf = f"{replica}-eth0"
+        commands = [f"ip link add {IFB} type ifb", f"ip link set {IFB} up",
+                    f"tc qdisc replace dev {IFB} root tbf rate {rate} burst {burst} "
+                    f"latency {latency}",
+                    f"tc qdisc replace dev {intf} handle ffff: ingress",
+                    f"tc filter replace dev {intf} parent ffff: protocol ip u32 match u32 0 0 "
+                    f"action mirred egress redirect dev {IFB}"]
+        for command in commands:
+            out = host.cmd(command + " 2>&1; echo rc=$?").strip()
+            if not out.endswith("rc=0"):
+                raise RuntimeError(f"{replica}: {command}: {out}")
+        return IFB
+
+    def tc_drops(self, replica):
+        """Packets the shaping of ``replica`` dropped (0 when it is not shaped)."""
+        out = self.host(replica).cmd(f"tc -s qdisc show dev {IFB} 2>/dev/null")
+        found = re.search(r"dropped (\d+)", out)
+        return int(found.group(1)) if found else 0
+
+    def body_log(self):
+        """Every upload body the backends got (their JSON lines), with the backend's name."""
+        records = []
+        for backend in self.layout["backends"]:
+            path = os.path.join(self.host(backend["name"]).rundir, UPLOAD_LOG)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as handle:
+                    records += [dict(json.loads(line), backend=backend["name"])
+                                for line in handle if line.strip()]
+        return records
 
     def start_capture(self, host_name, expression, name="capture.txt"):
         """tcpdump on the host's data interface in the background; ``stop_capture`` returns its

@@ -5,7 +5,9 @@
 ``GET /stream/<bytes>?rate=<bytes per second>&piece=<bytes>`` answers ``<bytes>`` bytes of
 content that depends only on the path (so every replica's proxy fetches the same bytes), paced
 at ``rate`` in writes of ``piece`` bytes (512..16384, default 16384);
-:func:`content` produces the same bytes for a client to check. Any other path gets a short body.
+:func:`content` produces the same bytes for a client to check. ``POST /upload/...`` reads the
+whole body and answers its sha256 and length (:mod:`sbft_lab.upload_sink`, logged to
+``--upload-log``). Any other path gets a short body.
 """
 
 import argparse
@@ -13,6 +15,8 @@ import asyncio
 import hashlib
 import sys
 import urllib.parse
+
+from sbft_lab import upload_sink
 
 CHUNK = 16384
 MAX_SIZE = 1 << 30
@@ -28,13 +32,15 @@ def content(path, size):
     return b"".join(chunk(seed, i) for i in range((size + CHUNK - 1) // CHUNK))[:size]
 
 
-async def handle(reader, writer, name):
+async def handle(reader, writer, name, log=upload_sink.json_lines(None)):
     try:
         request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
         target = request.split(b" ", 2)[1].decode("ascii", "replace")
         url = urllib.parse.urlsplit(target)
         parts = url.path.split("/")
-        if len(parts) == 3 and parts[1] == "stream" and parts[2].isdigit():
+        if request.startswith(b"POST ") and url.path.startswith("/upload/"):
+            await upload_sink.serve_uploads(reader, writer, request, log)
+        elif len(parts) == 3 and parts[1] == "stream" and parts[2].isdigit():
             size = min(int(parts[2]), MAX_SIZE)
             query = urllib.parse.parse_qs(url.query)
             try:
@@ -74,8 +80,9 @@ async def handle(reader, writer, name):
         writer.close()
 
 
-async def serve(bind, port, name):
-    server = await asyncio.start_server(lambda r, w: handle(r, w, name), bind, port)
+async def serve(bind, port, name, upload_log=None):
+    log = upload_sink.json_lines(upload_log)
+    server = await asyncio.start_server(lambda r, w: handle(r, w, name, log), bind, port)
     async with server:
         await server.serve_forever()
 
@@ -85,9 +92,10 @@ def main(argv=None):
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--name", default="stream")
+    parser.add_argument("--upload-log", default=None, help="JSON lines, one per upload body")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args.bind, args.port, args.name))
+        asyncio.run(serve(args.bind, args.port, args.name, args.upload_log))
     except KeyboardInterrupt:
         pass
     return 0
