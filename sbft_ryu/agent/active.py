@@ -157,6 +157,9 @@ class Translator:
         self.gauges = dict.fromkeys(GAUGE_NAMES, 0)  # client_input.survey, at every tick
         self.parked_bytes = 0  # client bytes parked for this replica's stack (all connections)
         self._verifying = {}  # key -> when a new primary resets it, unless it catches up
+        self._watching = {}  # key -> the client's next byte at the promotion (see promoted)
+        self._promoted_at = None
+        self.lost_reset_keys = []  # (client, port) reset by verify_input, for the RST repeat
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
@@ -178,7 +181,7 @@ class Translator:
                                  now, primary)
         if sport == self.port:
             if arriving:  # the primary's segment: what it acknowledged to the client
-                if flags & ACK and not primary:
+                if flags & ACK:  # (a new primary still drains the old one's copies)
                     conn = self.connections.get((payload[DST], dport))
                     if conn is not None:
                         client_input.on_peer_ack(conn, ack)
@@ -515,30 +518,56 @@ class Translator:
 
     def promoted(self, now):
         """Just promoted: every connection whose stack lacks bytes the client was acknowledged
-        gets a deadline (at once if they are lost, else CATCH_UP_S)."""
+        gets a deadline (at once if they are lost, else CATCH_UP_S). Every open connection is
+        also watched until its stack passes what the client had sent by now (at most WATCH_S):
+        the acknowledged point this replica learned can be stale (its queue still held the
+        old primary's copies), so a stack that stalls short of the client's bytes is reset
+        whatever ``peer_ack`` says."""
         self.survey(now)
-        self._verifying = {}
+        self._verifying, self._watching, self._promoted_at = {}, {}, now
         for key, conn in self.connections.items():
             if conn.seq_off is None or conn.closed & (CLOSED_RST | RESET_SENT):
                 continue
             due = client_input.deadline(conn, now)
             if due is not None:
                 self._verifying[key] = due
+            if conn.client_next is not None:
+                self._watching[key] = conn.client_next
 
     def verify_input(self, now):
         """(RSTs for clients, RSTs for this stack) of the connections a new primary cannot
-        continue: still missing acknowledged bytes at their deadline."""
+        continue: still missing acknowledged bytes at their deadline, or (watched) its stack
+        stalled short of bytes the client sent; their keys go to ``lost_reset_keys``."""
         to_client, to_stack = [], []
-        for key, due in list(self._verifying.items()):
+        if not self._verifying and not self._watching:
+            return to_client, to_stack
+        since = self._promoted_at
+        for key in list(self._verifying.keys() | self._watching.keys()):
             conn = self.connections.get(key)
-            if conn is None or conn.closed & RESET_SENT or not client_input.stack_behind(conn):
-                del self._verifying[key]
-            elif now >= due:
-                del self._verifying[key]
+            if conn is None or conn.closed & RESET_SENT:
+                self._verifying.pop(key, None)
+                self._watching.pop(key, None)
+                continue
+            behind = client_input.stack_behind(conn)
+            due = self._verifying.get(key)
+            if behind and due is None and key in self._watching:
+                due = self._verifying[key] = since + client_input.CATCH_UP_S  # learned late
+            lost = key in self._watching and client_input.short_stalled(conn, since, now)
+            if lost or (behind and due is not None and now >= due):
+                self._verifying.pop(key, None)
+                self._watching.pop(key, None)
                 self.counters[C_LOST_RESETS] += 1
                 to_stack.append(build(key[0], conn.vip, key[1], self.port, conn.own_rcv, 0,
                                       RST))
                 to_client.append(self.reset_packet(*key))
+                self.lost_reset_keys.append(key)
+                continue
+            if not behind:
+                self._verifying.pop(key, None)
+            mark = self._watching.get(key)
+            if mark is not None and (now - since >= client_input.WATCH_S or (
+                    conn.own_rcv is not None and not serial_gt(mark, conn.own_rcv))):
+                del self._watching[key]  # its stack passed every byte sent by the promotion
         return to_client, to_stack
 
     # ---- for voting ------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from sbft_ryu.agent.packet import HALF32, MASK32, serial_gt
 CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may be late
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
 MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
+WATCH_S = 3.0  # a new primary watches its connections' stacks for stalls this long at most
 REINJECT_S = 0.2  # a stack whose receive point stalls this long gets the kept bytes again
 REINJECT_BYTES = 4 << 20  # at most this much each time (a stack with a hole no one kept
                           # gets nothing: the kept bytes cannot help it)
@@ -173,6 +174,20 @@ def stack_behind(conn):
         return 0
     behind = (conn.peer_ack - conn.own_rcv) & MASK32
     return behind if behind < HALF32 else 0
+
+
+def short_stalled(conn, since, now):
+    """The client sent bytes inside this stack's window that the stack has not received, and
+    its receive point has not moved for STALL_S, counted from ``since`` at the earliest (the
+    promotion). Needs no ``peer_ack``: a new primary's view of it can be stale (its queue was
+    backlogged when it was promoted), and a stack that stalls short of what the client sent
+    waits for bytes the client may never resend."""
+    if conn.client_next is None or conn.own_rcv is None:
+        return False
+    upto = conn.client_next
+    if conn.own_edge is not None and serial_gt(upto, conn.own_edge):
+        upto = conn.own_edge  # (a closed window is the proxy's pace, not a hole)
+    return serial_gt(upto, conn.own_rcv) and now - max(conn.rcv_at, since) >= STALL_S
 
 
 def deadline(conn, now):

@@ -325,6 +325,10 @@ class ActiveQueue:
         for packet in to_client:
             if packet is not None:
                 self._send(packet)
+        keys = getattr(self.translator, "lost_reset_keys", None)
+        while keys:  # repeated at RESET_AGAIN_S with the client's latest acknowledgement
+            client, port = keys.pop()
+            self._sent_reset(client, port, now)
 
     def _apply_resets(self):
         """Reset every connection the controller lists (a lying primary's bytes reached its

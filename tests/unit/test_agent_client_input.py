@@ -87,13 +87,14 @@ def test_a_backup_level_with_the_primary_misses_nothing():
     assert client_input.missing(conn_of(ahead)) == 0
 
 
-def test_the_acknowledged_point_only_moves_forward_and_a_primary_ignores_wire_copies():
+def test_the_acknowledged_point_only_moves_forward_also_on_a_new_primary():
     tr = backup_behind(received=0, acknowledged=10000)
     tr.process(wire_pkt(START + 5000), None, False, NOW, arriving=True)  # reordered copy
     assert conn_of(tr).peer_ack == START + 10000
-    primary = connected(primary=True)
-    primary.process(wire_pkt(START + 5000), None, True, NOW, arriving=True)
-    assert conn_of(primary).peer_ack is None
+    # a new primary still drains the old primary's copies its queue held at the promotion:
+    # what they acknowledged the client is what its stack must have to continue
+    assert tr.process(wire_pkt(START + 20000), None, True, NOW, arriving=True)[0] == WIRE
+    assert conn_of(tr).peer_ack == START + 20000
 
 
 def test_a_connection_missing_bytes_whose_stack_stalls_is_lost_and_a_moving_one_is_not():
@@ -191,6 +192,52 @@ def test_a_promotion_leaves_connections_that_miss_nothing_alone():
     tr = backup_behind(received=10000, acknowledged=10000)
     tr.promoted(NOW)
     assert tr.verify_input(NOW + 10) == ([], [])
+
+
+# --- the watchdog: a new primary whose acknowledged point is stale (its queue was backlogged)
+
+def stale_promotion():
+    """A backup whose agent saw the client send 12000 bytes but whose stack got 3000 (the rest
+    dropped before the stack: lost), and whose last copy of the primary's ACKs said 3000 (the
+    later copies were still queued when it was promoted): it looks caught up."""
+    tr = backup_behind(received=3000, acknowledged=3000)
+    tr.process(client_pkt("PA", START + 11000, PIECE), None, False, NOW)  # after a hole
+    tr.promoted(NOW)
+    return tr
+
+
+def test_a_new_primary_resets_a_stack_stalled_short_of_the_clients_bytes_with_a_stale_ack():
+    tr = stale_promotion()
+    assert tr.verify_input(NOW) == ([], [])
+    assert tr.verify_input(NOW + client_input.STALL_S - 0.01) == ([], [])
+    [to_client], [to_stack] = tr.verify_input(NOW + client_input.STALL_S + 0.01)
+    assert_client_rst(to_client, SHARED + 1)
+    assert IP(to_stack)[TCP].seq == START + 3000
+    assert tr.lost_reset_keys == [(CLIENT_IP, CPORT)]
+    assert tr.snapshot()["input_lost_resets"] == 1
+
+
+def test_the_old_primarys_queued_copies_give_a_new_primary_a_deadline():
+    tr = backup_behind(received=3000, acknowledged=3000)
+    tr.promoted(NOW)
+    tr.process(wire_pkt(START + 10000), None, True, NOW + 0.1, arriving=True)  # drained late
+    tr.process(stack_pkt("A", START + 6000), None, True, NOW + 0.2)  # moving, not there
+    assert tr.verify_input(NOW + 0.2) == ([], [])
+    to_client, _ = tr.verify_input(NOW + client_input.CATCH_UP_S)
+    assert len(to_client) == 1
+
+
+def test_the_watchdog_leaves_a_moving_stack_and_one_that_got_everything_alone():
+    tr = stale_promotion()
+    tr.process(stack_pkt("A", START + 5000), None, True, NOW + 0.2)  # moving (kept bytes)
+    assert tr.verify_input(NOW + client_input.STALL_S) == ([], [])
+    tr.process(stack_pkt("A", START + 12000), None, True, NOW + 0.3)  # all the client sent
+    assert tr.verify_input(NOW + 0.4) == ([], [])
+    assert tr.verify_input(NOW + 10) == ([], [])  # no longer watched: a later stall is not ours
+    closed = stale_promotion()  # a window the proxy closed is its pace, not a hole
+    closed.process(stack_pkt("A", START + 3000, window=0), None, True, NOW)
+    assert closed.verify_input(NOW + 1) == ([], [])
+    assert tr.snapshot()["input_lost_resets"] == closed.snapshot()["input_lost_resets"] == 0
 
 
 # --- voting: a backup that lost client bytes abstains on the connection -----------------------

@@ -6,7 +6,7 @@ import types
 import pytest
 from scapy.all import IP, TCP, Raw
 
-from sbft_ryu.agent import active, nfq
+from sbft_ryu.agent import active, client_input, nfq
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.faults import PacketAdapter, Skew
 
@@ -413,6 +413,33 @@ def test_a_promoted_backup_resets_a_connection_it_lost_client_bytes_of(clock):
     assert rsts[CPORT].flags == "R" and rsts[CPORT].seq == (SHARED_ISN + 1) % M32
     assert rsts[PORT].flags == "R" and rsts[PORT].seq == CLIENT_ISN + 19
     assert queue.snapshot()["input_lost_resets"] == 1
+
+
+def test_a_lost_input_reset_is_repeated_and_a_stale_acknowledged_point_still_resets(clock):
+    """Promoted while the old primary's copies were still queued (it saw none: its stack looks
+    caught up), its stack stalled short of bytes the client sent (a hole): reset within
+    STALL_S and a tick, and the RST repeated at RESET_AGAIN_S with the client's latest ACK
+    (a first RST the client dropped must not leave it hanging)."""
+    sent = []
+    state = types.SimpleNamespace(primary=False)
+    queue = nfq.ActiveQueue(state, Translator(SECRET, PORT), PacketAdapter(None), sent.append)
+    for payload in (SYN, SYN_ACK, HS_ACK, REQUEST):
+        feed(queue, payload)
+    feed(queue, stack_pkt("A", OWN_ISN + 1, CLIENT_ISN + 19))  # its stack has the request
+    feed(queue, client_pkt("PA", CLIENT_ISN + 19 + 5000, SHARED_ISN + 1, data=b"y" * 1000))
+    state.primary = True
+    queue.tick(clock[0])
+    assert sent == []  # nothing says it lost anything yet
+    clock[0] += client_input.STALL_S + 0.01
+    queue.tick(clock[0])
+    to_client = [IP(p)[TCP] for p in sent if IP(p)[TCP].dport == CPORT]
+    assert [(t.flags, t.seq) for t in to_client] == [("R", (SHARED_ISN + 1) % M32)]
+    feed(queue, client_pkt("A", CLIENT_ISN + 19 + 6000, SHARED_ISN + 1 + 7))  # its RCV.NXT moved
+    del sent[:]
+    for delay in nfq.RESET_AGAIN_S:
+        queue.tick(clock[0] + delay)
+    assert [(IP(p)[TCP].flags, IP(p)[TCP].seq) for p in sent if IP(p)[TCP].dport == CPORT] == [
+        ("R", (SHARED_ISN + 1 + 7) % M32)] * len(nfq.RESET_AGAIN_S)
 
 
 def test_a_tick_hands_a_stalled_backup_stack_the_client_bytes_it_dropped(clock):
