@@ -27,6 +27,10 @@ import time
 from sbft_lab import upload_faults
 from sbft_lab.lab import Lab, topo
 
+# the one sys.path shim: bench_failover is this script's sibling (a script, not a module)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_failover  # noqa: E402
+
 REPO = topo.REPO
 UPLOAD_SIZE = 4 << 20
 CONFIGS = {
@@ -131,22 +135,12 @@ def report_outcomes(runs):
     return "\n".join(lines)
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uploads", type=positive_int, default=20,
+    parser.add_argument("--uploads", type=bench_failover.positive_int, default=20,
                         help="4 MiB uploads per configuration and round")
-    parser.add_argument("--rounds", type=positive_int, default=2)
-    parser.add_argument("--faults", type=positive_int, default=10,
+    parser.add_argument("--rounds", type=bench_failover.positive_int, default=2)
+    parser.add_argument("--faults", type=bench_failover.positive_int, default=10,
                         help="uploads across each fault (crash, link cut)")
     parser.add_argument("--only", choices=("throughput", "outcomes"), action="append")
     args = parser.parse_args(argv)

@@ -522,8 +522,9 @@ class Translator:
         also watched until its stack passes what the client had sent by now (at most WATCH_S):
         the acknowledged point this replica learned can be stale (its queue still held the
         old primary's copies), so a stack that stalls short of the client's bytes is reset
-        whatever ``peer_ack`` says."""
-        self.survey(now)
+        whatever ``peer_ack`` says. Returns the kept client segments its stack lacks (to hand
+        to the stack now: every moment counts towards the deadline)."""
+        again = self.survey(now)
         self._verifying, self._watching, self._promoted_at = {}, {}, now
         for key, conn in self.connections.items():
             if conn.seq_off is None or conn.closed & (CLOSED_RST | RESET_SENT):
@@ -533,6 +534,7 @@ class Translator:
                 self._verifying[key] = due
             if conn.client_next is not None:
                 self._watching[key] = conn.client_next
+        return again
 
     def verify_input(self, now):
         """(RSTs for clients, RSTs for this stack) of the connections a new primary cannot

@@ -23,6 +23,8 @@ COPY_RANGE = 0xFFFF  # whole packets: active mode rewrites them
 # (1024 packets) overflowed under bulk uploads through three agents on two cores: a backup
 # then loses client bytes the primary acknowledges, for good (nothing resends them).
 QUEUE_MAX_LEN = 16384
+TICK_S = 0.1  # the handler's tick: expiry, resets, re-injection (also inside a long batch)
+CHECK_EVERY = 32  # packets between two looks at the clock inside a batch
 QUEUE_SOCK_LEN = 32 * 1024 * 1024
 NFQ_PROC = "/proc/net/netfilter/nfnetlink_queue"
 ERRORS = len(verdict.COUNTER_NAMES)  # one more counter slot: callback failures
@@ -308,7 +310,8 @@ class ActiveQueue:
             return
         now = time.monotonic()
         self._apply_resets()
-        self.translator.promoted(now)
+        for packet in self.translator.promoted(now):  # kept client bytes its stack lacks
+            self._send(self.adapter.inbound(packet))
         self._reset_lost_input(now)
         for packet in self.translator.replay():
             if self.vote is None or not self._held_for_votes(RawSend(packet, self._send),
@@ -378,12 +381,17 @@ class QueueRunner:
         self.queue_num = queue_num
         self.handler = handler
         self._retired = []  # handlers swapped out: closed by the packet thread at its tick
+        self._woken = False
+        self._poll_s = TICK_S
+        self._last_tick = 0.0
+        self._since_check = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
     def wake(self):
         """Make the packet thread tick now (any thread), e.g. after a role change."""
+        self._woken = True  # (read inside a long batch, where the pipe is not looked at)
         try:
             os.write(self._wake_w, b"w")
         except OSError:  # the pipe is full (a tick is pending anyway) or closed
@@ -398,23 +406,42 @@ class QueueRunner:
 
     def _dispatch(self, packet):
         self.handler.callback(packet)
+        # nfq.run() returns only once the socket is empty: under a steady backlog (an
+        # upload at line rate) that can take seconds, and the tick (role changes, resets
+        # of connections a new primary cannot continue, re-injection) must not wait for it.
+        self._since_check += 1
+        if self._since_check >= CHECK_EVERY:
+            self._since_check = 0
+            now = time.monotonic()
+            if self._woken or now - self._last_tick >= self._poll_s:
+                self._tick(now)
 
-    def serve(self, stop, poll_s=0.2):
+    def _tick(self, now):
+        self._woken = False
+        self._last_tick = now
+        while self._retired:
+            retired = self._retired.pop()
+            if retired is not self.handler:
+                retired.close()
+        self.handler.tick(now)
+
+    def serve(self, stop, poll_s=TICK_S):
         """Run until ``stop`` (a threading.Event) is set; unbinds the queue on the way out."""
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
         nfq = NetfilterQueue()
         nfq.bind(self.queue_num, self._dispatch, max_len=QUEUE_MAX_LEN, mode=COPY_PACKET,
                  range=COPY_RANGE, sock_len=QUEUE_SOCK_LEN)
+        self._poll_s = poll_s
         try:
             fd = nfq.get_fd()
-            last_tick = time.monotonic()
+            self._last_tick = time.monotonic()
             while not stop.is_set():
                 handler = self.handler
                 extra = handler.fds()
                 ready, _, _ = select.select([fd, self._wake_r, *extra], [], [], poll_s)
-                woken = self._wake_r in ready
-                if woken:
+                if self._wake_r in ready:
+                    self._woken = True
                     try:
                         os.read(self._wake_r, 64)
                     except OSError:
@@ -426,13 +453,8 @@ class QueueRunner:
                 for other in extra:
                     if other in ready:
                         handler.readable(other, now)
-                if woken or now - last_tick >= poll_s:
-                    last_tick = now
-                    while self._retired:
-                        retired = self._retired.pop()
-                        if retired is not self.handler:
-                            retired.close()
-                    self.handler.tick(now)
+                if self._woken or now - self._last_tick >= poll_s:
+                    self._tick(now)
         finally:
             nfq.unbind()
             os.close(self._wake_r)
