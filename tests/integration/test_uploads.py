@@ -29,6 +29,8 @@ SIZE = 4 * RMEM_MAX  # 64 MiB here
 # checked every 0.2 s. 1.5 s leaves room for a loaded 2-core machine and still fails a reset
 # that waits for the client's retransmission timeout or the proxy's 30 s timeout.
 RESET_BOUND_S = 1.5
+LOSS_COUNTERS = ("client_gap_bytes", "nfq_dropped", "client_beyond_window",
+                 "client_park_overflow", "client_reinjected", "bytes_missing")
 STALL_S = 10.0  # no progress for this long: the client reports a hang
 
 
@@ -115,8 +117,10 @@ def test_an_upload_completes_across_a_failover_exactly_when_a_survivor_has_it(up
     judge(run)
     if run["received"]["lb3"] >= run["acked"]:  # (usually; lb3 too loses a segment before
         assert run["primary"] == "lb3"           # its agent now and then: then the reset)
+    lb3 = _counters(lab, "lb3")
     print(f"lb3 had every acknowledged byte: {run['received']['lb3'] >= run['acked']}, "
-          f"successor {run['primary']}, outcome {run['result']['outcome']}")
+          f"successor {run['primary']}, outcome {run['result']['outcome']}; lb3's losses: "
+          + ", ".join(f"{k} {lb3.get(k)}" for k in LOSS_COUNTERS))
     run["tags"] = {f"{fault}{run_number}": run["result"]["expected"]}
     check_bodies(lab, run)
 

@@ -666,3 +666,46 @@ def test_wake_never_blocks_or_raises():
     os.close(runner._wake_r)
     os.close(runner._wake_w)
     runner.wake()  # a closed pipe (the runner ended) is ignored too
+
+
+def test_runner_ticks_inside_a_long_batch(fake_nfq):
+    """run(block=False) returns only once the queue is empty: under a steady backlog the
+    handler is still ticked (every CHECK_EVERY packets it looks at the clock), so resets and
+    re-injection do not wait for the backlog to drain."""
+    stop = threading.Event()
+    runner = nfq.QueueRunner(1, None)
+
+    def slow(handler, packet):
+        time.sleep(0.001)  # a batch of 2000 such packets lasts seconds, well over poll_s
+        if packet == 1999:
+            stop.set()
+    handler = RecordingHandler(on_packet=slow)
+    runner.handler = handler
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.05)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver(*range(2000))
+    thread.join(10.0)
+    assert not thread.is_alive() and errors == []
+    assert len(handler.packets) == 2000
+    ticks = handler.ticks
+    assert len(ticks) >= 5  # (one run() call: without in-batch ticks there would be ~1)
+    assert all(later - earlier >= 0.05 for earlier, later in zip(ticks, ticks[1:]))
+
+
+def test_a_wake_inside_a_long_batch_ticks_at_the_next_check(fake_nfq):
+    stop = threading.Event()
+    runner = nfq.QueueRunner(1, None)
+
+    def on_packet(handler, packet):
+        if packet == 10:
+            runner.wake()  # e.g. a role change, from the heartbeat thread
+        if packet == nfq.CHECK_EVERY * 2:
+            stop.set()
+    handler = RecordingHandler(on_packet=on_packet)
+    runner.handler = handler
+    thread, errors = serve_in_thread(runner, stop, poll_s=60)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver(*range(nfq.CHECK_EVERY * 2 + 1))
+    thread.join(5.0)
+    assert not thread.is_alive() and errors == []
+    assert len(handler.ticks) >= 1  # within the batch, although poll_s is a minute
