@@ -108,7 +108,7 @@ def outcome_runs(faults, rundir):
                      "reset_after_promotion_s": (round(
                          result["reset_at"] - upload_faults.promoted_before(
                              run, result["reset_at"]), 3) if result["reset_at"] else None),
-                     "promotions": len(run["promotions"]),
+                     "promotions": len(run["promotions"]), "at_fault": run["at_fault"],
                      "upload_s": round(result["finished"] - result["started"], 2)}
             runs.append(entry)
             log(f"  {fault} {i + 1}: {entry['outcome']} (right: {right}), primary "

@@ -95,7 +95,8 @@ class Connection:
                  "ts_floor", "own_ws", "held", "held_at", "seen", "closed", "unacked",
                  "unacked_bytes", "acked", "acked_bytes", "own_acked", "own_at", "client_ack",
                  "lossy", "client_next", "client_window", "client_ts", "generation", "own_rcv",
-                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked", "undelivered")
+                 "own_edge", "rcv_at", "peer_ack", "input_lost", "parked", "undelivered",
+                 "parked_disorder")
 
     def __init__(self, client_isn, shared_isn, ts_base, now, vip=b"\0\0\0\0", generation=0):
         self.vip = vip
@@ -137,6 +138,7 @@ class Connection:
         # payload, delivered], and how many were never delivered (beyond its window)
         self.parked = None
         self.undelivered = 0
+        self.parked_disorder = False  # a resent segment was kept behind newer ones
 
 
 class Translator:
@@ -555,7 +557,8 @@ class Translator:
             if behind and due is None and key in self._watching:
                 due = self._verifying[key] = since + client_input.CATCH_UP_S  # learned late
             lost = key in self._watching and client_input.short_stalled(conn, since, now)
-            if lost or (behind and due is not None and now >= due):
+            if lost or (behind and due is not None and now >= due
+                        and not client_input.catching_up(conn, since, now)):
                 self._verifying.pop(key, None)
                 self._watching.pop(key, None)
                 self.counters[C_LOST_RESETS] += 1

@@ -42,7 +42,10 @@ from collections import deque
 
 from sbft_ryu.agent.packet import HALF32, MASK32, serial_gt
 
+QUARTER32 = HALF32 >> 1
+
 CATCH_UP_S = 0.5  # how long a new primary waits for acknowledged bytes that may be late
+CATCH_UP_MAX_S = 3.0  # ... and for a stack that advances and whose agent keeps the rest
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
 MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
 WATCH_S = 3.0  # a new primary watches its connections' stacks for stalls this long at most
@@ -66,11 +69,25 @@ def on_peer_ack(conn, ack):
         conn.peer_ack = ack
 
 
+def in_order(conn):
+    """The kept segments in sequence order. They arrive in order but for the client's
+    retransmissions (a hole the primary missed too, filled behind newer segments): after
+    one, they are sorted once, so that a single pass finds the stream's continuation."""
+    if conn.parked_disorder and conn.parked:
+        ref = conn.own_rcv if conn.own_rcv is not None else conn.parked[0][0]
+        base = (ref - QUARTER32) & MASK32  # (every kept segment is within 1 GiB of it)
+        conn.parked = deque(sorted(conn.parked, key=lambda item: (item[0] - base) & MASK32))
+        conn.parked_disorder = False
+    return conn.parked
+
+
 def reach(conn):
     """How far this replica has the client's stream without a hole: the stack's receive
     point, extended by the kept segments that continue it."""
     point = conn.own_rcv
-    for seq, end, _, _ in conn.parked or ():
+    if not conn.parked:
+        return point
+    for seq, end, _, _ in in_order(conn):
         if not serial_gt(seq, point) and serial_gt(end, point):
             point = end
     return point
@@ -89,6 +106,8 @@ def park(conn, seq, length, payload, delivered):
     handed to the stack already; else it was beyond the stack's window)."""
     if conn.parked is None:
         conn.parked = deque()
+    elif serial_gt(conn.parked[-1][0], seq):
+        conn.parked_disorder = True  # a resent segment behind newer ones (see in_order)
     conn.parked.append([seq, (seq + length) & MASK32, payload, delivered])
     if not delivered:
         conn.undelivered += 1
@@ -97,7 +116,7 @@ def park(conn, seq, length, payload, delivered):
 def acknowledged(conn):
     """Forget the kept segments the stack has now (its receive point passed them); the
     bytes freed."""
-    parked, freed = conn.parked, 0
+    parked, freed = in_order(conn), 0
     while parked and not serial_gt(parked[0][1], conn.own_rcv):
         seq, end, _, delivered = parked.popleft()
         freed += (end - seq) & MASK32
@@ -115,6 +134,7 @@ def due(conn, stalled):
     up to REINJECT_BYTES and its window's edge; (payloads, bytes)."""
     if not conn.parked or conn.own_edge is None:
         return (), 0
+    in_order(conn)
     if stalled:
         first = conn.parked[0]
         stalled = not serial_gt(first[0], conn.own_rcv)  # (the oldest kept covers it)
@@ -124,7 +144,7 @@ def due(conn, stalled):
     for item in conn.parked:
         seq, end, payload, delivered = item
         if not serial_gt(conn.own_edge, seq) or size >= REINJECT_BYTES:
-            break  # (kept in arrival order: the rest is beyond the window too)
+            break  # (kept in sequence order: the rest is beyond the window too)
         if serial_gt(end, conn.own_rcv) and (stalled or not delivered):
             out.append(payload)
             size += (end - seq) & MASK32
@@ -188,6 +208,16 @@ def short_stalled(conn, since, now):
     if conn.own_edge is not None and serial_gt(upto, conn.own_edge):
         upto = conn.own_edge  # (a closed window is the proxy's pace, not a hole)
     return serial_gt(upto, conn.own_rcv) and now - max(conn.rcv_at, since) >= STALL_S
+
+
+def catching_up(conn, since, now):
+    """A new primary's stack is behind the point the client was acknowledged, but its agent
+    keeps every byte it lacks and the stack advanced within STALL_S: it continues at its
+    proxy's pace, and the reset waits for that, up to CATCH_UP_MAX_S after the promotion
+    (``since``). The client sees no progress meanwhile; a reset would cost it the whole
+    upload."""
+    return (not missing(conn) and now - conn.rcv_at < STALL_S
+            and now - since < CATCH_UP_MAX_S)
 
 
 def deadline(conn, now):

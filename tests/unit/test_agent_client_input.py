@@ -345,3 +345,60 @@ def test_kept_bytes_are_bounded_and_freed_with_the_connection(monkeypatch):
     assert tr.parked_bytes == 1000 and tr.snapshot()["client_park_overflow"] == 1000
     tr.reset_packet(CLIENT_IP, CPORT)
     assert tr.parked_bytes == 0
+
+
+def test_a_new_primary_whose_stack_advances_on_kept_bytes_is_given_time_to_catch_up():
+    """Its agent keeps every byte the stack lacks and the stack moves: the reset waits past
+    CATCH_UP_S (a reset would cost the client the whole upload), up to CATCH_UP_MAX_S."""
+    tr = connected()
+    tr.process(stack_pkt("A", START, window=1000), None, False, NOW)
+    for i in range(6):  # the first is in the window, the others beyond it: all kept
+        tr.process(client_pkt("PA", START + i * 1000, PIECE), None, False, NOW)
+    tr.process(wire_pkt(START + 6000), None, False, NOW, arriving=True)
+    conn = conn_of(tr)
+    assert client_input.missing(conn) == 0 and client_input.stack_behind(conn) == 6000
+    tr.promoted(NOW)
+    step = client_input.STALL_S / 2
+    at, point = NOW, START
+    while at < NOW + client_input.CATCH_UP_MAX_S - step:  # it advances, slowly
+        at += step
+        point += 200  # (19 steps: 3800 of the 6000 bytes)
+        tr.process(stack_pkt("A", point, window=1000), None, True, at)
+        assert tr.verify_input(at) == ([], []), at - NOW
+    assert at - NOW > client_input.CATCH_UP_S
+    to_client, to_stack = tr.verify_input(NOW + client_input.CATCH_UP_MAX_S)
+    assert len(to_client) == len(to_stack) == 1  # still behind: reset, never a hang
+
+
+def test_a_catching_up_stack_that_stalls_is_reset():
+    tr = connected()
+    tr.process(stack_pkt("A", START, window=1000), None, False, NOW)
+    tr.process(client_pkt("PA", START, PIECE), None, False, NOW)
+    tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)
+    tr.process(wire_pkt(START + 2000), None, False, NOW, arriving=True)
+    tr.promoted(NOW)
+    moved = NOW + client_input.CATCH_UP_S - 0.1
+    tr.process(stack_pkt("A", START + 1000, window=1000), None, True, moved)
+    assert tr.verify_input(NOW + client_input.CATCH_UP_S) == ([], [])  # it moved 0.1 s ago
+    to_client, _ = tr.verify_input(moved + client_input.STALL_S + 0.01)
+    assert len(to_client) == 1
+
+
+def test_a_resent_segment_that_fills_a_hole_behind_newer_ones_continues_the_stream():
+    """The client resends what the primary missed too: the copy reaches the backup after
+    newer segments, and the kept bytes must still count (and be handed over) in sequence."""
+    tr = connected()
+    tr.process(stack_pkt("A", START, window=1500), None, False, NOW)  # edge: START + 1500
+    tr.process(client_pkt("PA", START + 1000, PIECE), None, False, NOW)  # a hole before it
+    tr.process(client_pkt("PA", START + 2000, PIECE), None, False, NOW)  # beyond the window
+    tr.process(wire_pkt(START + 3000), None, False, NOW, arriving=True)
+    conn = conn_of(tr)
+    assert client_input.missing(conn) == 3000  # (nothing continues the stack yet)
+    tr.to_stack.clear()
+    tr.process(client_pkt("PA", START, PIECE), None, False, NOW + 0.05)  # the resent one
+    assert client_input.missing(conn) == 0
+    assert [seq for seq, *_ in conn.parked] == [START, START + 1000, START + 2000]
+    # its stack dropped the resent one and the one after (short of memory): a stall hands
+    # over everything from its receive point in order, the hole filler first
+    again = tr.survey(NOW + 0.05 + client_input.REINJECT_S)
+    assert [IP(p)[TCP].seq for p in again] == [START, START + 1000]

@@ -83,6 +83,7 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
     inject(lab, fault)
     at = time.monotonic()
     acked = client_acked(lab)
+    state = survivors_state(lab)
     got = dict.fromkeys(SURVIVORS, 0)
     while time.monotonic() - at < SAMPLE_S and proc.poll() is None:
         for name in SURVIVORS:
@@ -95,7 +96,22 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
     moves = promotions(lab, before)
     return {"result": result, "acked": acked, "received": got, "primary": primary,
             "promotions": moves, "promoted_at": moves[0][0] if moves else None,
-            "fault_at": at}
+            "fault_at": at, "at_fault": state}
+
+
+STATE_COUNTERS = ("bytes_missing", "parked_bytes", "client_gap_bytes", "client_beyond_window",
+                  "client_reinjected", "client_park_overflow", "nfq_dropped")
+
+
+def survivors_state(lab):
+    """Each survivor's client-input counters by its last heartbeat (at most one interval old):
+    what it lacked and kept at the fault, for the record."""
+    try:
+        replicas = {r["name"]: r["counters"] for r in lab.health()["replicas"]}
+    except Exception:  # (the record is best effort; the verdict does not depend on it)
+        return {}
+    return {name: {key: replicas.get(name, {}).get(key) for key in STATE_COUNTERS}
+            for name in SURVIVORS}
 
 
 def had_all(run):
