@@ -414,7 +414,20 @@ class QueueRunner:
             self._since_check = 0
             now = time.monotonic()
             if self._woken or now - self._last_tick >= self._poll_s:
+                self._read_ready(now)
                 self._tick(now)
+
+    def _read_ready(self, now):
+        """Read what the handler's other sockets hold (the peers' votes) before a tick in the
+        middle of a batch: the tick expires held packets whose votes are late, and votes
+        that arrived but were not read yet are not late."""
+        handler = self.handler
+        extra = handler.fds()
+        if not extra:
+            return
+        ready, _, _ = select.select(extra, [], [], 0)
+        for fd in ready:
+            handler.readable(fd, now)
 
     def _tick(self, now):
         self._woken = False

@@ -709,3 +709,33 @@ def test_a_wake_inside_a_long_batch_ticks_at_the_next_check(fake_nfq):
     thread.join(5.0)
     assert not thread.is_alive() and errors == []
     assert len(handler.ticks) >= 1  # within the batch, although poll_s is a minute
+
+
+def test_a_tick_inside_a_batch_reads_the_handlers_sockets_first(fake_nfq):
+    """Votes that arrived during a long batch are read before the tick that would expire
+    the packets waiting for them."""
+    stop = threading.Event()
+    vote_r, vote_w = os.pipe()
+    runner = nfq.QueueRunner(1, None)
+    order = []
+
+    def on_packet(handler, packet):
+        if packet == 0:
+            order.append("batch")
+            os.write(vote_w, b"v")  # a peer's vote arrives while the batch runs
+        if packet == nfq.CHECK_EVERY * 4:
+            stop.set()
+        time.sleep(0.002)  # (CHECK_EVERY packets outlast poll_s: an in-batch tick is due)
+    handler = RecordingHandler(on_packet=on_packet, extra=[vote_r])
+    handler.readable = lambda fd, now: (os.read(fd, 64), order.append("read"))
+    handler.tick = lambda now: order.append("tick")
+    runner.handler = handler
+    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
+    wait_for(lambda: fake_nfq)
+    fake_nfq[0].deliver(*range(nfq.CHECK_EVERY * 4 + 1))
+    thread.join(5.0)
+    os.close(vote_r)
+    os.close(vote_w)
+    assert not thread.is_alive() and errors == []
+    during = order[order.index("batch") + 1:]
+    assert during[:2] == ["read", "tick"], order
