@@ -23,7 +23,8 @@ COPY_RANGE = 0xFFFF  # whole packets: active mode rewrites them
 # (1024 packets) overflowed under bulk uploads through three agents on two cores: a backup
 # then loses client bytes the primary acknowledges, for good (nothing resends them).
 QUEUE_MAX_LEN = 16384
-TICK_S = 0.1  # the handler's tick: expiry, resets, re-injection (also inside a long batch)
+TICK_S = 0.1  # the handler's tick: expiry, resets, re-injection (its urgent part also
+              # inside a long batch)
 CHECK_EVERY = 32  # packets between two looks at the clock inside a batch
 QUEUE_SOCK_LEN = 32 * 1024 * 1024
 NFQ_PROC = "/proc/net/netfilter/nfnetlink_queue"
@@ -68,6 +69,9 @@ class ReplyQueue:
                 pass
 
     def tick(self, now):
+        pass
+
+    def urgent(self, now):
         pass
 
     def close(self):
@@ -258,14 +262,7 @@ class ActiveQueue:
             self.vote.flush()
 
     def tick(self, now):
-        if self.state.primary != self._primary:
-            self._role_changed()
-        elif self._primary and self.reset - self._reset_done:
-            self._apply_resets()
-        for packet in self.translator.survey(now):  # kept client bytes its stack lacks
-            self._send(self.adapter.inbound(packet))
-        if self._primary:
-            self._reset_lost_input(now)
+        self.urgent(now)
         for held in self.translator.expire(now):
             if not _drop(held):
                 self.errors += 1
@@ -281,6 +278,21 @@ class ActiveQueue:
             self.vote.flush()
         if self._resets:
             self._reset_again(now)
+
+    def urgent(self, now):
+        """The part of the tick that may not wait for a backlog of queued packets to drain
+        (the runner also calls it in the middle of a long batch): a role change, the
+        controller's resets, kept client bytes for the stack, a new primary's checks of its
+        connections. Expiry is not in it: packets still queued may be the very answers a held
+        packet waits for (the stack's own output a vote needs)."""
+        if self.state.primary != self._primary:
+            self._role_changed()
+        elif self._primary and self.reset - self._reset_done:
+            self._apply_resets()
+        for packet in self.translator.survey(now):  # kept client bytes its stack lacks
+            self._send(self.adapter.inbound(packet))
+        if self._primary:
+            self._reset_lost_input(now)
 
     def _sent_reset(self, client, port, now):
         if len(self._resets) >= RESETS_TRACKED:
@@ -384,6 +396,7 @@ class QueueRunner:
         self._woken = False
         self._poll_s = TICK_S
         self._last_tick = 0.0
+        self._last_urgent = 0.0
         self._since_check = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -407,31 +420,21 @@ class QueueRunner:
     def _dispatch(self, packet):
         self.handler.callback(packet)
         # nfq.run() returns only once the socket is empty: under a steady backlog (an
-        # upload at line rate) that can take seconds, and the tick (role changes, resets
-        # of connections a new primary cannot continue, re-injection) must not wait for it.
+        # upload at line rate) that can take seconds, and the urgent part of the tick (role
+        # changes, resets of connections a new primary cannot continue, re-injection) must
+        # not wait for it. The full tick (expiry) runs once the batch is done, as before.
         self._since_check += 1
         if self._since_check >= CHECK_EVERY:
             self._since_check = 0
             now = time.monotonic()
-            if self._woken or now - self._last_tick >= self._poll_s:
-                self._read_ready(now)
-                self._tick(now)
-
-    def _read_ready(self, now):
-        """Read what the handler's other sockets hold (the peers' votes) before a tick in the
-        middle of a batch: the tick expires held packets whose votes are late, and votes
-        that arrived but were not read yet are not late."""
-        handler = self.handler
-        extra = handler.fds()
-        if not extra:
-            return
-        ready, _, _ = select.select(extra, [], [], 0)
-        for fd in ready:
-            handler.readable(fd, now)
+            if self._woken or now - self._last_urgent >= self._poll_s:
+                self._woken = False
+                self._last_urgent = now
+                self.handler.urgent(now)
 
     def _tick(self, now):
         self._woken = False
-        self._last_tick = now
+        self._last_tick = self._last_urgent = now
         while self._retired:
             retired = self._retired.pop()
             if retired is not self.handler:

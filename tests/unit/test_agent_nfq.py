@@ -320,6 +320,7 @@ class RecordingHandler:
     def __init__(self, on_packet=None, extra=()):
         self.packets = []
         self.ticks = []
+        self.urgents = []  # the urgent part of a tick, in the middle of a long batch
         self.flushes = 0
         self.read = []
         self.extra = list(extra)
@@ -332,6 +333,9 @@ class RecordingHandler:
 
     def tick(self, now):
         self.ticks.append(now)
+
+    def urgent(self, now):
+        self.urgents.append(now)
 
     def fds(self):
         return self.extra
@@ -668,10 +672,11 @@ def test_wake_never_blocks_or_raises():
     runner.wake()  # a closed pipe (the runner ended) is ignored too
 
 
-def test_runner_ticks_inside_a_long_batch(fake_nfq):
+def test_runner_runs_the_urgent_part_of_the_tick_inside_a_long_batch(fake_nfq):
     """run(block=False) returns only once the queue is empty: under a steady backlog the
-    handler is still ticked (every CHECK_EVERY packets it looks at the clock), so resets and
-    re-injection do not wait for the backlog to drain."""
+    handler's urgent part (role change, resets, re-injection) still runs every poll_s (the
+    runner looks at the clock every CHECK_EVERY packets); the full tick, which expires held
+    packets, waits for the batch to end (the packets still queued may be what they wait for)."""
     stop = threading.Event()
     runner = nfq.QueueRunner(1, None)
 
@@ -683,16 +688,19 @@ def test_runner_ticks_inside_a_long_batch(fake_nfq):
     runner.handler = handler
     thread, errors = serve_in_thread(runner, stop, poll_s=0.05)
     wait_for(lambda: fake_nfq)
+    started = time.monotonic()
     fake_nfq[0].deliver(*range(2000))
     thread.join(10.0)
+    ended = time.monotonic()
     assert not thread.is_alive() and errors == []
     assert len(handler.packets) == 2000
-    ticks = handler.ticks
-    assert len(ticks) >= 5  # (one run() call: without in-batch ticks there would be ~1)
-    assert all(later - earlier >= 0.05 for earlier, later in zip(ticks, ticks[1:]))
+    urgents = handler.urgents
+    assert len(urgents) >= 5  # (one run() call: none without the in-batch check)
+    assert all(later - earlier >= 0.05 for earlier, later in zip(urgents, urgents[1:]))
+    assert not [t for t in handler.ticks if started + 0.2 < t < ended - 0.2]  # no expiry
 
 
-def test_a_wake_inside_a_long_batch_ticks_at_the_next_check(fake_nfq):
+def test_a_wake_inside_a_long_batch_runs_the_urgent_part_at_the_next_check(fake_nfq):
     stop = threading.Event()
     runner = nfq.QueueRunner(1, None)
 
@@ -708,34 +716,4 @@ def test_a_wake_inside_a_long_batch_ticks_at_the_next_check(fake_nfq):
     fake_nfq[0].deliver(*range(nfq.CHECK_EVERY * 2 + 1))
     thread.join(5.0)
     assert not thread.is_alive() and errors == []
-    assert len(handler.ticks) >= 1  # within the batch, although poll_s is a minute
-
-
-def test_a_tick_inside_a_batch_reads_the_handlers_sockets_first(fake_nfq):
-    """Votes that arrived during a long batch are read before the tick that would expire
-    the packets waiting for them."""
-    stop = threading.Event()
-    vote_r, vote_w = os.pipe()
-    runner = nfq.QueueRunner(1, None)
-    order = []
-
-    def on_packet(handler, packet):
-        if packet == 0:
-            order.append("batch")
-            os.write(vote_w, b"v")  # a peer's vote arrives while the batch runs
-        if packet == nfq.CHECK_EVERY * 4:
-            stop.set()
-        time.sleep(0.002)  # (CHECK_EVERY packets outlast poll_s: an in-batch tick is due)
-    handler = RecordingHandler(on_packet=on_packet, extra=[vote_r])
-    handler.readable = lambda fd, now: (os.read(fd, 64), order.append("read"))
-    handler.tick = lambda now: order.append("tick")
-    runner.handler = handler
-    thread, errors = serve_in_thread(runner, stop, poll_s=0.01)
-    wait_for(lambda: fake_nfq)
-    fake_nfq[0].deliver(*range(nfq.CHECK_EVERY * 4 + 1))
-    thread.join(5.0)
-    os.close(vote_r)
-    os.close(vote_w)
-    assert not thread.is_alive() and errors == []
-    during = order[order.index("batch") + 1:]
-    assert during[:2] == ["read", "tick"], order
+    assert len(handler.urgents) >= 1  # within the batch, although poll_s is a minute
