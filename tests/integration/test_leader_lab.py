@@ -204,3 +204,39 @@ def test_leader_cut_from_etcd_only_is_obeyed_by_nobody(lab_factory):
     assert {name: role for name, role in _agent_roles(lab).items() if name != primary} == roles
     _records(proc, log)
     _no_double_answers(lab, capture)
+
+
+def test_etcd_member_loss(lab_factory, topo_module):
+    """One of three etcd members killed: no effect on the tier. Two killed: no leader, the
+    data plane keeps forwarding with the roles it had, and /sbft/health says why. One back: a
+    leader within leader_lease + 2 s."""
+    lab, leader, follower = _two_controllers(lab_factory)
+    primary = lab.controller_health(leader)["primary"]
+    proc, log = _pace(lab, "etcd-one.jsonl", 4.0)
+    time.sleep(1.0)
+    lab.kill_etcd("etcd3")
+    records = _records(proc, log)
+    assert not [r for r in records if not r["ok"]], "requests failed with one member lost"
+    assert lab.leader() is not None
+    assert lab.controller_health(lab.leader())["primary"] == primary
+    proc, log = _pace(lab, "etcd-two.jsonl", 6.0)
+    time.sleep(1.0)
+    lab.kill_etcd("etcd2")
+    deadline = time.monotonic() + LEASE_S + 1 + OBSERVE_S + 10
+    while time.monotonic() < deadline and lab.leader() is not None:
+        time.sleep(POLL_S)
+    assert lab.leader() is None, "a controller still leads without an etcd quorum"
+    for name in lab.controller_names:
+        block = lab.controller_health(name)["controller"]
+        assert block["role"] != "leader" and block.get("reason"), block
+    records = _records(proc, log)
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, f"the data plane stopped without a leader: {len(failed)} failed"
+    assert lab.curl("c1")[0] == 200
+    back_at = time.monotonic()
+    lab.start_etcd("etcd2")
+    led = topo_module.wait_until(lab.leader, LEASE_S + 2 + OBSERVE_S + 10, POLL_S,
+                                 "a leader after a member came back")
+    assert time.monotonic() - back_at <= LEASE_S + 2 + OBSERVE_S, \
+        f"a leader only {time.monotonic() - back_at:.2f} s after the member came back"
+    assert lab.controller_health(led)["primary"] == primary
