@@ -108,7 +108,7 @@ class Coordinator:
                 election.read_leader_record(found[0], self.leader_key)
             self.store.load()
         except EtcdError as exc:
-            self._unreachable(exc, 0.0)
+            self._unreachable(exc, self.clock())
             return False
         return True
 
