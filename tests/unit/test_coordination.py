@@ -122,8 +122,10 @@ def _controller(etcd, clock, name, lease="1"):
     store = EtcdStore(etcd, PREFIX, lambda: holder["c"].may_write(),
                       lambda reason: holder["c"].refused_write(reason))
     hooks = Recorder()
+    logger = logging.getLogger(f"test.sbft.coordination.{name}")
+    logger.setLevel(logging.INFO)  # (other tests' libraries change levels)
     coordinator = Coordinator(cfg, etcd, store, f"http://{name}:8080", hooks=hooks,
-                              logger=logging.getLogger(name), ident=name,
+                              logger=logger, ident=name,
                               clock=lambda: clock[0])
     holder["c"] = coordinator
     return coordinator, store, hooks
@@ -267,7 +269,7 @@ def test_etcd_unreachable_at_start_leaves_a_follower_without_leader_that_says_wh
                                                                                  caplog):
     etcd.down = True
     c1, _, hooks = _controller(etcd, clock, "c1")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="test.sbft.coordination"):
         assert c1.check_at_start() is False
         for _ in range(70):  # 7 s of rounds
             c1.step(clock[0])
@@ -280,7 +282,7 @@ def test_etcd_unreachable_at_start_leaves_a_follower_without_leader_that_says_wh
                                "controller does not lead and retries every 0.1s")
     assert len([line for line in lines if "still unreachable" in line]) == 1  # every 5 s
     etcd.down = False
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="test.sbft.coordination"):
         c1.step(clock[0])
     assert c1.acting(clock[0])
     assert any("etcd answers again" in r.getMessage() for r in caplog.records)
@@ -292,7 +294,7 @@ def test_a_leader_key_of_an_unknown_format_is_refused_and_never_overwritten(etcd
     with pytest.raises(election.LeaderRecordError) as info:
         c1.check_at_start()
     assert "written by format version 9; this controller speaks 1: refused" in str(info.value)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="test.sbft.coordination"):
         for _ in range(3):
             c1.step(clock[0])
     assert c1.status(clock[0])[0] == FOLLOWER
