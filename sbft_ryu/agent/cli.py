@@ -187,8 +187,12 @@ class Agent:
     def _observe(self):
         """Probe-thread tick: learn the VIP, read the kernel's cached-verdict counter."""
         answer = None
-        if self.heartbeats:  # the answer obeyed (several controllers), or the only one's
-            answer = self.gate.answer if self.others else self.heartbeats.answer
+        if self.heartbeats:
+            # the VIP is configuration, the same on every controller: from the answer obeyed,
+            # else from any (the probe needs it before a leader decides, which needs the probe)
+            answers = [self.gate.answer] if self.others else []
+            answers += [beat.answer for beat in [self.heartbeats, *self.others]]
+            answer = next((a for a in answers if a is not None and a.vip), None)
         if self.probe.host is None and answer is not None and answer.vip:
             self.probe.host = answer.vip
         now = time.monotonic()

@@ -359,3 +359,15 @@ def test_agent_with_one_controller_wires_as_before():
         assert agent.heartbeats.reports == agent.reports
     finally:
         wakeup.close()
+
+
+def test_the_vip_is_learned_from_any_controller_before_a_leader_is_obeyed():
+    # the probe needs the VIP before the leader can decide (it decides on the probe's result)
+    config, _ = cli.parse_args(["--name", "lb1", "--controller", URLS, "--no-iptables"])
+    agent = cli.Agent(config)
+    clients = [heartbeat.ControllerClient(url, "lb1", 0.25) for url in config.controllers]
+    agent._heartbeat_threads(clients, None)
+    agent.others[1].answer = Answer.parse(answer("backup", controller=follow(2),
+                                                 decided=False))
+    agent._observe()
+    assert agent.probe.host == "10.0.0.100"
