@@ -169,14 +169,16 @@ def plot(results, docs):
         names = list(results["leader"])
         data = [[r["longest_gap_s"] * 1000 for r in results["leader"][n]
                  if r["longest_gap_s"] is not None] for n in names]
-        axes[0].boxplot(data, labels=[n.replace(", ", ",\n") for n in names])
+        axes[0].boxplot(data)
+        axes[0].set_xticks(range(1, len(names) + 1), [n.replace(", ", ",\n") for n in names])
         axes[0].set_ylabel("client's longest gap (ms)")
         axes[0].set_title("Losing the controller (GET every 20 ms)", fontsize=9)
     if results["decision"]:
         names = list(results["decision"])
         data = [[r["decision_s"] * 1000 for r in results["decision"][n]
                  if r["decision_s"] is not None] for n in names]
-        axes[1].boxplot(data, labels=names)
+        axes[1].boxplot(data)
+        axes[1].set_xticks(range(1, len(names) + 1), names)
         axes[1].set_ylabel("primary's death → new flows (ms)")
         axes[1].set_title("Decision path: state file vs etcd on loopback", fontsize=9)
     for ax in axes:
@@ -194,8 +196,12 @@ def parse_args(argv=None):
     parser.add_argument("--only", choices=("leader", "decision"), action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--docs", default=None, help="folder for leader.png (none: no plot)")
+    parser.add_argument("--replot", metavar="RESULTS_JSON",
+                        help="only print the tables (and draw the plot) from a results file")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
+    if args.replot and not os.path.isfile(args.replot):
+        parser.error(f"--replot {args.replot}: no such file")
+    if not args.replot and os.geteuid() != 0:
         parser.error("needs root (Mininet): run it as root")
     if args.docs:
         bench_failover.prepare_docs_dir(parser, args.docs)
@@ -204,6 +210,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        with open(args.replot, encoding="utf-8") as handle:
+            results = json.load(handle)
+        print(report(results))
+        if args.docs:
+            plot(results, args.docs)
+        return 0
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
@@ -239,11 +252,11 @@ def main(argv=None):
     out = os.path.join(REPO, "results", f"bench-leader-{stamp}.json")
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=1)
-    if args.docs:
-        plot(results, args.docs)
     print()
     print(report(results))
     print(f"\nresults: {out}")
+    if args.docs:
+        plot(results, args.docs)
     return 0
 
 
