@@ -118,6 +118,7 @@ case "${1:-}" in
         "$PY" mininet/bench_failover.py "$@"
         "$PY" mininet/bench_voting.py
         "$PY" mininet/bench_restart.py
+        "$PY" mininet/bench_leader.py --docs docs
         exec "$PY" mininet/bench_heartbeats.py
         ;;
     *)
