@@ -126,7 +126,7 @@ class SbftApp(app_manager.RyuApp):
         self._udp_server = udp_server.UdpHeartbeatServer(self._udp_fast, self._udp_slow)
         try:
             self.core = self._restored_core()
-        except StateError as exc:
+        except (StateError, election.LeaderRecordError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
         self.registry = metrics.make_registry(self._metrics_source)
@@ -174,10 +174,7 @@ class SbftApp(app_manager.RyuApp):
                           lambda reason: self.coordinator.refused_write(reason))
         self.coordinator = Coordinator(config, etcd, store, config.advertise_url,
                                        hooks=_LeaderHooks(self), logger=self.logger)
-        try:
-            self.coordinator.check_at_start()
-        except election.LeaderRecordError as exc:
-            raise StateError(store.leader_key, str(exc)) from None
+        self.coordinator.check_at_start()  # StateError, LeaderRecordError: the app stops
         core = Core(config, send=self._send, nudge=self._nudge_agents, logger=self.logger,
                     lock=hub.Semaphore(1), store=store, wall=time.time)
         core.restore(None, time.monotonic())  # nothing written: a follower until elected
