@@ -7,11 +7,13 @@ election timeout so that a 1 s lease is possible). Every process is stopped by P
 bridge deleted by its own name. Without root, Open vSwitch or etcd these tests FAIL.
 """
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -104,6 +106,17 @@ def _wait(predicate, timeout, what, interval=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _heartbeat(cset, index, seq=None):
+    """An (unauthenticated: no keys configured) HTTP heartbeat of lb1 → the answer."""
+    body = json.dumps({"seq": seq or int(time.time() * 1000), "service_ok": True,
+                       "counters": {}}).encode()
+    request = urllib.request.Request(f"{cset.url(index)}/sbft/replicas/lb1/heartbeat",
+                                     data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read().decode())
+
+
 def _leader_status(cset, index):
     block = cset.controller(index)
     return block if block and block["role"] == "leader" else None
@@ -133,6 +146,12 @@ def test_one_leader_is_master_on_the_switch_and_a_sigkilled_leader_is_replaced_i
         assert block["term"] == term
         assert block["coordination"] == cluster.url
         assert block["role"] == ("leader" if index == leader else "follower")
+
+    # every controller records heartbeats; only the leader answers as leader, with its term
+    for index in range(3):
+        answer = _heartbeat(cset, index)
+        assert answer["controller"] == {
+            "role": "leader" if index == leader else "follower", "term": term}
 
     killed_at = time.monotonic()
     cset.kill(leader)
@@ -256,3 +275,35 @@ def test_an_openflow_1_0_switch_is_refused_with_one_line(start):
     _wait(lambda: "need OpenFlow 1.3" in cset.log(0), 20, "the refusal")
     time.sleep(1)
     assert cset.flows() == []
+
+
+def test_a_deposed_leaders_state_write_fails_in_real_etcd(env, lab_lock, tmp_path):
+    """The store's transaction against a real etcd: once another controller holds the leader
+    key, the old leader's write is refused (and it is told to step down); the new one's is
+    not."""
+    _, etcd, _ = env
+    from sbft_ryu.etcd_store import Etcd, EtcdStore, key_prefix
+    from sbft_ryu.store import NotWritten
+
+    with etcd.EtcdCluster(str(tmp_path), members=1) as cluster:
+        host, port = cluster.endpoints[0].split(":")
+        client = Etcd([(host, int(port))], timeout=2)
+        prefix = key_prefix("10.0.0.100")
+        refused = []
+        old = EtcdStore(client, prefix, lambda: True, refused.append)
+        lease = client.grant(LEASE)
+        created, term = client.create(prefix + "leader", b"old", lease)
+        assert created
+        old.term = term
+        old.save({"who": "old", "n": 1})
+        client.revoke(lease)  # its lease ended (as if it had stalled)
+        new = EtcdStore(client, prefix, lambda: True, refused.append)
+        created, new_term = client.create(prefix + "leader", b"new", client.grant(LEASE))
+        assert created and new_term > term
+        assert new.load()["who"] == "old"
+        new.term = new_term
+        with pytest.raises(NotWritten):
+            old.save({"who": "old", "n": 2})
+        assert len(refused) == 1 and "deposed" in refused[0]
+        new.save({"who": "new", "n": 3})
+        assert new.load() == {"who": "new", "n": 3, "version": 1}
