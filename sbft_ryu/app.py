@@ -58,9 +58,9 @@ TICK_SLACK_S = 0.002
 MAX_TICK_S = 0.05
 # What a controller that does not lead may still send: it reads the switch and states its role.
 READ_ONLY = (EnablePacketIn, RequestPorts, ReadTables, RoleRequest)
-# etcd requests time out after this (at least) or half the lease: an unanswered keepalive must
-# leave time for the next one before the fence.
-ETCD_TIMEOUT_S = 0.5
+# etcd requests time out after this (at least) or a quarter of the lease: a keepalive stuck on
+# a member that lost its raft leader must leave time to retry on another before the fence.
+ETCD_TIMEOUT_S = 0.3
 
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
@@ -169,7 +169,7 @@ class SbftApp(app_manager.RyuApp):
         over (coordination.Coordinator), not now. Keys of an unknown format stop it here
         (StateError); an etcd that does not answer does not (it retries)."""
         config = self.config
-        etcd = Etcd(config.coordination, max(ETCD_TIMEOUT_S, config.leader_lease / 2))
+        etcd = Etcd(config.coordination, max(ETCD_TIMEOUT_S, config.leader_lease / 4))
         store = EtcdStore(etcd, key_prefix(config.vip), lambda: self.coordinator.may_write(),
                           lambda reason: self.coordinator.refused_write(reason))
         self.coordinator = Coordinator(config, etcd, store, config.advertise_url,
