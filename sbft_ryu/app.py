@@ -58,6 +58,9 @@ TICK_SLACK_S = 0.002
 MAX_TICK_S = 0.05
 # What a controller that does not lead may still send: it reads the switch and states its role.
 READ_ONLY = (EnablePacketIn, RequestPorts, ReadTables, RoleRequest)
+# OpenFlow 1.3's error (type ROLE_REQUEST_FAILED, code STALE): a generation id older than the
+# switch's.
+ROLE_STALE = (11, 0)
 # etcd requests time out after this (at least) or a quarter of the lease: a keepalive stuck on
 # a member that lost its raft leader must leave time to retry on another before the fence.
 ETCD_TIMEOUT_S = 0.3
@@ -199,10 +202,11 @@ class SbftApp(app_manager.RyuApp):
         be refused as stale; nothing is sent until one is known)."""
         if self.coordinator is None:
             return None
-        role, _, term, _ = self._controller_status()
+        role, leader, term, _ = self._controller_status()
         if role == election.LEADER:
             return RoleRequest("master", term)
-        return RoleRequest("slave", term) if term else None
+        # only of a leader known now: a term that ended may be older than the switch's
+        return RoleRequest("slave", term) if term and leader else None
 
     # the core's state, for REST and metrics (and tests)
     cluster = property(lambda self: self.core.cluster)
@@ -311,6 +315,12 @@ class SbftApp(app_manager.RyuApp):
     @of_handler
     def _of_error(self, ev):
         msg = ev.msg
+        if self.coordinator is not None and (msg.type, msg.code) == ROLE_STALE:
+            # a race, not a fault: a newer leader claimed the switch before this request
+            self.counters["role_stale"] += 1
+            self.logger.warning("dpid=%s: role request refused as stale: a newer leader has "
+                                "claimed the switch", dpid_lib.dpid_to_str(msg.datapath.id))
+            return
         self.counters["of_error"] += 1
         self.logger.error("dpid=%s: OFPErrorMsg type=0x%02x code=0x%02x data=%s",
                           dpid_lib.dpid_to_str(msg.datapath.id), msg.type, msg.code,
