@@ -58,9 +58,12 @@ TICK_SLACK_S = 0.002
 MAX_TICK_S = 0.05
 # What a controller that does not lead may still send: it reads the switch and states its role.
 READ_ONLY = (EnablePacketIn, RequestPorts, ReadTables, RoleRequest)
-# etcd requests time out after this (at least) or half the lease: an unanswered keepalive must
-# leave time for the next one before the fence.
-ETCD_TIMEOUT_S = 0.5
+# OpenFlow 1.3's error (type ROLE_REQUEST_FAILED, code STALE): a generation id older than the
+# switch's.
+ROLE_STALE = (11, 0)
+# etcd requests time out after this (at least) or a quarter of the lease: a keepalive stuck on
+# a member that lost its raft leader must leave time to retry on another before the fence.
+ETCD_TIMEOUT_S = 0.3
 
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
@@ -126,7 +129,7 @@ class SbftApp(app_manager.RyuApp):
         self._udp_server = udp_server.UdpHeartbeatServer(self._udp_fast, self._udp_slow)
         try:
             self.core = self._restored_core()
-        except StateError as exc:
+        except (StateError, election.LeaderRecordError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
         self.registry = metrics.make_registry(self._metrics_source)
@@ -169,15 +172,12 @@ class SbftApp(app_manager.RyuApp):
         over (coordination.Coordinator), not now. Keys of an unknown format stop it here
         (StateError); an etcd that does not answer does not (it retries)."""
         config = self.config
-        etcd = Etcd(config.coordination, max(ETCD_TIMEOUT_S, config.leader_lease / 2))
+        etcd = Etcd(config.coordination, max(ETCD_TIMEOUT_S, config.leader_lease / 4))
         store = EtcdStore(etcd, key_prefix(config.vip), lambda: self.coordinator.may_write(),
                           lambda reason: self.coordinator.refused_write(reason))
         self.coordinator = Coordinator(config, etcd, store, config.advertise_url,
                                        hooks=_LeaderHooks(self), logger=self.logger)
-        try:
-            self.coordinator.check_at_start()
-        except election.LeaderRecordError as exc:
-            raise StateError(store.leader_key, str(exc)) from None
+        self.coordinator.check_at_start()  # StateError, LeaderRecordError: the app stops
         core = Core(config, send=self._send, nudge=self._nudge_agents, logger=self.logger,
                     lock=hub.Semaphore(1), store=store, wall=time.time)
         core.restore(None, time.monotonic())  # nothing written: a follower until elected
@@ -202,10 +202,11 @@ class SbftApp(app_manager.RyuApp):
         be refused as stale; nothing is sent until one is known)."""
         if self.coordinator is None:
             return None
-        role, _, term, _ = self._controller_status()
+        role, leader, term, _ = self._controller_status()
         if role == election.LEADER:
             return RoleRequest("master", term)
-        return RoleRequest("slave", term) if term else None
+        # only of a leader known now: a term that ended may be older than the switch's
+        return RoleRequest("slave", term) if term and leader else None
 
     # the core's state, for REST and metrics (and tests)
     cluster = property(lambda self: self.core.cluster)
@@ -314,6 +315,12 @@ class SbftApp(app_manager.RyuApp):
     @of_handler
     def _of_error(self, ev):
         msg = ev.msg
+        if self.coordinator is not None and (msg.type, msg.code) == ROLE_STALE:
+            # a race, not a fault: a newer leader claimed the switch before this request
+            self.counters["role_stale"] += 1
+            self.logger.warning("dpid=%s: role request refused as stale: a newer leader has "
+                                "claimed the switch", dpid_lib.dpid_to_str(msg.datapath.id))
+            return
         self.counters["of_error"] += 1
         self.logger.error("dpid=%s: OFPErrorMsg type=0x%02x code=0x%02x data=%s",
                           dpid_lib.dpid_to_str(msg.datapath.id), msg.type, msg.code,

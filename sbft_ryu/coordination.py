@@ -4,7 +4,10 @@
 
 * leading: renew the lease when due (a quarter of it); an expired lease or a refused state
   write ends the term; an etcd that does not answer does not, until the fence (see
-  :class:`~sbft_ryu.election.Election`) — another member may answer the next keepalive;
+  :class:`~sbft_ryu.election.Election`) — another member may answer the next keepalive. A
+  leader fenced while etcd stalled (electing its own leader extends every lease) finds its
+  key still on its live lease when etcd answers again, and leads again in the same term;
+  any other ended term lets its lease go at once (revoke), so the others need not wait;
 * following: read the leader key (every ``Election.poll_s``); another controller's key: follow
   it (the app tells the switches this controller is SLAVE of that term); no key: campaign, i.e.
   grant a lease and create the key only if still absent; on success, take over: load the state
@@ -131,12 +134,6 @@ class Coordinator:
             self._step_down(e.reason)
         if e.role == LEADER:
             return self._keep(now)
-        if self._lease is not None:  # a term that ended: let the others win at once
-            try:
-                self.etcd.revoke(self._lease)
-                self._lease = None
-            except EtcdError:
-                pass  # it expires by itself
         try:
             found = self.etcd.get(self.leader_key)
         except EtcdError as exc:
@@ -144,6 +141,7 @@ class Coordinator:
         self._reachable()
         if found is not None:
             return self._seen(found, now)
+        self._lease = None  # (the key is gone: so is whatever lease we held)
         if self.refused:
             e.no_leader(self.refused)
             return e.poll_s
@@ -174,16 +172,35 @@ class Coordinator:
             e.no_leader(str(exc))
             self._log_reason(logging.ERROR, str(exc))
             return e.poll_s
-        if ident == self.id:  # our own key of a term we ended (its revoke failed)
-            try:
-                self.etcd.revoke(meta["lease"])
-            except EtcdError:
-                pass
-            return e.poll_s
+        if ident == self.id:
+            return self._own_key(meta, now)
         if e.following(url, meta["create_revision"]):
             self._log_reason(logging.INFO, f"following the leader {url} (term "
                                            f"{meta['create_revision']})")
             self.hooks.follow(meta["create_revision"])
+        return e.poll_s
+
+    def _own_key(self, meta, now):
+        """Our key of a term we stopped acting in. Still on our live lease (etcd stalled, e.g.
+        electing its own leader, and extended the lease meanwhile): nobody else can have led,
+        so lead again in the same term (taking over afresh). Otherwise let it go at once."""
+        e = self.election
+        if not self.refused and meta["lease"] == self._lease:
+            try:
+                ttl = self.etcd.keepalive(self._lease)
+            except EtcdError as exc:
+                return self._unreachable(exc, now)
+            if ttl > 0:
+                e.elected(now, meta["create_revision"], self.url)  # ``now``: before the send
+                self.logger.info("sbft: leading again (term %d): etcd answered before the "
+                                 "lease ended", e.term)
+                self._take_over(e.term)
+                return e.poll_s
+        try:
+            self.etcd.revoke(meta["lease"])
+        except EtcdError:
+            pass  # it expires by itself
+        self._lease = None
         return e.poll_s
 
     def _campaign(self, now):

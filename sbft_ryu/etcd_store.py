@@ -32,7 +32,7 @@ def _b64(data):
 
 
 def _short(exc):
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) or type(exc).__name__  # (a timeout has no text)
     return text[:160] + ("..." if len(text) > 160 else "")
 
 

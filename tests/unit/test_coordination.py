@@ -50,6 +50,11 @@ class FakeEtcd:
             del self.kv[key]
             self.revision += 1
 
+    def promote(self):
+        """What a newly elected etcd raft leader does: every lease gets its full TTL again."""
+        self.leases = {lease: (ttl, self.clock[0] + ttl) for lease, (ttl, _) in
+                       self.leases.items()}
+
     def get(self, key):
         self._check()
         item = self.kv.get(key)
@@ -373,3 +378,41 @@ def test_etcd_does_not_retry_an_answer_that_refuses():
     etcd = Etcd([("a", 1), ("b", 2)], 0.5, make_client=make)
     with pytest.raises(EtcdError, match="^a:1: no$"):
         etcd.keepalive(5)
+
+
+def test_a_leader_fenced_while_etcd_elected_its_own_leader_leads_again_in_the_same_term(etcd,
+                                                                                      clock):
+    c1, _, hooks = _controller(etcd, clock, "c1")
+    c2, _, hooks2 = _controller(etcd, clock, "c2")
+    c1.step(clock[0])
+    c2.step(clock[0])
+    term = c1.election.term
+    etcd.down = True  # etcd's raft leader died: nothing answers for 0.9 s
+    for _ in range(9):
+        clock[0] += 0.1
+        c1.step(clock[0])
+        c2.step(clock[0])
+    assert not c1.acting(clock[0])  # fenced at 0.8 s
+    assert hooks.calls[-1][0] == "stepped_down"
+    etcd.promote()  # the new raft leader extends every lease
+    etcd.down = False
+    c2.step(clock[0])  # the key is still c1's: c2 follows, cannot win
+    c1.step(clock[0])
+    assert c1.acting(clock[0]) and c1.election.term == term
+    assert hooks.calls[-2:] == [("restore", None, term), ("lead", term)]
+    assert not c2.acting(clock[0]) and c2.status(clock[0])[2] == term
+
+
+def test_a_leader_whose_key_expired_meanwhile_does_not_come_back(etcd, clock):
+    c1, _, _ = _controller(etcd, clock, "c1")
+    c2, _, _ = _controller(etcd, clock, "c2")
+    c1.step(clock[0])
+    c2.step(clock[0])
+    etcd.down = True
+    clock[0] += 1.5  # etcd down longer than the lease, no promotion: the key expires
+    c1.step(clock[0])
+    etcd.down = False
+    c2.step(clock[0])
+    c1.step(clock[0])
+    assert c2.acting(clock[0]) and not c1.acting(clock[0])
+    assert c1.status(clock[0])[1] == "http://c2:8080"

@@ -125,6 +125,23 @@ class EtcdCluster:
             if self.procs[index] is not None:
                 self.wait_member(index, timeout)
 
+    def raft_leader(self, timeout=1.0):
+        """The index of the member etcd's own raft elected leader, or None (no answer)."""
+        for index in range(len(self.names)):
+            if self.procs[index] is None:
+                continue
+            request = urllib.request.Request(
+                f"http://{self.endpoints[index]}/v3/maintenance/status", data=b"{}",
+                method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    status = json.loads(response.read().decode())
+            except (OSError, ValueError):
+                continue
+            if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                return index
+        return None
+
     def kill(self, index):
         """SIGKILL member ``index`` (by PID) and reap it."""
         proc = self.procs[index]
