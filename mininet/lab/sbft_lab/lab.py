@@ -21,7 +21,7 @@ import urllib.request
 
 from mininet.net import Mininet
 
-from sbft_lab import etcd_hosts, topology
+from sbft_lab import etcd, etcd_hosts, topology
 
 topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
@@ -198,7 +198,7 @@ class Lab:
         self.controllers = int(controllers)
         self.leader_lease = leader_lease
         self.loopback_etcd = loopback_etcd
-        self.etcd = None  # the loopback etcd (etcd_hosts.LoopbackEtcd)
+        self.etcd = None  # the loopback etcd (sbft_lab.etcd.EtcdCluster)
         self.ryu_argvs = {}  # controller host -> its ryu-manager argv (several controllers)
         if self.controllers > 1:
             protocols = "OpenFlow13"  # several controllers need role requests with generations
@@ -283,12 +283,10 @@ class Lab:
             ctrl_ip, self.ofp_port, self.wsapi_port = "127.0.0.1", free_port(), free_port()
             self.config_path = os.path.join(self.rundir, "sbft.conf")
             extra = ""
-            if self.loopback_etcd:
-                self.etcd = etcd_hosts.LoopbackEtcd(self.rundir, free_port(), free_port())
+            if self.loopback_etcd:  # (sbft_lab.etcd: part of the controller-level tests)
+                self.etcd = etcd.EtcdCluster(self.rundir, members=1)
                 self.etcd.start()
-                wait_until(lambda: self._etcd_healthy(self.etcd.endpoint), 20, 0.1,
-                           "the loopback etcd")
-                extra = self._coordination_text(self.etcd.endpoint)
+                extra = self._coordination_text(",".join(self.etcd.endpoints))
             with open(self.config_path, "w", encoding="utf-8") as handle:
                 handle.write(self._sbft_conf_text(extra))
             ryu_args = self.ryu_args
@@ -328,7 +326,7 @@ class Lab:
     def _start_several(self):
         """The network first (the controllers and etcd run in its hosts), then etcd, then every
         ryu-manager, then the switch's controller list; waits for a leader."""
-        etcd_hosts.require_etcd()
+        etcd.etcd_binary()  # fails (FileNotFoundError) with how to install it
         self._lock = take_lab_lock()
         self.ofp_port, self.wsapi_port = topo.OFP_PORT, topo.WSAPI_PORT
         self.config_path = os.path.join(self.rundir, "sbft.conf")
@@ -373,7 +371,7 @@ class Lab:
         members = [(e["name"], e["mgmt_ip"], topo.ETCD_PEER_PORT) for e in self.control["etcd"]]
         member = next(e for e in self.control["etcd"] if e["name"] == name)
         host = self.host(name)
-        argv = etcd_hosts.member_argv(name, member["mgmt_ip"], topo.ETCD_CLIENT_PORT,
+        argv = etcd_hosts.member_argv(etcd.etcd_binary(), name, member["mgmt_ip"], topo.ETCD_CLIENT_PORT,
                                       topo.ETCD_PEER_PORT, members,
                                       os.path.join(host.rundir, "data"))
         return host.spawn("etcd", argv)
