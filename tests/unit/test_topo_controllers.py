@@ -96,3 +96,23 @@ def test_etcd_member_argv():
     assert int(pairs["--election-timeout"]) >= 5 * int(pairs["--heartbeat-interval"])
     assert (int(pairs["--heartbeat-interval"]), int(pairs["--election-timeout"])) == (
         etcd.HEARTBEAT_MS, etcd.ELECTION_MS)
+
+
+SYNACKS = [  # tcpdump lines: port 52736 used by two connections 1.6 s apart, then one doubled
+    "18:27:28.488757 IP 10.0.0.100.5555 > 10.0.0.31.52736: Flags [S.], seq 966726880, "
+    "ack 486879740, win 43440, length 0",
+    "18:27:30.108429 IP 10.0.0.100.5555 > 10.0.0.31.52736: Flags [S.], seq 966792513, "
+    "ack 512187755, win 43440, length 0",
+    "18:27:31.000000 IP 10.0.0.100.5555 > 10.0.0.31.52800: Flags [S.], seq 1, ack 7, length 0",
+    "18:27:31.000100 IP 10.0.0.100.5555 > 10.0.0.31.52800: Flags [S.], seq 2, ack 7, length 0",
+    "18:27:31.000200 IP 10.0.0.100.5555 > 10.0.0.31.52800: Flags [R.], seq 3, ack 7, length 0",
+]
+
+
+def test_connections_answering_tells_a_reused_port_from_a_doubled_answer():
+    from sbft_lab import lab as lab_module
+
+    answers = lab_module.Lab.connections_answering(None, SYNACKS)
+    assert answers == {("52736", "486879740"): {"966726880"},
+                       ("52736", "512187755"): {"966792513"},
+                       ("52800", "7"): {"1", "2"}}

@@ -664,6 +664,20 @@ class Lab:
             answers.setdefault(port, set()).add(words[words.index("seq") + 1])
         return answers
 
+    def connections_answering(self, synack_lines):
+        """(client port, ack) → distinct SYN-ACK sequence numbers seen. The ack names the
+        client's SYN, so a client port reused by a later connection (seen in runs of several
+        seconds) is another key; two numbers under one key: two replicas answered one SYN."""
+        answers = {}
+        for line in synack_lines:
+            if "Flags [S.]" not in line:
+                continue
+            words = line.replace(",", "").split()
+            port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
+            ack = words[words.index("ack") + 1] if "ack" in words else "?"
+            answers.setdefault((port, ack), set()).add(words[words.index("seq") + 1])
+        return answers
+
     def capture(self, host_name, expression, seconds):
         """Packets matching a tcpdump ``expression`` on the host's data interface over
         ``seconds`` (tcpdump inside the host's namespace, bounded by timeout)."""
