@@ -76,10 +76,12 @@ def _no_double_answers(lab, capture):
     return answers
 
 
-def test_leader_sigkill_under_load_fails_no_request(lab_factory):
+@pytest.mark.parametrize("keys", [False, True], ids=["http", "keyed-udp"])
+def test_leader_sigkill_under_load_fails_no_request(lab_factory, keys):
     """SIGKILL the leading ryu-manager under the paced client: 0 failed requests, the follower
-    leads within leader_lease + 1 s, the same primary keeps serving."""
-    lab, leader, follower = _two_controllers(lab_factory)
+    leads within leader_lease + 1 s, the same primary keeps serving. Keyed: every agent signs
+    its heartbeats in one session per controller and beats over UDP to each."""
+    lab, leader, follower = _two_controllers(lab_factory, keys=keys)
     primary = lab.controller_health(leader)["primary"]
     capture = lab.start_capture("c1", SYNACKS)
     proc, log = _pace(lab, "leader-kill.jsonl", 6.0)
@@ -96,6 +98,13 @@ def test_leader_sigkill_under_load_fails_no_request(lab_factory):
         f"the follower led {led_at - killed_at:.3f} s after the leader's death"
     after = lab.controller_health(follower)
     assert after["primary"] == primary and after["status"] == "ok", after
+    if keys:  # the new leader had sessions of its own with every agent, over UDP
+        rejected = [r["name"] for r in after["replicas"] if r["state"] != "up"]
+        assert not rejected, after["replicas"]
+        metrics = subprocess.run(["curl", "-s", "-m", "2", lab.url_of(follower) + "/metrics"],
+                                 capture_output=True, text=True, timeout=10).stdout
+        udp = re.search(r'sbft_controller_total\{event="heartbeat_udp"\} ([0-9.e+]+)', metrics)
+        assert udp and float(udp.group(1)) > 0, metrics[-2000:]
 
 
 def test_primary_killed_after_the_leader_is_failed_over_by_the_new_leader(lab_factory):
