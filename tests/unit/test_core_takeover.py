@@ -9,7 +9,6 @@ import pytest
 
 from sbft_ryu import decide, election
 from sbft_ryu.core import Core
-from sbft_ryu.model import Converge
 from sbft_ryu.ofp.tables import Tables
 from sbft_ryu.rest import Heartbeat
 from sbft_ryu.store import NotWritten

@@ -16,6 +16,7 @@ def test_a_new_controller_follows_and_knows_no_leader():
 def test_an_elected_leader_leads_until_the_lease_minus_the_margin_from_the_send():
     e = Election(ttl=2)
     assert e.elected(sent_at=10.0, term=7, url="http://c1:8080")
+    assert (e.role, e.term, e.leader, e.reason) == (LEADER, 7, "http://c1:8080", "elected")
     assert e.margin == pytest.approx(0.4)
     assert e.fence_at() == pytest.approx(11.6)
     assert e.leading(11.59)
