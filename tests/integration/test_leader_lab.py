@@ -251,3 +251,31 @@ def test_etcd_member_loss(lab_factory, topo_module):
     assert time.monotonic() - back_at <= LEASE_S + 2 + OBSERVE_S, \
         f"a leader only {time.monotonic() - back_at:.2f} s after the member came back"
     assert lab.controller_health(led)["primary"] == primary
+
+
+def test_leader_cut_off_from_everything_fails_no_request(lab_factory):
+    """The leader's only link goes down (etcd, the switch and the agents all lose it): 0 failed
+    requests, the follower leads within leader_lease + 1 s (the agents' heartbeats to the
+    unreachable one time out in a loop of their own and delay nobody's); the link back, the
+    old leader follows and changes no flow."""
+    lab, leader, follower = _two_controllers(lab_factory)
+    primary = lab.controller_health(leader)["primary"]
+    proc, log = _pace(lab, "isolated.jsonl", 6.0)
+    time.sleep(1.5)
+    cut_at = time.monotonic()
+    lab.isolate(leader)
+    led_at = _wait_role(lab, follower, "leader", LEASE_S + 1 + OBSERVE_S + 5,
+                        "after the leader was cut off")
+    records = _records(proc, log)
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, f"{len(failed)} of {len(records)} requests failed: {failed[:5]}"
+    assert led_at - cut_at <= LEASE_S + 1 + OBSERVE_S, \
+        f"the follower led {led_at - cut_at:.3f} s after the cut"
+    assert lab.controller_health(follower)["primary"] == primary
+    healed_at = time.monotonic()
+    lab.isolate(leader, cut=False)
+    _wait_role(lab, leader, "follower", LEASE_S + 5, "after the link came back")
+    time.sleep(LEASE_S + 1)
+    assert _role(lab, follower)[0] == "leader"
+    changed = [text for _, text in _installed_since(lab, healed_at)]
+    assert not changed, f"flows changed after the old leader came back: {changed}"
