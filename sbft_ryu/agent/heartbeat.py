@@ -8,7 +8,9 @@ be reached, or answers that it has not decided yet (a restarted controller befor
 the members), the agent keeps its last role (fail-static) and says so once in its log; the
 switch's reply filter and the controller's failover cover a primary that is cut off. Role
 changes are applied in the order that never lets a demoted replica's kernel keep accepting
-replies after its agent has stopped doing so.
+replies after its agent has stopped doing so. With several controllers one such loop runs per
+controller, each with its own session, and only a leader's answers are applied
+(:mod:`sbft_ryu.agent.leader`).
 """
 
 import http.client
