@@ -20,7 +20,7 @@ PY="$VENV/bin/python"
 
 APT_PACKAGES="openvswitch-switch mininet haproxy keepalived iptables ethtool iproute2 \
 iputils-ping net-tools curl wrk tcpdump psmisc procps libnetfilter-queue-dev gcc make \
-python3 python3-venv python3-dev python3-cryptography"
+python3 python3-venv python3-dev python3-cryptography etcd-server etcd-client"
 
 say() { printf '\n=== %s\n' "$*"; }
 
@@ -119,6 +119,7 @@ case "${1:-}" in
         "$PY" mininet/bench_voting.py
         "$PY" mininet/bench_restart.py
         "$PY" mininet/bench_heartbeats.py
+        "$PY" mininet/bench_leader.py --docs docs
         exec "$PY" mininet/bench_uploads.py
         ;;
     *)

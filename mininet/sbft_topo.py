@@ -69,6 +69,13 @@ WSAPI_PORT = 8080  # ryu-manager's default REST port
 TEST_FAULTS_ENV = {"SBFT_TEST_FAULTS": "1"}
 PROBE_PATH = "/sbft-probe"
 MAX_HOSTS_PER_ROLE = 9
+# several controllers (``controllers=2`` or 3): each ryu-manager in a host of its own on the
+# management network, beside a 3-member etcd cluster in hosts of their own
+MAX_CONTROLLERS = 3
+ETCD_MEMBERS = 3
+OFP_PORT = 6653
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 
 
 # ---- the plan: plain data, tested without Mininet ------------------------------------------
@@ -97,6 +104,36 @@ def plan(lbs=3, backends=2, clients=1):
         "backends": [backend_plan(j) for j in range(1, int(backends) + 1)],
         "clients": [client_plan(k) for k in range(1, int(clients) + 1)],
     }
+
+
+def controller_plan(n):
+    return {"name": f"ctl{n}", "mgmt_ip": f"10.254.0.{20 + n}", "port": 40 + n}
+
+
+def etcd_plan(n):
+    return {"name": f"etcd{n}", "mgmt_ip": f"10.254.0.{30 + n}", "port": 50 + n}
+
+
+def control_plan(controllers=1):
+    """The controllers' and etcd members' hosts: none for one controller (it runs in the root
+    namespace, as it always did), else ``controllers`` controller hosts and ETCD_MEMBERS etcd
+    hosts, all on the management network (``port``: their port on s0)."""
+    if isinstance(controllers, bool) or not 1 <= int(controllers) <= MAX_CONTROLLERS:
+        raise ValueError(f"controllers must be 1..{MAX_CONTROLLERS}, got {controllers}")
+    if int(controllers) == 1:
+        return {"controllers": [], "etcd": []}
+    return {"controllers": [controller_plan(n) for n in range(1, int(controllers) + 1)],
+            "etcd": [etcd_plan(n) for n in range(1, ETCD_MEMBERS + 1)]}
+
+
+def controller_urls(control, wsapi_port=WSAPI_PORT):
+    """The controllers' REST base URLs, as agents (and the lab) reach them."""
+    return [f"http://{c['mgmt_ip']}:{wsapi_port}" for c in control["controllers"]]
+
+
+def etcd_endpoints(control):
+    """``HOST:PORT,...`` of the etcd members' client ports (``coordination = etcd://...``)."""
+    return ",".join(f"{e['mgmt_ip']}:{ETCD_CLIENT_PORT}" for e in control["etcd"])
 
 
 HAPROXY_HEAD = """global
@@ -386,9 +423,12 @@ class SbftTopo(Topo):
               mgmt_ip=MGMT_ROOT_IP, wsapi_port=WSAPI_PORT, agent_args=(),
               protocols="OpenFlow10,OpenFlow13", vip_mode="sbft", advert_int=1.0,
               vrrp_version=2, skew=False, keys=None, faults=None, backend_date=False,
-              test_faults=False):
+              test_faults=False, controllers=1):
         layout = plan(lbs, backends, clients)
+        control = control_plan(controllers)
         controller_url = rest_url(mgmt_ip, wsapi_port, layout)
+        if control["controllers"]:  # the agents report to every controller
+            controller_url = ",".join(controller_urls(control, wsapi_port))
         agent_env = TEST_FAULTS_ENV if (test_faults or skew or faults) else {}
         if agents and not os.access(os.path.join(VENV_BIN, "sbft-agent"), os.X_OK):
             # a warning, not an exception: under ``mn`` an exception runs Mininet's cleanup,
@@ -434,6 +474,13 @@ class SbftTopo(Topo):
         for i, r in enumerate(layout["replicas"], 1):
             self.addLink(r["name"], s0, port2=i,
                          params1={"ip": f"{r['mgmt_ip']}/{MGMT_PREFIX}"})
+        # several controllers: their hosts and etcd's, on the management network only (the
+        # switch reaches the controllers from the root namespace, through mgmt0); the lab
+        # (sbft_lab) starts ryu-manager and etcd in them
+        for node in control["controllers"] + control["etcd"]:
+            self.addHost(node["name"], cls=LabHost, ip=f"{node['mgmt_ip']}/{MGMT_PREFIX}",
+                         rundir=_subdir(rundir, node["name"]))
+            self.addLink(node["name"], s0, port2=node["port"])
 
 
 def rest_url(mgmt_ip, wsapi_port, layout):

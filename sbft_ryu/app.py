@@ -10,6 +10,14 @@ line before any switch is touched; an OpenFlow handler's error (:func:`of_handle
 liveness round is logged with its switch and counted; an OpenFlow error from a switch is logged
 and counted. A connecting switch is not wiped: its tables are read and only the difference is
 sent (:meth:`~sbft_ryu.core.Core.tables_read`).
+
+Several controllers (``[sbft] coordination = etcd://...``): the state lives in etcd
+(:mod:`sbft_ryu.etcd_store`) and a :class:`~sbft_ryu.coordination.Coordinator` elects one
+leader. Every controller connects to the switch, reads it and records heartbeats; only the
+acting leader sends anything that changes the switch (:meth:`SbftApp._send` drops it
+otherwise) or nudges agents, and it claims the OpenFlow 1.3 MASTER role with its term as the
+generation id while the others are SLAVE, so the switch itself refuses a deposed leader. An
+OpenFlow 1.0 switch is refused with one line (its role request has no generation id).
 """
 
 import functools
@@ -29,11 +37,14 @@ from ryu.lib import dpid as dpid_lib
 from ryu.lib import hub
 
 from sbft_ryu import config as sbft_config
-from sbft_ryu import beatwire, metrics, ofp, rest, udp_server, views
+from sbft_ryu import beatwire, election, metrics, ofp, rest, udp_server, views
+from sbft_ryu.coordination import Coordinator, Hooks
+from sbft_ryu.etcd_store import Etcd, EtcdStore, key_prefix
 from sbft_ryu.core import (REJECTED, SLOW, Core, NotByzantine, Resync,
                            with_stored_secret)
 from sbft_ryu.flowfile import FlowSyntaxError
-from sbft_ryu.model import Converge
+from sbft_ryu.model import (Converge, EnablePacketIn, ReadTables, RequestPorts,
+                            RoleRequest)
 from sbft_ryu.ofp import TranslationError, make_translator
 from sbft_ryu.referee import AuthError, SourceError
 from sbft_ryu.store import FileStore, NullStore, StateError
@@ -45,6 +56,15 @@ sbft_config.register_opts(CONF)
 # least every MAX_TICK_S; between heartbeats nothing else can change it.
 TICK_SLACK_S = 0.002
 MAX_TICK_S = 0.05
+# What a controller that does not lead may still send: it reads the switch and states its role.
+READ_ONLY = (EnablePacketIn, RequestPorts, ReadTables, RoleRequest)
+# OpenFlow 1.3's error (type ROLE_REQUEST_FAILED, code STALE): a generation id older than the
+# switch's.
+ROLE_STALE = (11, 0)
+# etcd requests time out after this (at least) or a quarter of the lease: a keepalive stuck on
+# a member that lost its raft leader must leave time to retry on another before the fence.
+ETCD_TIMEOUT_S = 0.3
+
 # Ryu logs every HTTP request through this logger at INFO; heartbeats alone would make that
 # 20 lines per second per replica. Raise it with --default-log-level or a log config file.
 ACCESS_LOGGER = "ryu.lib.hub"
@@ -92,6 +112,7 @@ def of_handler(handler):
 class SbftApp(app_manager.RyuApp):
     OFP_VERSIONS = list(ofp.SUPPORTED_VERSIONS)
     _CONTEXTS = {"wsgi": WSGIApplication}
+    coordinator = None  # (an instance attribute once built; tests build apps without it)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,12 +123,13 @@ class SbftApp(app_manager.RyuApp):
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
         self.switches = {}  # dpid -> Switch
+        self.coordinator = None  # with coordination: the election
         self._nudge_socket = None
         self._udp_answers = beatwire.AnswerCache()
         self._udp_server = udp_server.UdpHeartbeatServer(self._udp_fast, self._udp_slow)
         try:
             self.core = self._restored_core()
-        except StateError as exc:
+        except (StateError, election.LeaderRecordError) as exc:
             self.logger.error("sbft: %s", exc)
             raise SystemExit(2) from None
         self.registry = metrics.make_registry(self._metrics_source)
@@ -125,6 +147,8 @@ class SbftApp(app_manager.RyuApp):
         """The Core, with the state of the last run when there is one (StateError if it
         cannot be used). Writes go through eventlet's thread pool: an fsync must not stall the
         hub (heartbeats, the ticker and OpenFlow all run on it)."""
+        if self.config.coordination:
+            return self._coordinated_core()
         path = self.config.state_file
         store = FileStore(path, lock=hub.Semaphore(1), run=tpool.execute) if path \
             else NullStore()
@@ -143,6 +167,47 @@ class SbftApp(app_manager.RyuApp):
                          "restored" if state else "first start" if path else "not kept")
         return core
 
+    def _coordinated_core(self):
+        """The Core of one of several controllers: its state comes from etcd when it takes
+        over (coordination.Coordinator), not now. Keys of an unknown format stop it here
+        (StateError); an etcd that does not answer does not (it retries)."""
+        config = self.config
+        etcd = Etcd(config.coordination, max(ETCD_TIMEOUT_S, config.leader_lease / 4))
+        store = EtcdStore(etcd, key_prefix(config.vip), lambda: self.coordinator.may_write(),
+                          lambda reason: self.coordinator.refused_write(reason))
+        self.coordinator = Coordinator(config, etcd, store, config.advertise_url,
+                                       hooks=_LeaderHooks(self), logger=self.logger)
+        self.coordinator.check_at_start()  # StateError, LeaderRecordError: the app stops
+        core = Core(config, send=self._send, nudge=self._nudge_agents, logger=self.logger,
+                    lock=hub.Semaphore(1), store=store, wall=time.time)
+        core.restore(None, time.monotonic())  # nothing written: a follower until elected
+        self.logger.info("sbft: coordination %s (lease %ds), this controller is %s (id %s); "
+                         "state in etcd key %s, state_file not used", config.coordination_url,
+                         config.leader_lease, config.advertise_url, self.coordinator.id,
+                         store.key)
+        return core
+
+    def _controller_status(self):
+        if self.coordinator is None:
+            return views.STANDALONE_STATUS
+        return self.coordinator.status(time.monotonic())
+
+    def _acting(self):
+        """Whether this controller may change the switch and nudge agents now."""
+        return self.coordinator is None or self.coordinator.acting(time.monotonic())
+
+    def _role_request(self):
+        """The role to claim on a switch now: MASTER with our term when leading, SLAVE of the
+        known leader's term, or None (no term known yet: a SLAVE request of generation 0 could
+        be refused as stale; nothing is sent until one is known)."""
+        if self.coordinator is None:
+            return None
+        role, leader, term, _ = self._controller_status()
+        if role == election.LEADER:
+            return RoleRequest("master", term)
+        # only of a leader known now: a term that ended may be older than the switch's
+        return RoleRequest("slave", term) if term and leader else None
+
     # the core's state, for REST and metrics (and tests)
     cluster = property(lambda self: self.core.cluster)
     referee = property(lambda self: self.core.referee)
@@ -152,6 +217,8 @@ class SbftApp(app_manager.RyuApp):
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._ticker))
+        if self.coordinator is not None:
+            self.threads.append(hub.spawn(self.coordinator.run, hub.sleep))
         if self.config.heartbeat_port and self.config.replica_keys:
             slow = self._udp_heartbeats()
             if slow is not None:
@@ -182,9 +249,18 @@ class SbftApp(app_manager.RyuApp):
         dpid = datapath.id
         log = SwitchLog(self.logger, {"dpid": dpid_lib.dpid_to_str(dpid)})
         switch = Switch(datapath, make_translator(datapath.ofproto.OFP_VERSION), log)
+        if self.coordinator is not None and switch.translator.name != "1.3":
+            self.counters["switch_refused"] += 1
+            log.error("refused: OpenFlow %s has no role request with a generation id; several "
+                      "controllers (coordination) need OpenFlow 1.3 (ovs-vsctl set bridge BR "
+                      "protocols=OpenFlow13)", switch.translator.name)
+            return
         self.switches[dpid] = switch
         log.info("connected (OpenFlow %s, %s)", switch.translator.name,
                  "service switch" if self.core.is_service(dpid) else "flows file only")
+        role = self._role_request()
+        if role is not None:
+            self._send(dpid, [role])
         if not self.core.switch_connected(dpid, switch.translator.name, log, time.monotonic()):
             return
         ports = switch.translator.ports_in_features(ev.msg)
@@ -239,6 +315,12 @@ class SbftApp(app_manager.RyuApp):
     @of_handler
     def _of_error(self, ev):
         msg = ev.msg
+        if self.coordinator is not None and (msg.type, msg.code) == ROLE_STALE:
+            # a race, not a fault: a newer leader claimed the switch before this request
+            self.counters["role_stale"] += 1
+            self.logger.warning("dpid=%s: role request refused as stale: a newer leader has "
+                                "claimed the switch", dpid_lib.dpid_to_str(msg.datapath.id))
+            return
         self.counters["of_error"] += 1
         self.logger.error("dpid=%s: OFPErrorMsg type=0x%02x code=0x%02x data=%s",
                           dpid_lib.dpid_to_str(msg.datapath.id), msg.type, msg.code,
@@ -248,7 +330,7 @@ class SbftApp(app_manager.RyuApp):
 
     def api_health(self):
         return views.health_view(self.config, self.cluster, self.core.seen, time.monotonic(),
-                                 self.referee, self.core.decided())
+                                 self.referee, self.core.decided(), self._controller_status())
 
     def api_replicas(self):
         return views.replicas_view(self.config, self.cluster, time.monotonic(), self.referee)
@@ -289,7 +371,7 @@ class SbftApp(app_manager.RyuApp):
                                      self.agent_addresses, reset,
                                      self.referee.secret_field(name),
                                      self.config.heartbeat_port if keyed else None,
-                                     self.core.decided())
+                                     self.core.decided(), self._controller_status())
 
     def api_readmit(self, name):
         try:
@@ -343,7 +425,9 @@ class SbftApp(app_manager.RyuApp):
         if not wanted:
             return None
         # a steady beat's answer depends on nothing else (no voting: no peers, no resets)
-        depends = (self.cluster.view, self.cluster.state(name), nonce, self.core.decided())
+        status = self._controller_status()
+        depends = (self.cluster.view, self.cluster.state(name), nonce, self.core.decided(),
+                   status[0], status[2])
         payload = self._udp_answers.keyed(
             name, depends, lambda: self._heartbeat_reply(name, nonce, ()))
         return beatwire.answer_from_payload(self.referee.keys[name], name, seq, payload)
@@ -375,7 +459,7 @@ class SbftApp(app_manager.RyuApp):
         """Tell every agent to ask for its role now (a UDP datagram carrying nothing: the role
         itself only travels in heartbeat answers), instead of at its next heartbeat."""
         port = self.config.agent_notify_port
-        if not port or not addresses:
+        if not port or not addresses or not self._acting():
             return
         if self._nudge_socket is None:
             self._nudge_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -391,6 +475,15 @@ class SbftApp(app_manager.RyuApp):
         if not messages:
             return True
         switch = self.switches[dpid]
+        allowed = True
+        if not self._acting():  # fenced: reads and role claims only
+            kept = [m for m in messages if isinstance(m, READ_ONLY)]
+            allowed = len(kept) == len(messages)
+            if not allowed:
+                self.counters["fenced_messages"] += len(messages) - len(kept)
+                messages = kept
+            if not messages:
+                return False
         try:
             encoded = switch.translator.translate(messages)
         except TranslationError as exc:
@@ -407,4 +500,29 @@ class SbftApp(app_manager.RyuApp):
                 self.counters["converge_changes"] += changes
                 switch.log.info("tables read: %d entries found, %d changes sent",
                                 len(message.found), changes)
-        return True
+        return allowed
+
+
+class _LeaderHooks(Hooks):
+    """What the app does when its role among several controllers changes (called from the
+    coordinator's green thread)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def restore(self, state, term):
+        self.app.core.take_over(state, time.monotonic(), election.service_cookie(term))
+
+    def lead(self, term):
+        """Claim MASTER on every switch, then read and converge it as after a restart."""
+        app = self.app
+        for dpid, switch in list(app.switches.items()):
+            app._send(dpid, [RoleRequest("master", term)])
+            app.core.switch_connected(dpid, switch.translator.name, switch.log,
+                                      time.monotonic())
+        app.logger.info("sbft: leading (term %d): %d switches claimed, service flows cookie "
+                        "0x%x", term, len(app.switches), election.service_cookie(term))
+
+    def follow(self, term):
+        for dpid in list(self.app.switches):
+            self.app._send(dpid, [RoleRequest("slave", term)])

@@ -324,6 +324,11 @@ class ClusterState:
                                  in state["generation_epoch"].items() if name in known}
         self.epoch_primary = {int(e): name for e, name in state["epoch_primary"].items()
                               if name is None or name in known}
+        for name in known:  # a running follower taking over may have convicted on its own
+            health = self.health[name]
+            if health.byzantine and name not in state["byzantine"]:
+                health.byzantine = False
+                health.down_reason = None
         for name, reason in state["byzantine"].items():
             if name in known:
                 health = self.health[name]

@@ -177,6 +177,45 @@ def _token_file(_option, value, _parsed):
     return token.encode("ascii")
 
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+def _host_port(option, value, item):
+    """``HOST:PORT`` → (host, port); ``value`` is what the error names."""
+    host, _, port = item.rpartition(":")
+    if not host or not _HOST.match(host) or not _DIGITS.match(port) \
+            or not 1 <= int(port) <= 65535:
+        raise ConfigError(option, value, "HOST:PORT with PORT 1..65535")
+    return host, int(port)
+
+
+def _coordination(option, value, _parsed):
+    """Empty: one controller (the local state file); ``etcd://HOST:PORT[,HOST:PORT...]``:
+    several, one leader elected through etcd → the endpoints, in the order tried."""
+    text = str(value or "").strip()
+    if not text:
+        return ()
+    expected = "empty, or etcd://HOST:PORT[,HOST:PORT...] (etcd's client URLs)"
+    if not text.startswith("etcd://"):
+        raise ConfigError(option, value, expected)
+    items = [item.strip() for item in text[len("etcd://"):].split(",")]
+    if not all(items):
+        raise ConfigError(option, value, expected)
+    endpoints = tuple(_host_port(option, value, item) for item in items)
+    if len(set(endpoints)) != len(endpoints):
+        raise ConfigError(option, value, "distinct etcd endpoints")
+    return endpoints
+
+
+def _url(option, value, _parsed):
+    """Empty (derived from the REST API's address at start) or an http(s) base URL."""
+    text = str(value or "").strip().rstrip("/")
+    if text and not re.match(r"^https?://[A-Za-z0-9.\[\]:-]+(:[0-9]{1,5})?(/\S*)?$", text):
+        raise ConfigError(option, value, "an http:// or https:// base URL such as "
+                          "http://10.0.0.1:8080, or empty")
+    return text
+
+
 def _ipv4(option, value, _parsed=None):
     try:
         return str(ipaddress.IPv4Address(str(value).strip()))
@@ -329,6 +368,16 @@ OPTIONS = (
            "where the controller keeps its state across restarts, relative to the config "
            "file (not set: /var/lib/sbft_ryu/state.json as root, else the user's state "
            "directory; empty: nothing is kept)"),
+    Option("coordination", _coordination, "",
+           "empty: this controller alone, its state in state_file; "
+           "etcd://HOST:PORT[,HOST:PORT...]: several controllers elect one leader through "
+           "etcd and keep the state there (needs OpenFlow 1.3)"),
+    Option("leader_lease", _int(1, 3600), "2",
+           "seconds of the leader's etcd lease (whole seconds, as etcd counts them): a dead "
+           "leader is replaced about this long after its death"),
+    Option("advertise_url", _url, "",
+           "this controller's REST base URL as the other controllers and /sbft/health show "
+           "it (empty: http://<wsapi_host or this host's name>:<wsapi_port>)"),
 )
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
@@ -374,12 +423,22 @@ class SbftConfig:
     state_file: str = ""  # empty: persistence off
     # else random, kept in the state file
     active_secret_configured: bool = field(default=False, repr=False)
+    coordination: Tuple[Tuple[str, int], ...] = ()  # etcd endpoints; (): standalone
+    leader_lease: int = _parsed_default("leader_lease")
+    advertise_url: str = ""
 
     @property
     def f(self):
         """Byzantine replicas tolerated: n = 2f + 1 (or more) configured members; spares do
         not count (n and f are those of the ``replica`` lines)."""
         return max(0, (len(self.replicas) - 1) // 2)
+
+    @property
+    def coordination_url(self):
+        """The coordination option as given (normalised), "" standalone."""
+        if not self.coordination:
+            return ""
+        return "etcd://" + ",".join(f"{host}:{port}" for host, port in self.coordination)
 
     @property
     def nodes(self):
@@ -425,7 +484,22 @@ def load_config(conf):
             # relative to the config file that names it, so the command works from any
             # directory
             raw[name] = os.path.join(base_dir, path)
+    if str(raw.get("coordination") or "").strip() \
+            and not str(raw.get("advertise_url") or "").strip():
+        raw["advertise_url"] = default_advertise_url(getattr(conf, "wsapi_host", None),
+                                                     getattr(conf, "wsapi_port", None))
     return build_config(raw)
+
+
+def default_advertise_url(wsapi_host, wsapi_port):
+    """The REST base URL others can reach: the wsapi address, or this host's name when it
+    listens on every address."""
+    host = str(wsapi_host or "").strip()
+    if host in ("", "0.0.0.0", "::"):
+        import socket
+
+        host = socket.gethostname()
+    return f"http://{host}:{int(wsapi_port or 8080)}"
 
 
 def build_config(raw):
@@ -462,7 +536,10 @@ def build_config(raw):
                       api_token=parsed["api_token_file"],
                       state_file=parsed["state_file"],
                       active_secret_configured=bool(str(raw.get("active_secret") or "")
-                                                    .strip()))
+                                                    .strip()),
+                      coordination=parsed["coordination"],
+                      leader_lease=parsed["leader_lease"],
+                      advertise_url=parsed["advertise_url"])
 
 
 def _check(parsed, raw):
@@ -477,6 +554,12 @@ def _check(parsed, raw):
             parsed["vote_port"], parsed["agent_notify_port"]):
         raise ConfigError("heartbeat_port", raw["heartbeat_port"],
                           "a port other than vote_port and agent_notify_port")
+    if parsed["coordination"] and parsed["mode"] == ACTIVE \
+            and not str(raw.get("active_secret") or "").strip():
+        # each controller would hand agents its own random secret: a new leader's would
+        # break every connection in flight
+        raise ConfigError("active_secret", "", f"a configured secret (the same on every "
+                          f"controller) when mode = {ACTIVE} and coordination is set")
     if parsed["voting"] != ON:
         return
     if parsed["mode"] != ACTIVE:

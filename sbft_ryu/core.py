@@ -31,7 +31,7 @@ from sbft_ryu.cluster import BYZANTINE, UP, ClusterState
 from sbft_ryu.config import ACTIVE, STOP
 from sbft_ryu.model import Converge, EnablePacketIn, ReadTables, RequestPorts
 from sbft_ryu.referee import AuthError, Referee
-from sbft_ryu.store import NullStore, StateError
+from sbft_ryu.store import NotWritten, NullStore, StateError
 
 READMISSIONS_KEPT = 64
 
@@ -130,6 +130,7 @@ class Core:
         self.byzantine_at = {}  # replica -> wall time it was convicted
         self.readmissions = []  # {"replica", "at"}, the last READMISSIONS_KEPT
         self._restored_at = None
+        self.cookie = decide.SERVICE_COOKIE  # of the service flows this controller installs
 
     # ---- durable state ------------------------------------------------------------------------
 
@@ -144,6 +145,17 @@ class Core:
                     from None
         with self._lock:
             self._persist()
+
+    def take_over(self, state, now, cookie):
+        """A follower becomes the leader: take up the state the last leader stored (None:
+        none yet; this controller's own view stands) and write it back with this term; its
+        flows carry ``cookie``. Heartbeats recorded while following are kept (the takeover
+        starts warm). Switches are converged afterwards (switch_connected again)."""
+        self.cookie = cookie
+        self._saved = None  # whatever a follower computed was never written
+        for record in self.switches.values():
+            record.installed = None  # re-read and converged by the new leader
+        self.restore(state, now)
 
     def _take_up(self, state, now):
         known = {r.name for r in self.config.nodes}
@@ -188,14 +200,20 @@ class Core:
         return self.cluster.decided and view.epoch > 0 and view == self._durable_view
 
     def _persist(self):
-        """Write the state if it changed (under the lock; returns once it is on disk)."""
+        """Write the state if it changed (under the lock; returns once it is on disk). False
+        when the store may not write (a controller that does not lead): act on nothing."""
         view = self.cluster.view
         state = self.state()
         if state != self._saved:
-            self.store.save(state)
+            try:
+                self.store.save(state)
+            except NotWritten:
+                self.counters["state_not_written"] += 1
+                return False
             self._saved = state
             self.counters["state_writes"] += 1
         self._durable_view = view
+        return True
 
     # ---- switches -------------------------------------------------------------------------------
 
@@ -218,13 +236,14 @@ class Core:
         if record is None:
             return False
         with self._lock:
-            self._persist()  # write-ahead: what is installed is on disk first
+            if not self._persist():  # write-ahead: what is installed is stored first
+                return False
             view = self.cluster.view
-            flows = decide.intended_flows(self.config, view, record.service)
+            flows = decide.intended_flows(self.config, view, record.service, self.cookie)
             if not self._send(dpid, [Converge(flows, found)]):
                 return False
-            record.installed = decide.service_flows(self.config, view) if record.service \
-                else ()
+            record.installed = decide.service_flows(self.config, view, self.cookie) \
+                if record.service else ()
         if record.service and record.ports:  # the ports it reported meanwhile count now
             self._changed(self.cluster.set_ports(dpid, record.ports, now), now)
         return True
@@ -397,14 +416,15 @@ class Core:
         self.referee.sync(self.cluster.voters, self.cluster.generation,
                           self.cluster.generation_epoch, now)
         with self._lock:
-            self._persist()
+            if not self._persist():
+                return view  # not the leader: nothing acts on a view it did not store
             current = self.cluster.view  # (another input may have moved it on meanwhile)
             if current == self._sent_view:
                 return view
             self._sent_view = current
             self.logger.info("sbft: epoch %d, primary %s, members %s", current.epoch,
                              current.primary, list(current.members))
-            wanted = decide.service_flows(self.config, current)
+            wanted = decide.service_flows(self.config, current, self.cookie)
             for dpid, record in list(self.switches.items()):
                 if record.service and record.installed is not None:
                     if self._send(dpid, decide.update_batch(record.installed, wanted)):

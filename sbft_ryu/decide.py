@@ -39,8 +39,9 @@ def _exact(ip):
     return (ip, EXACT_MASK)
 
 
-def service_flows(config, view):
-    """The flows that mirror client traffic to members and let only the primary answer."""
+def service_flows(config, view, cookie=SERVICE_COOKIE):
+    """The flows that mirror client traffic to members and let only the primary answer,
+    with ``cookie`` (a leader's is its term's: election.service_cookie)."""
     if not config.replicas:
         return ()
     base = config.service_priority
@@ -72,18 +73,15 @@ def service_flows(config, view):
                               reply, base + 20))
         flows.append(FlowSpec(Match(dl_type=ETH_TYPE_IP, nw_dst=vip),
                               (SetDlDst(primary.mac), Output(primary.port)), base + 5))
-    return tuple(_with_cookie(flow) for flow in flows)
+    return tuple(FlowSpec(flow.match, flow.actions, flow.priority, cookie=cookie)
+                 for flow in flows)
 
 
-def _with_cookie(flow):
-    return FlowSpec(flow.match, flow.actions, flow.priority, cookie=SERVICE_COOKIE)
-
-
-def intended_flows(config, view, service=True):
+def intended_flows(config, view, service=True, cookie=SERVICE_COOKIE):
     """Everything a switch should hold: the flows file (with its own cookies) and, on the
     service switch, the service flows. A connecting switch is converged to this (only the
     difference to what it holds is sent, so a controller restart leaves it untouched)."""
-    return (*config.flows, *(service_flows(config, view) if service else ()))
+    return (*config.flows, *(service_flows(config, view, cookie) if service else ()))
 
 
 def update_batch(installed, wanted):

@@ -160,6 +160,15 @@ class RequestPorts:
 
 
 @dataclass(frozen=True)
+class RoleRequest:
+    """Claim a controller role on the switch (OpenFlow 1.3): "master" or "slave", with the
+    generation id the switch compares (a stale one is refused), the leader's term."""
+
+    role: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class ReadTables:
     """Ask for the flows (and groups) the switch holds; the translator collects the replies
     into a value that only it reads (see Converge)."""

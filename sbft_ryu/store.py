@@ -3,7 +3,8 @@
 The state is a plain JSON-able dict (:mod:`sbft_ryu.core` builds and reads it); a store only
 keeps it. :class:`FileStore` writes a whole new file each time (temporary file, fsync, rename,
 fsync of the directory), mode 0600 because it may hold the active-mode secret; :class:`NullStore`
-keeps nothing (``state_file =`` empty). A later store (etcd) implements the same two methods.
+keeps nothing (``state_file =`` empty); :class:`sbft_ryu.etcd_store.EtcdStore` keeps it in etcd
+for several controllers and raises :class:`NotWritten` when this controller may not write.
 
 Writes are ordered: ``save`` runs one write at a time under the store's lock, in call order,
 and returns once the state is on disk (write-ahead: the caller acts on it only then). The
@@ -31,6 +32,32 @@ class StateError(Exception):
         super().__init__(f"state file {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NotWritten(Exception):
+    """A store that may not write now (a controller that is not, or no longer, the leader):
+    nothing was written and the caller must not act on the state it offered."""
+
+
+def parse_state(data, path):
+    """Stored bytes → the state dict; StateError (naming ``path``) if unusable."""
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StateError(path, f"corrupt (not JSON: {exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("version"), int) \
+            or isinstance(state.get("version"), bool):
+        raise StateError(path, "corrupt (no format version)")
+    if state["version"] > FORMAT_VERSION:
+        raise StateError(path, f"format version {state['version']} is newer than "
+                         f"this controller's ({FORMAT_VERSION})")
+    if state["version"] < 1:
+        raise StateError(path, f"corrupt (format version {state['version']})")
+    return state
+
+
+def encode_state(state):
+    return json.dumps({**state, "version": FORMAT_VERSION}, sort_keys=True).encode()
 
 
 def default_path(euid=None, environ=None):
@@ -92,23 +119,11 @@ class FileStore:
             return None
         except OSError as exc:
             raise StateError(self.path, f"cannot be read ({exc.strerror or exc})") from None
-        try:
-            state = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise StateError(self.path, f"corrupt (not JSON: {exc})") from None
-        if not isinstance(state, dict) or not isinstance(state.get("version"), int) \
-                or isinstance(state.get("version"), bool):
-            raise StateError(self.path, "corrupt (no format version)")
-        if state["version"] > FORMAT_VERSION:
-            raise StateError(self.path, f"format version {state['version']} is newer than "
-                             f"this controller's ({FORMAT_VERSION})")
-        if state["version"] < 1:
-            raise StateError(self.path, f"corrupt (format version {state['version']})")
-        return state
+        return parse_state(data, self.path)
 
     def save(self, state):
         """Write ``state`` (with the format version) durably; returns when it is on disk."""
-        data = json.dumps({**state, "version": FORMAT_VERSION}, sort_keys=True).encode()
+        data = encode_state(state)
         with self._lock:
             self._run(_write_atomically, self.path, data)
             self.writes += 1

@@ -121,9 +121,22 @@ def switches_view(switches):
             for dpid, (connected, version) in sorted(switches.items())]
 
 
-def health_view(config, cluster, switches, now, referee=None, decided=True):
+STANDALONE_STATUS = ("standalone", None, 0, "coordination is empty: this controller alone")
+
+
+def controller_view(config, status=STANDALONE_STATUS):
+    """This controller's place among several: ``status`` is (role, leader URL or None, term,
+    reason), from coordination.Coordinator.status (standalone without coordination)."""
+    role, leader, term, reason = status
+    return {"role": role, "leader": leader, "coordination": config.coordination_url,
+            "term": term, "reason": reason}
+
+
+def health_view(config, cluster, switches, now, referee=None, decided=True,
+                controller=STANDALONE_STATUS):
     """``decided`` False: a restarted controller still holds the view it restored (or has
-    not written the current one yet); agents are told to keep their roles."""
+    not written the current one yet); agents are told to keep their roles. ``controller``:
+    see controller_view."""
     view = cluster.view
     return {
         "status": cluster.status(),
@@ -141,6 +154,7 @@ def health_view(config, cluster, switches, now, referee=None, decided=True):
         "voting": voting_view(config, cluster),
         "switches": switches_view(switches),
         "replicas": replicas_view(config, cluster, now, referee),
+        "controller": controller_view(config, controller),
     }
 
 
@@ -157,13 +171,14 @@ def events_view(cluster, now):
 
 
 def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=(), secret=None,
-                    heartbeat_port=None, decided=True):
+                    heartbeat_port=None, decided=True, controller=STANDALONE_STATUS):
     """The answer to a heartbeat: role, epoch, the parameters agents need; with a key, the
     nonce the next heartbeat must sign; with voting, the peers and connections to reset.
     ``secret``: what it carries of the active-mode secret (Referee.secret_field: sealed,
     clear, or nothing); ``heartbeat_port``: the UDP port a keyed agent may use instead.
     ``decided`` False (a restarted controller before its decision, or a view not yet on
-    disk): agents keep the role they have."""
+    disk): agents keep the role they have. ``controller`` (see controller_view): agents obey
+    only a "leader" or "standalone" answer, the highest term first."""
     reply = {
         "decided": decided,
         "role": cluster.role(name),
@@ -174,6 +189,7 @@ def heartbeat_reply(config, cluster, name, nonce=None, addresses=None, reset=(),
         "mode": config.mode,
         "vip": config.vip,
         "service_port": config.service_port,
+        "controller": {"role": controller[0], "term": controller[2]},
     }
     if config.mode == ACTIVE:  # what every replica needs to share one sequence space
         reply["active"] = {**(secret or {}), "wscale": config.active_wscale,

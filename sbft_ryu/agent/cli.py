@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from sbft_ryu.agent import active, heartbeat, iptables, nfq, packet, probe, udp, vote
+from sbft_ryu.agent import active, heartbeat, iptables, leader, nfq, packet, probe, udp, vote
 
 LOG = logging.getLogger("sbft.agent")
 THREAD_JOIN_S = 2.0
+MAX_CONTROLLERS = 7
 KERNEL_COUNTERS_EVERY_S = 5.0  # iptables-save is a process and a whole-ruleset dump
 QUEUE_DROPS_EVERY_S = 1.0  # one small /proc file
 
@@ -49,6 +50,11 @@ class AgentConfig:
     heartbeat_port: Optional[int] = None  # UDP heartbeats (keyed): None learns it, 0: HTTP
     log_level: str = "INFO"
 
+    @property
+    def controllers(self):
+        """The controllers' URLs (``--controller`` is one URL or a comma-separated list)."""
+        return tuple(self.controller.split(","))
+
 
 def _positive(text):
     value = float(text)
@@ -64,13 +70,28 @@ def _port(text):
     return value
 
 
+def _controllers(text):
+    """``--controller``: one URL, or several separated by commas (no two alike); kept as
+    given, split by AgentConfig.controllers. Each URL is checked where it always was, when
+    the agent starts (a fatal line naming it)."""
+    urls = text.split(",")
+    if len(urls) > MAX_CONTROLLERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_CONTROLLERS} controllers, got "
+                                         f"{len(urls)}")
+    if len(set(urls)) != len(urls):
+        raise argparse.ArgumentTypeError(f"a controller is listed twice in {text!r}")
+    return text
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="sbft-agent", description="NFQUEUE agent of an sbft_ryu load-balancer replica: "
         "lets only the primary's replies out and reports health to the controller.")
     parser.add_argument("--name", required=True, help="this replica's name in the config")
-    parser.add_argument("--controller", required=True, metavar="URL",
-                        help="controller REST base URL, e.g. http://10.254.0.254:8080")
+    parser.add_argument("--controller", required=True, metavar="URL[,URL...]",
+                        type=_controllers,
+                        help="controller REST base URL, e.g. http://10.254.0.254:8080; several "
+                        "controllers (one leader through etcd): their URLs separated by commas")
     parser.add_argument("--service-port", type=_port, default=5555)
     parser.add_argument("--queue-num", type=int, default=1, choices=range(0, 65536),
                         metavar="N", help="NFQUEUE number (default 1)")
@@ -142,7 +163,9 @@ class Agent:
         self.probe = probe.ServiceProbe(config.service_port, config.probe_path,
                                         config.probe_timeout, config.probe_interval,
                                         host=config.vip)
-        self.heartbeats = None
+        self.heartbeats = None  # the first controller's heartbeat loop
+        self.others = []  # the other controllers' loops (--controller URL1,URL2,...)
+        self.gate = None  # which answers are obeyed (agent.leader.Gate), shared by the loops
         self._sockets = []  # raw and vote sockets, closed on exit
         self._vote = None
         self._raw = None
@@ -158,12 +181,20 @@ class Agent:
         counters = self.queue.snapshot()
         counters.update(self.kernel)
         counters["probe_failures"] = self.probe.failures
-        counters["controller_failures"] = self.heartbeats.failures if self.heartbeats else 0
+        counters["controller_failures"] = (
+            sum(beat.failures for beat in [self.heartbeats, *self.others])
+            if self.heartbeats else 0)
         return counters
 
     def _observe(self):
         """Probe-thread tick: learn the VIP, read the kernel's cached-verdict counter."""
-        answer = self.heartbeats.answer if self.heartbeats else None
+        answer = None
+        if self.heartbeats:
+            # the VIP is configuration, the same on every controller: from the answer obeyed,
+            # else from any (the probe needs it before a leader decides, which needs the probe)
+            answers = [self.gate.answer] if self.others else []
+            answers += [beat.answer for beat in [self.heartbeats, *self.others]]
+            answer = next((a for a in answers if a is not None and a.vip), None)
         if self.probe.host is None and answer is not None and answer.vip:
             self.probe.host = answer.vip
         now = time.monotonic()
@@ -199,7 +230,8 @@ class Agent:
 
     def run(self):
         config = self.config
-        client = heartbeat.ControllerClient(config.controller, config.name, config.http_timeout)
+        clients = [heartbeat.ControllerClient(url, config.name, config.http_timeout)
+                   for url in config.controllers]
         rules_cm = (iptables.Rules(self.spec) if config.iptables
                     else contextlib.nullcontext(None))
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -209,20 +241,10 @@ class Agent:
         wakeup = self._wakeup_socket()
         with rules_cm as rules:
             self.rules = rules
-            self.heartbeats = heartbeat.Heartbeats(client, self.state, self.probe,
-                                                   self.counters, self.rules, config.interval,
-                                                   connection_cache=self.spec.cache
-                                                   == "connection", wakeup=wakeup,
-                                                   on_mode=self.set_mode,
-                                                   on_role=self.runner.wake,
-                                                   key=self.key, name=config.name,
-                                                   reports=self.reports,
-                                                   on_answer=self.on_answer,
-                                                   udp=self._udp_channel(client))
-            threads = [threading.Thread(target=self.heartbeats.run, args=(self.stop,),
-                                        name="heartbeat", daemon=True),
-                       threading.Thread(target=self.probe.run, args=(self.stop, self._observe),
-                                        name="probe", daemon=True)]
+            threads = self._heartbeat_threads(clients, wakeup)
+            threads.append(threading.Thread(target=self.probe.run,
+                                            args=(self.stop, self._observe),
+                                            name="probe", daemon=True))
             LOG.info("started: queue %d, service port %d, controller %s, iptables %s, "
                      "verdict cache %s, nudges on udp/%s", config.queue_num,
                      config.service_port, config.controller,
@@ -236,12 +258,46 @@ class Agent:
                 self.stop.set()
                 for thread in threads:
                     thread.join(THREAD_JOIN_S)
-                client.close()
+                for client in clients:
+                    client.close()
                 for sock in [wakeup, *self._sockets]:
                     if sock is not None:
                         sock.close()
         LOG.info("stopped: counters %s", self.counters())
         return 0
+
+    def _heartbeat_threads(self, clients, wakeup):
+        """One heartbeat loop per controller (so a controller that does not answer delays no
+        other's heartbeats), sharing one Gate: only a leader's (or a standalone controller's)
+        answers are applied. Returns their threads (and the nudge fan-out's), not started."""
+        several = len(clients) > 1
+        gate = leader.Gate() if several else None
+        events = [threading.Event() for _ in clients] if several and wakeup else None
+        beats = []
+        for index, client in enumerate(clients):
+            reports = self.reports
+            if several:  # evidence goes to the controller obeyed, which acts on it
+                reports = (lambda index=index: self.reports() if gate.obeyed == index else [])
+            beats.append(heartbeat.Heartbeats(
+                client, self.state, self.probe, self.counters, self.rules,
+                self.config.interval, connection_cache=self.spec.cache == "connection",
+                wakeup=events[index] if events else wakeup, on_mode=self.set_mode,
+                on_role=self.runner.wake, key=self.key, name=self.config.name,
+                reports=reports, on_answer=self.on_answer, udp=self._udp_channel(client),
+                gate=gate, index=index,
+                label=f"controller {self.config.controllers[index]}: " if several else ""))
+        if gate is not None:
+            gate.apply = beats[0].apply_answer  # (mode and role live in shared objects)
+        self.heartbeats, self.others, self.gate = beats[0], beats[1:], beats[0].gate
+        threads = [threading.Thread(target=beat.run, args=(self.stop,),
+                                    name=f"heartbeat-{index}", daemon=True)
+                   for index, beat in enumerate(beats)]
+        if events:
+            fanout = leader.NudgeFanout(wakeup, events, time.monotonic,
+                                        heartbeat.MIN_NUDGE_GAP_S, heartbeat.STOP_CHECK_S)
+            threads.append(threading.Thread(target=fanout.run, args=(self.stop,),
+                                            name="nudges", daemon=True))
+        return threads
 
     def set_mode(self, answer):
         """The controller's mode (from a heartbeat Answer): swap the packet handler, then the

@@ -8,7 +8,9 @@ be reached, or answers that it has not decided yet (a restarted controller befor
 the members), the agent keeps its last role (fail-static) and says so once in its log; the
 switch's reply filter and the controller's failover cover a primary that is cut off. Role
 changes are applied in the order that never lets a demoted replica's kernel keep accepting
-replies after its agent has stopped doing so.
+replies after its agent has stopped doing so. With several controllers one such loop runs per
+controller, each with its own session, and only a leader's answers are applied
+(:mod:`sbft_ryu.agent.leader`).
 """
 
 import http.client
@@ -17,6 +19,7 @@ import logging
 import math
 import select
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from typing import Optional
 
 from sbft_ryu import seal
 from sbft_ryu.beatwire import RESYNCED
+from sbft_ryu.agent import leader
 from sbft_ryu.agent.iptables import fast_mark
 from sbft_ryu.agent.udp import NO_ANSWER, UdpMiss
 from sbft_ryu.agent.vote import VoteConfig
@@ -83,6 +87,8 @@ class Answer:
     reset: frozenset = frozenset()  # (client address, port) a primary resets
     heartbeat_port: Optional[int] = None  # the controller's UDP heartbeat port (keyed agents)
     decided: bool = True  # False: a restarted controller not decided yet (keep the role)
+    controller_role: str = leader.STANDALONE  # what the controller is (agent.leader.claim)
+    term: Optional[int] = None  # its leader term, when it leads
 
     @classmethod
     def parse(cls, body, key=None, name=None):
@@ -112,13 +118,15 @@ class Answer:
                                   for client, port in voting.get("reset") or ())
             except (OSError, TypeError):
                 raise ValueError("the controller's reset list is malformed") from None
+        controller_role, term = leader.claim(body)
         return cls(role=body.get("role", NO_ROLE), epoch=body.get("epoch"),
                    primary=body.get("primary"), nonce=body.get("nonce"),
                    interval=_seconds(body.get("heartbeat_interval_s")),
                    vip=body.get("vip"), mode=body.get("mode"), active=active,
                    mode_key=(body.get("mode"), json.dumps(body.get("active"), sort_keys=True)),
                    voting=config, reset=reset, decided=body.get("decided") is not False,
-                   heartbeat_port=_port(body.get("heartbeat_port")))
+                   heartbeat_port=_port(body.get("heartbeat_port")),
+                   controller_role=controller_role, term=term)
 
     @property
     def vote_port(self):
@@ -214,7 +222,8 @@ class Heartbeats:
 
     def __init__(self, client, state, probe, counters, rules=None, interval=None,
                  clock=time.monotonic, connection_cache=False, wakeup=None, on_mode=None,
-                 on_role=None, key=None, name=None, reports=None, on_answer=None, udp=None):
+                 on_role=None, key=None, name=None, reports=None, on_answer=None, udp=None,
+                 gate=None, index=0, label=""):
         self.client = client
         self.state = state
         self.probe = probe
@@ -249,6 +258,12 @@ class Heartbeats:
         self._http_next = False  # the controller asked for HTTP (its answer did not fit)
         self.nudged = False
         self.undecided = 0  # answers "not decided yet" (the role was kept)
+        # several controllers: one loop each, sharing one Gate (which answers are obeyed, and
+        # the lock under which they are applied); alone, a gate of its own
+        self.gate = gate if gate is not None else leader.Gate(self.apply_answer)
+        self.index = index
+        self.label = label  # "URL: " in log lines when there are several controllers
+        self.ignored = 0  # answers not obeyed (a follower's, a deposed leader's)
 
     def run(self, stop):
         seq = 0
@@ -275,6 +290,8 @@ class Heartbeats:
         if self.wakeup is None:
             stop.wait(delay)
             return False
+        if isinstance(self.wakeup, threading.Event):  # several loops: agent.leader.NudgeFanout
+            return self._wait_event(stop, delay)
         deadline = self.clock() + delay
         while not stop.is_set():
             remaining = deadline - self.clock()
@@ -295,6 +312,17 @@ class Heartbeats:
             return True
         return False
 
+    def _wait_event(self, stop, delay):
+        deadline = self.clock() + delay
+        while not stop.is_set():
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return False
+            if self.wakeup.wait(min(remaining, STOP_CHECK_S)):
+                self.wakeup.clear()
+                return True
+        return False
+
     def beat(self, seq):
         body = self._exchange(seq)
         if body is None:
@@ -312,8 +340,17 @@ class Heartbeats:
             self._controller(None, f"controller not decided yet: keeping role "
                                    f"{self.state.role}")
             return
-        self._controller(True, "controller reachable")
-        self.apply_answer(answer)
+        gate = self.gate
+        with gate.lock:  # one answer applied at a time, whichever controller's loop has it
+            if not gate.decide(self.index, answer):
+                self.ignored += 1
+                self._controller(answer.controller_role,
+                                 f"controller is {answer.controller_role} (term {answer.term},"
+                                 f" obeyed term {gate.highest}): its answers keep the session "
+                                 f"only; role {self.state.role}")
+                return
+            self._controller(True, "controller reachable")
+            gate.apply(answer)
 
     def apply_answer(self, answer):
         """Apply an Answer in the one fixed order: mode, voting configuration, role."""
@@ -436,8 +473,8 @@ class Heartbeats:
     def _controller(self, ok, message):
         if ok == self.controller_ok:
             return
-        self.controller_ok = ok  # (None: reachable, not decided yet: said at INFO)
-        (LOG.warning if ok is False else LOG.info)("%s", message)
+        self.controller_ok = ok  # (None: not decided yet; a role name: not obeyed; at INFO)
+        (LOG.warning if ok is False else LOG.info)("%s%s", self.label, message)
 
 
 def _udp_wait(interval):

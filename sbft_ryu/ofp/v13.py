@@ -25,6 +25,7 @@ _RESERVED = {
 }
 _TP_FIELDS = {model.IP_PROTO_TCP: ("tcp_src", "tcp_dst"), model.IP_PROTO_UDP: ("udp_src", "udp_dst")}
 _NO_VLAN = 0xFFFF
+_ROLES = {"master": ofp.OFPCR_ROLE_MASTER, "slave": ofp.OFPCR_ROLE_SLAVE}
 
 
 def port_number(port):
@@ -146,6 +147,8 @@ class Translator(PortReader):
             return [parser.OFPSetConfig(None, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_NO_BUFFER)]
         if isinstance(message, model.RequestPorts):
             return [parser.OFPPortDescStatsRequest(None, 0)]
+        if isinstance(message, model.RoleRequest):
+            return [parser.OFPRoleRequest(None, _ROLES[message.role], message.generation)]
         if isinstance(message, model.ReadTables):
             self._reader = Reader(("flows", "groups"), self._more, self._flow_entry,
                                   self._group_entry)

@@ -83,11 +83,17 @@ def lab_factory(topo_module, tmp_path, request):
                         out.write(lab.dump_flows(switch))
         finally:
             lab.stop()
-        if os.path.exists(os.path.join(lab.rundir, "ryu-manager.log")):
-            log = lab.controller_log()
-            for marker in ("Traceback", "OFPErrorMsg"):
-                if marker in log:
-                    problems.append(f"controller log ({lab.rundir}) contains {marker}")
+        logs = [os.path.join(lab.rundir, "ryu-manager.log")]
+        # several controllers: each ryu-manager logs in its own host's run directory
+        logs += [os.path.join(lab.rundir, name, "ryu.log")
+                 for name in getattr(lab, "controller_names", ())]
+        for path in logs:
+            if os.path.exists(path):
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    log = handle.read()
+                for marker in ("Traceback", "OFPErrorMsg"):
+                    if marker in log:
+                        problems.append(f"controller log ({path}) contains {marker}")
     if problems and not request.node.get_closest_marker("allow_controller_errors"):
         pytest.fail("; ".join(problems), pytrace=False)
 

@@ -38,6 +38,9 @@ DEFAULT_RAW = {
     "heartbeat_port": "5558",
     "api_token_file": "",
     "state_file": None,
+    "coordination": "",
+    "leader_lease": "2",
+    "advertise_url": "",
 }
 
 

@@ -423,7 +423,8 @@ def test_option_names_list_the_new_options_in_order():
                                    "replica_source", "heartbeat_port", "api_token_file",
                                    "voting", "vote_port", "vote_hold", "suspicion_threshold",
                                    "suspicion_half_life", "suspicion_rate", "unvoted",
-                                   "state_file")
+                                   "state_file", "coordination", "leader_lease",
+                                   "advertise_url")
 
 
 def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
@@ -438,7 +439,8 @@ def test_load_config_rejects_unknown_key_with_file_and_line(tmp_path):
         f"agent_notify_port, startup_grace, service_priority, mode, active_secret, "
         f"active_wscale, replica_key, replica_source, heartbeat_port, api_token_file, "
         f"voting, vote_port, vote_hold, suspicion_threshold, "
-        f"suspicion_half_life, suspicion_rate, unvoted, state_file) at {path}:3")
+        f"suspicion_half_life, suspicion_rate, unvoted, state_file, coordination, "
+        f"leader_lease, advertise_url) at {path}:3")
 
 
 def test_unknown_keys_outside_sbft_are_ignored(tmp_path):
@@ -659,7 +661,9 @@ def test_load_config_names_the_file_and_line_of_a_misspelt_voting_option(tmp_pat
     with pytest.raises(ConfigError) as info:
         load_file(path)
     assert info.value.option == "vote_prot"
-    assert str(info.value).endswith(f"suspicion_rate, unvoted, state_file) at {path}:4")
+    assert str(info.value).endswith(
+        f"suspicion_rate, unvoted, state_file, coordination, leader_lease, advertise_url) "
+        f"at {path}:4")
 
 
 def test_load_config_rejects_a_bad_voting_value_naming_the_option(tmp_path):

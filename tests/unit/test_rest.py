@@ -174,7 +174,8 @@ def test_passive_heartbeat_answer_has_exactly_the_passive_keys(client, app):
     body = client(HEARTBEAT, method="POST", body=BEAT).json
     assert body == {"decided": True, "role": "primary", "epoch": 1, "primary": "lb1",
                     "state": "up", "heartbeat_interval_s": 0.05, "mode": "passive",
-                    "vip": "10.0.0.100", "service_port": 5555}
+                    "vip": "10.0.0.100", "service_port": 5555,
+                    "controller": {"role": "standalone", "term": 0}}
     assert "active" not in body
 
 

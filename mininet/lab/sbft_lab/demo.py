@@ -3,6 +3,7 @@ demos, the Mininet CLI.
 
     python -m sbft_lab --demo [--mode passive|active|voting]
     python -m sbft_lab [--lbs N] [--backends M] [--clients K] [--controller HOST:PORT] [--cli]
+    python -m sbft_lab --controllers 2|3 [--cli]   (one leader elected through etcd)
 
 (as root, with the project's virtual environment: ``.venv/bin/python -m sbft_lab ...``).
 """
@@ -176,6 +177,9 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--controller", metavar="HOST:PORT",
                         help="use this running controller instead of starting ryu-manager")
+    parser.add_argument("--controllers", type=int, choices=(1, 2, 3), default=1,
+                        help="2 or 3: each ryu-manager in a host of its own (ctl1..), one "
+                        "leader elected through a 3-member etcd cluster (hosts etcd1..3)")
     parser.add_argument("--no-agents", dest="agents", action="store_false",
                         help="run no sbft-agent (liveness from switch port state only)")
     parser.add_argument("--cli", action="store_true", help="open the Mininet CLI")
@@ -192,11 +196,19 @@ def main(argv=None):
     active = args.mode in ("active", "voting")
     if active and not args.agents:
         parser.error("active mode needs the agents")
+    if args.controllers > 1 and (args.controller or args.demo):
+        parser.error("--controllers runs its own controllers and has no scripted demo "
+                     "(use --cli)")
     extra += "mode = active\n" if args.mode == "active" else ""
     with Lab(lbs=args.lbs, backends=args.backends, clients=args.clients, agents=args.agents,
              controller=args.controller, sbft_extra=extra, skew=active,
-             voting=args.mode == "voting") as lab:
-        print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
+             voting=args.mode == "voting", controllers=args.controllers) as lab:
+        if args.controllers > 1:
+            print(f"controllers: {', '.join(lab.controller_urls)} (leader: {lab.leader()}); "
+                  f"etcd: {lab.control['etcd'][0]['mgmt_ip']}:2379 and two more; "
+                  f"run directory: {lab.rundir}")
+        else:
+            print(f"controller REST: {lab.api}/sbft/health   run directory: {lab.rundir}")
         if args.demo:
             {"passive": demo, "active": demo_active, "voting": demo_voting}[args.mode](lab)
         if args.cli:

@@ -22,7 +22,7 @@ import urllib.request
 
 from mininet.net import Mininet
 
-from sbft_lab import topology
+from sbft_lab import etcd, etcd_hosts, topology
 
 topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
@@ -191,14 +191,19 @@ class Lab:
                  wait_for_primary=True, protocols="OpenFlow10,OpenFlow13",
                  passive_listener=False, vip_mode="sbft", advert_int=1.0, vrrp_version=2,
                  skew=False, voting=False, faults=None, backend_date=False, spares=0,
-                 keys=False, pin_sources=True):
+                 keys=False, pin_sources=True, controllers=1, leader_lease=1,
+                 loopback_etcd=False):
         """``vip_mode`` other than "sbft" runs a baseline: the controller then drives the
         switch as a plain learning switch (no replicas configured: flows file only).
         ``voting``: active mode with Byzantine output voting (keys generated per lab);
         ``faults``: replica -> an agent ``--fault`` (tests only); ``spares``: the last
         replicas are configured as spares (they run like the others); ``keys``: a key per
         replica (implied by voting: heartbeats over UDP); ``pin_sources``: keyless replicas are
-        pinned to their management address (``replica_source``), as a deployment should."""
+        pinned to their management address (``replica_source``), as a deployment should.
+        ``controllers`` 2 or 3: each ryu-manager in a Mininet host of its own (ctl1..), one
+        leader elected through a 3-member etcd cluster in hosts etcd1..3, OpenFlow 1.3 only,
+        ``leader_lease`` seconds; ``loopback_etcd``: one controller (in the root namespace, as
+        usual) coordinating through a one-member etcd on loopback."""
         layout = topo.plan(lbs, backends, clients)
         if voting or keys:
             keys = {r["name"]: os.urandom(32).hex() for r in layout["replicas"]}
@@ -211,13 +216,22 @@ class Lab:
                 sbft_extra = "".join(f"replica_source = {r['name']} {r['mgmt_ip']}\n"
                                      for r in layout["replicas"]) + sbft_extra
         self.keys = keys
+        self.control = topo.control_plan(controllers)
+        self.controllers = int(controllers)
+        self.leader_lease = leader_lease
+        self.loopback_etcd = loopback_etcd
+        self.etcd = None  # the loopback etcd (sbft_lab.etcd.EtcdCluster)
+        self.ryu_argvs = {}  # controller host -> its ryu-manager argv (several controllers)
+        if self.controllers > 1:
+            protocols = "OpenFlow13"  # several controllers need role requests with generations
         self.layout = topo.plan(lbs, backends, clients)
         self.vip_mode = vip_mode
         self.topo_args = dict(lbs=lbs, backends=backends, clients=clients, agents=agents,
                               agent_args=tuple(agent_args), protocols=protocols,
                               vip_mode=vip_mode, advert_int=advert_int,
                               vrrp_version=vrrp_version, skew=skew, keys=keys,
-                              faults=faults, backend_date=backend_date)
+                              faults=faults, backend_date=backend_date,
+                              controllers=self.controllers)
         self.passive_listener = passive_listener
         self.listen_port = None
         self.sbft_extra = sbft_extra
@@ -236,7 +250,17 @@ class Lab:
 
     @property
     def api(self):
+        if self.controllers > 1:
+            return self.controller_urls[0]
         return f"http://127.0.0.1:{self.wsapi_port}"
+
+    @property
+    def controller_urls(self):
+        return topo.controller_urls(self.control, topo.WSAPI_PORT)
+
+    @property
+    def controller_names(self):
+        return [c["name"] for c in self.control["controllers"]]
 
     def __enter__(self):
         self.start()
@@ -255,24 +279,38 @@ class Lab:
             self.stop()
             raise
 
+    def _sbft_conf_text(self, extra=""):
+        """The [sbft] config the lab's controller(s) share."""
+        if self.vip_mode != "sbft":  # baseline: a plain learning switch
+            return "[sbft]\nreplica =\n" + self.sbft_extra
+        # a generous grace: on 2 busy cores agents can start seconds apart, and
+        # tests and benchmarks want the configured order (lb1 first) to decide
+        grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
+        if "heartbeat_port" not in self.sbft_extra:  # (two labs may overlap)
+            grace += f"heartbeat_port = {free_udp_port()}\n"
+        return sbft_config_text(self.layout, grace + extra + self.sbft_extra, self.spares)
+
+    def _coordination_text(self, endpoints):
+        return (f"coordination = etcd://{endpoints}\n"
+                + ("" if "leader_lease" in self.sbft_extra
+                   else f"leader_lease = {self.leader_lease}\n"))
+
     def _start(self):
+        if self.controllers > 1:
+            return self._start_several()
         if self.controller:
             host, port = self.controller.rsplit(":", 1)
             ctrl_ip, self.ofp_port, self.wsapi_port = host, int(port), 8080
         else:
             ctrl_ip, self.ofp_port, self.wsapi_port = "127.0.0.1", free_port(), free_port()
             self.config_path = os.path.join(self.rundir, "sbft.conf")
+            extra = ""
+            if self.loopback_etcd:  # (sbft_lab.etcd: part of the controller-level tests)
+                self.etcd = etcd.EtcdCluster(self.rundir, members=1)
+                self.etcd.start()
+                extra = self._coordination_text(",".join(self.etcd.endpoints))
             with open(self.config_path, "w", encoding="utf-8") as handle:
-                if self.vip_mode == "sbft":
-                    # a generous grace: on 2 busy cores agents can start seconds apart, and
-                    # tests and benchmarks want the configured order (lb1 first) to decide
-                    grace = "" if "startup_grace" in self.sbft_extra else "startup_grace = 10\n"
-                    if "heartbeat_port" not in self.sbft_extra:  # (two labs may overlap)
-                        grace += f"heartbeat_port = {free_udp_port()}\n"
-                    handle.write(sbft_config_text(self.layout, grace + self.sbft_extra,
-                                                  self.spares))
-                else:  # baseline: a plain learning switch
-                    handle.write("[sbft]\nreplica =\n" + self.sbft_extra)
+                handle.write(self._sbft_conf_text(extra))
             ryu_args = self.ryu_args
             if self.passive_listener:
                 # the switch listens (like the thesis's HP switch) and Ryu connects to it
@@ -305,19 +343,159 @@ class Lab:
         if self.wait_for_primary and self.vip_mode == "keepalived":
             wait_until(lambda: len(self.vip_holders()) == 1, 30, 0.1, "a VRRP master")
 
+    # ---- several controllers (controllers=2 or 3) ------------------------------------------
+
+    def _start_several(self):
+        """The network first (the controllers and etcd run in its hosts), then etcd, then every
+        ryu-manager, then the switch's controller list; waits for a leader."""
+        etcd.etcd_binary()  # fails (FileNotFoundError) with how to install it
+        self._lock = take_lab_lock()
+        self.ofp_port, self.wsapi_port = topo.OFP_PORT, topo.WSAPI_PORT
+        self.config_path = os.path.join(self.rundir, "sbft.conf")
+        with open(self.config_path, "w", encoding="utf-8") as handle:
+            handle.write(self._sbft_conf_text(
+                self._coordination_text(topo.etcd_endpoints(self.control))))
+        network = topo.SbftTopo(rundir=self.rundir, wsapi_port=topo.WSAPI_PORT,
+                                test_faults=True, **self.topo_args)
+        self.net = Mininet(topo=network, controller=None, autoSetMacs=False,
+                           waitConnected=False)
+        self._start_stream_backends()
+        self.net.start()
+        for member in self.control["etcd"]:
+            self.start_etcd(member["name"])
+        for member in self.control["etcd"]:
+            endpoint = f"{member['mgmt_ip']}:{topo.ETCD_CLIENT_PORT}"
+            wait_until(lambda: self._etcd_healthy(endpoint), 30, 0.1,
+                       f"etcd member {member['name']}")
+        for name in self.controller_names:
+            self.start_controller(name, wait=False)
+        for name, url in zip(self.controller_names, self.controller_urls):
+            wait_until(lambda: http_json(url + "/sbft/health", timeout=0.5), 30, 0.1,
+                       f"{name}'s REST API")
+        targets = [f"tcp:{c['mgmt_ip']}:{topo.OFP_PORT}" for c in self.control["controllers"]]
+        subprocess.run(["ovs-vsctl", "set-controller", "s1", *targets], check=True, timeout=10)
+        # OVS backs off up to 8 s between connection attempts by default: a restarted
+        # controller would wait that long for the switch
+        uuids = subprocess.run(["ovs-vsctl", "get", "bridge", "s1", "controller"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout
+        for uuid in uuids.strip("[]\n ").split(","):
+            subprocess.run(["ovs-vsctl", "set", "controller", uuid.strip(), "max_backoff=1000"],
+                           check=True, timeout=10)
+        wait_until(lambda: all(self.switch_connected(url) for url in self.controller_urls),
+                   30, 0.1, "s1 to connect to every controller")
+        leader = wait_until(self.leader, 30, 0.1, "a leader among the controllers")
+        if self.wait_for_primary and self.vip_mode == "sbft":
+            wait_until(lambda: self.health(self.url_of(self.leader() or leader))["status"]
+                       == "ok", 30, 0.1, "every replica up with a primary (leader's view)")
+
+    def start_etcd(self, name):
+        """Start (or restart, with its data) the etcd member in host ``name``."""
+        members = [(e["name"], e["mgmt_ip"], topo.ETCD_PEER_PORT) for e in self.control["etcd"]]
+        member = next(e for e in self.control["etcd"] if e["name"] == name)
+        host = self.host(name)
+        argv = etcd_hosts.member_argv(etcd.etcd_binary(), name, member["mgmt_ip"], topo.ETCD_CLIENT_PORT,
+                                      topo.ETCD_PEER_PORT, members,
+                                      os.path.join(host.rundir, "data"))
+        return host.spawn("etcd", argv)
+
+    def kill_etcd(self, name):
+        """SIGKILL an etcd member."""
+        return self.host(name).kill("etcd", signal.SIGKILL)
+
+    @staticmethod
+    def _etcd_healthy(endpoint):
+        return http_json(f"http://{endpoint}/health", timeout=1.0).get("health") == "true"
+
+    def _controller_conf(self, name):
+        """The controller's own config file (its state file, its advertised URL), read after
+        the shared one."""
+        host = self.host(name)
+        ip = next(c["mgmt_ip"] for c in self.control["controllers"] if c["name"] == name)
+        return host.write_file("controller.conf", "[sbft]\nstate_file = "
+                               f"{os.path.join(host.rundir, 'state.json')}\n"
+                               f"advertise_url = http://{ip}:{topo.WSAPI_PORT}\n")
+
+    def start_controller(self, name=None, wait=True, timeout=20):
+        """Start ryu-manager again with the same config and ports (``name``: the controller
+        host, with several controllers); with ``wait``, until its REST API answers and the
+        switch has connected to it. Returns the Popen."""
+        if self.controllers == 1:
+            return self._restart_root_controller(wait, timeout)
+        host = self.host(name)
+        argv = [os.path.join(topo.VENV_BIN, "ryu-manager"),
+                "--ofp-tcp-listen-port", str(topo.OFP_PORT),
+                "--wsapi-port", str(topo.WSAPI_PORT),
+                "--config-file", self.config_path, "--config-file", self._controller_conf(name),
+                *self.ryu_args, "sbft_ryu.app"]
+        self.ryu_argvs[name] = argv
+        proc = host.spawn("ryu", argv, cwd=topo.REPO)
+        if wait:
+            url = self.url_of(name)
+            wait_until(lambda: http_json(url + "/sbft/health", timeout=0.5), timeout, 0.02,
+                       f"{name}'s REST API after the restart")
+            wait_until(lambda: self.switch_connected(url), timeout, 0.02,
+                       f"s1 to connect to {name}")
+        return proc
+
+    def kill_controller(self, name=None):
+        """SIGKILL ryu-manager (a crash: no cleanup of any kind); returns its exit status."""
+        if self.controllers == 1:
+            self.ryu.kill()
+            return self.ryu.wait(timeout=10)
+        proc = self.host(name).kill("ryu", signal.SIGKILL)
+        return proc.returncode if proc is not None else None
+
+    def url_of(self, name):
+        return dict(zip(self.controller_names, self.controller_urls))[name]
+
+    def controller_health(self, name, timeout=0.5):
+        """/sbft/health of controller ``name``; None when it does not answer."""
+        try:
+            return http_json(self.url_of(name) + "/sbft/health", timeout=timeout)
+        except Exception:
+            return None
+
+    def leader(self):
+        """The controller that says it leads (a standalone one counts), the highest term if
+        two say so; None when none does."""
+        best = None
+        for name in self.controller_names:
+            health = self.controller_health(name)
+            block = (health or {}).get("controller") or {"role": "standalone", "term": -1}
+            if health is not None and block.get("role") in ("leader", "standalone"):
+                term = block.get("term") if isinstance(block.get("term"), int) else -1
+                if best is None or term > best[0]:
+                    best = (term, name)
+        return best[1] if best else None
+
+    def cut_from_etcd(self, name, cut=True):
+        """Partition controller ``name`` from every etcd member only (iptables in its host):
+        the switch and the agents still reach it."""
+        host = self.host(name)
+        flag = "-I" if cut else "-D"
+        for member in self.control["etcd"]:
+            for rule in (f"OUTPUT -d {member['mgmt_ip']} -j DROP",
+                         f"INPUT -s {member['mgmt_ip']} -j DROP"):
+                out = host.cmd(f"iptables {flag} {rule} && echo done")
+                if "done" not in out:
+                    raise RuntimeError(f"iptables {flag} {rule} in {name}: {out.strip()}")
+
+    def isolate(self, name, cut=True):
+        """Cut controller ``name`` off from everything (its only link down)."""
+        host = self.host(name)
+        host.cmd(f"ip link set {name}-eth0 {'down' if cut else 'up'}")
+
+    def controller_log_of(self, name):
+        with open(os.path.join(self.host(name).rundir, "ryu.log"), encoding="utf-8",
+                  errors="replace") as handle:
+            return handle.read()
+
     @property
     def state_path(self):
         """The controller's state file (see start_ryu; unless sbft_extra names another)."""
         return os.path.join(self.rundir, "state.json")
 
-    def kill_controller(self):
-        """SIGKILL ryu-manager (a crash: no cleanup of any kind); returns its exit status."""
-        self.ryu.kill()
-        return self.ryu.wait(timeout=10)
-
-    def start_controller(self, wait=True, timeout=20):
-        """Start ryu-manager again with the same config and ports; with ``wait``, until its
-        REST API answers and the switch has reconnected. Returns the Popen."""
+    def _restart_root_controller(self, wait=True, timeout=20):
         self.ryu = start_ryu(self.rundir, self.ofp_port, self.wsapi_port, self.config_path,
                              self._ryu_argv)
         if wait:
@@ -351,6 +529,9 @@ class Lab:
             self.net = None
         stop_process(self.ryu)
         self.ryu = None
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
         if self._lock is not None:
             self._lock.close()  # releases the lab lock
             self._lock = None
@@ -360,10 +541,13 @@ class Lab:
     def host(self, name):
         return self.net.get(name)
 
-    def health(self):
-        return http_json(self.api + "/sbft/health")
+    def health(self, url=None):
+        return http_json((url or self.api) + "/sbft/health")
 
-    def switch_connected(self):
+    def switch_connected(self, url=None):
+        if url is not None:
+            return any(s["dpid"] == "0000000000000001" and s["connected"]
+                       for s in self.health(url)["switches"])
         switches = self.health()["switches"] if self.ryu else []
         return any(s["dpid"] == "0000000000000001" and s["connected"] for s in switches) \
             or (not self.ryu and self.net.get("s1").connected())
@@ -564,6 +748,20 @@ class Lab:
             words = line.replace(",", "").split()
             port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
             answers.setdefault(port, set()).add(words[words.index("seq") + 1])
+        return answers
+
+    def connections_answering(self, synack_lines):
+        """(client port, ack) → distinct SYN-ACK sequence numbers seen. The ack names the
+        client's SYN, so a client port reused by a later connection (seen in runs of several
+        seconds) is another key; two numbers under one key: two replicas answered one SYN."""
+        answers = {}
+        for line in synack_lines:
+            if "Flags [S.]" not in line:
+                continue
+            words = line.replace(",", "").split()
+            port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
+            ack = words[words.index("ack") + 1] if "ack" in words else "?"
+            answers.setdefault((port, ack), set()).add(words[words.index("seq") + 1])
         return answers
 
     def capture(self, host_name, expression, seconds):
