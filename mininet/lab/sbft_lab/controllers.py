@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 from sbft_lab.etcd import free_ports
+from sbft_lab.procs import stop_process
 
 # installed editable from <repo>/mininet/lab (./run.sh setup): this file's checkout
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -107,16 +108,7 @@ class ControllerSet:
 
     def stop(self):
         for index, proc in enumerate(self.procs):
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)  # (one a test froze)
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop_process(proc, frozen=True)  # (a test may have frozen one)
         _run("ovs-vsctl", "--if-exists", "del-br", self.bridge, check=False)
 
     def __enter__(self):

@@ -21,6 +21,8 @@ import subprocess
 import time
 import urllib.request
 
+from sbft_lab.procs import stop_process
+
 HEARTBEAT_MS = 100
 ELECTION_MS = 500
 START_TIMEOUT_S = 20
@@ -152,13 +154,7 @@ class EtcdCluster:
 
     def stop(self):
         for index, proc in enumerate(self.procs):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
+            stop_process(proc)
             self.procs[index] = None
 
     def __enter__(self):

@@ -23,6 +23,7 @@ import urllib.request
 from mininet.net import Mininet
 
 from sbft_lab import etcd, etcd_hosts, topology
+from sbft_lab.procs import stop_process
 
 topo = topology.load()
 VIP, SERVICE_PORT = topo.VIP, topo.SERVICE_PORT
@@ -95,17 +96,6 @@ def start_ryu(rundir, ofp_port, wsapi_port, config_path=None, extra_args=()):
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=topo.REPO)
     log.close()
     return proc
-
-
-def stop_process(proc, timeout=5):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
 
 
 def http_json(url, timeout=2.0, data=None):
@@ -742,12 +732,8 @@ class Lab:
         """Client port → distinct SYN-ACK sequence numbers seen (one replica answers each
         connection: more than one number means a second replica's SYN-ACK got through)."""
         answers = {}
-        for line in synack_lines:
-            if "Flags [S.]" not in line:
-                continue
-            words = line.replace(",", "").split()
-            port = words[words.index(">") + 1].rsplit(".", 1)[1].rstrip(":")
-            answers.setdefault(port, set()).add(words[words.index("seq") + 1])
+        for (port, _), numbers in self.connections_answering(synack_lines).items():
+            answers.setdefault(port, set()).update(numbers)
         return answers
 
     def connections_answering(self, synack_lines):
