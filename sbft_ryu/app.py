@@ -329,8 +329,12 @@ class SbftApp(app_manager.RyuApp):
     # ---- REST entry points (called by rest.SbftRestController; RyuApp owns .events) -------
 
     def api_health(self):
+        status = self._controller_status()
+        # a follower decides nothing: its replica states are what it heard (heartbeats; it
+        # takes no ports from a switch it may not converge), not the tier's view
+        decided = self.core.decided() and status[0] != election.FOLLOWER
         return views.health_view(self.config, self.cluster, self.core.seen, time.monotonic(),
-                                 self.referee, self.core.decided(), self._controller_status())
+                                 self.referee, decided, status)
 
     def api_replicas(self):
         return views.replicas_view(self.config, self.cluster, time.monotonic(), self.referee)

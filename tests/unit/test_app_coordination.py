@@ -148,3 +148,14 @@ def _beat(seq=1):
 
     return Heartbeat(seq=seq, service_ok=True, counters={}, body={})
 
+
+
+def test_a_followers_health_says_it_has_not_decided(app, monkeypatch):
+    """Its replica states are what it heard, not the tier's view (a deposed leader's last
+    view included): the leader decides."""
+    monkeypatch.setattr(app.core, "decided", lambda: True)  # a view it decided as leader
+    lead(app)
+    assert app.api_health()["decided"] is True
+    app.coordinator.election.kept_at -= 10  # deposed: no keepalive answered for 10 s
+    health = app.api_health()
+    assert health["controller"]["role"] == "follower" and health["decided"] is False
