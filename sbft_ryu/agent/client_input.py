@@ -49,6 +49,7 @@ CATCH_UP_MAX_S = 3.0  # ... and for a stack that advances and whose agent keeps 
 STALL_S = 0.3  # missing bytes and a stack that did not advance for this long: lost
 MAX_PARKED_BYTES = 48 << 20  # client bytes a backup's agent keeps for its stack, in all
 WATCH_S = 3.0  # a new primary watches its connections' stacks for stalls this long at most
+INSERT_SCAN = 64  # how far back from the newest kept segment a resent one is placed (see park)
 REINJECT_S = 0.2  # a stack whose receive point stalls this long gets the kept bytes again
 REINJECT_BYTES = 4 << 20  # at most this much each time (a stack with a hole no one kept
                           # gets nothing: the kept bytes cannot help it)
@@ -71,8 +72,9 @@ def on_peer_ack(conn, ack):
 
 def in_order(conn):
     """The kept segments in sequence order. They arrive in order but for the client's
-    retransmissions (a hole the primary missed too, filled behind newer segments): after
-    one, they are sorted once, so that a single pass finds the stream's continuation."""
+    retransmissions (a hole the primary missed too, filled behind newer segments): park puts
+    such a segment in its place when that is within INSERT_SCAN of the end, else they are
+    sorted here once, so that a single pass finds the stream's continuation."""
     if conn.parked_disorder and conn.parked:
         ref = conn.own_rcv if conn.own_rcv is not None else conn.parked[0][0]
         base = (ref - QUARTER32) & MASK32  # (every kept segment is within 1 GiB of it)
@@ -104,11 +106,20 @@ def missing(conn):
 def park(conn, seq, length, payload, delivered):
     """Keep a translated client segment until the stack acknowledges it (``delivered``:
     handed to the stack already; else it was beyond the stack's window)."""
-    if conn.parked is None:
-        conn.parked = deque()
-    elif serial_gt(conn.parked[-1][0], seq):
-        conn.parked_disorder = True  # a resent segment behind newer ones (see in_order)
-    conn.parked.append([seq, (seq + length) & MASK32, payload, delivered])
+    item = [seq, (seq + length) & MASK32, payload, delivered]
+    parked = conn.parked
+    if parked is None:
+        conn.parked = deque((item,))
+    elif not serial_gt(parked[-1][0], seq):
+        parked.append(item)
+    else:  # a resent segment filling a hole behind newer ones: its place is near the end
+        place = len(parked) - 1
+        while place > 0 and serial_gt(parked[place - 1][0], seq) and \
+                len(parked) - place < INSERT_SCAN:
+            place -= 1
+        parked.insert(place, item)
+        if place > 0 and serial_gt(parked[place - 1][0], seq):
+            conn.parked_disorder = True  # farther back than the scan: sorted when used
     if not delivered:
         conn.undelivered += 1
 

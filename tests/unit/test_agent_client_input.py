@@ -402,3 +402,19 @@ def test_a_resent_segment_that_fills_a_hole_behind_newer_ones_continues_the_stre
     # over everything from its receive point in order, the hole filler first
     again = tr.survey(NOW + 0.05 + client_input.REINJECT_S)
     assert [IP(p)[TCP].seq for p in again] == [START, START + 1000]
+
+
+def test_a_resent_segment_is_kept_in_its_place_near_the_end_and_sorted_when_far(monkeypatch):
+    monkeypatch.setattr(client_input, "INSERT_SCAN", 3)
+    conn = conn_of(connected())
+    for i in (0, 1, 3, 4, 5):  # (the 3rd piece went missing: a hole)
+        client_input.park(conn, START + i * 1000, 1000, b"", True)
+    client_input.park(conn, START + 2000, 1000, b"", True)  # resent: 3 from the end
+    assert [s - START for s, *_ in conn.parked] == [0, 1000, 2000, 3000, 4000, 5000]
+    assert not conn.parked_disorder  # placed, no sort needed
+    for i in (7, 8, 9, 10, 11):
+        client_input.park(conn, START + i * 1000, 1000, b"", True)
+    client_input.park(conn, START + 6000, 1000, b"", True)  # 5 from the end: beyond the scan
+    assert conn.parked_disorder
+    assert [s - START for s, *_ in client_input.in_order(conn)] == [i * 1000 for i in range(12)]
+    assert not conn.parked_disorder
