@@ -259,11 +259,17 @@ class LabHost(Host):
         return proc
 
     def kill(self, key, sig=signal.SIGKILL):
-        """Signal the whole process group (mnexec -d made each spawn a session leader, and
-        keepalived forks a VRRP child): a crash takes every process of that program."""
+        """A crash (any signal but SIGTERM) goes to the whole process group (mnexec -d made
+        each spawn a session leader, and keepalived forks a VRRP child): it takes every
+        process of that program. SIGTERM, a stop, goes to the program alone, which stops its
+        children itself: sent to the group it also killed a command the program was running
+        (an agent's iptables-restore), and the program logged that as a failure."""
         proc = self.owned.pop(key, None)
         if proc is not None and proc.poll() is None:
-            _killpg(proc.pid, sig)
+            if sig == signal.SIGTERM:
+                _kill(proc.pid, sig)
+            else:
+                _killpg(proc.pid, sig)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -281,6 +287,13 @@ class LabHost(Host):
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
         return path
+
+
+def _kill(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _killpg(pid, sig):
