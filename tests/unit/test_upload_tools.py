@@ -86,6 +86,33 @@ def test_the_client_reports_a_reset_and_when(tmp_path):
     assert result["outcome"] == "reset" and before <= result["reset_at"] <= time.monotonic()
 
 
+def test_a_server_that_closes_early_is_closed_not_reset(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def close_after_some():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.shutdown(socket.SHUT_WR)  # a FIN, then read what comes until the client goes
+        conn.settimeout(5)
+        for _ in range(10_000):  # (bounded: 8 MiB in pieces of up to 64 KiB, then the end)
+            try:
+                if not conn.recv(65536):
+                    break
+            except OSError:
+                break
+        conn.close()
+
+    thread = threading.Thread(target=close_after_some)
+    thread.start()
+    result = run_client(f"http://127.0.0.1:{port}/upload/c", tmp_path, size=8 << 20, stall=5)
+    thread.join(5)
+    listener.close()
+    assert result["outcome"] == "closed" and result["reset_at"] is None
+
+
 def test_the_client_reports_a_hang_after_its_stall_limit(tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -62,6 +62,19 @@ def tcp_counters(sock):
     return _TCP_INFO.unpack_from(info, _TCP_INFO_AT)
 
 
+TCP_CLOSE = 7  # tcpi_state (the first byte of struct tcp_info) after a RST; a FIN: CLOSE_WAIT
+
+
+def was_reset(sock):
+    """Whether the connection ended by a RST, by the kernel's state of it: the RST's error is
+    reported once, to whichever thread's call comes first (the sender's can report it as a
+    broken pipe), and the receiver then sees a plain end of stream."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)[0] == TCP_CLOSE
+    except (OSError, IndexError):
+        return False
+
+
 def requests(host, path, tag, count, size, chunked):
     """The byte pieces of ``count`` pipelined POSTs."""
     for index in range(count):
@@ -132,6 +145,8 @@ class Upload:
                 self.result["error"] = f"recv: {type(exc).__name__}"
                 return "reset" if self.result["reset_at"] is not None else "error"
             if not data:
+                if self.result["reset_at"] is None and was_reset(self.sock):
+                    self.result["reset_at"] = time.monotonic()
                 return "reset" if self.result["reset_at"] is not None else "closed"
             self.progress_at = time.monotonic()
             buffer += data
