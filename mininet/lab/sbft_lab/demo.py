@@ -213,6 +213,7 @@ def main(argv=None):
             {"passive": demo, "active": demo_active, "voting": demo_voting}[args.mode](lab)
         if args.cli:
             from mininet.cli import CLI
+            setLogLevel("output")  # (the CLI prints the hosts' output at this level)
             CLI(lab.net)
     return 0
 
