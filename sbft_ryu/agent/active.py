@@ -162,6 +162,9 @@ class Translator:
         self._watching = {}  # key -> the client's next byte at the promotion (see promoted)
         self._promoted_at = None
         self.lost_reset_keys = []  # (client, port) reset by verify_input, for the RST repeat
+        # (client, port) of connections begun since the queue last looked (None: nobody
+        # looks): the vote engine forgets what it knew of an earlier connection there
+        self.begun = None
 
     # ---- the per-packet entry point ---------------------------------------------------------
 
@@ -211,6 +214,11 @@ class Translator:
                                                     payload[DST], self.port, seq)
                 self.connections[key] = Connection(seq, shared_isn, ts_base, now,
                                                    bytes(payload[DST]), self.generation)
+                if self.begun is not None:
+                    self.begun.append(key)
+                if self._verifying or self._watching:  # (a promotion's checks are of the
+                    self._verifying.pop(key, None)  # connections open then)
+                    self._watching.pop(key, None)
                 if drop:
                     return ACCEPT, None, (), (), (), tuple(drop)
             else:

@@ -143,6 +143,7 @@ class ActiveQueue:
         self.resets_sent = 0
         self._resets = {}  # (client ip, port) -> [when first sent, repeats done]
         self._primary = state.primary
+        translator.begun = [] if vote is not None else None  # new connections, for forget
 
     def snapshot(self):
         counters = self.translator.snapshot()
@@ -186,6 +187,11 @@ class ActiveQueue:
         except Exception as exc:  # never let a packet escape without a verdict
             self._error(exc)
             _drop(packet)
+        begun = self.translator.begun
+        if begun:
+            for key in begun:
+                self.vote.forget(key)
+            begun.clear()
         _, _, released, send, to_stack, drop = effects
         if released:
             self._release(released)

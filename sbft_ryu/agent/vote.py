@@ -27,12 +27,15 @@ whole with :meth:`configure` (one assignment: the packet thread never sees half 
     few statements are still possible on it.
 
   A primary counts the voters still possible on a connection (its peers, the up members, that
-  have not abstained on all of it); below ``f`` the connection can never be voted: it is reset
-  instead of hanging (served unvoted only under ``unvoted = serve`` while the tier is not
-  voting anyway: see :meth:`VoteEngine._serves_unvoted`).
+  have not abstained on all of it in answer to a claim of this primary); below ``f`` the
+  connection can never be voted: it is reset instead of hanging (served unvoted only under
+  ``unvoted = serve`` while the tier is not voting anyway: see
+  :meth:`VoteEngine._serves_unvoted`).
 * As primary, a connection that began before its own current generation, or that it was
   unsure of as a backup, is reset rather than continued (its first reply segment there is
   dropped and the client gets a RST): continuing would splice its bytes onto other ones.
+* What the engine learnt of a connection is kept per (client, port); a client's SYN with a
+  new ISN there (the client port came round again) makes it forget it (:meth:`forget`).
 * Disagreements become evidence for the controller: the signed batches that show them, sent
   with the next heartbeat. A divergent range is reported once every expected vote is in (so
   the controller sees a majority) or when it expires.
@@ -70,7 +73,8 @@ COUNTER_NAMES = ("claims", "votes_cast", "released_voted", "released_unvoted", "
                  "partial_votes", "abstentions", "outvoted", "outvoted_resets",
                  "batches_rejected", "abstentions_received", "unvotable_resets",
                  "stale_generation_resets", "range_abstentions", "released_delivered",
-                 "range_drops", "unsure_connections", "unsure_resets")
+                 "range_drops", "unsure_connections", "unsure_resets",
+                 "abstentions_unclaimed", "connections_forgotten")
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,21 @@ class VoteEngine:
         began = self.own_output.began_in(*conn)
         return began is not None and began < self.config.generation
 
+    def forget(self, conn):
+        """A new connection began on this client port (a SYN with another ISN): what was
+        learnt of the earlier one there (unsure, unvotable, abstained on, checked equal up to
+        a point, outvoted, claims waiting for our stack) is not about this one. Client ports
+        come round again within seconds under a steady load of short connections."""
+        found = False
+        for table in (self.unsure, self.unvotable, self.abstained, self.verified,
+                      self.outvoted, self.waiting):
+            found = table.pop(conn, None) is not None or found
+        if conn in self.resets:
+            self.resets = [c for c in self.resets if c != conn]
+            found = True
+        if found:
+            self.counters["connections_forgotten"] += 1
+
     def possible_voters(self, conn):
         """The peers (up members) that may still vote on a connection: not abstained there."""
         entry = self.abstained.get(conn)
@@ -216,6 +235,13 @@ class VoteEngine:
             self.counters["abstentions_received"] += 1
             if statement.digest in (protocol.ABSTAIN_DELIVERED, protocol.ABSTAIN_RANGE):
                 released.extend(self._abstain_on_range(batch.author, statement))
+                continue
+            key = statement.range_key
+            if key not in self.pending and key not in self.recent:
+                # it answers no claim of ours: one of the primary before us (answered late,
+                # after a failover), or of an earlier connection on the same client port.
+                # Every claim of ours gets its own answer.
+                self.counters["abstentions_unclaimed"] += 1
                 continue
             entry = self.abstained.get(conn)
             if entry is None:
