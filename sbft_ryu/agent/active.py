@@ -75,10 +75,11 @@ COUNTER_NAMES = ("translated_in", "translated_out", "dropped_backup", "held", "r
                  "hold_overflow", "hold_expired", "unknown_out", "passed_unknown_in",
                  "malformed", "ack_clamped", "replayed", "unacked_overflow", "caught_up",
                  "client_gap_bytes", "client_beyond_window", "client_reinjected",
-                 "client_park_overflow", "input_lost_resets")
+                 "client_park_overflow", "input_lost_resets", "port_reuse_resets")
 (C_IN, C_OUT, C_BACKUP, C_HELD, C_RELEASED, C_OVERFLOW, C_EXPIRED, C_UNKNOWN_OUT,
  C_UNKNOWN_IN, C_MALFORMED, C_CLAMPED, C_REPLAYED, C_UNACKED_OVERFLOW, C_CAUGHT_UP,
- C_GAP, C_BEYOND, C_REINJECTED, C_PARK_OVERFLOW, C_LOST_RESETS) = range(len(COUNTER_NAMES))
+ C_GAP, C_BEYOND, C_REINJECTED, C_PARK_OVERFLOW, C_LOST_RESETS,
+ C_REUSE_RESETS) = range(len(COUNTER_NAMES))
 # gauges (client_input.survey), reported beside the counters
 GAUGE_NAMES = ("connections_behind", "bytes_missing", "parked_bytes")
 
@@ -205,9 +206,12 @@ class Translator:
         if flags & SYN and not flags & ACK:
             if conn is None or conn.client_isn != seq:
                 drop = []
-                if conn is not None and conn.held:  # a new connection on the same port
-                    drop.extend(token for token, _ in conn.held)
-                    conn.held = None
+                earlier = ()
+                if conn is not None:  # a new connection on the same client port
+                    if conn.held:
+                        drop.extend(token for token, _ in conn.held)
+                        conn.held = None
+                    earlier = self._reset_earlier(conn, payload[SRC], sport)
                 if len(self.connections) >= MAX_CONNECTIONS:
                     drop.extend(self.expire(now, force=True))
                 shared_isn, ts_base = shared_values(self.secret, payload[SRC], sport,
@@ -219,6 +223,9 @@ class Translator:
                 if self._verifying or self._watching:  # (a promotion's checks are of the
                     self._verifying.pop(key, None)  # connections open then)
                     self._watching.pop(key, None)
+                if earlier:  # the RSTs, then the SYN itself, reach the stack in that order
+                    self.counters[C_REUSE_RESETS] += 1
+                    return DROP, None, (), (), earlier + (bytes(payload),), tuple(drop)
                 if drop:
                     return ACCEPT, None, (), (), (), tuple(drop)
             else:
@@ -263,6 +270,24 @@ class Translator:
             else:
                 self.counters[C_PARK_OVERFLOW] += data
         return ACCEPT, new, (), (), (), ()
+
+    def _reset_earlier(self, conn, client, port):
+        """RSTs for this stack's socket of the earlier connection on a client port that comes
+        round again: a socket the stack may still hold answers the new SYN with an ACK (RFC
+        5961) instead of a SYN-ACK, and the new connection never opens on this replica (the
+        client does not resend its SYN: another replica answered it). Such sockets are those
+        of a replica cut off mid-connection (excluded, then readmitted: it never saw the
+        client's FIN) or of one whose connection the agent reset towards the client only.
+        A RST is taken at the stack's receive point alone: the last one it acknowledged, and
+        the client's next byte if that differs (one of them is exact; the other, in the
+        window at most, earns a challenge ACK the agent drops). A stack without the socket
+        ignores them; one in TIME-WAIT ends it early. () if the stack never answered."""
+        if conn.seq_off is None or conn.own_rcv is None:
+            return ()
+        points = [conn.own_rcv]
+        if conn.client_next is not None and conn.client_next != conn.own_rcv:
+            points.append(conn.client_next)
+        return tuple(build(client, conn.vip, port, self.port, point, 0, RST) for point in points)
 
     def _translate_in(self, payload, ihl, thl, seq, ack, flags, window, csum, conn):
         # what a catch-up ACK needs: the client's next sequence number and latest window

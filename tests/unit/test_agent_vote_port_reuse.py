@@ -4,7 +4,9 @@ same client port out again within seconds (seen in the lab: the same port 8 s la
 the engine remembers a connection for ABSTAINED_S. A backup that was unsure of the earlier one
 abstained on the new one, and its primary reset it (an honest request failed in
 test_voting_lab.py). Also: an abstention that answers no claim of this primary (a claim of the
-primary before it, answered late) changes nothing. Real translator, real queue; time passed in."""
+primary before it, answered late) changes nothing; and the stack's socket of the earlier
+connection is reset before the new SYN reaches it. Real translator, real queue; time passed
+in."""
 
 import socket
 import types
@@ -155,7 +157,8 @@ def test_a_reset_decided_for_the_earlier_connection_is_not_sent_to_the_next_one(
     assert p.resets == [(CLIENT, REUSED)]
     open_connection(queue, SECOND_ISN)  # before the tick that would send the RST
     queue.tick(T)
-    assert sent == [] and p.resets == []
+    assert p.resets == []
+    assert [IP(pkt).dst for pkt in sent] == [VIP, VIP]  # to its own stack only, see below
 
 
 def test_an_abstention_answering_no_claim_of_this_primary_changes_nothing():
@@ -191,3 +194,45 @@ def test_an_abstention_on_a_released_claim_still_counts():
     p.receive(abstention("lb3", seg), T + 0.01)
     assert p.possible_voters((CLIENT, REUSED)) == ["lb2"]
     assert p.counters["abstentions_unclaimed"] == 0
+
+
+# --- the stack's socket of the earlier connection ---------------------------------------------
+
+def effects_of(translator, payload, hook=IN, primary=False):
+    return translator.process(payload, Token(), primary, T, hook == IN)
+
+
+def test_a_new_connection_on_a_port_first_resets_the_stacks_earlier_socket():
+    """A replica cut off mid-connection (excluded, then readmitted) never saw the client's
+    FIN: its stack still holds the socket, and answered the next SYN on that client port with
+    an ACK, so that connection never opened on it (seen in the voting lab: its agent held the
+    client's packets until they expired, and could not vote)."""
+    translator = Translator(SECRET, PORT)
+    effects_of(translator, packet(CLIENT_IP, VIP, REUSED, PORT, "S", FIRST_ISN))
+    effects_of(translator, packet(VIP, CLIENT_IP, PORT, REUSED, "SA", OWN_ISN, FIRST_ISN + 1),
+               OUT)
+    effects_of(translator, packet(CLIENT_IP, VIP, REUSED, PORT, "PA", FIRST_ISN + 1,
+                                  OWN_ISN + 1, b"GET / HTTP/1.0\r\n\r\n"))
+    # (its stack acknowledged only the SYN so far: the client's next byte is further on)
+    syn = packet(CLIENT_IP, VIP, REUSED, PORT, "S", SECOND_ISN)
+    verdict, _, _, send, to_stack, _ = effects_of(translator, syn)
+    assert verdict == nfq.active.DROP and send == ()
+    *resets, again = to_stack
+    assert again == syn  # the SYN itself follows the RSTs
+    assert [(IP(r).src, IP(r).dst, IP(r)[TCP].sport, IP(r)[TCP].dport, str(IP(r)[TCP].flags),
+             IP(r)[TCP].seq) for r in resets] == [
+        (CLIENT_IP, VIP, REUSED, PORT, "R", FIRST_ISN + 1),
+        (CLIENT_IP, VIP, REUSED, PORT, "R", FIRST_ISN + 19)]
+    assert translator.snapshot()["port_reuse_resets"] == 1
+    assert translator.connections[(CLIENT, REUSED)].client_isn == SECOND_ISN
+
+
+def test_a_resent_syn_or_an_earlier_connection_the_stack_never_answered_goes_through():
+    translator = Translator(SECRET, PORT)
+    syn = packet(CLIENT_IP, VIP, REUSED, PORT, "S", FIRST_ISN)
+    assert effects_of(translator, syn)[0] == nfq.active.ACCEPT
+    again = effects_of(translator, syn)  # resent: the same connection
+    assert again[0] == nfq.active.ACCEPT and again[4] == ()
+    new = effects_of(translator, packet(CLIENT_IP, VIP, REUSED, PORT, "S", SECOND_ISN))
+    assert new[0] == nfq.active.ACCEPT and new[4] == ()  # its stack never had a socket
+    assert translator.snapshot()["port_reuse_resets"] == 0
