@@ -146,16 +146,19 @@ def test_closed_port_fails_every_request(closed_port):
 
 
 def test_it_is_open_loop_a_slow_server_does_not_slow_the_sending(raw_server):
+    """Every request leaves before the first answer comes back (a closed loop would send one
+    per answer). The answer takes 1 s against 10 sends 0.02 s apart: margin for a loaded
+    machine, and no bound on the schedule's own precision."""
     def slow(conn, stop):
         conn.recv(1024)
-        stop.wait(0.3)
+        stop.wait(1.0)
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nslow")
     server = raw_server(slow)
-    records, summary = run(f"http://{HOST}:{server.port}/", interval=0.02, timeout=1.0,
+    records, summary = run(f"http://{HOST}:{server.port}/", interval=0.02, timeout=3.0,
                            count=10)
-    sends = [r["t"] for r in records]
-    assert max(b - a for a, b in zip(sends, sends[1:])) < 0.1, "sent on schedule"
-    assert all(r["ok"] and r["latency"] >= 0.29 for r in records)
+    first_answer = min(r["t"] + r["latency"] for r in records)
+    assert all(r["t"] < first_answer for r in records), "sent without waiting for answers"
+    assert all(r["ok"] and r["latency"] >= 0.99 for r in records)
 
 
 def test_a_silent_server_times_out_at_the_deadline(raw_server):
@@ -172,8 +175,9 @@ def test_a_bad_status_line_is_a_value_error(raw_server):
 
 def test_bounded_by_count_and_by_duration(http_server):
     assert len(run(http_server.url, count=3)[0]) == 3
+    # 0.2 s at one send per 0.05 s: at most 5 (a loaded machine may send fewer, never more)
     records, _ = run(http_server.url, interval=0.05, count=1000, duration=0.2)
-    assert 3 <= len(records) <= 5
+    assert 1 <= len(records) <= 5
 
 
 def test_zero_count_writes_only_the_summary(http_server):
