@@ -67,6 +67,26 @@ def promoted_before(run, moment):
     return before[-1] if before else run["promotions"][0][0]
 
 
+def _ended(out):
+    """How the client's upload ended, in a line (for a failure message)."""
+    try:
+        with open(out, encoding="utf-8") as handle:
+            result = json.load(handle)
+    except (OSError, ValueError) as exc:
+        return f"no result ({exc})"
+    return (f"{result.get('outcome')} ({result.get('error')}), responses "
+            f"{[r.get('status') for r in result.get('responses', [])]}, "
+            f"acked {result.get('acked')}")
+
+
+def _changes(lab):
+    try:
+        events = http_json(lab.api + "/sbft/events")["events"]
+    except Exception as exc:  # (the message must not hide the failure it explains)
+        return f"unreadable ({exc!r})"
+    return [f"{e['replica']}: {e['change']} ({e['age_s']} s ago)" for e in events[:8]]
+
+
 def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, stall=10.0):
     """One upload (``count`` pipelined bodies of ``size``), ``fault`` injected once
     ``fault_at`` bytes (default: a third) were acknowledged: {"result" (the client's JSON),
@@ -78,7 +98,8 @@ def across_fault(lab, fault, tag, size, count=1, chunked=False, fault_at=None, s
     wait_until(lambda: os.path.exists(mark) or proc.poll() is not None, 90, 0.005,
                "the fault's point of the upload")
     if proc.poll() is not None:
-        raise AssertionError("the upload ended before the fault")
+        raise AssertionError(f"the upload ended before the fault: {_ended(out)}; the "
+                             f"controller's events, newest first: {_changes(lab)}")
     before = time.monotonic()  # (a link cut's failover may end before inject returns)
     inject(lab, fault)
     at = time.monotonic()
