@@ -2,9 +2,16 @@
 
 import struct
 
-from scapy.all import IP, TCP
+from scapy.all import IP, TCP, Raw
 
 from sbft_ryu.agent.active import EFFECTS, Translator
+
+
+def tcp_packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
+    """An IPv4/TCP packet's bytes (DF set; seq and ack taken modulo 2**32)."""
+    raw = IP(src=src, dst=dst, flags="DF") / TCP(sport=sport, dport=dport, flags=flags,
+                                                 seq=seq % 2**32, ack=ack % 2**32)
+    return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
 def ones_sum(data):

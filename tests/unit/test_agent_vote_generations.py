@@ -9,7 +9,7 @@ import types
 from dataclasses import replace
 
 import pytest
-from scapy.all import IP, TCP, Raw
+from scapy.all import IP, TCP
 
 from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
@@ -18,7 +18,7 @@ from sbft_ryu.agent.heartbeat import Answer
 from sbft_ryu.agent.own_output import statement_of
 from sbft_ryu.protocol import ABSTAIN, CLAIM, NO_DIGEST, VOTE, Statement
 
-from fakes import FakeTranslator, QueuedPacket, Token, abstentions_sent
+from fakes import abstentions_sent, FakeTranslator, QueuedPacket, tcp_packet as packet, Token
 
 NAMES = ("lb1", "lb2", "lb3")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
@@ -33,10 +33,6 @@ T = 10.0
 OUT, IN = 4, 0  # the hooks of a packet the replica's stack sends, and of one that arrives
 
 
-def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
-    raw = IP(src=src, dst=dst, flags="DF") / TCP(sport=sport, dport=dport, flags=flags,
-                                                 seq=seq % M32, ack=ack % M32)
-    return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
 def config(generation, primary="lb1", unvoted="serve", f=1):

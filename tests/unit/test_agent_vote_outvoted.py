@@ -7,7 +7,7 @@ import socket
 import types
 
 import pytest
-from scapy.all import IP, TCP, Raw
+from scapy.all import IP, TCP
 
 from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
@@ -15,7 +15,7 @@ from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.agent.own_output import ABSTAIN
 from sbft_ryu.protocol import VOTE, Statement
 
-from fakes import FakeTranslator, QueuedPacket, Token, abstentions_sent
+from fakes import abstentions_sent, FakeTranslator, QueuedPacket, tcp_packet as packet, Token
 
 NAMES = ("lb1", "lb2", "lb3", "lb4", "lb5")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
@@ -173,10 +173,6 @@ CLIENT_ISN = 5000
 SHARED, _ = shared_values(SECRET, CLIENT, 40000, socket.inet_aton(VIP), PORT, CLIENT_ISN)
 
 
-def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
-    raw = IP(src=src, dst=dst, flags="DF") / TCP(sport=sport, dport=dport, flags=flags,
-                                                 seq=seq % M32, ack=ack % M32)
-    return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
 def primary_queue(client_ack):

@@ -11,14 +11,14 @@ in."""
 import socket
 import types
 
-from scapy.all import IP, TCP, Raw
+from scapy.all import IP, TCP
 
 from sbft_ryu import protocol
 from sbft_ryu.agent import nfq, vote
 from sbft_ryu.agent.active import Translator, shared_values
 from sbft_ryu.protocol import ABSTAIN, CLAIM, NO_DIGEST, VOTE, Statement
 
-from fakes import QueuedPacket, Token, abstentions_sent
+from fakes import abstentions_sent, QueuedPacket, tcp_packet as packet, Token
 
 NAMES = ("lb1", "lb2", "lb3")
 KEYS = {name: bytes([n]) * 16 for n, name in enumerate(NAMES, 1)}
@@ -35,10 +35,6 @@ OUT, IN = 4, 0  # the hooks of a packet the replica's stack sends, and of one th
 REUSED = 40000
 
 
-def packet(src, dst, sport, dport, flags, seq, ack=0, data=b""):
-    raw = IP(src=src, dst=dst, flags="DF") / TCP(sport=sport, dport=dport, flags=flags,
-                                                 seq=seq % M32, ack=ack % M32)
-    return bytes(raw / Raw(data)) if data else bytes(raw)
 
 
 def replica(name, primary):
