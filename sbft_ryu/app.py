@@ -84,6 +84,7 @@ class Switch:
     datapath: object
     translator: object
     log: logging.LoggerAdapter
+    barrier_xid: int = None  # of the last barrier sent: its reply acknowledges every batch
 
 
 def _event_dpid(ev):
@@ -301,6 +302,16 @@ class SbftApp(app_manager.RyuApp):
             self.core.packet_in(msg.datapath.id, msg.data,
                                 switch.translator.packet_in_port(msg))
 
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @of_handler
+    def _barrier_reply(self, ev):
+        """Only the last barrier's reply counts: a switch applies messages in order, so it
+        acknowledges everything sent before it."""
+        switch = self.switches.get(ev.msg.datapath.id)
+        if switch is not None and switch.datapath is ev.msg.datapath \
+                and ev.msg.xid == switch.barrier_xid:
+            self.core.switch_confirmed(ev.msg.datapath.id, time.monotonic())
+
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     @of_handler
     def _switch_gone(self, ev):
@@ -375,7 +386,7 @@ class SbftApp(app_manager.RyuApp):
                                      self.agent_addresses, reset,
                                      self.referee.secret_field(name),
                                      self.config.heartbeat_port if keyed else None,
-                                     self.core.decided(), self._controller_status())
+                                     self.core.roles_released(), self._controller_status())
 
     def api_readmit(self, name):
         try:
@@ -430,7 +441,8 @@ class SbftApp(app_manager.RyuApp):
             return None
         # a steady beat's answer depends on nothing else (no voting: no peers, no resets)
         status = self._controller_status()
-        depends = (self.cluster.view, self.cluster.state(name), nonce, self.core.decided(),
+        depends = (self.cluster.view, self.cluster.state(name), nonce,
+                   self.core.roles_released(),
                    status[0], status[2])
         payload = self._udp_answers.keyed(
             name, depends, lambda: self._heartbeat_reply(name, nonce, ()))
@@ -496,7 +508,9 @@ class SbftApp(app_manager.RyuApp):
             return False
         for msg in encoded:
             msg.datapath = switch.datapath
-            switch.datapath.send_msg(msg)
+            switch.datapath.send_msg(msg)  # (gives it its xid; returns before any reply)
+            if type(msg).__name__ == "OFPBarrierRequest":
+                switch.barrier_xid = msg.xid
         self.counters["of_messages_sent"] += len(encoded)
         for message in messages:
             if isinstance(message, Converge):

@@ -13,7 +13,9 @@ The Core also keeps the durable state (:mod:`sbft_ryu.store`): every change is w
 anything acts on it (flows sent, agents told), and a restarted Core takes it up with
 :meth:`Core.restore`. Until the restored view is decided (and whenever the current view is not
 yet on disk) heartbeats are answered "not decided" (:meth:`Core.decided`), and agents keep
-their roles.
+their roles. So are they while a service switch has not acknowledged (its barrier reply,
+:meth:`Core.switch_confirmed`) the flows of the last change (:meth:`Core.roles_released`): the
+switch drops the old primary's replies before the new primary opens its door.
 
 The voting policy lives here too: :func:`members_needed` (how many members must be up to vote,
 convict and check the wire) and :func:`serve_below` (the operator's ``unvoted = stop``).
@@ -34,6 +36,9 @@ from sbft_ryu.referee import AuthError, Referee
 from sbft_ryu.store import NotWritten, NullStore, StateError
 
 READMISSIONS_KEPT = 64
+# A switch that has not acknowledged a change of the service flows after this long releases
+# the roles anyway: a hung switch must not keep the tier without a primary.
+SWITCH_CONFIRM_S = 1.0
 
 LOG = logging.getLogger(__name__)
 
@@ -96,6 +101,9 @@ class SwitchRecord:
     log: logging.LoggerAdapter  # names the switch
     installed: tuple = None  # service flows on the switch (None: its tables not read yet)
     ports: dict = field(default_factory=dict)  # port number -> usable
+    # when the last change of its service flows went out, until the switch acknowledged it
+    # (None: nothing unacknowledged)
+    unconfirmed_since: float = None
 
 
 class Core:
@@ -155,6 +163,7 @@ class Core:
         self._saved = None  # whatever a follower computed was never written
         for record in self.switches.values():
             record.installed = None  # re-read and converged by the new leader
+            record.unconfirmed_since = None
         self.restore(state, now)
 
     def _take_up(self, state, now):
@@ -198,6 +207,18 @@ class Core:
         waiting for its members, not before the first election) and on disk."""
         view = self.cluster.view
         return self.cluster.decided and view.epoch > 0 and view == self._durable_view
+
+    def roles_released(self):
+        """Whether heartbeat answers carry roles: the view is decided and every service switch
+        acknowledged the flows of the last change. Until then agents keep their roles: a
+        primary whose agent died keeps answering on its host (it fails open), so the new
+        primary must not open its door before the switch drops the old one's replies (both
+        would answer a client's SYN)."""
+        return self.decided() and not self._unconfirmed()
+
+    def _unconfirmed(self):
+        return [dpid for dpid, record in list(self.switches.items())
+                if record.unconfirmed_since is not None]
 
     def _persist(self):
         """Write the state if it changed (under the lock; returns once it is on disk). False
@@ -254,9 +275,23 @@ class Core:
             return None
         self.seen[dpid] = (False, self.seen.get(dpid, (False, None))[1])
         record.log.warning("disconnected")
+        if record.unconfirmed_since is not None and not self._unconfirmed():
+            self._nudge(list(self.agent_addresses.values()))  # roles released
         if record.service:
             return self._changed(self.cluster.switch_gone(dpid, now), now)
         return None
+
+    def switch_confirmed(self, dpid, now):
+        """The switch answered the barrier that ended the last batch sent to it: everything
+        sent before has been applied. When no switch has a change left unacknowledged, the
+        agents are nudged to fetch their (now released) roles."""
+        record = self.switches.get(dpid)
+        if record is None or record.unconfirmed_since is None:
+            return
+        self.counters["switch_confirmed"] += 1
+        record.unconfirmed_since = None
+        if not self._unconfirmed():
+            self._nudge(list(self.agent_addresses.values()))
 
     def set_ports(self, dpid, ports, now):
         """Every port of a switch: ``ports`` maps port number → usable. A service switch's
@@ -395,8 +430,15 @@ class Core:
     # ---- time -----------------------------------------------------------------------------------
 
     def next_deadline(self, now):
-        """When liveness can next change without an event (None: nothing pending)."""
-        return self.cluster.next_deadline(now)
+        """When liveness can next change without an event, or an unacknowledged switch
+        change runs out of patience (None: nothing pending)."""
+        deadlines = [record.unconfirmed_since + SWITCH_CONFIRM_S
+                     for record in self.switches.values()
+                     if record.unconfirmed_since is not None]
+        liveness = self.cluster.next_deadline(now)
+        if liveness is not None:
+            deadlines.append(liveness)
+        return min(deadlines) if deadlines else None
 
     def tick(self, now):
         """Re-check liveness at ``now`` (heartbeats going silent, the startup grace ending,
@@ -404,14 +446,28 @@ class Core:
         if self._restored_at is not None and now - self._restored_at > voting.TAINT_S:
             self.referee.restored_tainted = []  # as old as the judge's own would be
             self._restored_at = None
+        self._release_unconfirmed(now)
         return self._changed(self.cluster.evaluate(now), now)
+
+    def _release_unconfirmed(self, now):
+        late = [record for record in self.switches.values()
+                if record.unconfirmed_since is not None
+                and now - record.unconfirmed_since >= SWITCH_CONFIRM_S]
+        for record in late:
+            self.counters["switch_confirm_late"] += 1
+            record.log.warning("no barrier reply %.1f s after a change of the service flows: "
+                               "agents get their roles anyway", SWITCH_CONFIRM_S)
+            record.unconfirmed_since = None
+        if late and not self._unconfirmed():
+            self._nudge(list(self.agent_addresses.values()))
 
     # ---- internals ------------------------------------------------------------------------------
 
     def _changed(self, view, now):
         """After every cluster input: log its transitions, tell the referee the voting set,
         write the state if it changed; with a new view, converge every service switch whose
-        tables were read, then nudge the agents (in that order: write-ahead)."""
+        tables were read, then nudge the agents (in that order: write-ahead; when a switch got
+        a change, the nudge waits for its acknowledgement, see roles_released)."""
         self._log_transitions()
         self.referee.sync(self.cluster.voters, self.cluster.generation,
                           self.cluster.generation_epoch, now)
@@ -427,9 +483,18 @@ class Core:
             wanted = decide.service_flows(self.config, current, self.cookie)
             for dpid, record in list(self.switches.items()):
                 if record.service and record.installed is not None:
-                    if self._send(dpid, decide.update_batch(record.installed, wanted)):
+                    batch = decide.update_batch(record.installed, wanted)
+                    before = record.unconfirmed_since
+                    # the batch ends with a barrier (see switch_confirmed); marked before it
+                    # is sent, as its reply may come before _send returns
+                    if batch and before is None:
+                        record.unconfirmed_since = now
+                    if self._send(dpid, batch):
                         record.installed = wanted
-        self._nudge(list(self.agent_addresses.values()))
+                    else:
+                        record.unconfirmed_since = before
+        if not self._unconfirmed():
+            self._nudge(list(self.agent_addresses.values()))
         return view
 
     def _log_transitions(self):

@@ -337,8 +337,8 @@ class Heartbeats:
             self.interval = min(max(answer.interval, 0.005), 10.0)
         if not answer.decided:
             self.undecided += 1
-            self._controller(None, f"controller not decided yet: keeping role "
-                                   f"{self.state.role}")
+            self._controller(None, f"controller not decided yet (restarted, or a switch "
+                                   f"applying a change): keeping role {self.state.role}")
             return
         gate = self.gate
         with gate.lock:  # one answer applied at a time, whichever controller's loop has it

@@ -112,10 +112,8 @@ def test_primary_link_cut_fails_over(lab_factory, topo_module):
     records = _records(log)
     assert timeline.outage(records, fault_at).recovered
     assert all(r["ok"] for r in records if r["t"] > fault_at + 1.0)
-    # one replica answers each connection (a second replica's SYN-ACK carries another ISN)
-    answers = lab.replicas_answering(lab.stop_capture("c1", capture))
+    answers = _one_replica_answers_each(lab, capture)
     assert len(answers) >= sum(1 for r in records if r["ok"])
-    assert all(len(isns) == 1 for isns in answers.values()), answers
     lb1 = lab.health()["replicas"][0]
     assert (lb1["state"], lb1["role"], lb1["link_up"]) == ("down", "none", False)
     lab.set_link("lb1", True)
@@ -163,9 +161,8 @@ def test_primary_with_dead_agent_is_replaced_and_no_reply_is_duplicated(lab_fact
     _wait_done(proc, 30)
     records = _records(log)
     assert all(r["ok"] for r in records if r["t"] > fault_at + 1.0)
-    answers = lab.replicas_answering(lab.stop_capture("c1", capture))
+    answers = _one_replica_answers_each(lab, capture)
     assert len(answers) >= sum(1 for r in records if r["ok"])
-    assert all(len(isns) == 1 for isns in answers.values()), answers
     assert lab.health()["replicas"][0]["down_reason"] == "heartbeat silence"
 
 
@@ -207,3 +204,15 @@ def test_bad_heartbeats_get_json_4xx_and_change_nothing(lab):
     after = lab.health()["replicas"]
     assert [(r["heartbeats"], r["seq"] if "seq" in r else None, r["state"]) for r in after] \
         == [(r["heartbeats"], r["seq"] if "seq" in r else None, r["state"]) for r in before]
+
+
+def _one_replica_answers_each(lab, capture):
+    """Client SYNs answered, each by one replica: a second replica's SYN-ACK to the same SYN
+    carries another ISN (a loop here once saw two, 31 µs apart: the new primary opened its door
+    before the switch dropped the old one's replies). Keyed by client port and the SYN
+    answered: a client port that comes round again is another connection."""
+    answers = lab.connections_answering(lab.stop_capture("c1", capture))
+    doubled = {key: seqs for key, seqs in answers.items() if len(seqs) > 1}
+    assert not doubled, f"SYNs answered by two replicas (client port, ack): {doubled}"
+    return answers
+

@@ -23,7 +23,8 @@ def test_an_undecided_answer_keeps_the_role_and_is_said_once(caplog):
     assert len(rules.calls) == 1  # the role was never re-applied
     assert beats.undecided == 5 and beats.nonce is None  # (the last answer carried none)
     said = [r.getMessage() for r in caplog.records if "not decided" in r.getMessage()]
-    assert said == ["controller not decided yet: keeping role primary"]
+    assert said == ["controller not decided yet (restarted, or a switch applying a "
+                    "change): keeping role primary"]
     assert caplog.records[-1].getMessage() == "controller reachable"
 
 

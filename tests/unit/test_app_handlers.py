@@ -18,6 +18,7 @@ from sbft_ryu import app as app_module
 from sbft_ryu.ofp import SUPPORTED_VERSIONS
 
 HANDLERS = ("_switch_features", "_port_desc", "_port_status", "_packet_in", "_switch_gone",
+            "_barrier_reply",
             "_of_error", "_flow_stats", "_group_desc")
 
 
@@ -29,6 +30,8 @@ class Datapath:
         self.sent = []
 
     def send_msg(self, msg):
+        if msg.xid is None:  # as Ryu's Datapath.send_msg does
+            msg.set_xid(len(self.sent) + 1)
         self.sent.append(msg)
 
 
@@ -207,3 +210,33 @@ def test_agents_are_nudged_on_loopback_and_a_failed_nudge_is_counted(app):
     app.config = dataclasses.replace(app.config, agent_notify_port=0)
     app._nudge_agents(["127.0.0.1"])  # 0: agents are not nudged
     assert app.counters["nudge_error"] == 1
+
+
+def _barrier_reply(app, datapath, xid):
+    app._barrier_reply(SimpleNamespace(msg=SimpleNamespace(datapath=datapath, xid=xid)))
+
+
+@pytest.mark.parametrize("ofp, parser", [(ofp10, parser10), (ofp13, parser13)])
+def test_a_new_primary_gets_its_role_when_the_switch_answers_the_last_barrier(app, ofp,
+                                                                             parser):
+    datapath = Datapath(ofp, parser)
+    app._switch_features(features(datapath, [port(n, ofp) for n in (1, 2, 3)]))
+    tables(app, datapath)
+    if ofp is ofp13:
+        app._port_desc(SimpleNamespace(msg=SimpleNamespace(
+            datapath=datapath, body=[port(n) for n in (1, 2, 3)])))
+    _barrier_reply(app, datapath, datapath.sent[-1].xid)
+    assert app._heartbeat_reply("lb1", None, ())["decided"] is True
+    app._port_status(SimpleNamespace(msg=SimpleNamespace(
+        datapath=datapath, reason=ofp.OFPPR_DELETE, desc=port(1, ofp))))
+    barriers = [m.xid for m in datapath.sent if isinstance(m, parser.OFPBarrierRequest)]
+    assert app.cluster.view.primary == "lb2" and datapath.sent[-1].xid == barriers[-1]
+    assert app._heartbeat_reply("lb2", None, ())["decided"] is False  # lb2 stays a backup
+    _barrier_reply(app, datapath, barriers[-2])  # an earlier barrier: not yet
+    _barrier_reply(app, Datapath(ofp, parser), barriers[-1])  # another connection's
+    assert app._heartbeat_reply("lb2", None, ())["decided"] is False
+    _barrier_reply(app, datapath, barriers[-1])
+    reply = app._heartbeat_reply("lb2", None, ())
+    assert (reply["decided"], reply["role"]) == (True, "primary")
+    assert app.api_health()["decided"] is True  # health never waited: the view is decided
+

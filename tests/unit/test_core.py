@@ -137,6 +137,9 @@ def test_ports_up_elect_a_primary_and_converge_every_service_switch(core, config
     assert send.sent[4:] == [(1, decide.update_batch(before, wanted)),
                              (2, decide.update_batch(before, wanted))]
     assert core.switches[1].installed == wanted == core.switches[2].installed
+    assert nudged == []  # until both switches acknowledge (test_core_switch_confirm.py)
+    core.switch_confirmed(1, NOW)
+    core.switch_confirmed(2, NOW)
     assert nudged == [["10.254.0.11"]]
 
 

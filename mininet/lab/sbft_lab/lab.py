@@ -728,14 +728,6 @@ class Lab:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return [line for line in handle.read().splitlines() if line.strip()]
 
-    def replicas_answering(self, synack_lines):
-        """Client port → distinct SYN-ACK sequence numbers seen (one replica answers each
-        connection: more than one number means a second replica's SYN-ACK got through)."""
-        answers = {}
-        for (port, _), numbers in self.connections_answering(synack_lines).items():
-            answers.setdefault(port, set()).update(numbers)
-        return answers
-
     def connections_answering(self, synack_lines):
         """(client port, ack) → distinct SYN-ACK sequence numbers seen. The ack names the
         client's SYN, so a client port reused by a later connection (seen in runs of several
