@@ -111,14 +111,21 @@ def test_an_openflow_10_switch_lists_its_ports_in_the_features_reply(app):
     assert not any(isinstance(m, parser13.OFPPortDescStatsRequest) for m in datapath.sent)
 
 
-@pytest.mark.parametrize("ofp, parser", [(ofp10, parser10), (ofp13, parser13)])
-def test_port_status_is_read_by_the_switchs_translator(app, ofp, parser):
+def _serving_switch(app, ofp, parser):
+    """A switch that connected, was read, and has lb1..lb3's ports up (in 1.3 they come in
+    the port description, in 1.0 in the features reply)."""
     datapath = Datapath(ofp, parser)
     app._switch_features(features(datapath, [port(n, ofp) for n in (1, 2, 3)]))
     tables(app, datapath)
     if ofp is ofp13:
         app._port_desc(SimpleNamespace(msg=SimpleNamespace(
             datapath=datapath, body=[port(n) for n in (1, 2, 3)])))
+    return datapath
+
+
+@pytest.mark.parametrize("ofp, parser", [(ofp10, parser10), (ofp13, parser13)])
+def test_port_status_is_read_by_the_switchs_translator(app, ofp, parser):
+    datapath = _serving_switch(app, ofp, parser)
     app._port_status(SimpleNamespace(msg=SimpleNamespace(
         datapath=datapath, reason=ofp.OFPPR_DELETE, desc=port(1, ofp))))
     assert app.cluster.view.primary == "lb2"
@@ -219,12 +226,7 @@ def _barrier_reply(app, datapath, xid):
 @pytest.mark.parametrize("ofp, parser", [(ofp10, parser10), (ofp13, parser13)])
 def test_a_new_primary_gets_its_role_when_the_switch_answers_the_last_barrier(app, ofp,
                                                                              parser):
-    datapath = Datapath(ofp, parser)
-    app._switch_features(features(datapath, [port(n, ofp) for n in (1, 2, 3)]))
-    tables(app, datapath)
-    if ofp is ofp13:
-        app._port_desc(SimpleNamespace(msg=SimpleNamespace(
-            datapath=datapath, body=[port(n) for n in (1, 2, 3)])))
+    datapath = _serving_switch(app, ofp, parser)
     _barrier_reply(app, datapath, datapath.sent[-1].xid)
     assert app._heartbeat_reply("lb1", None, ())["decided"] is True
     app._port_status(SimpleNamespace(msg=SimpleNamespace(
