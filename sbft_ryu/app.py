@@ -506,11 +506,14 @@ class SbftApp(app_manager.RyuApp):
             self.counters["translation_error"] += 1
             switch.log.error("cannot express for this switch, nothing sent: %s", exc)
             return False
+        barriers = [msg for msg in encoded if type(msg).__name__ == "OFPBarrierRequest"]
+        if barriers:  # a reply while the batch is half sent (send_msg may yield when the
+            switch.barrier_xid = None  # queue is full) acknowledges nothing
         for msg in encoded:
             msg.datapath = switch.datapath
-            switch.datapath.send_msg(msg)  # (gives it its xid; returns before any reply)
-            if type(msg).__name__ == "OFPBarrierRequest":
-                switch.barrier_xid = msg.xid
+            switch.datapath.send_msg(msg)  # (gives it its xid)
+        if barriers:
+            switch.barrier_xid = barriers[-1].xid
         self.counters["of_messages_sent"] += len(encoded)
         for message in messages:
             if isinstance(message, Converge):

@@ -275,8 +275,8 @@ class Core:
             return None
         self.seen[dpid] = (False, self.seen.get(dpid, (False, None))[1])
         record.log.warning("disconnected")
-        if record.unconfirmed_since is not None and not self._unconfirmed():
-            self._nudge(list(self.agent_addresses.values()))  # roles released
+        if record.unconfirmed_since is not None:
+            self._nudge_when_released()
         if record.service:
             return self._changed(self.cluster.switch_gone(dpid, now), now)
         return None
@@ -290,8 +290,7 @@ class Core:
             return
         self.counters["switch_confirmed"] += 1
         record.unconfirmed_since = None
-        if not self._unconfirmed():
-            self._nudge(list(self.agent_addresses.values()))
+        self._nudge_when_released()
 
     def set_ports(self, dpid, ports, now):
         """Every port of a switch: ``ports`` maps port number → usable. A service switch's
@@ -458,8 +457,8 @@ class Core:
             record.log.warning("no barrier reply %.1f s after a change of the service flows: "
                                "agents get their roles anyway", SWITCH_CONFIRM_S)
             record.unconfirmed_since = None
-        if late and not self._unconfirmed():
-            self._nudge(list(self.agent_addresses.values()))
+        if late:
+            self._nudge_when_released()
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -485,17 +484,20 @@ class Core:
                 if record.service and record.installed is not None:
                     batch = decide.update_batch(record.installed, wanted)
                     before = record.unconfirmed_since
-                    # the batch ends with a barrier (see switch_confirmed); marked before it
-                    # is sent, as its reply may come before _send returns
-                    if batch and before is None:
+                    if batch and before is None:  # it ends with a barrier: switch_confirmed
                         record.unconfirmed_since = now
                     if self._send(dpid, batch):
                         record.installed = wanted
                     else:
                         record.unconfirmed_since = before
+        self._nudge_when_released()
+        return view
+
+    def _nudge_when_released(self):
+        """Tell every agent to fetch its role now, unless a switch has yet to acknowledge a
+        change (its acknowledgement nudges them then)."""
         if not self._unconfirmed():
             self._nudge(list(self.agent_addresses.values()))
-        return view
 
     def _log_transitions(self):
         for transition in self.cluster.transitions_since(self._logged):

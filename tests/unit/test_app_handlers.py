@@ -29,9 +29,13 @@ class Datapath:
         self.ofproto, self.ofproto_parser, self.id = ofp, parser, dpid
         self.sent = []
 
+    before_send = None  # called with each message before it is sent (a yield inside send_msg)
+
     def send_msg(self, msg):
         if msg.xid is None:  # as Ryu's Datapath.send_msg does
             msg.set_xid(len(self.sent) + 1)
+        if self.before_send is not None:
+            self.before_send(msg)
         self.sent.append(msg)
 
 
@@ -242,3 +246,31 @@ def test_a_new_primary_gets_its_role_when_the_switch_answers_the_last_barrier(ap
     assert (reply["decided"], reply["role"]) == (True, "primary")
     assert app.api_health()["decided"] is True  # health never waited: the view is decided
 
+
+
+def test_a_barrier_answered_while_the_batch_is_half_sent_releases_nothing(app):
+    """Ryu's send_msg may yield when its queue is full, and the switch's reply to a barrier
+    sent earlier (the one between deletes and adds, or the last batch's) is then handled in
+    the middle of the batch: the adds have not gone out yet."""
+    datapath = _serving_switch(app, ofp13, parser13)
+    _barrier_reply(app, datapath, datapath.sent[-1].xid)
+    answered = set()
+
+    def answer_earlier_barriers(msg):  # at each send, the replies to every barrier before it
+        for earlier in datapath.sent:
+            if isinstance(earlier, parser13.OFPBarrierRequest) and earlier.xid not in answered:
+                answered.add(earlier.xid)
+                _barrier_reply(app, datapath, earlier.xid)
+        if not isinstance(msg, parser13.OFPBarrierRequest):
+            assert app._heartbeat_reply("lb2", None, ())["decided"] is False
+
+    datapath.before_send = answer_earlier_barriers
+    sent = len(datapath.sent)
+    app._port_status(SimpleNamespace(msg=SimpleNamespace(
+        datapath=datapath, reason=ofp13.OFPPR_DELETE, desc=port(1))))
+    batch = [type(m).__name__ for m in datapath.sent[sent:]]
+    assert batch.count("OFPBarrierRequest") == 2, batch  # between deletes and adds, and last
+    assert datapath.sent[sent:][batch.index("OFPBarrierRequest")].xid in answered
+    assert app._heartbeat_reply("lb2", None, ())["decided"] is False
+    _barrier_reply(app, datapath, datapath.sent[-1].xid)
+    assert app._heartbeat_reply("lb2", None, ())["role"] == "primary"
