@@ -217,8 +217,10 @@ class Core:
         return self.decided() and not self._unconfirmed()
 
     def _unconfirmed(self):
-        return [dpid for dpid, record in list(self.switches.items())
-                if record.unconfirmed_since is not None]
+        """Whether a switch has yet to acknowledge a change (also read from the UDP thread:
+        iterates a copy)."""
+        return any(record.unconfirmed_since is not None
+                   for record in list(self.switches.values()))
 
     def _persist(self):
         """Write the state if it changed (under the lock; returns once it is on disk). False

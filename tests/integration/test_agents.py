@@ -215,4 +215,3 @@ def _one_replica_answers_each(lab, capture):
     doubled = {key: seqs for key, seqs in answers.items() if len(seqs) > 1}
     assert not doubled, f"SYNs answered by two replicas (client port, ack): {doubled}"
     return answers
-
